@@ -1,0 +1,292 @@
+//! Every command-line option, in one place (the sqlx-cli `opt.rs` pattern). Connection options are
+//! defined once and flattened into the commands that need them.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::events::EventKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "streamlab",
+    version,
+    about = "Practise and run the essentials of streaming on one machine: Kafka topics, \
+             a mock-event firehose, and an exactly-once sink into PostgreSQL or SQLite.",
+    after_help = "A whole pipeline in four commands:\n  \
+        streamlab topic create --topic sales --partitions 3\n  \
+        streamlab produce --topic sales --count 10000 --rate 0\n  \
+        streamlab consume --topic sales --sink sqlite --stop-at-end\n  \
+        streamlab check --sink sqlite --topic sales"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect and configure topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Send realistic mock events (sales or sensor readings) to a topic at a precise rate.
+    Produce(ProduceArgs),
+    /// Write a topic into PostgreSQL or SQLite, exactly once per event.
+    Consume(ConsumeArgs),
+    /// Apply the database migrations for a sink and exit.
+    Migrate(MigrateArgs),
+    /// Sanity and health checks over what landed in the database.
+    Check(CheckArgs),
+}
+
+/// How to reach Kafka. Shared by every command that talks to a broker.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaOpts {
+    /// Broker addresses, comma separated.
+    #[arg(
+        short = 'b',
+        long = "bootstrap-server",
+        env = "STREAMLAB_BROKERS",
+        default_value = "localhost:9092",
+        value_name = "HOST:PORT[,HOST:PORT…]"
+    )]
+    pub bootstrap_server: String,
+
+    /// Give up on an unreachable broker after this long (e.g. 10s, 2m).
+    #[arg(long = "timeout", default_value = "10s", value_parser = crate::duration::parse)]
+    pub timeout: Duration,
+}
+
+impl KafkaOpts {
+    pub fn brokers(&self) -> Vec<String> {
+        self.bootstrap_server
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Which database a sink writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// PostgreSQL (default URL matches docker-compose.yaml).
+    Pg,
+    /// SQLite (a file, created if missing).
+    Sqlite,
+}
+
+/// How to reach the database. Shared by consume, migrate and check.
+#[derive(Debug, Clone, Args)]
+pub struct DbOpts {
+    /// Database to write to / read from.
+    #[arg(long, value_enum)]
+    pub sink: SinkKind,
+
+    /// Database URL. Defaults: sqlite://warehouse.db, postgres://postgres:postgres@localhost:5432/streamlab
+    #[arg(short = 'D', long = "database-url", env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl DbOpts {
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| match self.sink {
+                SinkKind::Pg => "postgres://postgres:postgres@localhost:5432/streamlab".into(),
+                SinkKind::Sqlite => "sqlite://warehouse.db".into(),
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic (configs such as retention.ms are applied at creation).
+    Create(TopicCreateArgs),
+    /// Show or change how long a topic keeps its records (retention.ms).
+    Retention(TopicRetentionArgs),
+    /// List the topics on the cluster.
+    List(TopicListArgs),
+    /// Partitions, leaders, earliest/latest offsets and retention of one topic.
+    Describe(TopicDescribeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicCreateArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    /// Topic name: letters, digits, '.', '_' and '-', at most 249 characters.
+    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub topic: String,
+    /// Number of partitions (the unit of parallelism and ordering).
+    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+    /// Copies of each partition (1 on a single broker).
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
+    pub replication_factor: i16,
+    /// Topic config applied at creation, e.g. retention.ms=86400000. Repeatable.
+    #[arg(short, long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub configs: Vec<(String, String)>,
+    /// Succeed (exit 0) when the topic already exists.
+    #[arg(long)]
+    pub if_not_exists: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicRetentionArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub topic: String,
+    /// New retention: 1d, 36h, 90m, 500ms, or milliseconds. Without it, show the current value.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub set: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicListArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicDescribeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub topic: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Lz4,
+    Snappy,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PartitionerArg {
+    /// Apache Kafka's default for keyed records: murmur2(key) % partitions.
+    Murmur2,
+    /// Spread evenly regardless of key.
+    RoundRobin,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub topic: String,
+    /// Which events to generate.
+    #[arg(short, long, value_enum, default_value = "sales")]
+    pub kind: EventKind,
+    /// Events per second; 0 sends as fast as possible.
+    #[arg(short, long, default_value_t = 3.0)]
+    pub rate: f64,
+    /// Stop after this many events.
+    #[arg(short = 'n', long)]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. 10s, 5m). Without --count/--duration, runs until Ctrl-C.
+    #[arg(short, long, value_parser = crate::duration::parse)]
+    pub duration: Option<Duration>,
+    /// Make the stream reproducible: the same seed gives the same events (ids included).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value = "lz4")]
+    pub compression: CompressionArg,
+    #[arg(long, value_enum, default_value = "murmur2")]
+    pub partitioner: PartitionerArg,
+    /// Largest record batch sent to one partition in one request, in bytes.
+    #[arg(long, default_value_t = 1 << 20, hide = true)]
+    pub batch_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[command(flatten)]
+    pub db: DbOpts,
+    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub topic: String,
+    /// Consumer group: where offsets are kept (in the database, mirrored to Kafka).
+    #[arg(short, long, default_value = "streamlab")]
+    pub group: String,
+    /// Which events the topic carries; anything else is dead-lettered.
+    #[arg(short, long, value_enum, default_value = "sales")]
+    pub kind: EventKind,
+    /// Where to start when the group has no stored offsets.
+    #[arg(long, value_enum, default_value = "earliest")]
+    pub from: StartFrom,
+    /// Exit once every partition reaches the end it had when consume started.
+    #[arg(long)]
+    pub stop_at_end: bool,
+    /// Most events written in one database transaction.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_size: u32,
+    /// Print `Stored: <key> at <ts>` for every stored event.
+    #[arg(long)]
+    pub print_each: bool,
+    /// Records larger than this many bytes are dead-lettered unparsed.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_event_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub db: DbOpts,
+    /// Which table to check.
+    #[arg(short, long, value_enum, default_value = "sales")]
+    pub kind: EventKind,
+    /// Also compare the sink's offsets with the broker's latest offsets for this topic.
+    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub topic: Option<String>,
+    /// Consumer group whose stored offsets are compared.
+    #[arg(short, long, default_value = "streamlab")]
+    pub group: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Fail (exit 1) when total lag exceeds this many events.
+    #[arg(long)]
+    pub max_lag: Option<i64>,
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}

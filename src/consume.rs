@@ -1,0 +1,529 @@
+//! `streamlab consume`: every partition of a topic into a database, exactly once per event.
+//!
+//! One fetch task per partition feeds a bounded channel (backpressure: memory does not grow with
+//! the backlog); this task turns what arrives into batches and writes each batch — rows, dead
+//! letters and new offsets — in one database transaction. Only then are the offsets mirrored to
+//! the Kafka consumer group, so Kafka tooling sees the position; the database stays the truth.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::record::RecordAndOffset;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{ConsumeArgs, KafkaOpts, SinkKind, StartFrom};
+use crate::events::{self, ts_millis, EventKind};
+use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
+use crate::progress::Progress;
+use crate::sink::pg::PgSink;
+use crate::sink::sqlite::SqliteSink;
+use crate::sink::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError, Written};
+use crate::{output, shutdown};
+
+/// Bytes asked for per fetch request and partition.
+const FETCH_BYTES: i32 = 4 * 1024 * 1024;
+/// How long a fetch waits on the broker for new records.
+const FETCH_WAIT_MS: i32 = 250;
+/// How long a batch waits to fill up before it is written anyway (latency bound).
+const BATCH_LINGER: Duration = Duration::from_millis(50);
+/// How often the group's offsets are mirrored to Kafka while running (and always at the end).
+const MIRROR_EVERY: Duration = Duration::from_millis(500);
+
+pub async fn run(args: ConsumeArgs) -> Result<()> {
+    let url = args.db.url();
+    let timeout = args.kafka.timeout;
+    match args.db.sink {
+        SinkKind::Pg => consume(&args, PgSink::connect(&url, timeout).await?).await,
+        SinkKind::Sqlite => consume(&args, SqliteSink::connect(&url, timeout).await?).await,
+    }
+}
+
+/// Records fetched from one partition.
+struct Fetched {
+    partition: i32,
+    records: Vec<RecordAndOffset>,
+    high_watermark: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConsumeSummary {
+    pub consumed: u64,
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub elapsed_secs: f64,
+    /// Per partition: stored next offset and lag behind the latest high watermark seen.
+    pub partitions: BTreeMap<i32, PartitionPosition>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct PartitionPosition {
+    pub next_offset: i64,
+    pub lag: i64,
+}
+
+async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
+    let cancel = shutdown::on_signal();
+    let client = kafka::connect(&args.kafka).await?;
+    let partitions = kafka::partitions_of(&client, &args.topic).await?;
+    let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
+
+    let stored = sink
+        .load_offsets(&args.group, &args.topic)
+        .await
+        .context("reading stored offsets")?;
+    let mut mirror = GroupMirror::new(&args.kafka, &args.group);
+    mirror.compare(&args.topic, &partitions, &stored).await;
+
+    // Where each partition starts, and (for --stop-at-end) where it ends.
+    let mut committed: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+    let mut positions: BTreeMap<i32, PartitionPosition> = BTreeMap::new();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut starts = Vec::new();
+    for pc in &clients {
+        let p = pc.partition();
+        let earliest = pc.get_offset(OffsetAt::Earliest).await?;
+        let latest = pc.get_offset(OffsetAt::Latest).await?;
+        let start = match stored.get(&p) {
+            Some(&next) if next < earliest => {
+                tracing::warn!(
+                    "{}/{p}: stored offset {next} was removed by retention; resuming at {earliest} \
+                     ({} records were never consumed)",
+                    args.topic,
+                    earliest - next
+                );
+                earliest
+            }
+            Some(&next) => next,
+            None => match args.from {
+                StartFrom::Earliest => earliest,
+                StartFrom::Latest => latest,
+            },
+        };
+        committed.insert(p, stored.get(&p).copied());
+        positions.insert(
+            p,
+            PartitionPosition {
+                next_offset: start,
+                lag: latest - start,
+            },
+        );
+        ends.insert(p, latest);
+        starts.push((Arc::clone(pc), start));
+        tracing::debug!(
+            "{}/{p}: start at {start} (earliest {earliest}, latest {latest})",
+            args.topic
+        );
+    }
+
+    let started = Instant::now();
+    let mut summary = ConsumeSummary::default();
+    let reached_end = |positions: &BTreeMap<i32, PartitionPosition>| {
+        positions.iter().all(|(p, pos)| pos.next_offset >= ends[p])
+    };
+
+    let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(2 * clients.len().max(1));
+    let stop_fetching = cancel.child_token();
+    let mut fetchers = Vec::new();
+    if !(args.stop_at_end && reached_end(&positions)) {
+        for (pc, start) in starts {
+            let end = args.stop_at_end.then(|| ends[&pc.partition()]);
+            fetchers.push(tokio::spawn(fetch_partition(
+                pc,
+                start,
+                end,
+                tx.clone(),
+                stop_fetching.clone(),
+            )));
+        }
+    }
+    drop(tx);
+
+    let mut progress = Progress::new();
+    let mut failure: Option<anyhow::Error> = None;
+    loop {
+        if args.stop_at_end && reached_end(&positions) {
+            break;
+        }
+        let Some(first) = next_fetched(&mut rx, &cancel).await else {
+            break;
+        };
+        let mut chunks = Vec::new();
+        match first {
+            Ok(f) => chunks.push(f),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        // Fill the batch from what is already fetched, waiting at most BATCH_LINGER.
+        let linger_until = tokio::time::Instant::now() + BATCH_LINGER;
+        let mut pending: usize = chunks.iter().map(|c| c.records.len()).sum();
+        while pending < args.batch_size as usize && !cancel.is_cancelled() {
+            match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                Ok(Some(Ok(f))) => {
+                    pending += f.records.len();
+                    chunks.push(f);
+                }
+                Ok(Some(Err(e))) => {
+                    failure = Some(e);
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+
+        let batch = build_batch(args, &chunks, &committed);
+        let written = match write_with_retry(&mut sink, &batch, args.kafka.timeout).await {
+            Ok(w) => w,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        for advance in &batch.offsets {
+            committed.insert(advance.partition, Some(advance.to));
+        }
+        for chunk in &chunks {
+            let pos = positions
+                .get_mut(&chunk.partition)
+                .expect("known partition");
+            if let Some(last) = chunk.records.last() {
+                pos.next_offset = pos.next_offset.max(last.offset + 1);
+            }
+            pos.lag = (chunk.high_watermark - pos.next_offset).max(0);
+        }
+        summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
+        summary.inserted += written.inserted;
+        summary.duplicates += written.duplicates;
+        summary.dead_lettered += batch.dead_letters.len() as u64;
+        if args.print_each {
+            print_each(&batch)?;
+        }
+        mirror.maybe_commit(&args.topic, &committed, false).await;
+        progress.update(|| status_line(&summary, &positions, started));
+        if failure.is_some() {
+            break;
+        }
+    }
+
+    stop_fetching.cancel();
+    for f in fetchers {
+        let _ = f.await;
+    }
+    progress.finish();
+    mirror.maybe_commit(&args.topic, &committed, true).await;
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.partitions = positions;
+    print_summary(args, &summary)?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The next fetched chunk, or None when every fetcher is done or Ctrl-C was pressed.
+async fn next_fetched(
+    rx: &mut mpsc::Receiver<Result<Fetched>>,
+    cancel: &CancellationToken,
+) -> Option<Result<Fetched>> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        item = rx.recv() => item,
+    }
+}
+
+/// Decode every record; what cannot be stored becomes a dead letter. Offsets advance past both.
+fn build_batch(
+    args: &ConsumeArgs,
+    chunks: &[Fetched],
+    committed: &BTreeMap<i32, Option<i64>>,
+) -> Batch {
+    let mut batch = Batch {
+        group: args.group.clone(),
+        topic: args.topic.clone(),
+        ..Batch::default()
+    };
+    let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
+    for chunk in chunks {
+        for r in &chunk.records {
+            let value = r.record.value.as_deref();
+            let decoded = match value {
+                Some(v) if v.len() > args.max_event_bytes => Err(format!(
+                    "record value is {} bytes, larger than --max-event-bytes {}",
+                    v.len(),
+                    args.max_event_bytes
+                )),
+                _ => events::decode(args.kind, value),
+            };
+            match decoded {
+                Ok(event) => batch.events.push(Landed {
+                    event,
+                    partition: chunk.partition,
+                    offset: r.offset,
+                }),
+                Err(error) => batch.dead_letters.push(DeadLetter {
+                    partition: chunk.partition,
+                    offset: r.offset,
+                    key: r.record.key.clone(),
+                    payload: r.record.value.clone(),
+                    error,
+                }),
+            }
+        }
+        if let Some(last) = chunk.records.last() {
+            let advance = advances.entry(chunk.partition).or_insert(OffsetAdvance {
+                partition: chunk.partition,
+                from: committed.get(&chunk.partition).copied().flatten(),
+                to: 0,
+            });
+            advance.to = advance.to.max(last.offset + 1);
+        }
+    }
+    batch.offsets = advances.into_values().collect();
+    batch
+}
+
+/// Write a batch, retrying transient database failures with bounded exponential backoff.
+/// The batch is one transaction, so a retry can neither lose nor duplicate anything.
+async fn write_with_retry<S: Sink>(
+    sink: &mut S,
+    batch: &Batch,
+    timeout: Duration,
+) -> Result<Written> {
+    let first_failure = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match sink.write(batch).await {
+            Ok(w) => return Ok(w),
+            Err(e) if e.is_transient() && first_failure.elapsed() < timeout => {
+                tracing::warn!("database write failed ({e}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e @ SinkError::Fenced { .. }) => return Err(e.into()),
+            Err(e) => {
+                return Err(anyhow!(e).context(format!(
+                    "database unavailable for {:.1}s; nothing after the last committed batch \
+                     was written, restart to resume",
+                    first_failure.elapsed().as_secs_f64()
+                )))
+            }
+        }
+    }
+}
+
+/// Fetch one partition from `start`, until `end` (when given) or cancellation.
+async fn fetch_partition(
+    client: Arc<PartitionClient>,
+    start: i64,
+    end: Option<i64>,
+    tx: mpsc::Sender<Result<Fetched>>,
+    cancel: CancellationToken,
+) {
+    let mut offset = start;
+    while end.is_none_or(|e| offset < e) {
+        let fetch = client.fetch_records(offset, 1..FETCH_BYTES, FETCH_WAIT_MS);
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = fetch => r,
+        };
+        match result {
+            Ok((records, high_watermark)) => {
+                let Some(last) = records.last() else { continue };
+                offset = last.offset + 1;
+                let chunk = Fetched {
+                    partition: client.partition(),
+                    records,
+                    high_watermark,
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            Err(KafkaError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            }) => {
+                // Retention removed records we had not read yet: say so and move on.
+                match client.get_offset(OffsetAt::Earliest).await {
+                    Ok(earliest) if earliest > offset => {
+                        tracing::warn!(
+                            "{}/{}: offsets {offset}..{earliest} were removed by retention before \
+                             they were consumed",
+                            client.topic(),
+                            client.partition()
+                        );
+                        offset = earliest;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(anyhow!(e).context(format!(
+                        "fetching {}/{} at offset {offset}",
+                        client.topic(),
+                        client.partition()
+                    ))))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Mirrors the database's offsets to the Kafka consumer group, best effort: a broker that
+/// refuses costs a warning, never a row.
+struct GroupMirror {
+    opts: KafkaOpts,
+    group: String,
+    coordinator: Option<GroupCoordinator>,
+    last_commit: Option<Instant>,
+    last_sent: BTreeMap<i32, i64>,
+    warned: bool,
+}
+
+impl GroupMirror {
+    fn new(opts: &KafkaOpts, group: &str) -> Self {
+        Self {
+            opts: opts.clone(),
+            group: group.to_string(),
+            coordinator: None,
+            last_commit: None,
+            last_sent: BTreeMap::new(),
+            warned: false,
+        }
+    }
+
+    async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
+        if self.coordinator.is_none() {
+            let mut admin = Admin::connect(&self.opts).await?;
+            self.coordinator = Some(admin.group_coordinator(&self.group).await?);
+        }
+        Ok(self.coordinator.as_mut().expect("just set"))
+    }
+
+    /// Log when Kafka's view of the group differs from the database's (the database wins).
+    async fn compare(&mut self, topic: &str, partitions: &[i32], stored: &BTreeMap<i32, i64>) {
+        let group = self.group.clone();
+        let fetched = match self.coordinator().await {
+            Ok(c) => c.fetch(topic, partitions).await,
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(in_kafka) if !in_kafka.is_empty() && &in_kafka != stored => tracing::info!(
+                "group '{group}': Kafka has offsets {in_kafka:?}, the database {stored:?}; \
+                 using the database's (it is written with the rows)"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                self.coordinator = None;
+                tracing::warn!("cannot read group '{group}' offsets from Kafka: {e:#}");
+            }
+        }
+    }
+
+    async fn maybe_commit(
+        &mut self,
+        topic: &str,
+        committed: &BTreeMap<i32, Option<i64>>,
+        force: bool,
+    ) {
+        if !force && self.last_commit.is_some_and(|t| t.elapsed() < MIRROR_EVERY) {
+            return;
+        }
+        let offsets: BTreeMap<i32, i64> = committed
+            .iter()
+            .filter_map(|(&p, &o)| o.map(|o| (p, o)))
+            .collect();
+        if offsets.is_empty() || offsets == self.last_sent {
+            return;
+        }
+        self.last_commit = Some(Instant::now());
+        let result = match self.coordinator().await {
+            Ok(c) => c.commit(topic, &offsets).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.last_sent = offsets;
+                self.warned = false;
+            }
+            Err(e) => {
+                self.coordinator = None;
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        "cannot mirror offsets to Kafka group '{}' ({e:#}); the database keeps \
+                         them, will retry",
+                        self.group
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn print_each(batch: &Batch) -> Result<()> {
+    for landed in &batch.events {
+        output::line(format!(
+            "Stored: {} at {}",
+            landed.event.key(),
+            ts_millis::format(landed.event.ts())
+        ))?;
+    }
+    Ok(())
+}
+
+fn status_line(
+    summary: &ConsumeSummary,
+    positions: &BTreeMap<i32, PartitionPosition>,
+    started: Instant,
+) -> String {
+    let rate = summary.consumed as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let lags: Vec<String> = positions
+        .iter()
+        .map(|(p, pos)| format!("{p}:{}", pos.lag))
+        .collect();
+    format!(
+        "consumed {} · inserted {} · duplicates {} · dead letters {} · {:.0} events/s · lag {}",
+        summary.consumed,
+        summary.inserted,
+        summary.duplicates,
+        summary.dead_lettered,
+        rate,
+        lags.join(" ")
+    )
+}
+
+fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
+    let kind = match args.kind {
+        EventKind::Sales => "sales",
+        EventKind::Sensor => "sensor",
+    };
+    output::line(format!(
+        "consumed {} {kind} records from '{}' in {:.2}s ({:.1} events/s): {} inserted, {} duplicates skipped, {} dead-lettered",
+        summary.consumed,
+        args.topic,
+        summary.elapsed_secs,
+        summary.consumed as f64 / summary.elapsed_secs.max(1e-9),
+        summary.inserted,
+        summary.duplicates,
+        summary.dead_lettered
+    ))?;
+    for (p, pos) in &summary.partitions {
+        output::line(format!(
+            "  partition {p}: next offset {}, lag {}",
+            pos.next_offset, pos.lag
+        ))?;
+    }
+    Ok(())
+}

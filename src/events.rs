@@ -1,0 +1,458 @@
+//! The two kinds of event streamlab moves: sales (seed 000) and sensor readings (seed 002).
+//!
+//! One home for their wire format: how they are generated (`Generator`), encoded (JSON, one per
+//! Kafka record) and decoded and validated on the way into a database (`decode`).
+
+use clap::ValueEnum;
+use fake::faker::address::en::CityName;
+use fake::Fake;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// `{id, ts, store_id, amount_usd, channel}`, keyed by store_id.
+    Sales,
+    /// `{id, sensor_id, val, unit, status, ts}`, keyed by sensor_id.
+    Sensor,
+}
+
+impl EventKind {
+    /// The table events of this kind land in.
+    pub fn table(self) -> &'static str {
+        match self {
+            EventKind::Sales => "sales_events",
+            EventKind::Sensor => "sensor_logs",
+        }
+    }
+
+    /// The field used as the Kafka record key.
+    pub fn key_column(self) -> &'static str {
+        match self {
+            EventKind::Sales => "store_id",
+            EventKind::Sensor => "sensor_id",
+        }
+    }
+}
+
+pub const CHANNELS: [&str; 3] = ["online", "store", "mobile"];
+pub const STATUSES: [&str; 3] = ["ok", "warn", "fail"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sale {
+    pub id: Uuid,
+    #[serde(with = "ts_millis")]
+    pub ts: OffsetDateTime,
+    pub store_id: String,
+    pub amount_usd: f64,
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorReading {
+    pub id: Uuid,
+    pub sensor_id: String,
+    pub val: f64,
+    pub unit: String,
+    pub status: String,
+    #[serde(with = "ts_millis")]
+    pub ts: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Sale(Sale),
+    Sensor(SensorReading),
+}
+
+impl Event {
+    pub fn id(&self) -> Uuid {
+        match self {
+            Event::Sale(s) => s.id,
+            Event::Sensor(r) => r.id,
+        }
+    }
+
+    pub fn ts(&self) -> OffsetDateTime {
+        match self {
+            Event::Sale(s) => s.ts,
+            Event::Sensor(r) => r.ts,
+        }
+    }
+
+    /// The Kafka record key: events of one store / sensor stay in one partition, in order.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Sale(s) => &s.store_id,
+            Event::Sensor(r) => &r.sensor_id,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let encoded = match self {
+            Event::Sale(s) => serde_json::to_vec(s),
+            Event::Sensor(r) => serde_json::to_vec(r),
+        };
+        encoded.expect("events contain only JSON-safe values")
+    }
+}
+
+/// `ts` on the wire: RFC 3339, UTC, exactly three fractional digits. Any RFC 3339 offset is
+/// accepted when reading and normalised to UTC.
+pub mod ts_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    use time::{OffsetDateTime, UtcOffset};
+
+    pub fn format(ts: OffsetDateTime) -> String {
+        let fmt = format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        ts.to_offset(UtcOffset::UTC)
+            .format(&fmt)
+            .expect("a UTC timestamp always formats")
+    }
+
+    pub fn serialize<S: Serializer>(ts: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*ts))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        OffsetDateTime::parse(&text, &Rfc3339)
+            .map(|ts| ts.to_offset(UtcOffset::UTC))
+            .map_err(|e| serde::de::Error::custom(format!("ts '{text}' is not RFC 3339: {e}")))
+    }
+}
+
+/// Truncate to whole milliseconds: the precision of `ts` and of Kafka record timestamps.
+pub fn to_millis(ts: OffsetDateTime) -> OffsetDateTime {
+    let ns = ts.unix_timestamp_nanos();
+    OffsetDateTime::from_unix_timestamp_nanos(ns - ns.rem_euclid(1_000_000))
+        .expect("truncation stays in range")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding: everything a hostile or careless producer can send gets a reason, never a panic.
+// ---------------------------------------------------------------------------------------------
+
+/// Longest accepted text field (store, sensor, channel, unit, status).
+const MAX_TEXT: usize = 128;
+/// `numeric(12,2)` holds up to 10 integer digits.
+const MAX_AMOUNT: f64 = 9_999_999_999.99;
+
+/// Decode and validate one record value. `Err` is the reason it goes to the dead letters.
+pub fn decode(kind: EventKind, payload: Option<&[u8]>) -> Result<Event, String> {
+    let bytes = payload.ok_or("record has no value (null payload)")?;
+    if bytes.is_empty() {
+        return Err("record value is empty".into());
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("value is not UTF-8: {e}"))?;
+    let event = match kind {
+        EventKind::Sales => Event::Sale(
+            serde_json::from_str::<Sale>(text).map_err(|e| format!("not a sales event: {e}"))?,
+        ),
+        EventKind::Sensor => Event::Sensor(
+            serde_json::from_str::<SensorReading>(text)
+                .map_err(|e| format!("not a sensor event: {e}"))?,
+        ),
+    };
+    validate(&event)?;
+    Ok(event)
+}
+
+fn text_field(name: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    if value.chars().count() > MAX_TEXT {
+        return Err(format!("{name} is longer than {MAX_TEXT} characters"));
+    }
+    Ok(())
+}
+
+fn validate(event: &Event) -> Result<(), String> {
+    match event {
+        Event::Sale(s) => {
+            text_field("store_id", &s.store_id)?;
+            text_field("channel", &s.channel)?;
+            if !s.amount_usd.is_finite() || s.amount_usd.abs() > MAX_AMOUNT {
+                return Err(format!(
+                    "amount_usd {} does not fit numeric(12,2)",
+                    s.amount_usd
+                ));
+            }
+        }
+        Event::Sensor(r) => {
+            text_field("sensor_id", &r.sensor_id)?;
+            text_field("unit", &r.unit)?;
+            text_field("status", &r.status)?;
+            if !r.val.is_finite() || r.val.abs() > 1e15 {
+                return Err(format!("val {} is out of range", r.val));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An amount in cents, the exact form both sinks store (`numeric(12,2)` in Postgres).
+pub fn cents(amount_usd: f64) -> i64 {
+    (amount_usd * 100.0).round() as i64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+// ---------------------------------------------------------------------------------------------
+
+struct SensorType {
+    prefix: &'static str,
+    unit: &'static str,
+    mean: f64,
+    spread: f64,
+}
+
+const SENSOR_TYPES: [SensorType; 5] = [
+    SensorType {
+        prefix: "temp",
+        unit: "°C",
+        mean: 21.5,
+        spread: 2.5,
+    },
+    SensorType {
+        prefix: "humidity",
+        unit: "%",
+        mean: 45.0,
+        spread: 8.0,
+    },
+    SensorType {
+        prefix: "pressure",
+        unit: "hPa",
+        mean: 1013.0,
+        spread: 6.0,
+    },
+    SensorType {
+        prefix: "co2",
+        unit: "ppm",
+        mean: 650.0,
+        spread: 120.0,
+    },
+    SensorType {
+        prefix: "vibration",
+        unit: "mm/s",
+        mean: 2.8,
+        spread: 0.9,
+    },
+];
+
+const STORES: usize = 12;
+const SENSORS_PER_TYPE: usize = 3;
+
+/// Makes an endless, realistic stream of events. With a seed, every field but `ts` (which is
+/// the sending time, and also the Kafka record timestamp retention works on) is reproducible.
+pub struct Generator {
+    kind: EventKind,
+    rng: StdRng,
+    seeded: bool,
+    stores: Vec<String>,
+}
+
+impl Generator {
+    pub fn new(kind: EventKind, seed: Option<u64>) -> Self {
+        // The catalogue of stores is the same in every run, seeded or not, so rows from
+        // different runs can be compared and grouped.
+        let mut catalogue_rng = StdRng::seed_from_u64(0x5eed_0000);
+        let stores = (1..=STORES)
+            .map(|n| {
+                let city: String = CityName().fake_with_rng(&mut catalogue_rng);
+                let slug: String = city
+                    .to_lowercase()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect();
+                format!("{slug}-{n:02}")
+            })
+            .collect();
+        let (rng, seeded) = match seed {
+            Some(s) => (StdRng::seed_from_u64(s), true),
+            None => (StdRng::from_os_rng(), false),
+        };
+        Self {
+            kind,
+            rng,
+            seeded,
+            stores,
+        }
+    }
+
+    pub fn stores(&self) -> &[String] {
+        &self.stores
+    }
+
+    /// The next event, stamped `now` (truncated to milliseconds).
+    pub fn next_event(&mut self, now: OffsetDateTime) -> Event {
+        let ts = to_millis(now);
+        let id = self.next_id(ts);
+        match self.kind {
+            EventKind::Sales => {
+                let store_id = self.stores[self.rng.random_range(0..self.stores.len())].clone();
+                // Log-normal: most baskets are small, a few are large (median ≈ $24).
+                let amount = (24.0f64.ln() + 0.85 * self.standard_normal()).exp();
+                let amount_usd = (amount.clamp(0.5, 5000.0) * 100.0).round() / 100.0;
+                let channel = match self.rng.random_range(0..100) {
+                    0..45 => "online",
+                    45..85 => "store",
+                    _ => "mobile",
+                };
+                Event::Sale(Sale {
+                    id,
+                    ts,
+                    store_id,
+                    amount_usd,
+                    channel: channel.into(),
+                })
+            }
+            EventKind::Sensor => {
+                let kind = &SENSOR_TYPES[self.rng.random_range(0..SENSOR_TYPES.len())];
+                let n = self.rng.random_range(1..=SENSORS_PER_TYPE);
+                let deviation = self.standard_normal();
+                let val = ((kind.mean + kind.spread * deviation) * 100.0).round() / 100.0;
+                // Readings far from normal raise a warning; a small share of sensors fail.
+                let status = if self.rng.random_range(0..1000) < 15 {
+                    "fail"
+                } else if deviation.abs() > 2.0 {
+                    "warn"
+                } else {
+                    "ok"
+                };
+                Event::Sensor(SensorReading {
+                    id,
+                    sensor_id: format!("{}-{n:02}", kind.prefix),
+                    val,
+                    unit: kind.unit.into(),
+                    status: status.into(),
+                    ts,
+                })
+            }
+        }
+    }
+
+    fn next_id(&mut self, ts: OffsetDateTime) -> Uuid {
+        let bytes: [u8; 16] = self.rng.random();
+        if self.seeded {
+            // Reproducible ids cannot carry the sending time, so they are random (v4) ids
+            // drawn from the seeded generator.
+            uuid::Builder::from_random_bytes(bytes).into_uuid()
+        } else {
+            // Time-ordered v7 ids keep the primary-key index append-mostly.
+            let ms = (ts.unix_timestamp_nanos() / 1_000_000) as u64;
+            let mut tail = [0u8; 10];
+            tail.copy_from_slice(&bytes[..10]);
+            uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid()
+        }
+    }
+
+    /// Box–Muller: a standard normal deviate from two uniforms.
+    fn standard_normal(&mut self) -> f64 {
+        let u1: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        let u2: f64 = self.rng.random();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn generated_events_round_trip_through_the_decoder() {
+        for kind in [EventKind::Sales, EventKind::Sensor] {
+            let mut g = Generator::new(kind, None);
+            for _ in 0..1000 {
+                let e = g.next_event(now());
+                let back = decode(kind, Some(&e.to_json())).unwrap();
+                assert_eq!(back, e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_seed_reproduces_the_stream() {
+        let mut a = Generator::new(EventKind::Sales, Some(7));
+        let mut b = Generator::new(EventKind::Sales, Some(7));
+        let t = now();
+        for _ in 0..100 {
+            assert_eq!(a.next_event(t), b.next_event(t));
+        }
+        let mut c = Generator::new(EventKind::Sales, Some(8));
+        assert_ne!(a.next_event(t).id(), c.next_event(t).id());
+    }
+
+    #[test]
+    fn ts_has_milliseconds_and_z() {
+        let mut g = Generator::new(EventKind::Sensor, None);
+        let json: serde_json::Value =
+            serde_json::from_slice(&g.next_event(now()).to_json()).unwrap();
+        let ts = json["ts"].as_str().unwrap();
+        assert_eq!(ts.len(), "2026-11-22T14:36:36.123Z".len(), "{ts}");
+        assert!(ts.ends_with('Z'));
+    }
+
+    #[test]
+    fn values_are_plausible() {
+        let mut g = Generator::new(EventKind::Sales, Some(1));
+        let sales: Vec<Sale> = (0..5000)
+            .map(|_| match g.next_event(now()) {
+                Event::Sale(s) => s,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert!(sales
+            .iter()
+            .all(|s| s.amount_usd > 0.0 && s.amount_usd <= 5000.0));
+        assert!(sales
+            .iter()
+            .all(|s| (s.amount_usd * 100.0 - (s.amount_usd * 100.0).round()).abs() < 1e-6));
+        assert!(sales.iter().all(|s| CHANNELS.contains(&s.channel.as_str())));
+        let mut amounts: Vec<f64> = sales.iter().map(|s| s.amount_usd).collect();
+        amounts.sort_by(f64::total_cmp);
+        let median = amounts[amounts.len() / 2];
+        let mean = amounts.iter().sum::<f64>() / amounts.len() as f64;
+        assert!(mean > median, "right-skewed: mean {mean} > median {median}");
+        let stores: std::collections::BTreeSet<_> = sales.iter().map(|s| &s.store_id).collect();
+        assert_eq!(stores.len(), STORES);
+    }
+
+    #[test]
+    fn hostile_payloads_get_a_reason() {
+        let cases: [Option<&[u8]>; 9] = [
+            None,
+            Some(b""),
+            Some(b"\xff\xfe"),
+            Some(b"not json"),
+            Some(b"[1,2,3]"),
+            Some(br#"{"id":"x","ts":"2026-01-01T00:00:00Z","store_id":"s","amount_usd":1,"channel":"online"}"#),
+            Some(br#"{"id":"0190d7a4-8a8e-7cc0-8d1c-2b7d8f3a9e10","ts":"yesterday","store_id":"s","amount_usd":1,"channel":"online"}"#),
+            Some(br#"{"id":"0190d7a4-8a8e-7cc0-8d1c-2b7d8f3a9e10","ts":"2026-01-01T00:00:00Z","store_id":"s","amount_usd":"12","channel":"online"}"#),
+            Some(br#"{"id":"0190d7a4-8a8e-7cc0-8d1c-2b7d8f3a9e10","ts":"2026-01-01T00:00:00Z","store_id":"s","amount_usd":1e300,"channel":"online"}"#),
+        ];
+        for payload in cases {
+            let reason = decode(EventKind::Sales, payload).unwrap_err();
+            assert!(!reason.is_empty());
+        }
+        let sensor = Generator::new(EventKind::Sensor, None)
+            .next_event(now())
+            .to_json();
+        assert!(decode(EventKind::Sales, Some(&sensor))
+            .unwrap_err()
+            .contains("not a sales event"));
+    }
+}

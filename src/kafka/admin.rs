@@ -1,0 +1,378 @@
+//! Admin and consumer-group requests that rskafka does not offer, sent over [`WireConnection`].
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use serde::Serialize;
+
+use super::wire::WireConnection;
+use crate::cli::KafkaOpts;
+
+const RESOURCE_TOPIC: i8 = 2;
+const CONFIG_OP_SET: i8 = 0;
+/// DescribeConfigs `config_source` of a value set on the topic itself (DYNAMIC_TOPIC_CONFIG);
+/// every other source is some kind of default.
+const SOURCE_TOPIC: i8 = 1;
+
+pub struct Admin {
+    conn: WireConnection,
+    opts: KafkaOpts,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyExists,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigEntry {
+    pub name: String,
+    pub value: Option<String>,
+    /// The value is the broker's (or the built-in) default rather than set on the topic.
+    pub is_default: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionMetadata {
+    pub partition: i32,
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub internal: bool,
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn check(code: i16, message: Option<&StrBytes>, what: impl FnOnce() -> String) -> Result<()> {
+    match ResponseError::try_from_code(code) {
+        None => Ok(()),
+        Some(err) => {
+            let detail = message
+                .map(|m| format!(": {}", m.as_str()))
+                .unwrap_or_default();
+            Err(anyhow!("{}: {err}{detail}", what()))
+        }
+    }
+}
+
+impl Admin {
+    /// Connect to the first bootstrap broker that answers.
+    pub async fn connect(opts: &KafkaOpts) -> Result<Self> {
+        let brokers = opts.brokers();
+        if brokers.is_empty() {
+            return Err(crate::exit::usage("--bootstrap-server is empty"));
+        }
+        let mut last_error = None;
+        for addr in &brokers {
+            match WireConnection::connect(addr, opts.timeout).await {
+                Ok(conn) => {
+                    return Ok(Self {
+                        conn,
+                        opts: opts.clone(),
+                    })
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("no broker")))
+    }
+
+    pub async fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(String, String)],
+    ) -> Result<Created> {
+        let topic = CreatableTopic::default()
+            .with_name(TopicName(str_bytes(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(replication_factor)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(str_bytes(k))
+                            .with_value(Some(str_bytes(v)))
+                    })
+                    .collect(),
+            );
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(self.timeout_ms());
+        let response = self.conn.call(request).await?;
+        let result = response
+            .topics
+            .first()
+            .ok_or_else(|| anyhow!("CreateTopics answered with no topic"))?;
+        match ResponseError::try_from_code(result.error_code) {
+            None => Ok(Created::Created),
+            Some(ResponseError::TopicAlreadyExists) => Ok(Created::AlreadyExists),
+            Some(_) => {
+                check(result.error_code, result.error_message.as_ref(), || {
+                    format!("cannot create topic '{name}'")
+                })?;
+                unreachable!("check returns Err for every error code")
+            }
+        }
+    }
+
+    /// Topics with their partitions and leaders; `None` lists every topic.
+    pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<Vec<TopicMetadata>> {
+        let request = MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(topics.map(|names| {
+                names
+                    .iter()
+                    .map(|n| {
+                        MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(n))))
+                    })
+                    .collect()
+            }));
+        let response = self.conn.call(request).await?;
+        let mut out = Vec::new();
+        for topic in response.topics {
+            let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
+            if ResponseError::try_from_code(topic.error_code)
+                == Some(ResponseError::UnknownTopicOrPartition)
+            {
+                bail!("topic '{name}' does not exist; create it with `streamlab topic create --topic {name}`");
+            }
+            check(topic.error_code, None, || {
+                format!("metadata for topic '{name}'")
+            })?;
+            let mut partitions: Vec<PartitionMetadata> = topic
+                .partitions
+                .iter()
+                .map(|p| PartitionMetadata {
+                    partition: p.partition_index,
+                    leader: p.leader_id.0,
+                    replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            out.push(TopicMetadata {
+                name,
+                internal: topic.is_internal,
+                partitions,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// A topic's configuration (DescribeConfigs); `keys` narrows it down.
+    pub async fn describe_topic_configs(
+        &mut self,
+        topic: &str,
+        keys: Option<&[&str]>,
+    ) -> Result<Vec<ConfigEntry>> {
+        let resource = DescribeConfigsResource::default()
+            .with_resource_type(RESOURCE_TOPIC)
+            .with_resource_name(str_bytes(topic))
+            .with_configuration_keys(keys.map(|ks| ks.iter().map(|k| str_bytes(k)).collect()));
+        let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
+        let response = self.conn.call(request).await?;
+        let result = response
+            .results
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("DescribeConfigs answered with no resource"))?;
+        if ResponseError::try_from_code(result.error_code)
+            == Some(ResponseError::UnknownTopicOrPartition)
+        {
+            bail!("topic '{topic}' does not exist; create it with `streamlab topic create --topic {topic}`");
+        }
+        check(result.error_code, result.error_message.as_ref(), || {
+            format!("cannot describe the configs of topic '{topic}'")
+        })?;
+        Ok(result
+            .configs
+            .into_iter()
+            .map(|c| ConfigEntry {
+                name: c.name.to_string(),
+                value: c.value.map(|v| v.to_string()),
+                is_default: c.config_source != SOURCE_TOPIC,
+            })
+            .collect())
+    }
+
+    /// Set one topic config with IncrementalAlterConfigs. Never AlterConfigs: that one replaces
+    /// the whole config set and silently drops every other override.
+    pub async fn set_topic_config(&mut self, topic: &str, key: &str, value: &str) -> Result<()> {
+        let resource = AlterConfigsResource::default()
+            .with_resource_type(RESOURCE_TOPIC)
+            .with_resource_name(str_bytes(topic))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(str_bytes(key))
+                .with_config_operation(CONFIG_OP_SET)
+                .with_value(Some(str_bytes(value)))]);
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![resource]);
+        let response = self.conn.call(request).await?;
+        let result = response
+            .responses
+            .first()
+            .ok_or_else(|| anyhow!("IncrementalAlterConfigs answered with no resource"))?;
+        check(result.error_code, result.error_message.as_ref(), || {
+            format!("cannot set {key}={value} on topic '{topic}'")
+        })
+    }
+
+    /// A connection to the coordinator of `group` (FindCoordinator).
+    pub async fn group_coordinator(&mut self, group: &str) -> Result<GroupCoordinator> {
+        let version = self.conn.version_for::<FindCoordinatorRequest>(i16::MAX)?;
+        let mut request = FindCoordinatorRequest::default().with_key_type(0);
+        if version >= 4 {
+            request.coordinator_keys = vec![str_bytes(group)];
+        } else {
+            request.key = str_bytes(group);
+        }
+        let response = self.conn.call(request).await?;
+        let (code, message, host, port) = if version >= 4 {
+            let c = response
+                .coordinators
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow!("FindCoordinator answered with no coordinator"))?;
+            (c.error_code, c.error_message, c.host, c.port)
+        } else {
+            (
+                response.error_code,
+                response.error_message,
+                response.host,
+                response.port,
+            )
+        };
+        check(code, message.as_ref(), || {
+            format!("cannot find the coordinator of group '{group}'")
+        })?;
+        let addr = format!("{}:{}", host.as_str(), port);
+        let conn = WireConnection::connect(&addr, self.opts.timeout)
+            .await
+            .with_context(|| format!("connecting to the coordinator of group '{group}'"))?;
+        Ok(GroupCoordinator {
+            conn,
+            group: group.to_string(),
+        })
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        i32::try_from(self.opts.timeout.as_millis()).unwrap_or(i32::MAX)
+    }
+}
+
+/// The broker that keeps a consumer group's offsets.
+pub struct GroupCoordinator {
+    conn: WireConnection,
+    group: String,
+}
+
+impl GroupCoordinator {
+    /// Commit `partition → next offset` for `topic`, as a "simple" (generation -1) commit: the
+    /// database is the source of truth, this only makes the position visible to Kafka tooling.
+    pub async fn commit(&mut self, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<()> {
+        // v10 addresses topics by id; stay on the name-based versions.
+        let partitions = offsets
+            .iter()
+            .map(|(&partition, &offset)| {
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(partition)
+                    .with_committed_offset(offset)
+                    .with_committed_leader_epoch(-1)
+            })
+            .collect();
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(StrBytes::default())
+            .with_retention_time_ms(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(str_bytes(topic)))
+                .with_partitions(partitions)]);
+        let response = self.conn.call_capped(request, 9).await?;
+        for t in &response.topics {
+            for p in &t.partitions {
+                check(p.error_code, None, || {
+                    format!(
+                        "committing offsets of group '{}' for {topic}/{}",
+                        self.group, p.partition_index
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's committed `partition → next offset` for `topic` (absent when none).
+    pub async fn fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
+        let version = self.conn.version_for::<OffsetFetchRequest>(9)?;
+        let mut request = OffsetFetchRequest::default();
+        if version >= 8 {
+            request.groups = vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(str_bytes(&self.group)))
+                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                    .with_name(TopicName(str_bytes(topic)))
+                    .with_partition_indexes(partitions.to_vec())]))];
+        } else {
+            request.group_id = GroupId(str_bytes(&self.group));
+            request.topics = Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(str_bytes(topic)))
+                .with_partition_indexes(partitions.to_vec())]);
+        }
+        let response = self.conn.call_capped(request, 9).await?;
+        let mut out = BTreeMap::new();
+        let what = || format!("fetching offsets of group '{}'", self.group);
+        if version >= 8 {
+            for g in response.groups {
+                check(g.error_code, None, what)?;
+                for t in g.topics {
+                    for p in t.partitions {
+                        check(p.error_code, None, what)?;
+                        if p.committed_offset >= 0 {
+                            out.insert(p.partition_index, p.committed_offset);
+                        }
+                    }
+                }
+            }
+        } else {
+            check(response.error_code, None, what)?;
+            for t in response.topics {
+                for p in t.partitions {
+                    check(p.error_code, None, what)?;
+                    if p.committed_offset >= 0 {
+                        out.insert(p.partition_index, p.committed_offset);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,84 @@
+//! Everything that talks to Kafka lives here.
+//!
+//! rskafka does the data path (produce, fetch, list offsets, metadata). What it lacks — topic
+//! configs, consumer-group offsets, per-partition leaders — goes through [`wire`], a small framed
+//! connection that speaks `kafka-protocol` messages at versions negotiated with ApiVersions.
+
+pub mod admin;
+pub mod partitioner;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::BackoffConfig;
+
+use crate::cli::KafkaOpts;
+
+/// Retries with a deadline: rskafka's default backoff retries forever, which turns a typo in
+/// `--bootstrap-server` into a hang.
+pub fn backoff(deadline: Duration) -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(deadline),
+    }
+}
+
+/// Connect the data-path client, failing within `--timeout` with the address in the message.
+pub async fn connect(opts: &KafkaOpts) -> Result<Client> {
+    let brokers = opts.brokers();
+    if brokers.is_empty() {
+        return Err(crate::exit::usage("--bootstrap-server is empty"));
+    }
+    let build = ClientBuilder::new(brokers.clone())
+        .client_id("streamlab")
+        .max_message_size(100 * 1024 * 1024)
+        .backoff_config(backoff(opts.timeout))
+        .build();
+    match tokio::time::timeout(opts.timeout + Duration::from_secs(1), build).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(anyhow!(
+            "cannot reach Kafka at {} within {}: {e}",
+            brokers.join(","),
+            humantime::format_duration(opts.timeout)
+        )),
+        Err(_) => Err(anyhow!(
+            "cannot reach Kafka at {} within {}",
+            brokers.join(","),
+            humantime::format_duration(opts.timeout)
+        )),
+    }
+}
+
+/// The partitions of `topic`, or a clear error that offers to create it.
+pub async fn partitions_of(client: &Client, topic: &str) -> Result<Vec<i32>> {
+    let topics = client.list_topics().await.context("listing topics")?;
+    match topics.into_iter().find(|t| t.name == topic) {
+        Some(t) if !t.partitions.is_empty() => Ok(t.partitions.into_iter().collect()),
+        _ => Err(anyhow!(
+            "topic '{topic}' does not exist; create it with `streamlab topic create --topic {topic}`"
+        )),
+    }
+}
+
+/// One client per partition, each bound to that partition's leader.
+pub async fn partition_clients(
+    client: &Client,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<Arc<PartitionClient>>> {
+    let mut out = Vec::with_capacity(partitions.len());
+    for &p in partitions {
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Error)
+            .await
+            .with_context(|| format!("connecting to the leader of {topic}/{p}"))?;
+        out.push(Arc::new(pc));
+    }
+    Ok(out)
+}

@@ -1,0 +1,156 @@
+//! A framed request/response connection for `kafka-protocol` messages.
+//!
+//! Kafka's framing is a 4-byte big-endian size, then a request header and body. The first request
+//! on a connection is ApiVersions; every later request is sent at the highest version both we and
+//! the broker support, so the same code talks to tansu and to Apache Kafka 4.x (which dropped
+//! many old versions).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Responses larger than this are refused rather than allocated.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct WireConnection {
+    addr: String,
+    stream: TcpStream,
+    next_correlation_id: i32,
+    /// api key → (min, max) version the broker accepts.
+    broker_versions: HashMap<i16, (i16, i16)>,
+    timeout: Duration,
+}
+
+impl WireConnection {
+    /// Connect and negotiate versions. Fails within `timeout`.
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<Self> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("cannot reach Kafka at {addr}: no answer within {timeout:?}"))?
+            .with_context(|| format!("cannot reach Kafka at {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut conn = Self {
+            addr: addr.to_string(),
+            stream,
+            next_correlation_id: 1,
+            broker_versions: HashMap::new(),
+            timeout,
+        };
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamlab"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        // v3 is what every current client sends first; a broker that does not know it still
+        // answers (at v0) with the list of what it supports.
+        let mut response: ApiVersionsResponse = conn.send(&request, 3).await?;
+        if response.error_code == 35 {
+            response = conn.send(&request, 0).await?;
+        }
+        if response.error_code != 0 {
+            bail!(
+                "broker {addr} refused ApiVersions (error {})",
+                response.error_code
+            );
+        }
+        conn.broker_versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(conn)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Send `request` at the highest version both sides support.
+    pub async fn call<R: Request>(&mut self, request: R) -> Result<R::Response> {
+        self.call_capped(request, R::VERSIONS.max).await
+    }
+
+    /// Like [`call`](Self::call), but never above `cap` (for versions whose shape we do not fill).
+    pub async fn call_capped<R: Request>(&mut self, request: R, cap: i16) -> Result<R::Response> {
+        let version = self.version_for::<R>(cap)?;
+        self.send(&request, version).await
+    }
+
+    /// The version `call_capped` would use, so callers can fill version-specific fields.
+    pub fn version_for<R: Request>(&self, cap: i16) -> Result<i16> {
+        let name = api_name(R::KEY);
+        let (broker_min, broker_max) = *self
+            .broker_versions
+            .get(&R::KEY)
+            .ok_or_else(|| anyhow!("broker {} does not support {name}", self.addr))?;
+        let version = broker_max.min(R::VERSIONS.max).min(cap);
+        if version < broker_min.max(R::VERSIONS.min) {
+            bail!(
+                "no common {name} version with broker {} (broker {broker_min}..={broker_max}, streamlab {}..={})",
+                self.addr,
+                R::VERSIONS.min,
+                R::VERSIONS.max.min(cap)
+            );
+        }
+        Ok(version)
+    }
+
+    async fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("streamlab")));
+
+        let mut frame = BytesMut::new();
+        frame.put_i32(0); // size, patched below
+        header.encode(&mut frame, R::header_version(version))?;
+        request.encode(&mut frame, version)?;
+        let size = i32::try_from(frame.len() - 4).context("request too large")?;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+
+        let name = api_name(R::KEY);
+        let mut body = tokio::time::timeout(self.timeout, self.round_trip(&frame))
+            .await
+            .map_err(|_| anyhow!("{name} to {} timed out after {:?}", self.addr, self.timeout))?
+            .with_context(|| format!("{name} to {}", self.addr))?;
+
+        let response_header =
+            ResponseHeader::decode(&mut body, R::Response::header_version(version))?;
+        if response_header.correlation_id != correlation_id {
+            bail!(
+                "{name} to {}: response out of order (correlation id {} ≠ {correlation_id})",
+                self.addr,
+                response_header.correlation_id
+            );
+        }
+        R::Response::decode(&mut body, version)
+            .with_context(|| format!("decoding {name} v{version} response from {}", self.addr))
+    }
+
+    async fn round_trip(&mut self, frame: &[u8]) -> Result<Bytes> {
+        self.stream.write_all(frame).await?;
+        let size = self.stream.read_i32().await?;
+        let size = usize::try_from(size).map_err(|_| anyhow!("negative response size"))?;
+        if size > MAX_RESPONSE_BYTES {
+            bail!("response of {size} bytes is larger than {MAX_RESPONSE_BYTES}");
+        }
+        let mut body = vec![0u8; size];
+        self.stream.read_exact(&mut body).await?;
+        Ok(Bytes::from(body))
+    }
+}
+
+fn api_name(key: i16) -> String {
+    ApiKey::try_from(key)
+        .map(|k| format!("{k:?}"))
+        .unwrap_or_else(|_| format!("api key {key}"))
+}

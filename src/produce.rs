@@ -1,0 +1,234 @@
+//! `streamlab produce`: a paced firehose of mock events, one batching sender per partition.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rskafka::chrono::{DateTime, Utc};
+use rskafka::client::partition::{Compression, PartitionClient};
+use rskafka::record::Record;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::cli::{CompressionArg, PartitionerArg, ProduceArgs};
+use crate::events::Generator;
+use crate::kafka::{self, partitioner};
+use crate::progress::Progress;
+use crate::{exit, output, shutdown};
+
+/// How long a sender waits for more records before sending a partial batch.
+const LINGER: Duration = Duration::from_millis(5);
+/// Records queued per partition before the generator waits (backpressure, bounded memory).
+const QUEUE_PER_PARTITION: usize = 8192;
+
+#[derive(Debug, Serialize)]
+pub struct ProduceSummary {
+    pub topic: String,
+    pub sent: u64,
+    pub per_partition: Vec<u64>,
+    pub elapsed_secs: f64,
+    pub rate: f64,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::None => Compression::NoCompression,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Lz4 => Compression::Lz4,
+            CompressionArg::Snappy => Compression::Snappy,
+            CompressionArg::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+pub async fn run(args: ProduceArgs) -> Result<()> {
+    if !args.rate.is_finite() || args.rate < 0.0 {
+        return Err(exit::usage(format!(
+            "--rate must be 0 (unlimited) or positive, got {}",
+            args.rate
+        )));
+    }
+    let cancel = shutdown::on_signal();
+    let client = kafka::connect(&args.kafka).await?;
+    let partitions = kafka::partitions_of(&client, &args.topic).await?;
+    let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
+    let acked: Arc<Vec<AtomicU64>> =
+        Arc::new(partitions.iter().map(|_| AtomicU64::new(0)).collect());
+
+    let mut queues = Vec::with_capacity(clients.len());
+    let mut senders = Vec::with_capacity(clients.len());
+    for (index, pc) in clients.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(QUEUE_PER_PARTITION);
+        queues.push(tx);
+        let acked = Arc::clone(&acked);
+        let compression = args.compression.into();
+        let batch_bytes = args.batch_bytes;
+        senders.push(tokio::spawn(async move {
+            send_partition(pc, rx, compression, batch_bytes, &acked[index]).await
+        }));
+    }
+
+    let start = Instant::now();
+    let mut progress = Progress::new();
+    let mut generator = Generator::new(args.kind, args.seed);
+    let mut generated: u64 = 0;
+    let mut round_robin = 0usize;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut generation_error = None;
+
+    'produce: loop {
+        if cancel.is_cancelled() || generated >= limit {
+            break;
+        }
+        if args.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        // Events due by now: event i is due at start + i/rate, so a run is evenly spread
+        // instead of a second's worth in one burst.
+        let due = if args.rate == 0.0 {
+            generated + 1024
+        } else {
+            (start.elapsed().as_secs_f64() * args.rate) as u64 + 1
+        }
+        .min(limit);
+        if generated >= due {
+            let next_at = start + Duration::from_secs_f64(generated as f64 / args.rate);
+            let next_at = match args.duration {
+                Some(d) => next_at.min(start + d),
+                None => next_at,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_at.into()) => {}
+                _ = cancel.cancelled() => {}
+            }
+            continue;
+        }
+        while generated < due {
+            let event = generator.next_event(OffsetDateTime::now_utc());
+            let key = event.key().as_bytes();
+            let index = match args.partitioner {
+                PartitionerArg::Murmur2 => partitioner::partition_for_key(key, queues.len()),
+                PartitionerArg::RoundRobin => {
+                    round_robin = (round_robin + 1) % queues.len();
+                    round_robin
+                }
+            };
+            let record = Record {
+                key: Some(key.to_vec()),
+                value: Some(event.to_json()),
+                headers: Default::default(),
+                timestamp: chrono_ts(event.ts()),
+            };
+            if queues[index].send(record).await.is_err() {
+                // The sender for this partition stopped on an error; its join below reports it.
+                generation_error = Some(index);
+                break 'produce;
+            }
+            generated += 1;
+        }
+        progress.update(|| {
+            let sent: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            format!(
+                "sent {sent} · {:.0} events/s · queued {}",
+                sent as f64 / secs,
+                generated - sent
+            )
+        });
+    }
+
+    // Closing the queues tells every sender to flush what it holds and stop.
+    drop(queues);
+    let mut failure = None;
+    for sender in senders {
+        match sender.await.context("a partition sender panicked")? {
+            Ok(()) => {}
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    progress.finish();
+
+    let elapsed = start.elapsed().as_secs_f64();
+    let per_partition: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let sent: u64 = per_partition.iter().sum();
+    let summary = ProduceSummary {
+        topic: args.topic.clone(),
+        sent,
+        per_partition,
+        elapsed_secs: elapsed,
+        rate: sent as f64 / elapsed.max(1e-9),
+    };
+    print_summary(&summary, &partitions)?;
+    match failure {
+        Some(e) => Err(e.context(format!(
+            "stopped after {} acknowledged events",
+            summary.sent
+        ))),
+        None if generation_error.is_some() => anyhow::bail!("a partition sender stopped early"),
+        None => Ok(()),
+    }
+}
+
+fn print_summary(summary: &ProduceSummary, partitions: &[i32]) -> Result<()> {
+    output::line(format!(
+        "produced {} events to '{}' in {:.2}s ({:.1} events/s)",
+        summary.sent, summary.topic, summary.elapsed_secs, summary.rate
+    ))?;
+    for (p, n) in partitions.iter().zip(&summary.per_partition) {
+        output::line(format!("  partition {p}: {n}"))?;
+    }
+    Ok(())
+}
+
+fn chrono_ts(ts: OffsetDateTime) -> DateTime<Utc> {
+    let ms = (ts.unix_timestamp_nanos() / 1_000_000) as i64;
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Batch records for one partition: send as soon as a batch is full or has lingered briefly.
+/// Counts a record only once the broker has acknowledged it.
+async fn send_partition(
+    client: Arc<PartitionClient>,
+    mut queue: mpsc::Receiver<Record>,
+    compression: Compression,
+    batch_bytes: usize,
+    acked: &AtomicU64,
+) -> Result<()> {
+    let mut batch: Vec<Record> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        let mut size = first.approximate_size();
+        batch.push(first);
+        let linger_until = tokio::time::Instant::now() + LINGER;
+        while size < batch_bytes {
+            let record = match queue.try_recv() {
+                Ok(r) => Some(r),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Err: the linger elapsed; Ok(None): the queue closed.
+                    tokio::time::timeout_at(linger_until, queue.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            };
+            match record {
+                Some(r) => {
+                    size += r.approximate_size();
+                    batch.push(r);
+                }
+                None => break,
+            }
+        }
+        let n = batch.len() as u64;
+        // rskafka retries transient failures with our bounded backoff (`--timeout`).
+        client
+            .produce(std::mem::take(&mut batch), compression)
+            .await
+            .with_context(|| format!("producing to {}/{}", client.topic(), client.partition()))?;
+        acked.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
+}

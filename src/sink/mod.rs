@@ -1,0 +1,177 @@
+//! Where consumed events land. A [`Sink`] writes one [`Batch`] — rows, dead letters and the new
+//! offsets — in one transaction, so a crash at any instant neither loses nor duplicates an event.
+//!
+//! One file per backend (`pg.rs`, `sqlite.rs`); they differ only where the SQL dialects force it.
+
+pub mod pg;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::events::Event;
+
+/// An event decoded from `partition`/`offset`.
+#[derive(Debug, Clone)]
+pub struct Landed {
+    pub event: Event,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record that could not be stored, kept byte for byte with the reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub error: String,
+}
+
+/// Move a partition's stored position from `from` (None: no row yet) to `to`.
+/// The write is fenced: it only succeeds if the stored value is still `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetAdvance {
+    pub partition: i32,
+    pub from: Option<i64>,
+    pub to: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub group: String,
+    pub topic: String,
+    pub events: Vec<Landed>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub offsets: Vec<OffsetAdvance>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub inserted: u64,
+    /// Events whose id was already stored (replays, re-produced events).
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Someone else moved the stored offset: another consumer on the same group and sink.
+    #[error(
+        "the stored offset of {topic}/{partition} for group '{group}' is no longer {expected}: \
+         another consumer is writing this group into the same database; stopping without writing"
+    )]
+    Fenced {
+        group: String,
+        topic: String,
+        partition: i32,
+        expected: String,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl SinkError {
+    /// Worth retrying: the connection or the server went away, or a lock was busy.
+    pub fn is_transient(&self) -> bool {
+        let SinkError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // Postgres: connection exceptions (08…), shutdown (57P0x), serialization and
+                // deadlock (40…). SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), extended too.
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code.starts_with("40")
+                    || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn fenced(batch: &Batch, advance: &OffsetAdvance) -> Self {
+        SinkError::Fenced {
+            group: batch.group.clone(),
+            topic: batch.topic.clone(),
+            partition: advance.partition,
+            expected: advance
+                .from
+                .map_or_else(|| "absent".to_string(), |f| f.to_string()),
+        }
+    }
+}
+
+pub trait Sink: Send {
+    /// Stored `partition → next offset` of `group` for `topic`.
+    fn load_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> impl Future<Output = Result<BTreeMap<i32, i64>, SinkError>> + Send;
+
+    /// Write the batch in one transaction: all of it, or (on error) none of it.
+    fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<Written, SinkError>> + Send;
+}
+
+/// How long to wait for a busy database or a free connection.
+pub fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(1))
+}
+
+/// A database URL safe to print: the password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => "<unparsable database URL>".to_string(),
+    }
+}
+
+/// Remove NUL characters, which Postgres text cannot hold (error texts may quote input).
+pub(crate) fn clean_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+pub(crate) type SaleRow<'a> = (&'a crate::events::Sale, &'a Landed);
+pub(crate) type SensorRow<'a> = (&'a crate::events::SensorReading, &'a Landed);
+
+/// Split a batch's events into the two kinds (a consumer reads one kind, but the type allows both).
+pub(crate) fn split_kinds(events: &[Landed]) -> (Vec<SaleRow<'_>>, Vec<SensorRow<'_>>) {
+    let mut sales = Vec::new();
+    let mut sensors = Vec::new();
+    for landed in events {
+        match &landed.event {
+            Event::Sale(s) => sales.push((s, landed)),
+            Event::Sensor(r) => sensors.push((r, landed)),
+        }
+    }
+    (sales, sensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        let shown = redact("postgres://app:s3cret@db.example:5432/streamlab");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("***"));
+        assert_eq!(redact("sqlite://warehouse.db"), "sqlite://warehouse.db");
+        assert!(!redact("postgres://a:b c@").contains("b c"));
+    }
+}

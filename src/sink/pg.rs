@@ -1,0 +1,224 @@
+//! PostgreSQL sink: one round trip per table per batch (UNNEST arrays into
+//! `INSERT … SELECT … ON CONFLICT (id) DO NOTHING`), all inside one transaction.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{clean_text, redact, split_kinds, Batch, SaleRow, SensorRow, Sink, SinkError, Written};
+use crate::events::cents;
+use crate::exit;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Connect (creating the database if it does not exist yet) and apply the migrations.
+pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<PgPool> {
+    let shown = redact(url);
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| exit::usage(format!("invalid PostgreSQL URL {shown}: {e}")))?;
+    let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
+        .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+    if !exists {
+        Postgres::create_database(url)
+            .await
+            .with_context(|| format!("creating the database of {shown}"))?;
+        tracing::info!("created database {shown}");
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(super::connect_timeout(timeout))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .with_context(|| format!("applying migrations to {shown}"))?;
+    Ok(pool)
+}
+
+pub struct PgSink {
+    pool: PgPool,
+}
+
+impl PgSink {
+    pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            pool: connect(url, timeout).await?,
+        })
+    }
+
+    async fn insert_sales(
+        tx: &mut Transaction<'_, Postgres>,
+        sales: &[SaleRow<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        if sales.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = sales.iter().map(|(s, _)| s.id).collect();
+        let ts: Vec<OffsetDateTime> = sales.iter().map(|(s, _)| s.ts).collect();
+        let stores: Vec<&str> = sales.iter().map(|(s, _)| s.store_id.as_str()).collect();
+        let amounts: Vec<i64> = sales.iter().map(|(s, _)| cents(s.amount_usd)).collect();
+        let channels: Vec<&str> = sales.iter().map(|(s, _)| s.channel.as_str()).collect();
+        let partitions: Vec<i32> = sales.iter().map(|(_, l)| l.partition).collect();
+        let offsets: Vec<i64> = sales.iter().map(|(_, l)| l.offset).collect();
+        let done = sqlx::query(
+            "INSERT INTO public.sales_events
+                 (id, ts, store_id, amount_usd, channel, kafka_partition, kafka_offset)
+             SELECT id, ts, store_id, cents::numeric / 100, channel, p, o
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::text[],
+                         $6::int4[], $7::int8[]) AS t(id, ts, store_id, cents, channel, p, o)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(ids)
+        .bind(ts)
+        .bind(stores)
+        .bind(amounts)
+        .bind(channels)
+        .bind(partitions)
+        .bind(offsets)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert_sensors(
+        tx: &mut Transaction<'_, Postgres>,
+        readings: &[SensorRow<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        if readings.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = readings.iter().map(|(r, _)| r.id).collect();
+        let sensors: Vec<&str> = readings.iter().map(|(r, _)| r.sensor_id.as_str()).collect();
+        let vals: Vec<f64> = readings.iter().map(|(r, _)| r.val).collect();
+        let units: Vec<&str> = readings.iter().map(|(r, _)| r.unit.as_str()).collect();
+        let statuses: Vec<&str> = readings.iter().map(|(r, _)| r.status.as_str()).collect();
+        let ts: Vec<OffsetDateTime> = readings.iter().map(|(r, _)| r.ts).collect();
+        let partitions: Vec<i32> = readings.iter().map(|(_, l)| l.partition).collect();
+        let offsets: Vec<i64> = readings.iter().map(|(_, l)| l.offset).collect();
+        let done = sqlx::query(
+            "INSERT INTO public.sensor_logs
+                 (id, sensor_id, val, unit, status, ts, kafka_partition, kafka_offset)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::float8[], $4::text[], $5::text[],
+                                  $6::timestamptz[], $7::int4[], $8::int8[])
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(ids)
+        .bind(sensors)
+        .bind(vals)
+        .bind(units)
+        .bind(statuses)
+        .bind(ts)
+        .bind(partitions)
+        .bind(offsets)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert_dead_letters(
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &Batch,
+    ) -> Result<u64, sqlx::Error> {
+        if batch.dead_letters.is_empty() {
+            return Ok(0);
+        }
+        let d = &batch.dead_letters;
+        let partitions: Vec<i32> = d.iter().map(|x| x.partition).collect();
+        let offsets: Vec<i64> = d.iter().map(|x| x.offset).collect();
+        let keys: Vec<Option<Vec<u8>>> = d.iter().map(|x| x.key.clone()).collect();
+        let payloads: Vec<Option<Vec<u8>>> = d.iter().map(|x| x.payload.clone()).collect();
+        let errors: Vec<String> = d.iter().map(|x| clean_text(&x.error)).collect();
+        let done = sqlx::query(
+            "INSERT INTO public.dead_letters
+                 (topic, kafka_partition, kafka_offset, record_key, payload, error)
+             SELECT $1, * FROM UNNEST($2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::text[])
+             ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
+        )
+        .bind(&batch.topic)
+        .bind(partitions)
+        .bind(offsets)
+        .bind(keys)
+        .bind(payloads)
+        .bind(errors)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl Sink for PgSink {
+    async fn load_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT kafka_partition, next_offset FROM public.streamlab_offsets
+             WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+        let mut tx = self.pool.begin().await?;
+        let (sales, sensors) = split_kinds(&batch.events);
+        let inserted = Self::insert_sales(&mut tx, &sales).await?
+            + Self::insert_sensors(&mut tx, &sensors).await?;
+        let dead_lettered = Self::insert_dead_letters(&mut tx, batch).await?;
+        for advance in &batch.offsets {
+            let done =
+                match advance.from {
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO public.streamlab_offsets
+                         (consumer_group, topic, kafka_partition, next_offset)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&batch.group)
+                        .bind(&batch.topic)
+                        .bind(advance.partition)
+                        .bind(advance.to)
+                        .execute(&mut *tx)
+                        .await?
+                    }
+                    Some(from) => sqlx::query(
+                        "UPDATE public.streamlab_offsets SET next_offset = $4, updated_at = now()
+                     WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
+                       AND next_offset = $5",
+                    )
+                    .bind(&batch.group)
+                    .bind(&batch.topic)
+                    .bind(advance.partition)
+                    .bind(advance.to)
+                    .bind(from)
+                    .execute(&mut *tx)
+                    .await?,
+                };
+            if done.rows_affected() != 1 {
+                // Dropping the transaction rolls it back: nothing of this batch is kept.
+                return Err(SinkError::fenced(batch, advance));
+            }
+        }
+        tx.commit().await?;
+        Ok(Written {
+            inserted,
+            duplicates: batch.events.len() as u64 - inserted,
+            dead_lettered,
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! SQLite sink: WAL, `synchronous=NORMAL`, multi-row prepared inserts, one transaction per batch.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
+
+use super::{clean_text, redact, split_kinds, Batch, SaleRow, SensorRow, Sink, SinkError, Written};
+use crate::events::{cents, ts_millis};
+use crate::exit;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Rows per INSERT statement: 9 bound values a row stays well under SQLite's 32766 limit.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Open (creating the file if missing) and apply the migrations.
+pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<SqlitePool> {
+    let shown = redact(url);
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| exit::usage(format!("invalid SQLite URL {shown}: {e}")))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(super::connect_timeout(timeout));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(super::connect_timeout(timeout))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open SQLite database {shown}"))?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .with_context(|| format!("applying migrations to {shown}"))?;
+    Ok(pool)
+}
+
+pub struct SqliteSink {
+    pool: SqlitePool,
+}
+
+impl SqliteSink {
+    pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            pool: connect(url, timeout).await?,
+        })
+    }
+
+    async fn insert_sales(
+        tx: &mut Transaction<'_, Sqlite>,
+        sales: &[SaleRow<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for chunk in sales.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO sales_events
+                     (id, ts, store_id, amount_usd, channel, kafka_partition, kafka_offset) ",
+            );
+            q.push_values(chunk, |mut row, (s, landed)| {
+                row.push_bind(s.id.to_string())
+                    .push_bind(ts_millis::format(s.ts))
+                    .push_bind(&s.store_id)
+                    .push_bind(cents(s.amount_usd) as f64 / 100.0)
+                    .push_bind(&s.channel)
+                    .push_bind(landed.partition)
+                    .push_bind(landed.offset);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            inserted += q
+                .build()
+                .persistent(true)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_sensors(
+        tx: &mut Transaction<'_, Sqlite>,
+        readings: &[SensorRow<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for chunk in readings.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO sensor_logs
+                     (id, sensor_id, val, unit, status, ts, kafka_partition, kafka_offset) ",
+            );
+            q.push_values(chunk, |mut row, (r, landed)| {
+                row.push_bind(r.id.to_string())
+                    .push_bind(&r.sensor_id)
+                    .push_bind(r.val)
+                    .push_bind(&r.unit)
+                    .push_bind(&r.status)
+                    .push_bind(ts_millis::format(r.ts))
+                    .push_bind(landed.partition)
+                    .push_bind(landed.offset);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            inserted += q
+                .build()
+                .persistent(true)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_dead_letters(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch: &Batch,
+    ) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for chunk in batch.dead_letters.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO dead_letters
+                     (topic, kafka_partition, kafka_offset, record_key, payload, error) ",
+            );
+            q.push_values(chunk, |mut row, d| {
+                row.push_bind(&batch.topic)
+                    .push_bind(d.partition)
+                    .push_bind(d.offset)
+                    .push_bind(d.key.as_deref())
+                    .push_bind(d.payload.as_deref())
+                    .push_bind(clean_text(&d.error));
+            });
+            q.push(" ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING");
+            inserted += q.build().execute(&mut **tx).await?.rows_affected();
+        }
+        Ok(inserted)
+    }
+}
+
+impl Sink for SqliteSink {
+    async fn load_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT kafka_partition, next_offset FROM streamlab_offsets
+             WHERE consumer_group = ? AND topic = ?",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+        // BEGIN IMMEDIATE takes the write lock up front, so a busy database is noticed (and
+        // retried) before any work is done rather than at COMMIT.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (sales, sensors) = split_kinds(&batch.events);
+        let inserted = Self::insert_sales(&mut tx, &sales).await?
+            + Self::insert_sensors(&mut tx, &sensors).await?;
+        let dead_lettered = Self::insert_dead_letters(&mut tx, batch).await?;
+        for advance in &batch.offsets {
+            let done = match advance.from {
+                None => sqlx::query(
+                    "INSERT INTO streamlab_offsets (consumer_group, topic, kafka_partition, next_offset)
+                     VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                )
+                .bind(&batch.group)
+                .bind(&batch.topic)
+                .bind(advance.partition)
+                .bind(advance.to)
+                .execute(&mut *tx)
+                .await?,
+                Some(from) => sqlx::query(
+                    "UPDATE streamlab_offsets
+                     SET next_offset = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?
+                       AND next_offset = ?",
+                )
+                .bind(advance.to)
+                .bind(&batch.group)
+                .bind(&batch.topic)
+                .bind(advance.partition)
+                .bind(from)
+                .execute(&mut *tx)
+                .await?,
+            };
+            if done.rows_affected() != 1 {
+                return Err(SinkError::fenced(batch, advance));
+            }
+        }
+        tx.commit().await?;
+        Ok(Written {
+            inserted,
+            duplicates: batch.events.len() as u64 - inserted,
+            dead_lettered,
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! `streamlab topic …`: create, retention, list, describe.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use rskafka::client::partition::OffsetAt;
+use serde::Serialize;
+
+use crate::cli::{
+    Format, TopicCommand, TopicCreateArgs, TopicDescribeArgs, TopicListArgs, TopicRetentionArgs,
+};
+use crate::duration::human_ms;
+use crate::kafka::{self, admin::Admin, admin::Created};
+use crate::output;
+
+const RETENTION_MS: &str = "retention.ms";
+
+/// Kafka's rule for topic names (`Topic.validate`): 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn parse_topic_name(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("a topic name cannot be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("a topic name cannot be '.' or '..'".into());
+    }
+    if name.len() > 249 {
+        return Err(format!(
+            "a topic name is at most 249 characters, this one has {}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "'{bad}' is not allowed in a topic name (use letters, digits, '.', '_' and '-')"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+pub async fn run(command: TopicCommand) -> Result<()> {
+    match command {
+        TopicCommand::Create(args) => create(args).await,
+        TopicCommand::Retention(args) => retention(args).await,
+        TopicCommand::List(args) => list(args).await,
+        TopicCommand::Describe(args) => describe(args).await,
+    }
+}
+
+async fn create(args: TopicCreateArgs) -> Result<()> {
+    let mut admin = Admin::connect(&args.kafka).await?;
+    let outcome = admin
+        .create_topic(
+            &args.topic,
+            args.partitions,
+            args.replication_factor,
+            &args.configs,
+        )
+        .await?;
+    match outcome {
+        Created::Created => {
+            let configs: Vec<String> = args
+                .configs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let configs = if configs.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", configs.join(", "))
+            };
+            output::line(format!(
+                "created topic '{}': {} partition(s), replication factor {}{configs}",
+                args.topic, args.partitions, args.replication_factor
+            ))?;
+            Ok(())
+        }
+        Created::AlreadyExists if args.if_not_exists => {
+            output::line(format!("topic '{}' already exists", args.topic))?;
+            Ok(())
+        }
+        Created::AlreadyExists => anyhow::bail!(
+            "topic '{}' already exists (pass --if-not-exists to accept that)",
+            args.topic
+        ),
+    }
+}
+
+/// `retention.ms` of a topic and whether it is the broker default.
+async fn current_retention(admin: &mut Admin, topic: &str) -> Result<(i64, bool)> {
+    let configs = admin
+        .describe_topic_configs(topic, Some(&[RETENTION_MS]))
+        .await?;
+    let entry = configs
+        .into_iter()
+        .find(|c| c.name == RETENTION_MS)
+        .ok_or_else(|| anyhow::anyhow!("the broker did not report {RETENTION_MS} for '{topic}'"))?;
+    let value = entry.value.as_deref().unwrap_or("-1");
+    let ms = value
+        .parse::<i64>()
+        .map_err(|_| anyhow::anyhow!("the broker reported {RETENTION_MS}={value}, not a number"))?;
+    Ok((ms, entry.is_default))
+}
+
+fn describe_retention(ms: i64, is_default: bool) -> String {
+    let origin = if is_default { ", broker default" } else { "" };
+    format!("{ms} ({}{origin})", human_ms(ms))
+}
+
+async fn retention(args: TopicRetentionArgs) -> Result<()> {
+    let mut admin = Admin::connect(&args.kafka).await?;
+    let (old, old_is_default) = current_retention(&mut admin, &args.topic).await?;
+    match args.set {
+        None => output::line(format!(
+            "{RETENTION_MS} of '{}': {}",
+            args.topic,
+            describe_retention(old, old_is_default)
+        ))?,
+        Some(new) => {
+            let new_ms = i64::try_from(new.as_millis())
+                .map_err(|_| crate::exit::usage("retention is too long"))?;
+            admin
+                .set_topic_config(&args.topic, RETENTION_MS, &new_ms.to_string())
+                .await?;
+            let (now, now_is_default) = current_retention(&mut admin, &args.topic).await?;
+            output::line(format!(
+                "{RETENTION_MS} of '{}': {} → {}",
+                args.topic,
+                describe_retention(old, old_is_default),
+                describe_retention(now, now_is_default)
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct TopicSummary {
+    name: String,
+    partitions: usize,
+}
+
+async fn list(args: TopicListArgs) -> Result<()> {
+    let mut admin = Admin::connect(&args.kafka).await?;
+    let topics: Vec<TopicSummary> = admin
+        .metadata(None)
+        .await?
+        .into_iter()
+        .filter(|t| !t.internal)
+        .map(|t| TopicSummary {
+            name: t.name,
+            partitions: t.partitions.len(),
+        })
+        .collect();
+    match args.format {
+        Format::Json => output::json(&topics),
+        Format::Table => {
+            let mut table = output::table(["TOPIC", "PARTITIONS"]);
+            for t in &topics {
+                table.add_row(vec![t.name.clone(), t.partitions.to_string()]);
+            }
+            output::line(table)?;
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PartitionDescription {
+    partition: i32,
+    leader: i32,
+    replicas: Vec<i32>,
+    earliest_offset: i64,
+    latest_offset: i64,
+}
+
+#[derive(Serialize)]
+struct TopicDescription {
+    topic: String,
+    retention_ms: i64,
+    retention_is_default: bool,
+    partitions: Vec<PartitionDescription>,
+}
+
+/// Earliest and latest offset of every partition, asked concurrently.
+pub async fn offset_ranges(
+    client: &rskafka::client::Client,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, (i64, i64)>> {
+    let clients = kafka::partition_clients(client, topic, partitions).await?;
+    let lookups = clients.iter().map(|pc| async move {
+        let earliest = pc.get_offset(OffsetAt::Earliest).await?;
+        let latest = pc.get_offset(OffsetAt::Latest).await?;
+        Ok::<_, anyhow::Error>((pc.partition(), (earliest, latest)))
+    });
+    futures::future::try_join_all(lookups)
+        .await
+        .map(|v| v.into_iter().collect())
+}
+
+async fn describe(args: TopicDescribeArgs) -> Result<()> {
+    let mut admin = Admin::connect(&args.kafka).await?;
+    let metadata = admin
+        .metadata(Some(&[args.topic.as_str()]))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("topic '{}' does not exist", args.topic))?;
+    let (retention_ms, retention_is_default) = current_retention(&mut admin, &args.topic).await?;
+    let client = kafka::connect(&args.kafka).await?;
+    let ids: Vec<i32> = metadata.partitions.iter().map(|p| p.partition).collect();
+    let ranges = offset_ranges(&client, &args.topic, &ids).await?;
+    let description = TopicDescription {
+        topic: args.topic.clone(),
+        retention_ms,
+        retention_is_default,
+        partitions: metadata
+            .partitions
+            .into_iter()
+            .map(|p| {
+                let (earliest, latest) = ranges.get(&p.partition).copied().unwrap_or((0, 0));
+                PartitionDescription {
+                    partition: p.partition,
+                    leader: p.leader,
+                    replicas: p.replicas,
+                    earliest_offset: earliest,
+                    latest_offset: latest,
+                }
+            })
+            .collect(),
+    };
+    match args.format {
+        Format::Json => output::json(&description),
+        Format::Table => {
+            output::line(format!(
+                "topic '{}' · {} partition(s) · retention {}",
+                description.topic,
+                description.partitions.len(),
+                describe_retention(retention_ms, retention_is_default)
+            ))?;
+            let mut table = output::table(["PARTITION", "LEADER", "EARLIEST", "LATEST", "RECORDS"]);
+            for p in &description.partitions {
+                table.add_row(vec![
+                    p.partition.to_string(),
+                    p.leader.to_string(),
+                    p.earliest_offset.to_string(),
+                    p.latest_offset.to_string(),
+                    (p.latest_offset - p.earliest_offset).to_string(),
+                ]);
+            }
+            output::line(table)?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_topic_name;
+
+    #[test]
+    fn topic_names_follow_kafkas_rules() {
+        assert!(parse_topic_name("sales").is_ok());
+        assert!(parse_topic_name("sensor-data.v2_x").is_ok());
+        assert!(parse_topic_name("").is_err());
+        assert!(parse_topic_name("..").is_err());
+        assert!(parse_topic_name("has space").is_err());
+        assert!(parse_topic_name(&"x".repeat(250)).is_err());
+    }
+}
