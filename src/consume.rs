@@ -86,10 +86,10 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
     let mut positions: BTreeMap<i32, PartitionPosition> = BTreeMap::new();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut starts = Vec::new();
+    let ranges = kafka::offset_ranges(&clients).await?;
     for pc in &clients {
         let p = pc.partition();
-        let earliest = pc.get_offset(OffsetAt::Earliest).await?;
-        let latest = pc.get_offset(OffsetAt::Latest).await?;
+        let (earliest, latest) = ranges[&p];
         let start = match stored.get(&p) {
             Some(&next) if next < earliest => {
                 tracing::warn!(

@@ -1,22 +1,25 @@
 //! Exit codes and how failures are reported: one line on stderr, no backtrace.
 //!
-//! 0 success · 1 runtime failure (or an unhealthy `check`) · 2 usage error (also used by clap).
+//! 0 success · 1 runtime failure, or an unhealthy `check` · 2 usage error (as clap uses), or a
+//! database `check` cannot reach.
 
 use std::process::ExitCode;
 
+/// An error that carries its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitError {
+    pub code: u8,
+    pub message: String,
+}
+
 /// A failure caused by what the user asked for rather than by the world: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// `check` found the pipeline unhealthy: the report is already printed, exit code 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unhealthy(pub String);
-
-/// Build a usage error (exit 2) with a message.
-pub fn usage(msg: impl Into<String>) -> anyhow::Error {
-    UsageError(msg.into()).into()
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    ExitError {
+        code: 2,
+        message: message.into(),
+    }
+    .into()
 }
 
 /// Print the error chain on one line and choose the exit code.
@@ -26,11 +29,11 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("error: {err:#}");
-    if err.downcast_ref::<UsageError>().is_some() {
-        ExitCode::from(2)
-    } else {
-        ExitCode::from(1)
-    }
+    let code = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ExitError>())
+        .map_or(1, |e| e.code);
+    ExitCode::from(code)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

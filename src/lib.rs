@@ -3,6 +3,7 @@
 //! `main.rs` only parses and reports; each subcommand has its own module here, so the tests can
 //! drive the same code the binary runs.
 
+pub mod check;
 pub mod cli;
 pub mod consume;
 pub mod duration;
@@ -27,7 +28,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Migrate(args) => migrate(args).await,
-        _ => anyhow::bail!("not yet"),
+        Command::Check(args) => check::run(args).await,
     }
 }
 

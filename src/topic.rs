@@ -1,9 +1,6 @@
 //! `streamlab topic …`: create, retention, list, describe.
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
-use rskafka::client::partition::OffsetAt;
 use serde::Serialize;
 
 use crate::cli::{
@@ -88,49 +85,55 @@ async fn create(args: TopicCreateArgs) -> Result<()> {
     }
 }
 
-/// `retention.ms` of a topic and whether it is the broker default.
-async fn current_retention(admin: &mut Admin, topic: &str) -> Result<(i64, bool)> {
-    let configs = admin
-        .describe_topic_configs(topic, Some(&[RETENTION_MS]))
-        .await?;
-    let entry = configs
-        .into_iter()
-        .find(|c| c.name == RETENTION_MS)
-        .ok_or_else(|| anyhow::anyhow!("the broker did not report {RETENTION_MS} for '{topic}'"))?;
+/// A topic's `retention.ms`: its value (None when the broker does not report one, i.e. it is
+/// not set on the topic) and whether it is the broker's default rather than a topic override.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Retention {
+    ms: Option<i64>,
+    is_default: bool,
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ms {
+            None => write!(f, "not set on the topic (the broker default applies)"),
+            Some(ms) if self.is_default => write!(f, "{ms} ({}, broker default)", human_ms(ms)),
+            Some(ms) => write!(f, "{ms} ({})", human_ms(ms)),
+        }
+    }
+}
+
+async fn current_retention(admin: &mut Admin, topic: &str) -> Result<Retention> {
+    let configs = admin.describe_topic_configs(topic).await?;
+    let Some(entry) = configs.into_iter().find(|c| c.name == RETENTION_MS) else {
+        return Ok(Retention {
+            ms: None,
+            is_default: true,
+        });
+    };
     let value = entry.value.as_deref().unwrap_or("-1");
     let ms = value
         .parse::<i64>()
         .map_err(|_| anyhow::anyhow!("the broker reported {RETENTION_MS}={value}, not a number"))?;
-    Ok((ms, entry.is_default))
-}
-
-fn describe_retention(ms: i64, is_default: bool) -> String {
-    let origin = if is_default { ", broker default" } else { "" };
-    format!("{ms} ({}{origin})", human_ms(ms))
+    Ok(Retention {
+        ms: Some(ms),
+        is_default: entry.is_default,
+    })
 }
 
 async fn retention(args: TopicRetentionArgs) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
-    let (old, old_is_default) = current_retention(&mut admin, &args.topic).await?;
+    let old = current_retention(&mut admin, &args.topic).await?;
     match args.set {
-        None => output::line(format!(
-            "{RETENTION_MS} of '{}': {}",
-            args.topic,
-            describe_retention(old, old_is_default)
-        ))?,
+        None => output::line(format!("{RETENTION_MS} of '{}': {old}", args.topic))?,
         Some(new) => {
             let new_ms = i64::try_from(new.as_millis())
                 .map_err(|_| crate::exit::usage("retention is too long"))?;
             admin
                 .set_topic_config(&args.topic, RETENTION_MS, &new_ms.to_string())
                 .await?;
-            let (now, now_is_default) = current_retention(&mut admin, &args.topic).await?;
-            output::line(format!(
-                "{RETENTION_MS} of '{}': {} → {}",
-                args.topic,
-                describe_retention(old, old_is_default),
-                describe_retention(now, now_is_default)
-            ))?;
+            let now = current_retention(&mut admin, &args.topic).await?;
+            output::line(format!("{RETENTION_MS} of '{}': {old} → {now}", args.topic))?;
         }
     }
     Ok(())
@@ -179,26 +182,10 @@ struct PartitionDescription {
 #[derive(Serialize)]
 struct TopicDescription {
     topic: String,
-    retention_ms: i64,
+    /// None: not set on the topic, the broker default applies.
+    retention_ms: Option<i64>,
     retention_is_default: bool,
     partitions: Vec<PartitionDescription>,
-}
-
-/// Earliest and latest offset of every partition, asked concurrently.
-pub async fn offset_ranges(
-    client: &rskafka::client::Client,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<BTreeMap<i32, (i64, i64)>> {
-    let clients = kafka::partition_clients(client, topic, partitions).await?;
-    let lookups = clients.iter().map(|pc| async move {
-        let earliest = pc.get_offset(OffsetAt::Earliest).await?;
-        let latest = pc.get_offset(OffsetAt::Latest).await?;
-        Ok::<_, anyhow::Error>((pc.partition(), (earliest, latest)))
-    });
-    futures::future::try_join_all(lookups)
-        .await
-        .map(|v| v.into_iter().collect())
 }
 
 async fn describe(args: TopicDescribeArgs) -> Result<()> {
@@ -209,14 +196,15 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("topic '{}' does not exist", args.topic))?;
-    let (retention_ms, retention_is_default) = current_retention(&mut admin, &args.topic).await?;
+    let retention = current_retention(&mut admin, &args.topic).await?;
     let client = kafka::connect(&args.kafka).await?;
     let ids: Vec<i32> = metadata.partitions.iter().map(|p| p.partition).collect();
-    let ranges = offset_ranges(&client, &args.topic, &ids).await?;
+    let clients = kafka::partition_clients(&client, &args.topic, &ids).await?;
+    let ranges = kafka::offset_ranges(&clients).await?;
     let description = TopicDescription {
         topic: args.topic.clone(),
-        retention_ms,
-        retention_is_default,
+        retention_ms: retention.ms,
+        retention_is_default: retention.is_default,
         partitions: metadata
             .partitions
             .into_iter()
@@ -236,10 +224,9 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         Format::Json => output::json(&description),
         Format::Table => {
             output::line(format!(
-                "topic '{}' · {} partition(s) · retention {}",
+                "topic '{}' · {} partition(s) · retention {retention}",
                 description.topic,
                 description.partitions.len(),
-                describe_retention(retention_ms, retention_is_default)
             ))?;
             let mut table = output::table(["PARTITION", "LEADER", "EARLIEST", "LATEST", "RECORDS"]);
             for p in &description.partitions {

@@ -189,16 +189,17 @@ impl Admin {
         Ok(out)
     }
 
-    /// A topic's configuration (DescribeConfigs); `keys` narrows it down.
-    pub async fn describe_topic_configs(
-        &mut self,
-        topic: &str,
-        keys: Option<&[&str]>,
-    ) -> Result<Vec<ConfigEntry>> {
+    /// A topic's configuration (DescribeConfigs).
+    ///
+    /// All configs are asked for (a null key list): tansu 0.6 cannot decode a request that names
+    /// keys. Apache Kafka lists every config with its source; tansu lists only the configs set on
+    /// the topic, all with source DEFAULT_CONFIG. A broker that omits `segment.bytes` (which Kafka
+    /// always reports) is taken to list overrides only, so what it lists was set on the topic.
+    pub async fn describe_topic_configs(&mut self, topic: &str) -> Result<Vec<ConfigEntry>> {
         let resource = DescribeConfigsResource::default()
             .with_resource_type(RESOURCE_TOPIC)
             .with_resource_name(str_bytes(topic))
-            .with_configuration_keys(keys.map(|ks| ks.iter().map(|k| str_bytes(k)).collect()));
+            .with_configuration_keys(None);
         let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
         let response = self.conn.call(request).await?;
         let result = response
@@ -214,13 +215,17 @@ impl Admin {
         check(result.error_code, result.error_message.as_ref(), || {
             format!("cannot describe the configs of topic '{topic}'")
         })?;
+        let lists_defaults = result
+            .configs
+            .iter()
+            .any(|c| c.name.as_str() == "segment.bytes");
         Ok(result
             .configs
             .into_iter()
             .map(|c| ConfigEntry {
                 name: c.name.to_string(),
                 value: c.value.map(|v| v.to_string()),
-                is_default: c.config_source != SOURCE_TOPIC,
+                is_default: lists_defaults && c.config_source != SOURCE_TOPIC,
             })
             .collect())
     }

@@ -8,11 +8,12 @@ pub mod admin;
 pub mod partitioner;
 pub mod wire;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
@@ -81,4 +82,27 @@ pub async fn partition_clients(
         out.push(Arc::new(pc));
     }
     Ok(out)
+}
+
+/// The log end offset (high watermark) of a partition: the offset the next record will get.
+///
+/// ListOffsets(latest) alone is not enough: tansu 0.6 answers it with the base offset of the
+/// last record batch. A fetch at that offset returns the true high watermark on every broker,
+/// so this asks both and believes the fetch.
+pub async fn end_offset(client: &PartitionClient) -> Result<i64> {
+    let listed = client.get_offset(OffsetAt::Latest).await?;
+    let (_, high_watermark) = client.fetch_records(listed, 1..1024, 0).await?;
+    Ok(high_watermark.max(listed))
+}
+
+/// Earliest and end offset of every partition, asked concurrently.
+pub async fn offset_ranges(clients: &[Arc<PartitionClient>]) -> Result<BTreeMap<i32, (i64, i64)>> {
+    let lookups = clients.iter().map(|pc| async move {
+        let earliest = pc.get_offset(OffsetAt::Earliest).await?;
+        let end = end_offset(pc).await?;
+        Ok::<_, anyhow::Error>((pc.partition(), (earliest, end)))
+    });
+    futures::future::try_join_all(lookups)
+        .await
+        .map(|v| v.into_iter().collect())
 }

@@ -1,0 +1,54 @@
+# streamlab — `just demo` runs the whole pipeline, `just test` runs the tests.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+broker_port := env_var_or_default("STREAMLAB_BROKER_PORT", "9092")
+export STREAMLAB_BROKER_PORT := broker_port
+export STREAMLAB_BROKERS := env_var_or_default("STREAMLAB_BROKERS", "127.0.0.1:" + broker_port)
+streamlab := "./target/release/streamlab"
+demo_db := "sqlite://target/demo/warehouse.db"
+
+# List the recipes.
+default:
+    @just --list
+
+# Build the release binary.
+build:
+    cargo build --release
+
+# Install the tansu broker once (≈12 minutes the first time, then cached in ~/.cargo/bin).
+install-broker:
+    @command -v tansu >/dev/null || cargo install tansu --locked --features dynostore,postgres
+
+# Start a local in-memory tansu broker on 127.0.0.1:{{broker_port}} (no Docker needed).
+broker: install-broker
+    scripts/broker start
+
+# Stop the broker `just broker` started.
+broker-stop:
+    scripts/broker stop
+
+# Start Apache Kafka 4 and PostgreSQL with Docker (docker-compose.yaml).
+up:
+    docker compose up -d --wait
+
+# Stop the Docker stack.
+down:
+    docker compose down
+
+# The whole pipeline on the embedded default: broker → topic → produce → consume into SQLite → check.
+demo: build broker
+    mkdir -p target/demo
+    {{streamlab}} topic create --topic sales --partitions 3 --config retention.ms=86400000 --if-not-exists
+    {{streamlab}} produce --topic sales --kind sales --count 3000 --rate 1000
+    {{streamlab}} consume --topic sales --sink sqlite -D {{demo_db}} --stop-at-end
+    {{streamlab}} check --sink sqlite -D {{demo_db}} --topic sales --max-lag 0
+
+# Run every test against the real broker and databases (starts the broker if needed).
+test: broker
+    cargo test --all-targets
+
+# Formatting and lints, as CI wants them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,651 @@
+//! `streamlab check`: the seeds' sanity queries and more, with a plain verdict.
+//!
+//! The queries are written once against sqlx's `Any` driver; [`Dialect`] supplies the few
+//! fragments where PostgreSQL and SQLite differ (timestamps, casts, placeholders).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::cli::{CheckArgs, Format, SinkKind};
+use crate::events::{EventKind, CHANNELS, STATUSES};
+use crate::exit::ExitError;
+use crate::sink::redact;
+use crate::{kafka, output};
+
+/// How far in the future a `ts` may be before it counts as impossible (clock skew allowance).
+const FUTURE_SKEW_MINUTES: i64 = 5;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub database: String,
+    pub table: String,
+    pub healthy: bool,
+    pub rows: i64,
+    pub latest_ts: Option<String>,
+    pub checks: Vec<CheckResult>,
+    pub newest: Vec<BTreeMap<String, serde_json::Value>>,
+    pub dead_letters: DeadLetters,
+    pub partitions: Vec<PartitionLag>,
+    pub total_lag: Option<i64>,
+    pub throughput: Throughput,
+    pub breakdown: Vec<Share>,
+    pub top_keys: Vec<Share>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckResult {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadLetters {
+    pub count: i64,
+    pub newest: Vec<DeadLetterSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadLetterSummary {
+    pub topic: String,
+    pub partition: i64,
+    pub offset: i64,
+    pub error: String,
+    pub failed_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i64,
+    /// Next offset to read, from the sink's offsets table (None: never consumed).
+    pub stored_offset: Option<i64>,
+    /// The broker's latest offset (only with --topic).
+    pub latest_offset: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Throughput {
+    /// Rows landed (by ingestion time) per second over the last minute.
+    pub last_1m_per_sec: f64,
+    /// … and over the last five minutes.
+    pub last_5m_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Share {
+    pub value: String,
+    pub rows: i64,
+}
+
+/// The SQL fragments that differ between the two databases.
+struct Dialect {
+    sqlite: bool,
+}
+
+impl Dialect {
+    /// Bind placeholder number `n` (1-based).
+    fn param(&self, n: usize) -> String {
+        if self.sqlite {
+            format!("?{n}")
+        } else {
+            format!("${n}")
+        }
+    }
+
+    /// A timestamp column as RFC 3339 UTC text with milliseconds.
+    fn ts_text(&self, expr: &str) -> String {
+        if self.sqlite {
+            expr.to_string()
+        } else {
+            format!("to_char({expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+        }
+    }
+
+    /// "now plus `minutes`", comparable with the ts columns.
+    fn now_plus_minutes(&self, minutes: i64) -> String {
+        if self.sqlite {
+            format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '{minutes:+} minutes')")
+        } else {
+            format!("(now() + interval '{minutes} minutes')")
+        }
+    }
+
+    fn real(&self, expr: &str) -> String {
+        if self.sqlite {
+            format!("CAST({expr} AS REAL)")
+        } else {
+            format!("CAST({expr} AS DOUBLE PRECISION)")
+        }
+    }
+
+    fn int(&self, expr: &str) -> String {
+        format!("CAST({expr} AS BIGINT)")
+    }
+
+    fn table_exists(&self) -> String {
+        if self.sqlite {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1".into()
+        } else {
+            "SELECT COUNT(*) FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_name = $1"
+                .into()
+        }
+    }
+
+    fn primary_key_on_id(&self, table: &str) -> String {
+        if self.sqlite {
+            format!(
+                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = 'id' AND pk = 1"
+            )
+        } else {
+            format!(
+                "SELECT COUNT(*) FROM information_schema.table_constraints tc
+                 JOIN information_schema.key_column_usage k
+                   ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema
+                 WHERE tc.table_schema = 'public' AND tc.table_name = '{table}'
+                   AND tc.constraint_type = 'PRIMARY KEY' AND k.column_name = 'id'"
+            )
+        }
+    }
+}
+
+/// Columns shown for the newest rows, with the SQL that renders each as text or a number.
+fn newest_columns(kind: EventKind, d: &Dialect) -> Vec<(&'static str, String, bool)> {
+    let ts = d.ts_text("ts");
+    match kind {
+        EventKind::Sales => vec![
+            ("id", "CAST(id AS TEXT)".into(), false),
+            ("ts", ts, false),
+            ("store_id", "store_id".into(), false),
+            ("amount_usd", d.real("amount_usd"), true),
+            ("channel", "channel".into(), false),
+        ],
+        EventKind::Sensor => vec![
+            ("id", "CAST(id AS TEXT)".into(), false),
+            ("sensor_id", "sensor_id".into(), false),
+            ("val", d.real("val"), true),
+            ("unit", "unit".into(), false),
+            ("status", "status".into(), false),
+            ("ts", ts, false),
+        ],
+    }
+}
+
+fn sql_list(values: &[&str]) -> String {
+    values
+        .iter()
+        .map(|v| format!("'{v}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
+    let row = sqlx::query(sql)
+        .fetch_one(pool)
+        .await
+        .with_context(|| sql.to_string())?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+async fn connect(args: &CheckArgs) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let url = args.db.url();
+    let shown = redact(&url);
+    let unreachable = |e: &dyn std::fmt::Display| ExitError {
+        code: 2,
+        message: format!("cannot reach the database {shown}: {e}"),
+    };
+    if args.db.sink == SinkKind::Sqlite {
+        let path = url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let path = path.split('?').next().unwrap_or_default();
+        if path != ":memory:" && !std::path::Path::new(path).exists() {
+            return Err(unreachable(&"no such file (run `streamlab consume` first)").into());
+        }
+    }
+    let connecting = AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(args.kafka.timeout)
+        .connect(&url);
+    match tokio::time::timeout(args.kafka.timeout, connecting).await {
+        Ok(Ok(pool)) => Ok(pool),
+        Ok(Err(e)) => Err(unreachable(&e).into()),
+        Err(_) => Err(unreachable(&"no answer in time").into()),
+    }
+}
+
+pub async fn run(args: CheckArgs) -> Result<()> {
+    let pool = connect(&args).await?;
+    let d = Dialect {
+        sqlite: args.db.sink == SinkKind::Sqlite,
+    };
+    let table = args.kind.table();
+    let exists: i64 = sqlx::query(&d.table_exists())
+        .bind(table)
+        .fetch_one(&pool)
+        .await?
+        .try_get(0)?;
+    if exists == 0 {
+        anyhow::bail!(
+            "table {table} does not exist in {}: run `streamlab consume` or `streamlab migrate` first",
+            redact(&args.db.url())
+        );
+    }
+    let report = build_report(&args, &pool, &d).await?;
+    match args.format {
+        Format::Json => output::json(&report)?,
+        Format::Table => print_table(&report)?,
+    }
+    if report.healthy {
+        Ok(())
+    } else {
+        let failed: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect();
+        Err(ExitError {
+            code: 1,
+            message: format!("pipeline unhealthy: failed {}", failed.join(", ")),
+        }
+        .into())
+    }
+}
+
+async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<Report> {
+    let table = args.kind.table();
+    let mut checks = Vec::new();
+
+    // The seed's check: SELECT COUNT(*) AS rows, MAX(ts) AS latest_ts FROM sales_events;
+    let row = sqlx::query(&format!(
+        "SELECT COUNT(*), {} FROM {table}",
+        d.ts_text("MAX(ts)")
+    ))
+    .fetch_one(pool)
+    .await?;
+    let rows: i64 = row.try_get(0)?;
+    let latest_ts: Option<String> = row.try_get(1)?;
+
+    let pk = count(pool, &d.primary_key_on_id(table)).await?;
+    checks.push(CheckResult {
+        name: "primary_key",
+        ok: pk == 1,
+        detail: if pk == 1 {
+            format!("{table}.id is the primary key")
+        } else {
+            format!("{table} has no primary key on id: duplicates cannot be prevented")
+        },
+    });
+
+    let duplicated = count(
+        pool,
+        &format!(
+            "SELECT COUNT(*) FROM (SELECT id FROM {table} GROUP BY id HAVING COUNT(*) > 1) AS dup"
+        ),
+    )
+    .await?;
+    checks.push(CheckResult {
+        name: "unique_ids",
+        ok: duplicated == 0,
+        detail: if duplicated == 0 {
+            "no id appears twice".into()
+        } else {
+            format!("{duplicated} ids appear more than once")
+        },
+    });
+
+    let future = count(
+        pool,
+        &format!(
+            "SELECT COUNT(*) FROM {table} WHERE ts > {}",
+            d.now_plus_minutes(FUTURE_SKEW_MINUTES)
+        ),
+    )
+    .await?;
+    checks.push(CheckResult {
+        name: "timestamps",
+        ok: future == 0,
+        detail: if future == 0 {
+            format!("no ts more than {FUTURE_SKEW_MINUTES} minutes in the future")
+        } else {
+            format!("{future} rows have a ts more than {FUTURE_SKEW_MINUTES} minutes in the future")
+        },
+    });
+
+    let (category, known) = match args.kind {
+        EventKind::Sales => {
+            let negative = count(
+                pool,
+                &format!("SELECT COUNT(*) FROM {table} WHERE amount_usd < 0"),
+            )
+            .await?;
+            checks.push(CheckResult {
+                name: "amounts",
+                ok: negative == 0,
+                detail: if negative == 0 {
+                    "no negative amounts".into()
+                } else {
+                    format!("{negative} rows have a negative amount_usd")
+                },
+            });
+            ("channel", &CHANNELS)
+        }
+        EventKind::Sensor => ("status", &STATUSES),
+    };
+    let unknown = count(
+        pool,
+        &format!(
+            "SELECT COUNT(*) FROM {table} WHERE {category} NOT IN ({})",
+            sql_list(known)
+        ),
+    )
+    .await?;
+    checks.push(CheckResult {
+        name: if category == "channel" {
+            "channels"
+        } else {
+            "statuses"
+        },
+        ok: unknown == 0,
+        detail: if unknown == 0 {
+            format!("every {category} is one of {}", known.join("/"))
+        } else {
+            format!("{unknown} rows have an unknown {category}")
+        },
+    });
+
+    let dead_letters = dead_letters(pool, d).await?;
+    checks.push(CheckResult {
+        name: "dead_letters",
+        ok: dead_letters.count == 0,
+        detail: match dead_letters.newest.first() {
+            None => "no records were dead-lettered".into(),
+            Some(newest) => format!(
+                "{} records could not be stored; newest: {}/{}@{}: {}",
+                dead_letters.count, newest.topic, newest.partition, newest.offset, newest.error
+            ),
+        },
+    });
+
+    let (partitions, total_lag) = lag(args, pool, d).await?;
+    if let Some(total) = total_lag {
+        let ok = args.max_lag.is_none_or(|max| total <= max);
+        checks.push(CheckResult {
+            name: "lag",
+            ok,
+            detail: match args.max_lag {
+                Some(max) => format!("total lag {total} (max {max})"),
+                None => format!("total lag {total}"),
+            },
+        });
+    } else if args.max_lag.is_some() {
+        anyhow::bail!(ExitError {
+            code: 2,
+            message: "--max-lag needs --topic".into()
+        });
+    }
+
+    let columns = newest_columns(args.kind, d);
+    let select: Vec<&str> = columns.iter().map(|(_, sql, _)| sql.as_str()).collect();
+    let newest_rows = sqlx::query(&format!(
+        "SELECT {} FROM {table} ORDER BY ts DESC LIMIT 10",
+        select.join(", ")
+    ))
+    .fetch_all(pool)
+    .await?;
+    let newest = newest_rows
+        .iter()
+        .map(|row| row_to_map(row, &columns))
+        .collect::<Result<Vec<_>>>()?;
+
+    let since = |m: i64| d.now_plus_minutes(-m);
+    let row = sqlx::query(&format!(
+        "SELECT {}, {} FROM {table}",
+        d.int(&format!(
+            "COALESCE(SUM(CASE WHEN ingested_at > {} THEN 1 ELSE 0 END), 0)",
+            since(1)
+        )),
+        d.int(&format!(
+            "COALESCE(SUM(CASE WHEN ingested_at > {} THEN 1 ELSE 0 END), 0)",
+            since(5)
+        )),
+    ))
+    .fetch_one(pool)
+    .await?;
+    let throughput = Throughput {
+        last_1m_per_sec: row.try_get::<i64, _>(0)? as f64 / 60.0,
+        last_5m_per_sec: row.try_get::<i64, _>(1)? as f64 / 300.0,
+    };
+
+    let breakdown = shares(
+        pool,
+        &format!("SELECT {category}, COUNT(*) FROM {table} GROUP BY {category} ORDER BY 2 DESC, 1"),
+    )
+    .await?;
+    let key = args.kind.key_column();
+    let top_keys = shares(
+        pool,
+        &format!("SELECT {key}, COUNT(*) FROM {table} GROUP BY {key} ORDER BY 2 DESC, 1 LIMIT 5"),
+    )
+    .await?;
+
+    Ok(Report {
+        database: redact(&args.db.url()),
+        table: table.to_string(),
+        healthy: checks.iter().all(|c| c.ok),
+        rows,
+        latest_ts,
+        checks,
+        newest,
+        dead_letters,
+        partitions,
+        total_lag,
+        throughput,
+        breakdown,
+        top_keys,
+    })
+}
+
+fn row_to_map(
+    row: &AnyRow,
+    columns: &[(&'static str, String, bool)],
+) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut map = BTreeMap::new();
+    for (i, (name, _, numeric)) in columns.iter().enumerate() {
+        let value = if *numeric {
+            serde_json::json!(row.try_get::<f64, _>(i)?)
+        } else {
+            serde_json::json!(row.try_get::<String, _>(i)?)
+        };
+        map.insert(name.to_string(), value);
+    }
+    Ok(map)
+}
+
+async fn shares(pool: &AnyPool, sql: &str) -> Result<Vec<Share>> {
+    let rows = sqlx::query(sql).fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Share {
+                value: r.try_get(0)?,
+                rows: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
+
+async fn dead_letters(pool: &AnyPool, d: &Dialect) -> Result<DeadLetters> {
+    let count = count(pool, "SELECT COUNT(*) FROM dead_letters").await?;
+    let rows = sqlx::query(&format!(
+        "SELECT topic, {}, {}, error, {} FROM dead_letters ORDER BY id DESC LIMIT 5",
+        d.int("kafka_partition"),
+        d.int("kafka_offset"),
+        d.ts_text("failed_at")
+    ))
+    .fetch_all(pool)
+    .await?;
+    let newest = rows
+        .iter()
+        .map(|r| {
+            Ok(DeadLetterSummary {
+                topic: r.try_get(0)?,
+                partition: r.try_get(1)?,
+                offset: r.try_get(2)?,
+                error: r.try_get(3)?,
+                failed_at: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(DeadLetters { count, newest })
+}
+
+/// Stored positions of the group; with --topic, compared with the broker's latest offsets.
+async fn lag(
+    args: &CheckArgs,
+    pool: &AnyPool,
+    d: &Dialect,
+) -> Result<(Vec<PartitionLag>, Option<i64>)> {
+    let mut sql = format!(
+        "SELECT topic, {}, {} FROM streamlab_offsets WHERE consumer_group = {}",
+        d.int("kafka_partition"),
+        d.int("next_offset"),
+        d.param(1)
+    );
+    if args.topic.is_some() {
+        sql.push_str(&format!(" AND topic = {}", d.param(2)));
+    }
+    sql.push_str(" ORDER BY topic, 2");
+    let mut query = sqlx::query(&sql).bind(&args.group);
+    if let Some(topic) = &args.topic {
+        query = query.bind(topic);
+    }
+    let stored: Vec<(String, i64, i64)> = query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_>>()?;
+
+    let Some(topic) = &args.topic else {
+        let partitions = stored
+            .into_iter()
+            .map(|(topic, partition, next)| PartitionLag {
+                topic,
+                partition,
+                stored_offset: Some(next),
+                latest_offset: None,
+                lag: None,
+            })
+            .collect();
+        return Ok((partitions, None));
+    };
+
+    let client = kafka::connect(&args.kafka).await?;
+    let ids = kafka::partitions_of(&client, topic).await?;
+    let clients = kafka::partition_clients(&client, topic, &ids).await?;
+    let by_partition: BTreeMap<i64, i64> = stored.iter().map(|(_, p, n)| (*p, *n)).collect();
+    let mut partitions = Vec::new();
+    let mut total = 0;
+    let ranges = kafka::offset_ranges(&clients).await?;
+    for pc in clients {
+        let (earliest, latest) = ranges[&pc.partition()];
+        let stored_offset = by_partition.get(&i64::from(pc.partition())).copied();
+        let from = stored_offset.unwrap_or(earliest);
+        let lag = (latest - from).max(0);
+        total += lag;
+        partitions.push(PartitionLag {
+            topic: topic.clone(),
+            partition: i64::from(pc.partition()),
+            stored_offset,
+            latest_offset: Some(latest),
+            lag: Some(lag),
+        });
+    }
+    Ok((partitions, Some(total)))
+}
+
+fn print_table(r: &Report) -> Result<()> {
+    let colour = std::io::stdout().is_terminal();
+    let paint = |ok: bool| match (ok, colour) {
+        (true, true) => "\x1b[32mok\x1b[0m".to_string(),
+        (false, true) => "\x1b[31mFAIL\x1b[0m".to_string(),
+        (true, false) => "ok".to_string(),
+        (false, false) => "FAIL".to_string(),
+    };
+    output::line(format!("streamlab check · {} · {}", r.database, r.table))?;
+    output::line(format!(
+        "rows {} · latest ts {} · verdict {}",
+        r.rows,
+        r.latest_ts.as_deref().unwrap_or("-"),
+        if r.healthy { paint(true) } else { paint(false) }
+    ))?;
+    let mut checks = output::table(["CHECK", "STATUS", "DETAIL"]);
+    for c in &r.checks {
+        checks.add_row(vec![c.name.to_string(), paint(c.ok), c.detail.clone()]);
+    }
+    output::line(format!("\n{checks}"))?;
+
+    if !r.partitions.is_empty() {
+        let mut t = output::table(["TOPIC", "PARTITION", "STORED", "LATEST", "LAG"]);
+        let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+        for p in &r.partitions {
+            t.add_row(vec![
+                p.topic.clone(),
+                p.partition.to_string(),
+                show(p.stored_offset),
+                show(p.latest_offset),
+                show(p.lag),
+            ]);
+        }
+        output::line(format!("\n{t}"))?;
+    }
+
+    output::line(format!(
+        "\nlanded: {:.1} rows/s over the last minute, {:.1} rows/s over five minutes",
+        r.throughput.last_1m_per_sec, r.throughput.last_5m_per_sec
+    ))?;
+    let total = r.rows.max(1) as f64;
+    let shares: Vec<String> = r
+        .breakdown
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} ({:.0}%)",
+                s.value,
+                s.rows,
+                100.0 * s.rows as f64 / total
+            )
+        })
+        .collect();
+    output::line(format!("breakdown: {}", shares.join(" · ")))?;
+    let top: Vec<String> = r
+        .top_keys
+        .iter()
+        .map(|s| format!("{} {}", s.value, s.rows))
+        .collect();
+    output::line(format!("top: {}", top.join(" · ")))?;
+
+    if let Some(first) = r.newest.first() {
+        let names: Vec<&String> = first.keys().collect();
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::NOTHING)
+            .set_header(names.iter().map(|n| n.to_uppercase()));
+        for row in &r.newest {
+            t.add_row(row.values().map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }));
+        }
+        output::line(format!("\nnewest rows:\n{t}"))?;
+    }
+    Ok(())
+}

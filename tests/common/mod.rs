@@ -1,0 +1,236 @@
+//! Shared helpers: run the real `streamlab` binary against the real broker and databases.
+//!
+//! The broker address comes from STREAMLAB_BROKERS (set by `just test` and `.ci/run`), the
+//! PostgreSQL server from STREAMLAB_TEST_PG. Every test works on its own fresh topic and
+//! database, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use rand::Rng;
+
+pub fn brokers() -> String {
+    std::env::var("STREAMLAB_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("STREAMLAB_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh name, so tests never see each other's data.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}-{n:016x}")
+}
+
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamlab"));
+    cmd.args(args)
+        .env("STREAMLAB_BROKERS", brokers())
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "streamlab=info");
+    cmd
+}
+
+/// Run `streamlab ARGS…` to completion.
+pub fn streamlab(args: &[&str]) -> Output {
+    command(args).output().expect("run streamlab")
+}
+
+/// Run and require success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = streamlab(args);
+    assert!(
+        out.status.success(),
+        "streamlab {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+pub fn spawn(args: &[&str]) -> Child {
+    command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn streamlab")
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// A new topic with `partitions` partitions.
+pub fn topic(partitions: u32) -> String {
+    let name = unique("t");
+    ok(&[
+        "topic",
+        "create",
+        "--topic",
+        &name,
+        "--partitions",
+        &partitions.to_string(),
+    ]);
+    name
+}
+
+/// Run a helper script with the independent client (librdkafka via confluent-kafka).
+pub fn python(script: &str, args: &[&str]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .env("STREAMLAB_BROKERS", brokers())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Earliest and latest offsets per partition, from `topic describe --format json`.
+pub fn offsets(topic: &str) -> BTreeMap<i64, (i64, i64)> {
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "topic", "describe", "--topic", topic, "--format", "json",
+    ]))
+    .unwrap();
+    json["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                (
+                    p["earliest_offset"].as_i64().unwrap(),
+                    p["latest_offset"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A database for one test: a fresh PostgreSQL database or SQLite file, removed afterwards.
+pub struct TestDb {
+    pub sink: &'static str,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("warehouse.db").display());
+        Self {
+            sink: "sqlite",
+            url,
+            _dir: Some(dir),
+            pg_name: None,
+        }
+    }
+
+    pub fn pg() -> Self {
+        let name = unique("streamlab_test").replace('-', "_");
+        let admin = pg_admin_url();
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let base = admin.rsplit_once('/').unwrap().0;
+        Self {
+            sink: "pg",
+            url: format!("{base}/{name}"),
+            _dir: None,
+            pg_name: Some(name),
+        }
+    }
+
+    pub fn both() -> [TestDb; 2] {
+        [TestDb::sqlite(), TestDb::pg()]
+    }
+
+    /// A single number from SQL (the sink's own dialect).
+    pub fn scalar(&self, sql: &str) -> i64 {
+        let out = match self.sink {
+            "pg" => psql(&self.url, sql),
+            _ => sqlite(&self.url, sql),
+        };
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql} gave {out:?}"))
+    }
+
+    pub fn lines(&self, sql: &str) -> Vec<String> {
+        let out = match self.sink {
+            "pg" => psql(&self.url, sql),
+            _ => sqlite(&self.url, sql),
+        };
+        out.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    pub fn exec(&self, sql: &str) {
+        match self.sink {
+            "pg" => psql(&self.url, sql),
+            _ => sqlite(&self.url, sql),
+        };
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            let _ = Command::new("psql")
+                .args([
+                    &pg_admin_url(),
+                    "-qAtc",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ])
+                .output();
+        }
+    }
+}
+
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// SQLite through Python's sqlite3 (no sqlite3 CLI needed).
+pub fn sqlite(url: &str, sql: &str) -> String {
+    let path = url.trim_start_matches("sqlite://");
+    let script = "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]): print('|'.join('' if v is None else str(v) for v in r))\nc.commit()";
+    let out = Command::new("python3")
+        .args(["-c", script, path, sql])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "sqlite {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

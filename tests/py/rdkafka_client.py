@@ -1,0 +1,88 @@
+"""An independent client (librdkafka, via confluent-kafka) for cross-checking streamlab.
+
+    rdkafka_client.py topic TOPIC            -> {"partitions": n, "retention_ms": "…"}
+    rdkafka_client.py read TOPIC             -> one JSON line per record, every partition, from the start
+    rdkafka_client.py place TOPIC KEY…       -> {"KEY": partition} as librdkafka's murmur2 partitioner puts them
+    rdkafka_client.py committed GROUP TOPIC  -> {"partition": committed offset}
+"""
+import json
+import os
+import sys
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+BROKERS = os.environ.get("STREAMLAB_BROKERS", "127.0.0.1:9092")
+
+
+def partitions_of(topic):
+    md = AdminClient({"bootstrap.servers": BROKERS}).list_topics(topic, timeout=10)
+    return sorted(md.topics[topic].partitions)
+
+
+def topic(name):
+    admin = AdminClient({"bootstrap.servers": BROKERS})
+    md = admin.list_topics(name, timeout=10)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    configs = admin.describe_configs([resource])[resource].result(timeout=10)
+    print(json.dumps({
+        "partitions": len(md.topics[name].partitions),
+        "retention_ms": configs["retention.ms"].value,
+    }))
+
+
+def read(name):
+    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": "xcheck-reader",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    parts = partitions_of(name)
+    consumer.assign([TopicPartition(name, p, 0) for p in parts])
+    # Only end-of-partition events end the read: tansu 0.6 answers ListOffsets (which
+    # get_watermark_offsets uses) with the base offset of the last batch, not the end.
+    done = set()
+    while len(done) < len(parts):
+        msg = consumer.poll(10)
+        if msg is None:
+            raise SystemExit("timed out reading " + name)
+        if msg.error():
+            if msg.error().code() == -191:  # _PARTITION_EOF
+                done.add(msg.partition())
+                continue
+            raise SystemExit(str(msg.error()))
+        print(json.dumps({
+            "partition": msg.partition(),
+            "offset": msg.offset(),
+            "key": msg.key().decode() if msg.key() is not None else None,
+            "value": msg.value().decode(errors="replace") if msg.value() is not None else None,
+            "timestamp": msg.timestamp()[1],
+        }))
+    consumer.close()
+
+
+def place(name, keys):
+    producer = Producer({"bootstrap.servers": BROKERS, "partitioner": "murmur2_random"})
+    placed = {}
+
+    def report(err, msg):
+        if err:
+            raise SystemExit(str(err))
+        placed[msg.key().decode()] = msg.partition()
+
+    for key in keys:
+        producer.produce(name, key=key.encode(), value=b"{}", on_delivery=report)
+    producer.flush(10)
+    print(json.dumps(placed))
+
+
+def committed(group, name):
+    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": group, "enable.auto.commit": False})
+    tps = consumer.committed([TopicPartition(name, p) for p in partitions_of(name)], timeout=10)
+    print(json.dumps({str(tp.partition): tp.offset for tp in tps}))
+    consumer.close()
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"topic": lambda: topic(args[0]),
+     "read": lambda: read(args[0]),
+     "place": lambda: place(args[0], args[1:]),
+     "committed": lambda: committed(args[0], args[1])}[cmd]()
