@@ -28,7 +28,7 @@ pub struct Report {
     pub rows: i64,
     pub latest_ts: Option<String>,
     pub checks: Vec<CheckResult>,
-    pub newest: Vec<BTreeMap<String, serde_json::Value>>,
+    pub newest: Vec<serde_json::Map<String, serde_json::Value>>,
     pub dead_letters: DeadLetters,
     pub partitions: Vec<PartitionLag>,
     pub total_lag: Option<i64>,
@@ -458,8 +458,9 @@ async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<R
 fn row_to_map(
     row: &AnyRow,
     columns: &[(&'static str, String, bool)],
-) -> Result<BTreeMap<String, serde_json::Value>> {
-    let mut map = BTreeMap::new();
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    // Columns keep the table's order (serde_json's preserve_order).
+    let mut map = serde_json::Map::new();
     for (i, (name, _, numeric)) in columns.iter().enumerate() {
         let value = if *numeric {
             serde_json::json!(row.try_get::<f64, _>(i)?)

@@ -123,6 +123,9 @@ async fn current_retention(admin: &mut Admin, topic: &str) -> Result<Retention> 
 
 async fn retention(args: TopicRetentionArgs) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
+    // Some brokers (tansu) describe the configs of a topic that does not exist as empty;
+    // metadata says plainly whether it exists.
+    admin.metadata(Some(&[args.topic.as_str()])).await?;
     let old = current_retention(&mut admin, &args.topic).await?;
     match args.set {
         None => output::line(format!("{RETENTION_MS} of '{}': {old}", args.topic))?,
