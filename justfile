@@ -52,3 +52,7 @@ test: broker
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
+
+# Measure the pipeline against its limits (1,000,000 events × 3 runs; table + target/bench/latest.json).
+bench *ARGS: build broker
+    {{streamlab}} bench {{ARGS}}

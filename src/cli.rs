@@ -41,6 +41,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Sanity and health checks over what landed in the database.
     Check(CheckArgs),
+    /// Measure produce, fetch, database limits, consume, latency and memory on the local stack.
+    Bench(BenchArgs),
 }
 
 /// How to reach Kafka. Shared by every command that talks to a broker.
@@ -282,6 +284,31 @@ pub struct CheckArgs {
     pub max_lag: Option<i64>,
     #[command(flatten)]
     pub kafka: KafkaOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    /// Events per measurement.
+    #[arg(short = 'n', long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
+    /// Partitions of the bench topics.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+    /// PostgreSQL server (its maintenance database); bench databases are created and dropped.
+    #[arg(
+        long,
+        env = "STREAMLAB_TEST_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub pg_url: String,
+    /// How long to measure end-to-end latency at 10,000 events/s (0 skips it).
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    pub latency: Duration,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -3,6 +3,7 @@
 //! `main.rs` only parses and reports; each subcommand has its own module here, so the tests can
 //! drive the same code the binary runs.
 
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod consume;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Consume(args) => consume::run(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Check(args) => check::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

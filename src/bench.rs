@@ -1,0 +1,541 @@
+//! `streamlab bench`: the pipeline against its limits, in one run, on the local stack.
+//!
+//! Every figure is the median of `--repeats` runs. `produce` and `consume` run as child processes
+//! (this same binary), so their peak RSS is their own. Ratios within one run matter more than
+//! absolute numbers on a shared, noisy machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
+use time::OffsetDateTime;
+
+use crate::cli::BenchArgs;
+use crate::events::{cents, ts_millis, Event, EventKind, Generator};
+use crate::kafka::{self, admin::Admin};
+use crate::output;
+use crate::sink::redact;
+
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    pub machine: String,
+    pub events: u64,
+    pub repeats: u32,
+    pub produce_sales_per_sec: f64,
+    pub produce_sales_mb_per_sec: f64,
+    pub produce_sensor_per_sec: f64,
+    pub fetch_limit_per_sec: f64,
+    pub pg_copy_limit_per_sec: f64,
+    pub sqlite_bulk_limit_per_sec: f64,
+    pub consume_pg_per_sec: f64,
+    pub consume_pg_ratio: f64,
+    pub consume_sqlite_per_sec: f64,
+    pub consume_sqlite_ratio: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub produce_peak_rss_mib: f64,
+    pub consume_peak_rss_mib: f64,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// A child `streamlab` run: wall time and peak RSS (VmHWM, sampled until it exits).
+struct ChildRun {
+    secs: f64,
+    peak_rss_kib: u64,
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Result<ChildRun> {
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("STREAMLAB_BROKERS", brokers)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting a streamlab child")?;
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("streamlab {} failed: {err}", args.join(" "));
+    }
+    Ok(ChildRun {
+        secs: started.elapsed().as_secs_f64(),
+        peak_rss_kib: peak,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let brokers = args.kafka.brokers().join(",");
+    let n = args.events;
+    let mut report = BenchReport {
+        machine: machine(),
+        events: n,
+        repeats: args.repeats,
+        ..BenchReport::default()
+    };
+    let mut admin = Admin::connect(&args.kafka).await?;
+    let client = kafka::connect(&args.kafka).await?;
+    let stamp = OffsetDateTime::now_utc().unix_timestamp();
+    let pg_admin = args.pg_url.clone();
+    tracing::info!(
+        "bench: {n} events, {} repeats, PostgreSQL {}",
+        args.repeats,
+        redact(&pg_admin)
+    );
+
+    let (mut produce_sales, mut produce_sensor, mut fetch, mut copy, mut bulk) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut consume_pg, mut consume_sqlite) = (vec![], vec![]);
+    let (mut rss_produce, mut rss_consume) = (0u64, 0u64);
+    let mut mb_per_sec = vec![];
+    let count = n.to_string();
+    let workdir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&workdir)?;
+
+    for round in 0..args.repeats {
+        // 1. produce, unlimited, each kind onto its own fresh topic.
+        let topic = format!("bench-{stamp}-{round}");
+        let sensor_topic = format!("bench-{stamp}-{round}-sensor");
+        for t in [&topic, &sensor_topic] {
+            admin.create_topic(t, args.partitions, 1, &[]).await?;
+        }
+        let run = run_child(
+            &exe,
+            &brokers,
+            &[
+                "produce", "--topic", &topic, "--count", &count, "--rate", "0",
+            ],
+        )
+        .await?;
+        produce_sales.push(n as f64 / run.secs);
+        rss_produce = rss_produce.max(run.peak_rss_kib);
+        let run = run_child(
+            &exe,
+            &brokers,
+            &[
+                "produce",
+                "--topic",
+                &sensor_topic,
+                "--kind",
+                "sensor",
+                "--count",
+                &count,
+                "--rate",
+                "0",
+            ],
+        )
+        .await?;
+        produce_sensor.push(n as f64 / run.secs);
+
+        // 2. The fetch limit: read everything with the plain client and discard it.
+        let partitions = kafka::partitions_of(&client, &topic).await?;
+        let clients = kafka::partition_clients(&client, &topic, &partitions).await?;
+        let started = Instant::now();
+        let reads = clients.iter().map(|pc| async move {
+            let end = kafka::end_offset(pc).await?;
+            let (mut offset, mut records, mut bytes) = (0i64, 0u64, 0u64);
+            while offset < end {
+                let (batch, _) = pc.fetch_records(offset, 1..4 * 1024 * 1024, 250).await?;
+                let Some(last) = batch.last() else { break };
+                offset = last.offset + 1;
+                records += batch.len() as u64;
+                bytes += batch
+                    .iter()
+                    .map(|r| r.record.approximate_size() as u64)
+                    .sum::<u64>();
+            }
+            Ok::<_, anyhow::Error>((records, bytes))
+        });
+        let totals = futures::future::try_join_all(reads).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let (records, bytes): (u64, u64) =
+            totals.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        fetch.push(records as f64 / secs);
+        mb_per_sec.push(bytes as f64 / 1e6 / (n as f64 / produce_sales[produce_sales.len() - 1]));
+
+        // 3. The database limits, on the same kind of rows.
+        let rows = generate(n);
+        copy.push(pg_copy_limit(&pg_admin, &rows).await?);
+        bulk.push(sqlite_bulk_limit(&workdir, &rows).await?);
+        drop(rows);
+
+        // 4. consume --stop-at-end from the backlog into each database.
+        let pg_db = pg_database_url(&pg_admin, &format!("streamlab_bench_{stamp}_{round}"))?;
+        let run = run_child(
+            &exe,
+            &brokers,
+            &[
+                "consume",
+                "--topic",
+                &topic,
+                "--sink",
+                "pg",
+                "-D",
+                &pg_db,
+                "--stop-at-end",
+            ],
+        )
+        .await?;
+        consume_pg.push(n as f64 / run.secs);
+        rss_consume = rss_consume.max(run.peak_rss_kib);
+        let sqlite_path = workdir.join(format!("consume-{round}.db"));
+        remove_sqlite(&sqlite_path);
+        let sqlite_url = format!("sqlite://{}", sqlite_path.display());
+        let run = run_child(
+            &exe,
+            &brokers,
+            &[
+                "consume",
+                "--topic",
+                &topic,
+                "--sink",
+                "sqlite",
+                "-D",
+                &sqlite_url,
+                "--stop-at-end",
+            ],
+        )
+        .await?;
+        consume_sqlite.push(n as f64 / run.secs);
+        rss_consume = rss_consume.max(run.peak_rss_kib);
+        remove_sqlite(&sqlite_path);
+        drop_database(&pg_admin, &format!("streamlab_bench_{stamp}_{round}")).await;
+        tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
+    }
+
+    report.produce_sales_per_sec = median(produce_sales);
+    report.produce_sensor_per_sec = median(produce_sensor);
+    report.produce_sales_mb_per_sec = median(mb_per_sec);
+    report.fetch_limit_per_sec = median(fetch);
+    report.pg_copy_limit_per_sec = median(copy);
+    report.sqlite_bulk_limit_per_sec = median(bulk);
+    report.consume_pg_per_sec = median(consume_pg);
+    report.consume_sqlite_per_sec = median(consume_sqlite);
+    report.consume_pg_ratio =
+        report.consume_pg_per_sec / report.fetch_limit_per_sec.min(report.pg_copy_limit_per_sec);
+    report.consume_sqlite_ratio = report.consume_sqlite_per_sec
+        / report
+            .fetch_limit_per_sec
+            .min(report.sqlite_bulk_limit_per_sec);
+    report.produce_peak_rss_mib = rss_produce as f64 / 1024.0;
+    report.consume_peak_rss_mib = rss_consume as f64 / 1024.0;
+
+    // 5. Steady-state latency at 10,000 events/s.
+    if !args.latency.is_zero() {
+        let (p50, p99) =
+            latency(&exe, &brokers, &mut admin, &pg_admin, stamp, args.latency).await?;
+        report.latency_p50_ms = Some(p50);
+        report.latency_p99_ms = Some(p99);
+    }
+
+    std::fs::write(
+        workdir.join("latest.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    print_report(&report)?;
+    Ok(())
+}
+
+fn remove_sqlite(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+fn generate(n: u64) -> Vec<crate::events::Sale> {
+    let mut g = Generator::new(EventKind::Sales, Some(1));
+    let now = OffsetDateTime::now_utc();
+    (0..n)
+        .map(|_| match g.next_event(now) {
+            Event::Sale(s) => s,
+            Event::Sensor(_) => unreachable!("a sales generator makes sales"),
+        })
+        .collect()
+}
+
+fn pg_database_url(admin_url: &str, name: &str) -> Result<String> {
+    let mut url = url::Url::parse(admin_url).context("--pg-url")?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+/// COPY (CSV) of the rows into an empty copy of `sales_events`: the PostgreSQL write limit.
+async fn pg_copy_limit(admin_url: &str, rows: &[crate::events::Sale]) -> Result<f64> {
+    let mut conn = PgConnectOptions::from_str(admin_url)?.connect().await?;
+    sqlx::query("DROP TABLE IF EXISTS streamlab_bench_copy")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(
+        "CREATE UNLOGGED TABLE streamlab_bench_copy (
+             id uuid PRIMARY KEY, ts timestamptz NOT NULL, store_id text NOT NULL,
+             amount_usd numeric(12,2) NOT NULL, channel text NOT NULL,
+             kafka_partition integer NOT NULL, kafka_offset bigint NOT NULL,
+             ingested_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut conn)
+    .await?;
+    // LOGGED like the real table, so the comparison is fair.
+    sqlx::query("ALTER TABLE streamlab_bench_copy SET LOGGED")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE INDEX ON streamlab_bench_copy (ts)")
+        .execute(&mut conn)
+        .await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY streamlab_bench_copy (id, ts, store_id, amount_usd, channel, kafka_partition, kafka_offset)
+             FROM STDIN (FORMAT csv)",
+        )
+        .await?;
+    let mut buf = String::with_capacity(1 << 20);
+    for (i, s) in rows.iter().enumerate() {
+        use std::fmt::Write;
+        let c = cents(s.amount_usd);
+        let _ = writeln!(
+            buf,
+            "{},{},{},{}.{:02},{},0,{i}",
+            s.id,
+            ts_millis::format(s.ts),
+            s.store_id,
+            c / 100,
+            c % 100,
+            s.channel
+        );
+        if buf.len() > (1 << 20) - 512 {
+            copy.send(buf.as_bytes()).await?;
+            buf.clear();
+        }
+    }
+    copy.send(buf.as_bytes()).await?;
+    copy.finish().await?;
+    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE streamlab_bench_copy")
+        .execute(&mut conn)
+        .await?;
+    Ok(rate)
+}
+
+/// One-transaction bulk insert into a fresh SQLite file with the real schema: the SQLite limit.
+async fn sqlite_bulk_limit(workdir: &Path, rows: &[crate::events::Sale]) -> Result<f64> {
+    let path = workdir.join("limit.db");
+    remove_sqlite(&path);
+    let pool = crate::sink::sqlite::connect(
+        &format!("sqlite://{}", path.display()),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    for (chunk_index, chunk) in rows.chunks(1000).enumerate() {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO sales_events (id, ts, store_id, amount_usd, channel, kafka_partition, kafka_offset) ",
+        );
+        q.push_values(chunk.iter().enumerate(), |mut row, (i, s)| {
+            row.push_bind(s.id.to_string())
+                .push_bind(ts_millis::format(s.ts))
+                .push_bind(&s.store_id)
+                .push_bind(s.amount_usd)
+                .push_bind(&s.channel)
+                .push_bind(0)
+                .push_bind((chunk_index * 1000 + i) as i64);
+        });
+        q.build().persistent(true).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    pool.close().await;
+    remove_sqlite(&path);
+    Ok(rate)
+}
+
+/// p50/p99 of (row written − event ts) with `produce --rate 10000` and `consume` into PostgreSQL.
+async fn latency(
+    exe: &Path,
+    brokers: &str,
+    admin: &mut Admin,
+    pg_admin: &str,
+    stamp: i64,
+    window: Duration,
+) -> Result<(f64, f64)> {
+    let topic = format!("bench-{stamp}-latency");
+    admin.create_topic(&topic, 3, 1, &[]).await?;
+    let name = format!("streamlab_bench_{stamp}_latency");
+    let db = pg_database_url(pg_admin, &name)?;
+    // Migrate first so the consumer is reading before the first event is produced.
+    crate::sink::pg::connect(&db, Duration::from_secs(10))
+        .await?
+        .close()
+        .await;
+    let mut consumer = Command::new(exe)
+        .args(["consume", "--topic", &topic, "--sink", "pg", "-D", &db])
+        .env("STREAMLAB_BROKERS", brokers)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let secs = format!("{}ms", window.as_millis());
+    run_child(
+        exe,
+        brokers,
+        &[
+            "produce",
+            "--topic",
+            &topic,
+            "--rate",
+            "10000",
+            "--duration",
+            &secs,
+        ],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &consumer.id().to_string()])
+        .status();
+    let _ = consumer.wait();
+    let mut conn = sqlx::PgConnection::connect(&db).await?;
+    // ingested_at is now() of the writing transaction, which commits right after.
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+         FROM (SELECT EXTRACT(EPOCH FROM ingested_at - ts) * 1000 AS ms FROM sales_events) AS l",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    drop_database(pg_admin, &name).await;
+    Ok((p50.unwrap_or(f64::NAN), p99.unwrap_or(f64::NAN)))
+}
+
+fn print_report(r: &BenchReport) -> Result<()> {
+    let mut t = output::table(["MEASURE", "RESULT", "TARGET"]);
+    let rate = |x: f64| format!("{:.0} events/s", x);
+    t.add_row(vec![
+        "produce sales (unlimited)".into(),
+        format!(
+            "{} · {:.1} MB/s",
+            rate(r.produce_sales_per_sec),
+            r.produce_sales_mb_per_sec
+        ),
+        "≥ 500000 events/s".into(),
+    ]);
+    t.add_row(vec![
+        "produce sensor (unlimited)".into(),
+        rate(r.produce_sensor_per_sec),
+        "".into(),
+    ]);
+    t.add_row(vec![
+        "fetch limit (read and discard)".into(),
+        rate(r.fetch_limit_per_sec),
+        "".into(),
+    ]);
+    t.add_row(vec![
+        "PostgreSQL limit (COPY csv)".into(),
+        format!("{:.0} rows/s", r.pg_copy_limit_per_sec),
+        "".into(),
+    ]);
+    t.add_row(vec![
+        "SQLite limit (bulk insert, 1 txn)".into(),
+        format!("{:.0} rows/s", r.sqlite_bulk_limit_per_sec),
+        "".into(),
+    ]);
+    t.add_row(vec![
+        "consume → PostgreSQL".into(),
+        format!(
+            "{} · {:.2} × limit",
+            rate(r.consume_pg_per_sec),
+            r.consume_pg_ratio
+        ),
+        "≥ 150000 and ≥ 0.7 ×".into(),
+    ]);
+    t.add_row(vec![
+        "consume → SQLite".into(),
+        format!(
+            "{} · {:.2} × limit",
+            rate(r.consume_sqlite_per_sec),
+            r.consume_sqlite_ratio
+        ),
+        "≥ 300000 and ≥ 0.7 ×".into(),
+    ]);
+    if let (Some(p50), Some(p99)) = (r.latency_p50_ms, r.latency_p99_ms) {
+        t.add_row(vec![
+            "latency at 10000 events/s (p50 / p99)".into(),
+            format!("{p50:.0} ms / {p99:.0} ms"),
+            "p99 ≤ 250 ms".into(),
+        ]);
+    }
+    t.add_row(vec![
+        "peak RSS produce / consume".into(),
+        format!(
+            "{:.1} MiB / {:.1} MiB",
+            r.produce_peak_rss_mib, r.consume_peak_rss_mib
+        ),
+        "consume ≤ 64 MiB".into(),
+    ]);
+    output::line(format!(
+        "streamlab bench · {} events × {} repeats (medians) · {}\n{t}\nwritten to target/bench/latest.json",
+        r.events, r.repeats, r.machine
+    ))?;
+    Ok(())
+}
