@@ -188,7 +188,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let end = kafka::end_offset(pc).await?;
             let (mut offset, mut records, mut bytes) = (0i64, 0u64, 0u64);
             while offset < end {
-                let (batch, _) = pc.fetch_records(offset, 1..4 * 1024 * 1024, 250).await?;
+                let (batch, _) = pc
+                    .fetch_records(offset, 1..kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS)
+                    .await?;
                 let Some(last) = batch.last() else { break };
                 offset = last.offset + 1;
                 records += batch.len() as u64;
@@ -296,7 +298,9 @@ fn remove_sqlite(path: &Path) {
 }
 
 fn generate(n: u64) -> Vec<crate::events::Sale> {
-    let mut g = Generator::new(EventKind::Sales, Some(1));
+    // Unseeded: time-ordered v7 ids, like the events consume writes (random ids would make the
+    // primary-key index the bottleneck and understate the limit).
+    let mut g = Generator::new(EventKind::Sales, None);
     let now = OffsetDateTime::now_utc();
     (0..n)
         .map(|_| match g.next_event(now) {

@@ -26,12 +26,6 @@ use crate::sink::sqlite::SqliteSink;
 use crate::sink::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError, Written};
 use crate::{output, shutdown};
 
-/// Bytes asked for per fetch request and partition.
-const FETCH_BYTES: i32 = 4 * 1024 * 1024;
-/// How long a fetch waits on the broker for new records.
-const FETCH_WAIT_MS: i32 = 250;
-/// How long a batch waits to fill up before it is written anyway (latency bound).
-const BATCH_LINGER: Duration = Duration::from_millis(50);
 /// How often the group's offsets are mirrored to Kafka while running (and always at the end).
 const MIRROR_EVERY: Duration = Duration::from_millis(500);
 
@@ -128,7 +122,7 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
         positions.iter().all(|(p, pos)| pos.next_offset >= ends[p])
     };
 
-    let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(2 * clients.len().max(1));
+    let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(clients.len().max(1));
     let stop_fetching = cancel.child_token();
     let mut fetchers = Vec::new();
     if !(args.stop_at_end && reached_end(&positions)) {
@@ -162,20 +156,20 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
                 break;
             }
         }
-        // Fill the batch from what is already fetched, waiting at most BATCH_LINGER.
-        let linger_until = tokio::time::Instant::now() + BATCH_LINGER;
+        // Fill the batch with what is already fetched, without waiting: under a backlog the
+        // channel is full and batches fill up; when caught up, each event is written at once.
         let mut pending: usize = chunks.iter().map(|c| c.records.len()).sum();
-        while pending < args.batch_size as usize && !cancel.is_cancelled() {
-            match tokio::time::timeout_at(linger_until, rx.recv()).await {
-                Ok(Some(Ok(f))) => {
+        while pending < args.batch_size as usize {
+            match rx.try_recv() {
+                Ok(Ok(f)) => {
                     pending += f.records.len();
                     chunks.push(f);
                 }
-                Ok(Some(Err(e))) => {
+                Ok(Err(e)) => {
                     failure = Some(e);
                     break;
                 }
-                Ok(None) | Err(_) => break,
+                Err(_) => break,
             }
         }
 
@@ -330,7 +324,7 @@ async fn fetch_partition(
 ) {
     let mut offset = start;
     while end.is_none_or(|e| offset < e) {
-        let fetch = client.fetch_records(offset, 1..FETCH_BYTES, FETCH_WAIT_MS);
+        let fetch = client.fetch_records(offset, 1..kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS);
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
             r = fetch => r,
@@ -338,6 +332,12 @@ async fn fetch_partition(
         match result {
             Ok((records, high_watermark)) => {
                 let Some(last) = records.last() else { continue };
+                tracing::trace!(
+                    "{}/{}: fetched {} records at {offset}",
+                    client.topic(),
+                    client.partition(),
+                    records.len()
+                );
                 offset = last.offset + 1;
                 let chunk = Fetched {
                     partition: client.partition(),

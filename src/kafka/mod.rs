@@ -19,6 +19,15 @@ use rskafka::BackoffConfig;
 
 use crate::cli::KafkaOpts;
 
+/// Bytes asked for per fetch request and partition. Also bounds consume's memory: at most a few
+/// of these are in flight or queued per partition.
+pub const FETCH_BYTES: i32 = 256 * 1024;
+
+/// How long a fetch may wait on the broker for new records. Short, because tansu 0.6 holds a
+/// fetch for this long even when records are already there (it does not honour min_bytes), so
+/// this is added to every event's end-to-end latency.
+pub const FETCH_MAX_WAIT_MS: i32 = 20;
+
 /// Retries with a deadline: rskafka's default backoff retries forever, which turns a typo in
 /// `--bootstrap-server` into a hang.
 pub fn backoff(deadline: Duration) -> BackoffConfig {

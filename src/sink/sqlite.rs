@@ -17,6 +17,8 @@ use crate::exit;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Rows per INSERT statement: 9 bound values a row stays well under SQLite's 32766 limit.
+/// Only full-size statements are kept prepared: caching one statement per remainder size would
+/// fill sqlx's statement cache with large statements and make memory grow with the backlog.
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Open (creating the file if missing) and apply the migrations.
@@ -74,7 +76,7 @@ impl SqliteSink {
             q.push(" ON CONFLICT (id) DO NOTHING");
             inserted += q
                 .build()
-                .persistent(true)
+                .persistent(chunk.len() == ROWS_PER_STATEMENT)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
@@ -105,7 +107,7 @@ impl SqliteSink {
             q.push(" ON CONFLICT (id) DO NOTHING");
             inserted += q
                 .build()
-                .persistent(true)
+                .persistent(chunk.len() == ROWS_PER_STATEMENT)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
