@@ -56,3 +56,8 @@ lint:
 # Measure the pipeline against its limits (1,000,000 events × 3 runs; table + target/bench/latest.json).
 bench *ARGS: build broker
     {{streamlab}} bench {{ARGS}}
+
+# Produce + consume for SOAK_MINUTES (default 10) while the consumer is killed again and again,
+# then print the totals (SOAK_RATE, SOAK_SINK=sqlite|pg, SOAK_DATABASE_URL).
+soak: build broker
+    scripts/soak

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::Client;
 use rskafka::record::RecordAndOffset;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -64,7 +65,7 @@ pub struct PartitionPosition {
 
 async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
     let cancel = shutdown::on_signal();
-    let client = kafka::connect(&args.kafka).await?;
+    let client = Arc::new(kafka::connect(&args.kafka).await?);
     let partitions = kafka::partitions_of(&client, &args.topic).await?;
     let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
 
@@ -129,9 +130,11 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
         for (pc, start) in starts {
             let end = args.stop_at_end.then(|| ends[&pc.partition()]);
             fetchers.push(tokio::spawn(fetch_partition(
+                Arc::clone(&client),
                 pc,
                 start,
                 end,
+                args.kafka.timeout,
                 tx.clone(),
                 stop_fetching.clone(),
             )));
@@ -207,7 +210,10 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
         }
     }
 
+    // Stop the fetchers and drop what they hold: one blocked on a full channel would otherwise
+    // wait forever for this loop to receive again.
     stop_fetching.cancel();
+    drop(rx);
     for f in fetchers {
         let _ = f.await;
     }
@@ -294,15 +300,33 @@ async fn write_with_retry<S: Sink>(
 ) -> Result<Written> {
     let first_failure = Instant::now();
     let mut delay = Duration::from_millis(100);
+    // Set once an attempt failed in a way that leaves its outcome unknown: a connection lost
+    // during COMMIT may have committed on the server.
+    let mut maybe_committed = false;
     loop {
         match sink.write(batch).await {
             Ok(w) => return Ok(w),
             Err(e) if e.is_transient() && first_failure.elapsed() < timeout => {
                 tracing::warn!("database write failed ({e}); retrying in {delay:?}");
+                maybe_committed = true;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e @ SinkError::Fenced { .. }) => return Err(e.into()),
+            Err(e @ SinkError::Fenced { .. }) => {
+                if maybe_committed && committed_earlier(sink, batch).await {
+                    tracing::info!(
+                        "the attempt that lost its connection had committed this batch; going on"
+                    );
+                    // Every row of it was new when that attempt ran (the fence proves nobody
+                    // else wrote this range), so all of it counts as inserted.
+                    return Ok(Written {
+                        inserted: batch.events.len() as u64,
+                        duplicates: 0,
+                        dead_lettered: batch.dead_letters.len() as u64,
+                    });
+                }
+                return Err(e.into());
+            }
             Err(e) => {
                 return Err(anyhow!(e).context(format!(
                     "database unavailable for {:.1}s; nothing after the last committed batch \
@@ -314,69 +338,110 @@ async fn write_with_retry<S: Sink>(
     }
 }
 
+/// Whether the stored offsets already sit exactly where `batch` would move them: then an
+/// earlier attempt whose reply was lost committed it, rows and offsets together.
+async fn committed_earlier<S: Sink>(sink: &mut S, batch: &Batch) -> bool {
+    match sink.load_offsets(&batch.group, &batch.topic).await {
+        Ok(stored) => batch
+            .offsets
+            .iter()
+            .all(|advance| stored.get(&advance.partition) == Some(&advance.to)),
+        Err(_) => false,
+    }
+}
+
 /// Fetch one partition from `start`, until `end` (when given) or cancellation.
+///
+/// Every fetch has a deadline: rskafka waits for an answer forever, and a broker that silently
+/// drops a request (seen with tansu under concurrent consumers) would otherwise stall this
+/// partition for good. A fetch that goes unanswered is retried on a fresh connection; silence
+/// or errors lasting longer than `timeout` end the run with an error.
 async fn fetch_partition(
-    client: Arc<PartitionClient>,
+    kafka_client: Arc<Client>,
+    mut client: Arc<PartitionClient>,
     start: i64,
     end: Option<i64>,
+    timeout: Duration,
     tx: mpsc::Sender<Result<Fetched>>,
     cancel: CancellationToken,
 ) {
+    let (topic, partition) = (client.topic().to_string(), client.partition());
+    let answer_within = Duration::from_millis(kafka::FETCH_MAX_WAIT_MS as u64) + timeout;
     let mut offset = start;
+    let mut failing_since: Option<Instant> = None;
     while end.is_none_or(|e| offset < e) {
         let fetch = client.fetch_records(offset, 1..kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS);
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = fetch => r,
+            r = tokio::time::timeout(answer_within, fetch) => r,
         };
-        match result {
-            Ok((records, high_watermark)) => {
+        let error = match result {
+            Ok(Ok((records, high_watermark))) => {
+                failing_since = None;
                 let Some(last) = records.last() else { continue };
                 tracing::trace!(
-                    "{}/{}: fetched {} records at {offset}",
-                    client.topic(),
-                    client.partition(),
+                    "{topic}/{partition}: fetched {} records at {offset}",
                     records.len()
                 );
                 offset = last.offset + 1;
                 let chunk = Fetched {
-                    partition: client.partition(),
+                    partition,
                     records,
                     high_watermark,
                 };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    sent = tx.send(Ok(chunk)) => if sent.is_err() { return },
                 }
+                continue;
             }
-            Err(KafkaError::ServerError {
+            Ok(Err(KafkaError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
-            }) => {
+            })) => {
                 // Retention removed records we had not read yet: say so and move on.
                 match client.get_offset(OffsetAt::Earliest).await {
                     Ok(earliest) if earliest > offset => {
                         tracing::warn!(
-                            "{}/{}: offsets {offset}..{earliest} were removed by retention before \
-                             they were consumed",
-                            client.topic(),
-                            client.partition()
+                            "{topic}/{partition}: offsets {offset}..{earliest} were removed by \
+                             retention before they were consumed"
                         );
                         offset = earliest;
                     }
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
+                continue;
             }
-            Err(e) => {
-                let _ = tx
-                    .send(Err(anyhow!(e).context(format!(
-                        "fetching {}/{} at offset {offset}",
-                        client.topic(),
-                        client.partition()
-                    ))))
-                    .await;
-                return;
+            // rskafka already retried this one within our backoff deadline.
+            Ok(Err(e)) => anyhow!(e),
+            Err(_) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < timeout {
+                    tracing::warn!(
+                        "{topic}/{partition}: no answer to a fetch within {answer_within:?}; \
+                         retrying on a new connection"
+                    );
+                    match kafka_client
+                        .partition_client(&topic, partition, UnknownTopicHandling::Error)
+                        .await
+                    {
+                        Ok(fresh) => client = Arc::new(fresh),
+                        Err(e) => tracing::warn!("{topic}/{partition}: reconnecting: {e}"),
+                    }
+                    continue;
+                }
+                anyhow!(
+                    "the broker did not answer fetches for {:?}",
+                    since.elapsed()
+                )
             }
-        }
+        };
+        let _ = tx
+            .send(Err(error.context(format!(
+                "fetching {topic}/{partition} at offset {offset}"
+            ))))
+            .await;
+        return;
     }
 }
 
@@ -526,4 +591,74 @@ fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::OffsetAdvance;
+
+    /// A sink in memory whose first write commits and then loses the reply, as a connection
+    /// dropped during COMMIT does.
+    #[derive(Default)]
+    struct ReplyLostSink {
+        offsets: BTreeMap<i32, i64>,
+        writes: usize,
+    }
+
+    impl Sink for ReplyLostSink {
+        async fn load_offsets(
+            &mut self,
+            _: &str,
+            _: &str,
+        ) -> Result<BTreeMap<i32, i64>, SinkError> {
+            Ok(self.offsets.clone())
+        }
+
+        async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
+            for advance in &batch.offsets {
+                if self.offsets.get(&advance.partition).copied() != advance.from {
+                    return Err(SinkError::fenced(batch, advance));
+                }
+            }
+            for advance in &batch.offsets {
+                self.offsets.insert(advance.partition, advance.to);
+            }
+            self.writes += 1;
+            if self.writes == 1 {
+                let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "reply lost");
+                return Err(SinkError::Database(sqlx::Error::Io(lost)));
+            }
+            Ok(Written::default())
+        }
+    }
+
+    fn batch(from: Option<i64>, to: i64) -> Batch {
+        Batch {
+            group: "g".into(),
+            topic: "t".into(),
+            offsets: vec![OffsetAdvance {
+                partition: 0,
+                from,
+                to,
+            }],
+            ..Batch::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_reply_was_lost_is_recognised_not_fenced() {
+        let mut sink = ReplyLostSink::default();
+        let written = write_with_retry(&mut sink, &batch(None, 10), Duration::from_secs(5))
+            .await
+            .expect("the retry sees its own commit");
+        assert_eq!(written.dead_lettered, 0);
+        assert_eq!(sink.offsets[&0], 10);
+        // A genuine competitor is still fenced.
+        sink.writes = 1;
+        let err = write_with_retry(&mut sink, &batch(Some(3), 7), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("another consumer"), "{err}");
+    }
 }

@@ -470,3 +470,58 @@ mod tests {
             .contains("not a sales event"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: whatever arrives, the decoder answers with an event or a reason.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_json_value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,40}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from("2026-11-22T14:36:36.123Z")),
+            Just(serde_json::Value::from(
+                "0190d7a4-8a8e-7cc0-8d1c-2b7d8f3a9e10"
+            )),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            for kind in [EventKind::Sales, EventKind::Sensor] {
+                if let Err(reason) = decode(kind, Some(&bytes)) {
+                    prop_assert!(!reason.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn events_of_the_right_shape_with_any_field_values(
+            values in proptest::collection::vec(any_json_value(), 8),
+        ) {
+            let keys = ["id", "ts", "store_id", "amount_usd", "channel", "sensor_id", "val", "unit"];
+            let mut object = serde_json::Map::new();
+            for (k, v) in keys.iter().zip(values) {
+                object.insert((*k).to_string(), v);
+            }
+            object.insert("status".into(), "ok".into());
+            let bytes = serde_json::to_vec(&object).unwrap();
+            for kind in [EventKind::Sales, EventKind::Sensor] {
+                match decode(kind, Some(&bytes)) {
+                    Ok(event) => {
+                        // Whatever is accepted survives the round trip and fits the schema.
+                        prop_assert_eq!(decode(kind, Some(&event.to_json())).unwrap(), event);
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
@@ -24,19 +24,6 @@ fn consume(db: &TestDb, topic: &str, extra: &[&str]) -> String {
     ];
     args.extend_from_slice(extra);
     ok(&args)
-}
-
-/// Stored next offsets per partition, as the sink has them.
-fn stored_offsets(db: &TestDb, topic: &str) -> BTreeMap<i64, i64> {
-    db.lines(&format!(
-        "SELECT kafka_partition, next_offset FROM streamlab_offsets WHERE topic = '{topic}' ORDER BY 1"
-    ))
-    .iter()
-    .map(|l| {
-        let (p, o) = l.split_once('|').unwrap();
-        (p.parse().unwrap(), o.parse().unwrap())
-    })
-    .collect()
 }
 
 fn end_offsets(topic: &str) -> BTreeMap<i64, i64> {
@@ -88,7 +75,7 @@ fn every_event_lands_exactly_once_across_reruns_and_replays() {
             db.sink
         );
         assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 500);
-        assert_eq!(stored_offsets(&db, &topic), end_offsets(&topic));
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 
         // Nothing new: nothing consumed, nothing inserted.
         let out = consume(&db, &topic, &[]);
@@ -110,7 +97,7 @@ fn every_event_lands_exactly_once_across_reruns_and_replays() {
             db.scalar("SELECT COUNT(DISTINCT id) FROM sales_events"),
             500
         );
-        assert_eq!(stored_offsets(&db, &topic), end_offsets(&topic));
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 
         // Ordinary Kafka tooling sees the group's position: librdkafka reads the commit.
         let committed: BTreeMap<String, i64> = serde_json::from_str(&python(
@@ -162,7 +149,7 @@ fn poison_records_become_dead_letters_and_the_stream_goes_on() {
             db.scalar("SELECT MAX(LENGTH(payload)) FROM dead_letters"),
             1024 * 1024
         );
-        assert_eq!(stored_offsets(&db, &topic), end_offsets(&topic));
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
         // A second pass does not dead-letter them again.
         consume(&db, &topic, &["--kind", "sensor"]);
         assert_eq!(db.scalar("SELECT COUNT(*) FROM dead_letters"), n_poison);
@@ -182,10 +169,12 @@ fn a_consumer_killed_with_sigkill_resumes_without_loss_or_duplicates() {
             &n.to_string(),
             "--rate",
             "0",
+            "--seed",
+            "11",
         ]);
         migrate(&db);
-        for _ in 0..3 {
-            let mut child = spawn(&[
+        for _ in 0..4 {
+            let child = spawn(&[
                 "consume",
                 "--topic",
                 &topic,
@@ -196,31 +185,28 @@ fn a_consumer_killed_with_sigkill_resumes_without_loss_or_duplicates() {
                 "--batch-size",
                 "300",
             ]);
-            // Kill it once it is writing (or has finished).
-            let deadline = Instant::now() + Duration::from_secs(20);
+            // Kill it at a random moment once it is writing (or has finished).
             let before = db.scalar("SELECT COUNT(*) FROM sales_events");
-            while db.scalar("SELECT COUNT(*) FROM sales_events") == before
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            wait_until(20, || {
+                db.scalar("SELECT COUNT(*) FROM sales_events") != before
+            });
+            std::thread::sleep(Duration::from_millis(rand::random_range(0..200)));
             signal(&child, "KILL");
-            let _ = child.wait();
+            let _ = child.wait_with_output();
         }
         consume(&db, &topic, &[]);
+        assert_eq!(db.sales_ids(), seeded_ids(11, n), "{}", db.sink);
         assert_eq!(
             db.scalar("SELECT COUNT(*) FROM sales_events"),
-            n,
+            n as i64,
             "{}",
             db.sink
         );
-        assert_eq!(db.scalar("SELECT COUNT(DISTINCT id) FROM sales_events"), n);
-        assert_eq!(stored_offsets(&db, &topic), end_offsets(&topic));
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
         // Every row's provenance matches a distinct Kafka position.
         assert_eq!(
             db.scalar("SELECT COUNT(*) FROM (SELECT DISTINCT kafka_partition, kafka_offset FROM sales_events) AS p"),
-            n
+            n as i64
         );
     }
 }
@@ -251,7 +237,7 @@ fn sigterm_finishes_the_batch_commits_and_exits_zero() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("consumed"));
         // Whatever it committed is consistent: rows = stored offsets, and a resume completes it.
         let rows = db.scalar("SELECT COUNT(*) FROM sales_events");
-        let stored: i64 = stored_offsets(&db, &topic).values().sum();
+        let stored: i64 = db.stored_offsets(&topic).values().sum();
         assert_eq!(rows, stored, "{}", db.sink);
         consume(&db, &topic, &[]);
         let total: i64 = end_offsets(&topic).values().sum();

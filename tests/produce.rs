@@ -8,13 +8,6 @@ use std::time::Duration;
 use common::*;
 use streamlab::kafka::partitioner::partition_for_key;
 
-fn read_back(topic: &str) -> Vec<serde_json::Value> {
-    python("rdkafka_client.py", &["read", topic])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn produced_sales_land_keyed_by_murmur2_with_valid_json() {
     let topic = topic(3);

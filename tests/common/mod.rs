@@ -103,10 +103,22 @@ pub fn python(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Every record's JSON value in `topic`, read with librdkafka (a client nobody here wrote).
+pub fn read_back(topic: &str) -> Vec<serde_json::Value> {
+    python("rdkafka_client.py", &["read", topic])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Earliest and latest offsets per partition, from `topic describe --format json`.
 pub fn offsets(topic: &str) -> BTreeMap<i64, (i64, i64)> {
+    offsets_via(&brokers(), topic)
+}
+
+pub fn offsets_via(brokers: &str, topic: &str) -> BTreeMap<i64, (i64, i64)> {
     let json: serde_json::Value = serde_json::from_str(&ok(&[
-        "topic", "describe", "--topic", topic, "--format", "json",
+        "topic", "describe", "-b", brokers, "--topic", topic, "--format", "json",
     ]))
     .unwrap();
     json["partitions"]
@@ -184,6 +196,26 @@ impl TestDb {
             .collect()
     }
 
+    /// Stored next offsets per partition for `topic`.
+    pub fn stored_offsets(&self, topic: &str) -> BTreeMap<i64, i64> {
+        self.lines(&format!(
+            "SELECT kafka_partition, next_offset FROM streamlab_offsets WHERE topic = '{topic}' ORDER BY 1"
+        ))
+        .iter()
+        .map(|l| {
+            let (p, o) = l.split_once('|').unwrap();
+            (p.parse().unwrap(), o.parse().unwrap())
+        })
+        .collect()
+    }
+
+    /// Every stored sales id.
+    pub fn sales_ids(&self) -> std::collections::BTreeSet<String> {
+        self.lines("SELECT id FROM sales_events")
+            .into_iter()
+            .collect()
+    }
+
     pub fn exec(&self, sql: &str) {
         match self.sink {
             "pg" => psql(&self.url, sql),
@@ -233,4 +265,79 @@ pub fn sqlite(url: &str, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+pub mod proxy;
+
+/// A tansu broker of a test's own, reachable only through `proxy` (it advertises the proxy's
+/// port, so every client connection — bootstrap and leader alike — goes through it).
+pub struct Tansu {
+    child: Child,
+    pub proxy: proxy::Proxy,
+}
+
+impl Tansu {
+    pub fn behind_proxy() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = proxy::Proxy::start(format!("127.0.0.1:{port}").parse().unwrap());
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", proxy.port),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu must be installed (just install-broker)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, proxy }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.proxy.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The ids a seeded `produce --kind sales --seed SEED --count N` sends, in order.
+pub fn seeded_ids(seed: u64, n: usize) -> std::collections::BTreeSet<String> {
+    let mut g = streamlab::events::Generator::new(streamlab::events::EventKind::Sales, Some(seed));
+    (0..n)
+        .map(|_| {
+            g.next_event(time::OffsetDateTime::now_utc())
+                .id()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Wait until `f` holds, up to `secs` seconds.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
 }

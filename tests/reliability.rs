@@ -1,0 +1,389 @@
+//! Faults on purpose, Jepsen-style: each scenario produces a known id set, breaks something while
+//! `consume` runs, lets it recover, and requires exactly that id set in the sink — no loss, no
+//! duplicate — with the stored offsets equal to the end offsets.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::proxy::Proxy;
+use common::*;
+
+fn ends_via(brokers: &str, topic: &str) -> BTreeMap<i64, i64> {
+    offsets_via(brokers, topic)
+        .into_iter()
+        .map(|(p, (_, end))| (p, end))
+        .collect()
+}
+
+fn sent(stdout: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"))
+}
+
+#[test]
+fn the_broker_lost_for_seconds_mid_stream() {
+    let broker = Tansu::behind_proxy();
+    let b = broker.address();
+    let db = TestDb::sqlite();
+    let n = 9000;
+    ok(&[
+        "topic",
+        "create",
+        "-b",
+        &b,
+        "--topic",
+        "lossy",
+        "--partitions",
+        "3",
+    ]);
+    let producer = spawn(&[
+        "produce",
+        "-b",
+        &b,
+        "--topic",
+        "lossy",
+        "--count",
+        &n.to_string(),
+        "--rate",
+        "3000",
+        "--seed",
+        "5",
+        "--timeout",
+        "30s",
+    ]);
+    let consumer = spawn(&[
+        "consume",
+        "-b",
+        &b,
+        "--topic",
+        "lossy",
+        "--sink",
+        db.sink,
+        "-D",
+        &db.url,
+        "--timeout",
+        "30s",
+    ]);
+    std::thread::sleep(Duration::from_millis(1200));
+    broker.proxy.down(); // connections reset, then refused
+    std::thread::sleep(Duration::from_secs(6));
+    broker.proxy.up();
+
+    let produced = producer.wait_with_output().unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    assert_eq!(
+        sent(&produced.stdout),
+        n,
+        "the summary counts what the broker acknowledged"
+    );
+    assert!(wait_until(
+        60,
+        || db.scalar("SELECT COUNT(*) FROM sales_events") as usize >= n
+    ));
+    signal(&consumer, "TERM");
+    let consumed = consumer.wait_with_output().unwrap();
+    assert!(
+        consumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+
+    assert_eq!(db.sales_ids(), seeded_ids(5, n));
+    assert_eq!(db.stored_offsets("lossy"), ends_via(&b, "lossy"));
+}
+
+#[test]
+fn the_database_lost_for_seconds_mid_stream() {
+    let db = TestDb::pg();
+    let pg = Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let via_proxy = db.url.replace(":5432/", &format!(":{}/", pg.port));
+    assert_ne!(via_proxy, db.url);
+    let topic = topic(3);
+    let n = 8000;
+    ok(&["migrate", "--sink", "pg", "-D", &db.url]);
+    let producer = spawn(&[
+        "produce",
+        "--topic",
+        &topic,
+        "--count",
+        &n.to_string(),
+        "--rate",
+        "2000",
+        "--seed",
+        "6",
+    ]);
+    let consumer = spawn(&[
+        "consume",
+        "--topic",
+        &topic,
+        "--sink",
+        "pg",
+        "-D",
+        &via_proxy,
+        "--timeout",
+        "30s",
+        "--batch-size",
+        "500",
+    ]);
+    // Take PostgreSQL away once the consumer has written (so it holds connections to lose).
+    assert!(wait_until(30, || db
+        .scalar("SELECT COUNT(*) FROM sales_events")
+        > 0));
+    let before = pg.accepted();
+    pg.down();
+    std::thread::sleep(Duration::from_secs(4));
+    pg.up();
+
+    assert!(producer.wait_with_output().unwrap().status.success());
+    if !wait_until(60, || {
+        db.scalar("SELECT COUNT(*) FROM sales_events") as usize >= n
+    }) {
+        signal(&consumer, "KILL");
+        let out = consumer.wait_with_output().unwrap();
+        panic!(
+            "consumer stalled:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    signal(&consumer, "TERM");
+    let consumed = consumer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&consumed.stderr);
+    assert!(consumed.status.success(), "{stderr}");
+    // Whether the outage hit a query ("retrying") or a connection attempt (the pool waits),
+    // the consumer had to reconnect to get its rows in.
+    assert!(
+        pg.accepted() > before,
+        "no reconnection after the outage: {stderr}"
+    );
+
+    assert_eq!(db.sales_ids(), seeded_ids(6, n));
+    let ends: BTreeMap<i64, i64> = offsets(&topic)
+        .into_iter()
+        .map(|(p, (_, e))| (p, e))
+        .collect();
+    assert_eq!(db.stored_offsets(&topic), ends);
+}
+
+#[test]
+fn a_database_that_stays_down_ends_the_run_with_exit_1_and_loses_nothing() {
+    let db = TestDb::pg();
+    let pg = Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let via_proxy = db.url.replace(":5432/", &format!(":{}/", pg.port));
+    let topic = topic(1);
+    ok(&[
+        "produce", "--topic", &topic, "--count", "3000", "--rate", "1000", "--seed", "7",
+    ]);
+    ok(&["migrate", "--sink", "pg", "-D", &via_proxy]);
+    pg.down();
+    let out = streamlab(&[
+        "consume",
+        "--topic",
+        &topic,
+        "--sink",
+        "pg",
+        "-D",
+        &via_proxy,
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    pg.up();
+    ok(&[
+        "consume",
+        "--topic",
+        &topic,
+        "--sink",
+        "pg",
+        "-D",
+        &via_proxy,
+        "--stop-at-end",
+    ]);
+    assert_eq!(db.sales_ids(), seeded_ids(7, 3000));
+}
+
+#[test]
+fn a_sqlite_file_locked_by_another_writer_makes_consume_wait() {
+    let db = TestDb::sqlite();
+    let topic = topic(2);
+    ok(&["migrate", "--sink", "sqlite", "-D", &db.url]);
+    ok(&[
+        "produce", "--topic", &topic, "--count", "4000", "--rate", "0", "--seed", "8",
+    ]);
+    let path = db.url.trim_start_matches("sqlite://").to_string();
+    let locker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(3)\nc.execute('COMMIT')",
+            &path,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = ok(&[
+        "consume",
+        "--topic",
+        &topic,
+        "--sink",
+        "sqlite",
+        "-D",
+        &db.url,
+        "--stop-at-end",
+        "--timeout",
+        "20s",
+    ]);
+    assert!(locker.wait_with_output().unwrap().status.success());
+    assert!(out.contains("4000 inserted"), "{out}");
+    assert_eq!(db.sales_ids(), seeded_ids(8, 4000));
+}
+
+#[test]
+fn two_consumers_started_by_mistake_on_one_group_never_duplicate() {
+    for db in TestDb::both() {
+        let topic = topic(3);
+        let n = 20_000;
+        ok(&[
+            "produce",
+            "--topic",
+            &topic,
+            "--count",
+            &n.to_string(),
+            "--rate",
+            "0",
+            "--seed",
+            "9",
+        ]);
+        ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+        let args = [
+            "consume",
+            "--topic",
+            &topic,
+            "--sink",
+            db.sink,
+            "-D",
+            &db.url,
+            "--stop-at-end",
+            "--batch-size",
+            "500",
+        ];
+        let (a, b) = (spawn(&args), spawn(&args));
+        for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    stderr.contains("another consumer"),
+                    "only the fence may stop one: {stderr}"
+                );
+            }
+        }
+        ok(&args);
+        assert_eq!(
+            db.scalar("SELECT COUNT(*) FROM sales_events") as usize,
+            n,
+            "{}",
+            db.sink
+        );
+        assert_eq!(db.sales_ids(), seeded_ids(9, n));
+        let ends: BTreeMap<i64, i64> = offsets(&topic)
+            .into_iter()
+            .map(|(p, (_, e))| (p, e))
+            .collect();
+        assert_eq!(db.stored_offsets(&topic), ends);
+    }
+}
+
+#[test]
+fn hostile_configuration_gets_a_clear_error_and_no_password() {
+    let topic = topic(1);
+    let out = streamlab(&[
+        "consume",
+        "--topic",
+        &topic,
+        "--sink",
+        "pg",
+        "-D",
+        "postgres://nobody:s3cr3t-pw@127.0.0.1:5432/streamlab_nobody",
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nobody") && !stderr.contains("s3cr3t-pw"),
+        "{stderr}"
+    );
+
+    let out = streamlab(&["consume", "--topic", "no such topic", "--sink", "sqlite"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = streamlab(&[
+        "consume",
+        "--topic",
+        &topic,
+        "--sink",
+        "pg",
+        "-D",
+        "mysql://x",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mysql://x"));
+}
+
+#[test]
+fn a_producer_killed_with_sigkill_left_at_least_what_it_reported_and_no_duplicates() {
+    let topic = topic(3);
+    let rate = 2000;
+    let producer = spawn(&[
+        "produce",
+        "--topic",
+        &topic,
+        "--rate",
+        &rate.to_string(),
+        "--seed",
+        "10",
+    ]);
+    // Off a terminal, progress ("sent N …", counted on acknowledgement) is logged every 5 s.
+    std::thread::sleep(Duration::from_millis(6500));
+    signal(&producer, "KILL");
+    let out = producer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reported: usize = stderr
+        .rsplit("sent ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no progress line before the kill: {stderr}"));
+    assert!(reported > 0, "{stderr}");
+
+    let on_broker: Vec<String> = read_back(&topic)
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value =
+                serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            value["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<String> = on_broker.iter().cloned().collect();
+    assert_eq!(
+        distinct.len(),
+        on_broker.len(),
+        "a SIGKILL must not duplicate records"
+    );
+    assert!(
+        on_broker.len() >= reported,
+        "{} on the broker, {reported} reported",
+        on_broker.len()
+    );
+    // Nothing beyond what was generated before the kill (7 s at the rate, with slack).
+    assert!(distinct.is_subset(&seeded_ids(10, rate * 7)));
+    let total: i64 = offsets(&topic).values().map(|(_, end)| end).sum();
+    assert_eq!(total as usize, on_broker.len());
+}
