@@ -195,6 +195,8 @@ pub enum PartitionerArg {
 pub struct ProduceArgs {
     #[command(flatten)]
     pub kafka: KafkaOpts,
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
     /// Which events to generate.
@@ -233,6 +235,8 @@ pub struct ConsumeArgs {
     pub kafka: KafkaOpts,
     #[command(flatten)]
     pub db: DbOpts,
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
     /// Consumer group: where offsets are kept (in the database, mirrored to Kafka).

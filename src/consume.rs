@@ -31,6 +31,7 @@ use crate::{output, shutdown};
 const MIRROR_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(args: ConsumeArgs) -> Result<()> {
+    crate::metrics::serve(&args.metrics)?;
     let url = args.db.url();
     let timeout = args.kafka.timeout;
     match args.db.sink {
@@ -177,6 +178,7 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
         }
 
         let batch = build_batch(args, &chunks, &committed);
+        let write_started = Instant::now();
         let written = match write_with_retry(&mut sink, &batch, args.kafka.timeout).await {
             Ok(w) => w,
             Err(e) => {
@@ -196,6 +198,7 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
             }
             pos.lag = (chunk.high_watermark - pos.next_offset).max(0);
         }
+        record_metrics(&args.topic, &batch, &written, write_started, &positions);
         summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
         summary.inserted += written.inserted;
         summary.duplicates += written.duplicates;
@@ -225,6 +228,32 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Counters, the write-time histogram and lag gauges for `--metrics-addr` (no-ops without it).
+fn record_metrics(
+    topic: &str,
+    batch: &Batch,
+    written: &Written,
+    write_started: Instant,
+    positions: &BTreeMap<i32, PartitionPosition>,
+) {
+    use crate::metrics as m;
+    let topic_label = [("topic", topic.to_string())];
+    let consumed = (batch.events.len() + batch.dead_letters.len()) as u64;
+    metrics::counter!(m::CONSUMED, &topic_label).increment(consumed);
+    metrics::counter!(m::INSERTED, &topic_label).increment(written.inserted);
+    metrics::counter!(m::DUPLICATES, &topic_label).increment(written.duplicates);
+    metrics::counter!(m::DEAD_LETTERED, &topic_label).increment(batch.dead_letters.len() as u64);
+    metrics::histogram!(m::BATCH_WRITE_SECONDS, &topic_label)
+        .record(write_started.elapsed().as_secs_f64());
+    for (partition, position) in positions {
+        let labels = [
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ];
+        metrics::gauge!(m::LAG, &labels).set(position.lag as f64);
     }
 }
 

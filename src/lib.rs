@@ -12,6 +12,7 @@ pub mod events;
 pub mod exit;
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
 pub mod output;
 pub mod produce;
 pub mod progress;

@@ -51,6 +51,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
             args.rate
         )));
     }
+    crate::metrics::serve(&args.metrics)?;
     let cancel = shutdown::on_signal();
     let client = kafka::connect(&args.kafka).await?;
     let partitions = kafka::partitions_of(&client, &args.topic).await?;
@@ -224,11 +225,23 @@ async fn send_partition(
         }
         let n = batch.len() as u64;
         // rskafka retries transient failures with our bounded backoff (`--timeout`).
-        client
+        let labels = [
+            ("topic", client.topic().to_string()),
+            ("partition", client.partition().to_string()),
+        ];
+        if let Err(e) = client
             .produce(std::mem::take(&mut batch), compression)
             .await
-            .with_context(|| format!("producing to {}/{}", client.topic(), client.partition()))?;
+        {
+            metrics::counter!(crate::metrics::PRODUCE_ERRORS, &labels).increment(1);
+            return Err(anyhow::Error::new(e).context(format!(
+                "producing to {}/{}",
+                client.topic(),
+                client.partition()
+            )));
+        }
         acked.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::PRODUCED, &labels).increment(n);
     }
     Ok(())
 }
