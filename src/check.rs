@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::cli::{CheckArgs, Format, SinkKind};
+use crate::cli::{CheckArgs, DbOpts, Format, SinkKind};
 use crate::events::{EventKind, CHANNELS, STATUSES};
 use crate::exit::ExitError;
 use crate::sink::redact;
@@ -85,13 +85,13 @@ pub struct Share {
 }
 
 /// The SQL fragments that differ between the two databases.
-struct Dialect {
-    sqlite: bool,
+pub(crate) struct Dialect {
+    pub(crate) sqlite: bool,
 }
 
 impl Dialect {
     /// Bind placeholder number `n` (1-based).
-    fn param(&self, n: usize) -> String {
+    pub(crate) fn param(&self, n: usize) -> String {
         if self.sqlite {
             format!("?{n}")
         } else {
@@ -100,7 +100,7 @@ impl Dialect {
     }
 
     /// A timestamp column as RFC 3339 UTC text with milliseconds.
-    fn ts_text(&self, expr: &str) -> String {
+    pub(crate) fn ts_text(&self, expr: &str) -> String {
         if self.sqlite {
             expr.to_string()
         } else {
@@ -125,7 +125,7 @@ impl Dialect {
         }
     }
 
-    fn int(&self, expr: &str) -> String {
+    pub(crate) fn int(&self, expr: &str) -> String {
         format!("CAST({expr} AS BIGINT)")
     }
 
@@ -194,15 +194,16 @@ async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
     Ok(row.try_get::<i64, _>(0)?)
 }
 
-async fn connect(args: &CheckArgs) -> Result<AnyPool> {
+/// A read-only pool over either database (exit 2 when it cannot be reached).
+pub(crate) async fn connect(db: &DbOpts, timeout: std::time::Duration) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
-    let url = args.db.url();
+    let url = db.url();
     let shown = redact(&url);
     let unreachable = |e: &dyn std::fmt::Display| ExitError {
         code: 2,
         message: format!("cannot reach the database {shown}: {e}"),
     };
-    if args.db.sink == SinkKind::Sqlite {
+    if db.sink == SinkKind::Sqlite {
         let path = url
             .trim_start_matches("sqlite://")
             .trim_start_matches("sqlite:");
@@ -213,9 +214,9 @@ async fn connect(args: &CheckArgs) -> Result<AnyPool> {
     }
     let connecting = AnyPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(args.kafka.timeout)
+        .acquire_timeout(timeout)
         .connect(&url);
-    match tokio::time::timeout(args.kafka.timeout, connecting).await {
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(pool)) => Ok(pool),
         Ok(Err(e)) => Err(unreachable(&e).into()),
         Err(_) => Err(unreachable(&"no answer in time").into()),
@@ -223,7 +224,7 @@ async fn connect(args: &CheckArgs) -> Result<AnyPool> {
 }
 
 pub async fn run(args: CheckArgs) -> Result<()> {
-    let pool = connect(&args).await?;
+    let pool = connect(&args.db, args.kafka.timeout).await?;
     let d = Dialect {
         sqlite: args.db.sink == SinkKind::Sqlite,
     };

@@ -41,6 +41,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Sanity and health checks over what landed in the database.
     Check(CheckArgs),
+    /// Live dashboard of offsets, lag, produce/consume rates and what landed.
+    Watch(WatchArgs),
     /// Measure produce, fetch, database limits, consume, latency and memory on the local stack.
     Bench(BenchArgs),
 }
@@ -260,6 +262,40 @@ pub struct ConsumeArgs {
     /// Records larger than this many bytes are dead-lettered unparsed.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_event_bytes: usize,
+    /// Write at most this many events per second: a deliberately slow sink, to practise
+    /// backpressure (watch lag climb with `streamlab watch`, then drain without it).
+    #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
+    pub throttle: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Keys: q quits, p pauses. Piped (not a terminal), one JSON snapshot per \
+    interval is printed instead:\n  streamlab watch --topic sales --sink sqlite --count 1 | jq .total"
+)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub topic: String,
+    /// Consumer group whose position is shown.
+    #[arg(short, long, default_value = "streamlab")]
+    pub group: String,
+    /// Also show what landed in this database; the group's position is then read from it.
+    #[arg(long, value_enum)]
+    pub sink: Option<SinkKind>,
+    /// Database URL (with --sink). Defaults as for consume.
+    #[arg(short = 'D', long = "database-url", env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Which table to count (with --sink).
+    #[arg(short, long, value_enum, default_value = "sales")]
+    pub kind: EventKind,
+    /// Time between refreshes.
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
+    pub interval: Duration,
+    /// Stop after this many snapshots (default: until q or Ctrl-C).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -145,6 +145,11 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
 
     let mut progress = Progress::new();
     let mut failure: Option<anyhow::Error> = None;
+    // Throttled, batches stay small (a quarter second's worth) so the pace is even.
+    let batch_limit = match args.throttle {
+        Some(t) => (args.batch_size as usize).min((t as usize / 4).max(1)),
+        None => args.batch_size as usize,
+    };
     loop {
         if args.stop_at_end && reached_end(&positions) {
             break;
@@ -163,7 +168,7 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
         // Fill the batch with what is already fetched, without waiting: under a backlog the
         // channel is full and batches fill up; when caught up, each event is written at once.
         let mut pending: usize = chunks.iter().map(|c| c.records.len()).sum();
-        while pending < args.batch_size as usize {
+        while pending < batch_limit {
             match rx.try_recv() {
                 Ok(Ok(f)) => {
                     pending += f.records.len();
@@ -208,6 +213,15 @@ async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
         }
         mirror.maybe_commit(&args.topic, &committed, false).await;
         progress.update(|| status_line(&summary, &positions, started));
+        if let Some(throttle) = args.throttle {
+            // A deliberately slow sink: event i may be written no sooner than i/throttle.
+            let due =
+                started + Duration::from_secs_f64(summary.consumed as f64 / f64::from(throttle));
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
         if failure.is_some() {
             break;
         }

@@ -19,6 +19,7 @@ pub mod progress;
 pub mod shutdown;
 pub mod sink;
 pub mod topic;
+pub mod watch;
 
 use anyhow::Result;
 
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Consume(args) => consume::run(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Check(args) => check::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -1,0 +1,606 @@
+//! `streamlab watch`: lag, throughput and backpressure as a picture that moves.
+//!
+//! Every interval a [`Snapshot`] is taken — log start/end per partition from the broker, the
+//! group's committed position (from the database with `--sink`, where the truth is; from the
+//! Kafka group otherwise), and with `--sink` what landed. On a terminal it is drawn full-screen
+//! with ratatui; piped, each snapshot is one JSON line, so scripts and tests read the same data.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table};
+use ratatui::Frame;
+use rskafka::client::partition::PartitionClient;
+use serde::Serialize;
+use sqlx::{AnyPool, Row as _};
+use time::OffsetDateTime;
+
+use crate::check::{self, Dialect};
+use crate::cli::{DbOpts, WatchArgs};
+use crate::events::ts_millis;
+use crate::kafka::{self, admin::Admin};
+use crate::{output, shutdown};
+
+/// Rate samples kept for the sparklines (at 1 s, two minutes).
+const HISTORY: usize = 120;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Snapshot {
+    pub at: String,
+    pub topic: String,
+    pub group: String,
+    /// Where `committed` comes from: "database" or "kafka".
+    pub position_source: &'static str,
+    pub partitions: Vec<PartitionView>,
+    pub total: Totals,
+    /// Events per second appended to the log since the previous snapshot.
+    pub produce_rate: f64,
+    /// Events per second committed by the group since the previous snapshot.
+    pub consume_rate: f64,
+    pub sink: Option<SinkView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PartitionView {
+    pub partition: i32,
+    pub log_start: i64,
+    pub log_end: i64,
+    /// Next offset the group will read (None: it never committed this partition).
+    pub committed: Option<i64>,
+    pub lag: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Totals {
+    pub records: i64,
+    pub committed: i64,
+    pub lag: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SinkView {
+    pub rows: i64,
+    pub newest_ts: Option<String>,
+    pub dead_letters: i64,
+    /// Now minus the newest stored event's `ts`: how far behind real time the table is.
+    pub delay_ms: Option<i64>,
+}
+
+pub async fn run(args: WatchArgs) -> Result<()> {
+    let mut source = Source::connect(&args).await?;
+    let cancel = shutdown::on_signal();
+    let mut history = History::default();
+    let json = !std::io::stdout().is_terminal();
+    let mut terminal = (!json).then(ratatui::init);
+    let mut paused = false;
+    let mut taken = 0u64;
+    let result = async {
+        loop {
+            if !paused {
+                let snapshot = history.rates(source.snapshot(&args).await?);
+                taken += 1;
+                match terminal.as_mut() {
+                    Some(t) => {
+                        t.draw(|f| draw(f, &snapshot, &history, paused))?;
+                    }
+                    None => output::line(serde_json::to_string(&snapshot)?)?,
+                }
+            }
+            if args.count.is_some_and(|n| taken >= n) || cancel.is_cancelled() {
+                return Ok(());
+            }
+            if terminal.is_some() {
+                // Keys are read on a blocking thread so the runtime stays free.
+                let wait = args.interval;
+                let key = tokio::task::spawn_blocking(move || read_key(wait)).await??;
+                match key {
+                    Some(KeyCode::Char('q')) | Some(KeyCode::Esc) => return Ok(()),
+                    Some(KeyCode::Char('p')) => paused = !paused,
+                    _ => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(args.interval) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+    .await;
+    if terminal.is_some() {
+        ratatui::restore();
+    }
+    result
+}
+
+/// A key pressed within `wait`, if any.
+fn read_key(wait: Duration) -> Result<Option<KeyCode>> {
+    let until = Instant::now() + wait;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if event::poll(left)? {
+            if let Event::Key(key) = event::read()? {
+                if key.kind == KeyEventKind::Press {
+                    return Ok(Some(key.code));
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// What a snapshot is read from: the broker, and the database when given.
+struct Source {
+    clients: Vec<Arc<PartitionClient>>,
+    admin: Admin,
+    pool: Option<(AnyPool, Dialect)>,
+}
+
+impl Source {
+    async fn connect(args: &WatchArgs) -> Result<Self> {
+        let client = kafka::connect(&args.kafka).await?;
+        let partitions = kafka::partitions_of(&client, &args.topic).await?;
+        let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
+        let admin = Admin::connect(&args.kafka).await?;
+        let pool = match args.sink {
+            Some(sink) => {
+                let db = DbOpts {
+                    sink,
+                    database_url: args.database_url.clone(),
+                };
+                let dialect = Dialect {
+                    sqlite: sink == crate::cli::SinkKind::Sqlite,
+                };
+                Some((check::connect(&db, args.kafka.timeout).await?, dialect))
+            }
+            None => None,
+        };
+        Ok(Self {
+            clients,
+            admin,
+            pool,
+        })
+    }
+
+    async fn snapshot(&mut self, args: &WatchArgs) -> Result<Snapshot> {
+        let ranges = kafka::offset_ranges(&self.clients).await?;
+        let ids: Vec<i32> = ranges.keys().copied().collect();
+        let (committed, position_source) = match &self.pool {
+            Some((pool, d)) => (db_offsets(pool, d, args).await?, "database"),
+            None => {
+                // The coordinator may move; ask afresh each time (one round trip more).
+                let mut coordinator = self.admin.group_coordinator(&args.group).await?;
+                (coordinator.fetch(&args.topic, &ids).await?, "kafka")
+            }
+        };
+        let mut partitions = Vec::new();
+        let mut total = Totals::default();
+        for (&partition, &(log_start, log_end)) in &ranges {
+            let committed = committed.get(&partition).copied();
+            // Never committed: everything still in the log is unread.
+            let lag = (log_end - committed.unwrap_or(log_start).max(log_start)).max(0);
+            total.records += log_end - log_start;
+            total.committed += committed.unwrap_or(0);
+            total.lag += lag;
+            partitions.push(PartitionView {
+                partition,
+                log_start,
+                log_end,
+                committed,
+                lag,
+            });
+        }
+        let sink = match &self.pool {
+            Some((pool, d)) => Some(sink_view(pool, d, args).await?),
+            None => None,
+        };
+        Ok(Snapshot {
+            at: ts_millis::format(OffsetDateTime::now_utc()),
+            topic: args.topic.clone(),
+            group: args.group.clone(),
+            position_source,
+            partitions,
+            total,
+            produce_rate: 0.0,
+            consume_rate: 0.0,
+            sink,
+        })
+    }
+}
+
+async fn db_offsets(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<BTreeMap<i32, i64>> {
+    let sql = format!(
+        "SELECT {}, {} FROM streamlab_offsets WHERE consumer_group = {} AND topic = {}",
+        d.int("kafka_partition"),
+        d.int("next_offset"),
+        d.param(1),
+        d.param(2)
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&args.group)
+        .bind(&args.topic)
+        .fetch_all(pool)
+        .await
+        .context("reading the group's stored offsets (has consume run against this database?)")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)? as i32, r.try_get::<i64, _>(1)?)))
+        .collect()
+}
+
+async fn sink_view(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<SinkView> {
+    let table = args.kind.table();
+    let row = sqlx::query(&format!(
+        "SELECT {}, {} FROM {table}",
+        d.int("COUNT(*)"),
+        d.ts_text("MAX(ts)")
+    ))
+    .fetch_one(pool)
+    .await
+    .with_context(|| format!("reading {table}"))?;
+    let rows: i64 = row.try_get(0)?;
+    let newest_ts: Option<String> = row.try_get(1)?;
+    let dead_letters: i64 = sqlx::query(&format!(
+        "SELECT {} FROM dead_letters WHERE topic = {}",
+        d.int("COUNT(*)"),
+        d.param(1)
+    ))
+    .bind(&args.topic)
+    .fetch_one(pool)
+    .await?
+    .try_get(0)?;
+    let delay_ms = newest_ts
+        .as_deref()
+        .and_then(|ts| {
+            OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|ts| ((OffsetDateTime::now_utc() - ts).whole_milliseconds() as i64).max(0));
+    Ok(SinkView {
+        rows,
+        newest_ts,
+        dead_letters,
+        delay_ms,
+    })
+}
+
+/// Rates between consecutive snapshots, kept for the sparklines.
+#[derive(Default)]
+pub struct History {
+    last: Option<(Instant, i64, i64)>,
+    pub produce: VecDeque<u64>,
+    pub consume: VecDeque<u64>,
+}
+
+impl History {
+    /// Fill in `snapshot`'s rates from the previous one, and remember them.
+    pub fn rates(&mut self, mut snapshot: Snapshot) -> Snapshot {
+        let now = Instant::now();
+        snapshot.produce_rate = 0.0;
+        snapshot.consume_rate = 0.0;
+        let ends: i64 = snapshot.partitions.iter().map(|p| p.log_end).sum();
+        if let Some((then, last_ends, last_committed)) = self.last {
+            let secs = now.duration_since(then).as_secs_f64().max(1e-3);
+            snapshot.produce_rate = (ends - last_ends).max(0) as f64 / secs;
+            snapshot.consume_rate =
+                (snapshot.total.committed - last_committed).max(0) as f64 / secs;
+            push(&mut self.produce, snapshot.produce_rate);
+            push(&mut self.consume, snapshot.consume_rate);
+        }
+        self.last = Some((now, ends, snapshot.total.committed));
+        snapshot
+    }
+}
+
+fn push(series: &mut VecDeque<u64>, rate: f64) {
+    if series.len() == HISTORY {
+        series.pop_front();
+    }
+    series.push_back(rate.round() as u64);
+}
+
+/// One frame of the dashboard. Pure: everything it shows is in its arguments, so tests render
+/// it into ratatui's `TestBackend` and read the buffer.
+pub fn draw(frame: &mut Frame, s: &Snapshot, history: &History, paused: bool) {
+    let sink_height = if s.sink.is_some() { 3 } else { 0 };
+    let [title, table, rates, sink, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(s.partitions.len() as u16 + 4),
+        Constraint::Min(6),
+        Constraint::Length(sink_height),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+
+    let state = if paused { " PAUSED" } else { "" };
+    frame.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled("streamlab watch", Style::new().add_modifier(Modifier::BOLD)),
+            Span::styled(
+                state,
+                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+            ),
+            Span::raw(format!(
+                " · topic {} · group {} (position from {}) · {}",
+                s.topic, s.group, s.position_source, s.at
+            )),
+        ])),
+        title,
+    );
+    frame.render_widget(partition_table(s, table.width), table);
+
+    let [produced, consumed] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(rates);
+    sparkline(
+        frame,
+        produced,
+        "produce",
+        s.produce_rate,
+        &history.produce,
+        Color::Cyan,
+    );
+    sparkline(
+        frame,
+        consumed,
+        "consume",
+        s.consume_rate,
+        &history.consume,
+        Color::Green,
+    );
+
+    if let Some(v) = &s.sink {
+        let delay = v
+            .delay_ms
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        frame.render_widget(
+            Paragraph::new(format!(
+                "rows {} · newest ts {} · end-to-end delay {delay} · dead letters {}",
+                v.rows,
+                v.newest_ts.as_deref().unwrap_or("-"),
+                v.dead_letters
+            ))
+            .block(Block::default().borders(Borders::ALL).title(" sink ")),
+            sink,
+        );
+    }
+    frame.render_widget(
+        Paragraph::new("q quit · p pause").style(Style::new().fg(Color::DarkGray)),
+        keys,
+    );
+}
+
+fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
+    let max_lag = s.partitions.iter().map(|p| p.lag).max().unwrap_or(0).max(1);
+    let bar_width = width.saturating_sub(62).max(10) as i64;
+    let bar = |lag: i64| {
+        let filled = if lag == 0 {
+            0
+        } else {
+            ((lag * bar_width) / max_lag).max(1)
+        };
+        "█".repeat(filled as usize)
+    };
+    let lag_style = |lag: i64| {
+        if lag == 0 {
+            Style::new().fg(Color::Green)
+        } else {
+            Style::new().fg(Color::Yellow)
+        }
+    };
+    let mut rows: Vec<Row> = s
+        .partitions
+        .iter()
+        .map(|p| {
+            Row::new(vec![
+                p.partition.to_string(),
+                p.log_start.to_string(),
+                p.log_end.to_string(),
+                p.committed.map_or("-".into(), |c| c.to_string()),
+                p.lag.to_string(),
+                bar(p.lag),
+            ])
+            .style(lag_style(p.lag))
+        })
+        .collect();
+    rows.push(
+        Row::new(vec![
+            "total".to_string(),
+            String::new(),
+            s.total.records.to_string(),
+            s.total.committed.to_string(),
+            s.total.lag.to_string(),
+            String::new(),
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
+    );
+    Table::new(
+        rows,
+        [
+            Constraint::Length(9),
+            Constraint::Length(11),
+            Constraint::Length(11),
+            Constraint::Length(11),
+            Constraint::Length(10),
+            Constraint::Min(10),
+        ],
+    )
+    .header(
+        Row::new(vec![
+            "partition",
+            "log start",
+            "log end",
+            "committed",
+            "lag",
+            "lag bar",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(Block::default().borders(Borders::ALL).title(" partitions "))
+}
+
+fn sparkline(
+    frame: &mut Frame,
+    area: Rect,
+    what: &str,
+    rate: f64,
+    series: &VecDeque<u64>,
+    color: Color,
+) {
+    // Newest on the right: show the tail that fits.
+    let fits = area.width.saturating_sub(2) as usize;
+    let data: Vec<u64> = series
+        .iter()
+        .skip(series.len().saturating_sub(fits))
+        .copied()
+        .collect();
+    frame.render_widget(
+        Sparkline::default()
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(format!(" {what} {rate:.0} events/s ")),
+            )
+            .data(&data)
+            .style(Style::new().fg(color)),
+        area,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            at: "2026-11-22T20:00:00.000Z".into(),
+            topic: "sales".into(),
+            group: "streamlab".into(),
+            position_source: "database",
+            partitions: vec![
+                PartitionView {
+                    partition: 0,
+                    log_start: 0,
+                    log_end: 1200,
+                    committed: Some(1200),
+                    lag: 0,
+                },
+                PartitionView {
+                    partition: 1,
+                    log_start: 100,
+                    log_end: 1500,
+                    committed: Some(900),
+                    lag: 600,
+                },
+                PartitionView {
+                    partition: 2,
+                    log_start: 0,
+                    log_end: 300,
+                    committed: None,
+                    lag: 300,
+                },
+            ],
+            total: Totals {
+                records: 2900,
+                committed: 2100,
+                lag: 900,
+            },
+            produce_rate: 500.0,
+            consume_rate: 300.0,
+            sink: Some(SinkView {
+                rows: 2100,
+                newest_ts: Some("2026-11-22T19:59:58.500Z".into()),
+                dead_letters: 2,
+                delay_ms: Some(1500),
+            }),
+        }
+    }
+
+    fn render(s: &Snapshot, history: &History, paused: bool) -> Vec<String> {
+        let mut terminal = Terminal::new(TestBackend::new(100, 24)).unwrap();
+        terminal.draw(|f| draw(f, s, history, paused)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect::<String>()
+            })
+            .collect()
+    }
+
+    fn line_with<'a>(lines: &'a [String], needle: &str) -> &'a str {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}:\n{}", lines.join("\n")))
+    }
+
+    #[test]
+    fn partitions_show_offsets_lag_and_proportional_bars() {
+        let lines = render(&snapshot(), &History::default(), false);
+        let p1 = line_with(&lines, "│1 ");
+        assert!(
+            p1.contains("100") && p1.contains("1500") && p1.contains("900") && p1.contains("600")
+        );
+        let bars = |l: &str| l.matches('█').count();
+        let (p0, p2) = (line_with(&lines, "│0 "), line_with(&lines, "│2 "));
+        assert_eq!(bars(p0), 0, "no lag, no bar");
+        assert!(
+            bars(p1) > bars(p2) && bars(p2) > 0,
+            "bars follow lag: {p1}\n{p2}"
+        );
+        assert!(
+            p2.contains(" - "),
+            "a never-committed partition shows '-': {p2}"
+        );
+        let total = line_with(&lines, "total");
+        assert!(total.contains("2900") && total.contains("2100") && total.contains("900"));
+    }
+
+    #[test]
+    fn rates_sink_and_keys_are_shown() {
+        let mut history = History::default();
+        history.produce.extend([100, 300, 500]);
+        history.consume.extend([300, 300, 300]);
+        let lines = render(&snapshot(), &history, true);
+        assert!(line_with(&lines, "produce 500 events/s").contains("consume 300 events/s"));
+        let sink = line_with(&lines, "rows 2100");
+        assert!(
+            sink.contains("delay 1.5s") && sink.contains("dead letters 2"),
+            "{sink}"
+        );
+        assert!(line_with(&lines, "streamlab watch").contains("PAUSED"));
+        line_with(&lines, "q quit · p pause");
+    }
+
+    #[test]
+    fn rates_come_from_consecutive_snapshots() {
+        let mut history = History::default();
+        let first = history.rates(snapshot());
+        assert_eq!(
+            first.produce_rate, 0.0,
+            "no rate without a previous snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let mut next = snapshot();
+        next.partitions[0].log_end += 100;
+        next.total.committed += 50;
+        let next = history.rates(next);
+        assert!(
+            next.produce_rate > 0.0 && next.produce_rate <= 1000.0,
+            "{}",
+            next.produce_rate
+        );
+        assert!(next.consume_rate > 0.0 && next.consume_rate < next.produce_rate);
+        assert_eq!(history.produce.len(), 1);
+    }
+}
