@@ -26,13 +26,6 @@ fn consume(db: &TestDb, topic: &str, extra: &[&str]) -> String {
     ok(&args)
 }
 
-fn end_offsets(topic: &str) -> BTreeMap<i64, i64> {
-    offsets(topic)
-        .into_iter()
-        .map(|(p, (_, latest))| (p, latest))
-        .collect()
-}
-
 /// Send raw record values to partition 0, bypassing streamlab's producer.
 fn produce_raw(topic: &str, values: Vec<Option<Vec<u8>>>) {
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -116,12 +116,7 @@ fn produce_serves_what_the_broker_acknowledged() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sent: f64 = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let sent = produced_count(&out.stdout) as f64;
     let on_broker: i64 = offsets(&topic).values().map(|(_, end)| end).sum();
     assert!(
         scraped <= sent,

@@ -123,7 +123,7 @@ fn a_rate_limited_run_sends_rate_times_duration() {
         "--duration",
         "2s",
     ]);
-    let sent: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let sent = produced_count(out.as_bytes());
     assert!((792..=808).contains(&sent), "sent {sent}: {out}");
     let total: i64 = offsets(&topic).values().map(|(_, l)| l).sum();
     assert_eq!(total as u64, sent);
@@ -142,7 +142,7 @@ fn sigterm_flushes_and_reports_exactly_what_was_acknowledged() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let sent: i64 = stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let sent = produced_count(&out.stdout) as i64;
     assert!(sent > 100, "{stdout}");
     let total: i64 = offsets(&topic).values().map(|(_, l)| l).sum();
     assert_eq!(total, sent, "{stdout}");

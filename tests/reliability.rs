@@ -4,26 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::proxy::Proxy;
 use common::*;
-
-fn ends_via(brokers: &str, topic: &str) -> BTreeMap<i64, i64> {
-    offsets_via(brokers, topic)
-        .into_iter()
-        .map(|(p, (_, end))| (p, end))
-        .collect()
-}
-
-fn sent(stdout: &[u8]) -> usize {
-    let text = String::from_utf8_lossy(stdout);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{text}"))
-}
 
 #[test]
 fn the_broker_lost_for_seconds_mid_stream() {
@@ -81,7 +65,7 @@ fn the_broker_lost_for_seconds_mid_stream() {
         String::from_utf8_lossy(&produced.stderr)
     );
     assert_eq!(
-        sent(&produced.stdout),
+        produced_count(&produced.stdout) as usize,
         n,
         "the summary counts what the broker acknowledged"
     );
@@ -98,7 +82,7 @@ fn the_broker_lost_for_seconds_mid_stream() {
     );
 
     assert_eq!(db.sales_ids(), seeded_ids(5, n));
-    assert_eq!(db.stored_offsets("lossy"), ends_via(&b, "lossy"));
+    assert_eq!(db.stored_offsets("lossy"), end_offsets_via(&b, "lossy"));
 }
 
 #[test]
@@ -166,11 +150,7 @@ fn the_database_lost_for_seconds_mid_stream() {
     );
 
     assert_eq!(db.sales_ids(), seeded_ids(6, n));
-    let ends: BTreeMap<i64, i64> = offsets(&topic)
-        .into_iter()
-        .map(|(p, (_, e))| (p, e))
-        .collect();
-    assert_eq!(db.stored_offsets(&topic), ends);
+    assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 }
 
 #[test]
@@ -293,11 +273,7 @@ fn two_consumers_started_by_mistake_on_one_group_never_duplicate() {
             db.sink
         );
         assert_eq!(db.sales_ids(), seeded_ids(9, n));
-        let ends: BTreeMap<i64, i64> = offsets(&topic)
-            .into_iter()
-            .map(|(p, (_, e))| (p, e))
-            .collect();
-        assert_eq!(db.stored_offsets(&topic), ends);
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
     }
 }
 

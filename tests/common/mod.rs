@@ -116,6 +116,27 @@ pub fn offsets(topic: &str) -> BTreeMap<i64, (i64, i64)> {
     offsets_via(&brokers(), topic)
 }
 
+/// The end offset (next offset to be written) per partition.
+pub fn end_offsets(topic: &str) -> BTreeMap<i64, i64> {
+    end_offsets_via(&brokers(), topic)
+}
+
+pub fn end_offsets_via(brokers: &str, topic: &str) -> BTreeMap<i64, i64> {
+    offsets_via(brokers, topic)
+        .into_iter()
+        .map(|(p, (_, end))| (p, end))
+        .collect()
+}
+
+/// The event count of a `produce` summary ("produced N events to …").
+pub fn produced_count(stdout: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a produce summary: {text}"))
+}
+
 pub fn offsets_via(brokers: &str, topic: &str) -> BTreeMap<i64, (i64, i64)> {
     let json: serde_json::Value = serde_json::from_str(&ok(&[
         "topic", "describe", "-b", brokers, "--topic", topic, "--format", "json",
