@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use crate::check::{self, Dialect};
 use crate::cli::{DbOpts, WatchArgs};
 use crate::events::ts_millis;
-use crate::kafka::{self, admin::Admin};
+use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
 use crate::{output, shutdown};
 
 /// Rate samples kept for the sparklines (at 1 s, two minutes).
@@ -141,6 +141,8 @@ fn read_key(wait: Duration) -> Result<Option<KeyCode>> {
 struct Source {
     clients: Vec<Arc<PartitionClient>>,
     admin: Admin,
+    /// Kept between snapshots; dropped on an error so the next one asks FindCoordinator again.
+    coordinator: Option<GroupCoordinator>,
     pool: Option<(AnyPool, Dialect)>,
 }
 
@@ -166,6 +168,7 @@ impl Source {
         Ok(Self {
             clients,
             admin,
+            coordinator: None,
             pool,
         })
     }
@@ -175,11 +178,7 @@ impl Source {
         let ids: Vec<i32> = ranges.keys().copied().collect();
         let (committed, position_source) = match &self.pool {
             Some((pool, d)) => (db_offsets(pool, d, args).await?, "database"),
-            None => {
-                // The coordinator may move; ask afresh each time (one round trip more).
-                let mut coordinator = self.admin.group_coordinator(&args.group).await?;
-                (coordinator.fetch(&args.topic, &ids).await?, "kafka")
-            }
+            None => (self.group_offsets(args, &ids).await?, "kafka"),
         };
         let mut partitions = Vec::new();
         let mut total = Totals::default();
@@ -213,6 +212,22 @@ impl Source {
             consume_rate: 0.0,
             sink,
         })
+    }
+}
+
+impl Source {
+    async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {
+        let coordinator = match self.coordinator.as_mut() {
+            Some(c) => c,
+            None => self
+                .coordinator
+                .insert(self.admin.group_coordinator(&args.group).await?),
+        };
+        let fetched = coordinator.fetch(&args.topic, ids).await;
+        if fetched.is_err() {
+            self.coordinator = None;
+        }
+        fetched
     }
 }
 
