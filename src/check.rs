@@ -86,10 +86,16 @@ pub struct Share {
 
 /// The SQL fragments that differ between the two databases.
 pub(crate) struct Dialect {
-    pub(crate) sqlite: bool,
+    sqlite: bool,
 }
 
 impl Dialect {
+    pub(crate) fn of(sink: SinkKind) -> Self {
+        Self {
+            sqlite: sink == SinkKind::Sqlite,
+        }
+    }
+
     /// Bind placeholder number `n` (1-based).
     pub(crate) fn param(&self, n: usize) -> String {
         if self.sqlite {
@@ -225,9 +231,7 @@ pub(crate) async fn connect(db: &DbOpts, timeout: std::time::Duration) -> Result
 
 pub async fn run(args: CheckArgs) -> Result<()> {
     let pool = connect(&args.db, args.kafka.timeout).await?;
-    let d = Dialect {
-        sqlite: args.db.sink == SinkKind::Sqlite,
-    };
+    let d = Dialect::of(args.db.sink);
     let table = args.kind.table();
     let exists: i64 = sqlx::query(&d.table_exists())
         .bind(table)
@@ -510,32 +514,42 @@ async fn dead_letters(pool: &AnyPool, d: &Dialect) -> Result<DeadLetters> {
     Ok(DeadLetters { count, newest })
 }
 
-/// Stored positions of the group; with --topic, compared with the broker's latest offsets.
-async fn lag(
-    args: &CheckArgs,
+/// The group's stored `(topic, partition, next offset)` rows, of one topic or of all, in order.
+pub(crate) async fn stored_offsets(
     pool: &AnyPool,
     d: &Dialect,
-) -> Result<(Vec<PartitionLag>, Option<i64>)> {
+    group: &str,
+    topic: Option<&str>,
+) -> Result<Vec<(String, i64, i64)>> {
     let mut sql = format!(
         "SELECT topic, {}, {} FROM streamlab_offsets WHERE consumer_group = {}",
         d.int("kafka_partition"),
         d.int("next_offset"),
         d.param(1)
     );
-    if args.topic.is_some() {
+    if topic.is_some() {
         sql.push_str(&format!(" AND topic = {}", d.param(2)));
     }
     sql.push_str(" ORDER BY topic, 2");
-    let mut query = sqlx::query(&sql).bind(&args.group);
-    if let Some(topic) = &args.topic {
+    let mut query = sqlx::query(&sql).bind(group);
+    if let Some(topic) = topic {
         query = query.bind(topic);
     }
-    let stored: Vec<(String, i64, i64)> = query
+    query
         .fetch_all(pool)
         .await?
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// Stored positions of the group; with --topic, compared with the broker's latest offsets.
+async fn lag(
+    args: &CheckArgs,
+    pool: &AnyPool,
+    d: &Dialect,
+) -> Result<(Vec<PartitionLag>, Option<i64>)> {
+    let stored = stored_offsets(pool, d, &args.group, args.topic.as_deref()).await?;
 
     let Some(topic) = &args.topic else {
         let partitions = stored

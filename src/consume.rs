@@ -395,8 +395,8 @@ async fn committed_earlier<S: Sink>(sink: &mut S, batch: &Batch) -> bool {
 
 /// Fetch one partition from `start`, until `end` (when given) or cancellation.
 ///
-/// Every fetch has a deadline: rskafka waits for an answer forever, and a broker that silently
-/// drops a request (seen with tansu under concurrent consumers) would otherwise stall this
+/// Every fetch has a deadline: rskafka has no request timeout, so a broker or connection that
+/// goes silent (a half-open TCP connection, a stuck broker) would otherwise stall this
 /// partition for good. A fetch that goes unanswered is retried on a fresh connection; silence
 /// or errors lasting longer than `timeout` end the run with an error.
 async fn fetch_partition(

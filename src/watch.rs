@@ -158,10 +158,10 @@ impl Source {
                     sink,
                     database_url: args.database_url.clone(),
                 };
-                let dialect = Dialect {
-                    sqlite: sink == crate::cli::SinkKind::Sqlite,
-                };
-                Some((check::connect(&db, args.kafka.timeout).await?, dialect))
+                Some((
+                    check::connect(&db, args.kafka.timeout).await?,
+                    Dialect::of(sink),
+                ))
             }
             None => None,
         };
@@ -213,9 +213,7 @@ impl Source {
             sink,
         })
     }
-}
 
-impl Source {
     async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {
         let coordinator = match self.coordinator.as_mut() {
             Some(c) => c,
@@ -232,22 +230,13 @@ impl Source {
 }
 
 async fn db_offsets(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<BTreeMap<i32, i64>> {
-    let sql = format!(
-        "SELECT {}, {} FROM streamlab_offsets WHERE consumer_group = {} AND topic = {}",
-        d.int("kafka_partition"),
-        d.int("next_offset"),
-        d.param(1),
-        d.param(2)
-    );
-    let rows = sqlx::query(&sql)
-        .bind(&args.group)
-        .bind(&args.topic)
-        .fetch_all(pool)
+    let stored = check::stored_offsets(pool, d, &args.group, Some(&args.topic))
         .await
         .context("reading the group's stored offsets (has consume run against this database?)")?;
-    rows.iter()
-        .map(|r| Ok((r.try_get::<i64, _>(0)? as i32, r.try_get::<i64, _>(1)?)))
-        .collect()
+    Ok(stored
+        .into_iter()
+        .map(|(_, partition, next)| (partition as i32, next))
+        .collect())
 }
 
 async fn sink_view(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<SinkView> {
