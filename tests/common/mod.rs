@@ -53,6 +53,28 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// Run a command that must fail with exit `code`, its stderr naming everything in `says` and
+/// showing nothing in `never` (passwords); returns stderr.
+pub fn fails(args: &[&str], code: i32, says: &[&str], never: &[&str]) -> String {
+    let out = streamlab(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "streamlab {args:?}: {stderr}"
+    );
+    for text in says {
+        assert!(stderr.contains(text), "stderr lacks {text:?}: {stderr}");
+    }
+    for secret in never {
+        assert!(
+            !stderr.contains(secret),
+            "stderr shows {secret:?}: {stderr}"
+        );
+    }
+    stderr
+}
+
 pub fn spawn(args: &[&str]) -> Child {
     command(args)
         .stdout(Stdio::piped())
