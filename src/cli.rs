@@ -244,6 +244,19 @@ pub struct ConsumeArgs {
     /// Consumer group: where offsets are kept (in the database, mirrored to Kafka).
     #[arg(short, long, default_value = "streamlab")]
     pub group: String,
+    /// Share the topic's partitions with every other consumer that joins the same --group
+    /// (Kafka's consumer-group protocol; librdkafka and Java consumers may join too). Without
+    /// it, this consumer reads every partition on its own.
+    #[arg(long)]
+    pub join_group: bool,
+    /// With --join-group: a member silent this long is dropped and its partitions move to the
+    /// others. Apache Kafka accepts 6s..30m by default.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse, requires = "join_group")]
+    pub session_timeout: Duration,
+    /// With --join-group: how long members get to finish their batch and rejoin once the
+    /// group rebalances.
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse, requires = "join_group")]
+    pub rebalance_timeout: Duration,
     /// Which events the topic carries; anything else is dead-lettered.
     #[arg(short, long, value_enum, default_value = "sales")]
     pub kind: EventKind,

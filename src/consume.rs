@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ConsumeArgs, KafkaOpts, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
+use crate::kafka::group::{GroupMember, Membership};
 use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
 use crate::progress::Progress;
 use crate::sink::pg::PgSink;
@@ -64,184 +65,328 @@ pub struct PartitionPosition {
     pub lag: i64,
 }
 
-async fn consume<S: Sink>(args: &ConsumeArgs, mut sink: S) -> Result<()> {
-    let cancel = shutdown::on_signal();
+async fn consume<S: Sink>(args: &ConsumeArgs, sink: S) -> Result<()> {
+    let shutdown = shutdown::on_signal();
     let client = Arc::new(kafka::connect(&args.kafka).await?);
     let partitions = kafka::partitions_of(&client, &args.topic).await?;
-    let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
-
-    let stored = sink
+    let mut consumer = Consumer {
+        args,
+        sink,
+        client,
+        mirror: GroupMirror::new(&args.kafka, &args.group),
+        summary: ConsumeSummary::default(),
+        progress: Progress::new(),
+        started: Instant::now(),
+    };
+    let stored = consumer
+        .sink
         .load_offsets(&args.group, &args.topic)
         .await
         .context("reading stored offsets")?;
-    let mut mirror = GroupMirror::new(&args.kafka, &args.group);
-    mirror.compare(&args.topic, &partitions, &stored).await;
+    consumer
+        .mirror
+        .compare(&args.topic, &partitions, &stored)
+        .await;
 
-    // Where each partition starts, and (for --stop-at-end) where it ends.
-    let mut committed: BTreeMap<i32, Option<i64>> = BTreeMap::new();
-    let mut positions: BTreeMap<i32, PartitionPosition> = BTreeMap::new();
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut starts = Vec::new();
-    let ranges = kafka::offset_ranges(&clients).await?;
-    for pc in &clients {
-        let p = pc.partition();
-        let (earliest, latest) = ranges[&p];
-        let start = match stored.get(&p) {
-            Some(&next) if next < earliest => {
-                tracing::warn!(
-                    "{}/{p}: stored offset {next} was removed by retention; resuming at {earliest} \
-                     ({} records were never consumed)",
-                    args.topic,
-                    earliest - next
-                );
-                earliest
+    let result = if args.join_group {
+        consumer.as_group_member(&shutdown).await
+    } else {
+        // Alone: every partition, for as long as the run lasts.
+        consumer
+            .consume_partitions(&partitions, &shutdown, &shutdown)
+            .await
+            .and_then(|ended| match ended {
+                Ended::Fenced(e) => Err(e),
+                _ => Ok(()),
+            })
+    };
+
+    consumer.progress.finish();
+    consumer.summary.elapsed_secs = consumer.started.elapsed().as_secs_f64();
+    print_summary(args, &consumer.summary)?;
+    result
+}
+
+/// Why consuming a set of partitions ended.
+enum Ended {
+    /// Ctrl-C or SIGTERM.
+    Shutdown,
+    /// `--stop-at-end` reached, or there was nothing to read.
+    ReachedEnd,
+    /// The group took the partitions back (rebalance, or this member was dropped).
+    Revoked,
+    /// The database's offset fence refused a batch: someone else wrote one of these partitions.
+    Fenced(anyhow::Error),
+}
+
+/// One consume run: the sink, the Kafka client and the running totals, across generations.
+struct Consumer<'a, S> {
+    args: &'a ConsumeArgs,
+    sink: S,
+    client: Arc<Client>,
+    mirror: GroupMirror,
+    summary: ConsumeSummary,
+    progress: Progress,
+    started: Instant,
+}
+
+impl<S: Sink> Consumer<'_, S> {
+    /// `--join-group`: consume what the group assigns, generation after generation, until
+    /// Ctrl-C (or `--stop-at-end`), then leave so the others take over at once.
+    async fn as_group_member(&mut self, shutdown: &CancellationToken) -> Result<()> {
+        let args = self.args;
+        let membership = Membership {
+            session_timeout: args.session_timeout,
+            rebalance_timeout: args.rebalance_timeout,
+        };
+        let mut member = GroupMember::new(&args.kafka, &args.group, &args.topic, membership);
+        let result = loop {
+            let assignment = match member.join(shutdown).await {
+                Ok(Some(a)) => a,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            tracing::info!(
+                "group '{}' generation {}: partitions {:?} of '{}'{}",
+                args.group,
+                assignment.generation,
+                assignment.partitions,
+                args.topic,
+                if assignment.leader {
+                    " (this member leads the group)"
+                } else {
+                    ""
+                }
+            );
+            self.mirror.member = Some((assignment.member_id.clone(), assignment.generation));
+
+            // The heartbeat task cancels `generation` when the group wants the partitions back.
+            let generation = shutdown.child_token();
+            let heartbeats = tokio::spawn(member.heartbeat_until(generation.clone()));
+            let ended = loop {
+                match self
+                    .consume_partitions(&assignment.partitions, &generation, shutdown)
+                    .await
+                {
+                    Ok(Ended::Fenced(e)) if !generation.is_cancelled() => {
+                        // Someone wrote one of our partitions: a member that has not noticed it
+                        // lost it, or a consumer outside the group. The database kept the
+                        // rows and offsets consistent; resume from what it now holds.
+                        tracing::warn!("{e:#}; reloading the stored offsets");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => break other,
+                }
+            };
+            generation.cancel();
+            member = heartbeats.await.context("heartbeat task")?;
+            match ended {
+                Ok(Ended::Revoked) | Ok(Ended::Fenced(_)) => continue,
+                Ok(Ended::Shutdown) | Ok(Ended::ReachedEnd) => break Ok(()),
+                Err(e) => break Err(e),
             }
-            Some(&next) => next,
-            None => match args.from {
-                StartFrom::Earliest => earliest,
-                StartFrom::Latest => latest,
-            },
         };
-        committed.insert(p, stored.get(&p).copied());
-        positions.insert(
-            p,
-            PartitionPosition {
-                next_offset: start,
-                lag: latest - start,
-            },
-        );
-        ends.insert(p, latest);
-        starts.push((Arc::clone(pc), start));
-        tracing::debug!(
-            "{}/{p}: start at {start} (earliest {earliest}, latest {latest})",
-            args.topic
-        );
+        member.leave().await;
+        result
     }
 
-    let started = Instant::now();
-    let mut summary = ConsumeSummary::default();
-    let reached_end = |positions: &BTreeMap<i32, PartitionPosition>| {
-        positions.iter().all(|(p, pos)| pos.next_offset >= ends[p])
-    };
+    /// Consume `partitions` from the sink's stored offsets until `stop` (or `--stop-at-end`).
+    ///
+    /// One fetch task per partition feeds a bounded channel; each batch — rows, dead letters and
+    /// new offsets — is written in one transaction before the next is taken, so stopping between
+    /// batches leaves nothing half done.
+    async fn consume_partitions(
+        &mut self,
+        partitions: &[i32],
+        stop: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<Ended> {
+        let args = self.args;
+        let clients = kafka::partition_clients(&self.client, &args.topic, partitions).await?;
+        // Read again every time: the previous owner of a partition may have just written it.
+        let stored = self
+            .sink
+            .load_offsets(&args.group, &args.topic)
+            .await
+            .context("reading stored offsets")?;
 
-    let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(clients.len().max(1));
-    let stop_fetching = cancel.child_token();
-    let mut fetchers = Vec::new();
-    if !(args.stop_at_end && reached_end(&positions)) {
-        for (pc, start) in starts {
-            let end = args.stop_at_end.then(|| ends[&pc.partition()]);
-            fetchers.push(tokio::spawn(fetch_partition(
-                Arc::clone(&client),
-                pc,
-                start,
-                end,
-                args.kafka.timeout,
-                tx.clone(),
-                stop_fetching.clone(),
-            )));
+        // Where each partition starts, and (for --stop-at-end) where it ends.
+        let mut committed: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        let mut positions: BTreeMap<i32, PartitionPosition> = BTreeMap::new();
+        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut starts = Vec::new();
+        let ranges = kafka::offset_ranges(&clients).await?;
+        for pc in &clients {
+            let p = pc.partition();
+            let (earliest, latest) = ranges[&p];
+            let start = match stored.get(&p) {
+                Some(&next) if next < earliest => {
+                    tracing::warn!(
+                        "{}/{p}: stored offset {next} was removed by retention; resuming at \
+                         {earliest} ({} records were never consumed)",
+                        args.topic,
+                        earliest - next
+                    );
+                    earliest
+                }
+                Some(&next) => next,
+                None => match args.from {
+                    StartFrom::Earliest => earliest,
+                    StartFrom::Latest => latest,
+                },
+            };
+            committed.insert(p, stored.get(&p).copied());
+            positions.insert(
+                p,
+                PartitionPosition {
+                    next_offset: start,
+                    lag: latest - start,
+                },
+            );
+            ends.insert(p, latest);
+            starts.push((Arc::clone(pc), start));
+            tracing::debug!(
+                "{}/{p}: start at {start} (earliest {earliest}, latest {latest})",
+                args.topic
+            );
         }
-    }
-    drop(tx);
-
-    let mut progress = Progress::new();
-    let mut failure: Option<anyhow::Error> = None;
-    // Throttled, batches stay small (a quarter second's worth) so the pace is even.
-    let batch_limit = match args.throttle {
-        Some(t) => (args.batch_size as usize).min((t as usize / 4).max(1)),
-        None => args.batch_size as usize,
-    };
-    loop {
-        if args.stop_at_end && reached_end(&positions) {
-            break;
-        }
-        let Some(first) = next_fetched(&mut rx, &cancel).await else {
-            break;
+        let reached_end = |positions: &BTreeMap<i32, PartitionPosition>| {
+            positions.iter().all(|(p, pos)| pos.next_offset >= ends[p])
         };
-        let mut chunks = Vec::new();
-        match first {
-            Ok(f) => chunks.push(f),
-            Err(e) => {
-                failure = Some(e);
+
+        let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(clients.len().max(1));
+        let stop_fetching = stop.child_token();
+        let mut fetchers = Vec::new();
+        if !(args.stop_at_end && reached_end(&positions)) {
+            for (pc, start) in starts {
+                let end = args.stop_at_end.then(|| ends[&pc.partition()]);
+                fetchers.push(tokio::spawn(fetch_partition(
+                    Arc::clone(&self.client),
+                    pc,
+                    start,
+                    end,
+                    args.kafka.timeout,
+                    tx.clone(),
+                    stop_fetching.clone(),
+                )));
+            }
+        }
+        drop(tx);
+
+        let mut failure: Option<anyhow::Error> = None;
+        // Throttled, batches stay small (a quarter second's worth) so the pace is even.
+        let batch_limit = match args.throttle {
+            Some(t) => (args.batch_size as usize).min((t as usize / 4).max(1)),
+            None => args.batch_size as usize,
+        };
+        let mut at_end = false;
+        loop {
+            if args.stop_at_end && reached_end(&positions) {
+                at_end = true;
                 break;
             }
-        }
-        // Fill the batch with what is already fetched, without waiting: under a backlog the
-        // channel is full and batches fill up; when caught up, each event is written at once.
-        let mut pending: usize = chunks.iter().map(|c| c.records.len()).sum();
-        while pending < batch_limit {
-            match rx.try_recv() {
-                Ok(Ok(f)) => {
-                    pending += f.records.len();
-                    chunks.push(f);
-                }
-                Ok(Err(e)) => {
+            let Some(first) = next_fetched(&mut rx, stop).await else {
+                at_end = !stop.is_cancelled();
+                break;
+            };
+            let mut chunks = Vec::new();
+            match first {
+                Ok(f) => chunks.push(f),
+                Err(e) => {
                     failure = Some(e);
                     break;
                 }
-                Err(_) => break,
             }
-        }
+            // Fill the batch with what is already fetched, without waiting: under a backlog the
+            // channel is full and batches fill up; when caught up, each event is written at once.
+            let mut pending: usize = chunks.iter().map(|c| c.records.len()).sum();
+            while pending < batch_limit {
+                match rx.try_recv() {
+                    Ok(Ok(f)) => {
+                        pending += f.records.len();
+                        chunks.push(f);
+                    }
+                    Ok(Err(e)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
 
-        let batch = build_batch(args, &chunks, &committed);
-        let write_started = Instant::now();
-        let written = match write_with_retry(&mut sink, &batch, args.kafka.timeout).await {
-            Ok(w) => w,
-            Err(e) => {
-                failure = Some(e);
+            let batch = build_batch(args, &chunks, &committed);
+            let write_started = Instant::now();
+            let written = match write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await {
+                Ok(w) => w,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            for advance in &batch.offsets {
+                committed.insert(advance.partition, Some(advance.to));
+            }
+            for chunk in &chunks {
+                let pos = positions
+                    .get_mut(&chunk.partition)
+                    .expect("known partition");
+                if let Some(last) = chunk.records.last() {
+                    pos.next_offset = pos.next_offset.max(last.offset + 1);
+                }
+                pos.lag = (chunk.high_watermark - pos.next_offset).max(0);
+            }
+            record_metrics(&args.topic, &batch, &written, write_started, &positions);
+            let summary = &mut self.summary;
+            summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
+            summary.inserted += written.inserted;
+            summary.duplicates += written.duplicates;
+            summary.dead_lettered += batch.dead_letters.len() as u64;
+            if args.print_each {
+                print_each(&batch)?;
+            }
+            self.mirror
+                .maybe_commit(&args.topic, &committed, false)
+                .await;
+            let started = self.started;
+            self.progress
+                .update(|| status_line(summary, &positions, started));
+            if let Some(throttle) = args.throttle {
+                // A deliberately slow sink: event i may be written no sooner than i/throttle.
+                let due = self.started
+                    + Duration::from_secs_f64(summary.consumed as f64 / f64::from(throttle));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+            if failure.is_some() {
                 break;
             }
-        };
-        for advance in &batch.offsets {
-            committed.insert(advance.partition, Some(advance.to));
         }
-        for chunk in &chunks {
-            let pos = positions
-                .get_mut(&chunk.partition)
-                .expect("known partition");
-            if let Some(last) = chunk.records.last() {
-                pos.next_offset = pos.next_offset.max(last.offset + 1);
-            }
-            pos.lag = (chunk.high_watermark - pos.next_offset).max(0);
-        }
-        record_metrics(&args.topic, &batch, &written, write_started, &positions);
-        summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
-        summary.inserted += written.inserted;
-        summary.duplicates += written.duplicates;
-        summary.dead_lettered += batch.dead_letters.len() as u64;
-        if args.print_each {
-            print_each(&batch)?;
-        }
-        mirror.maybe_commit(&args.topic, &committed, false).await;
-        progress.update(|| status_line(&summary, &positions, started));
-        if let Some(throttle) = args.throttle {
-            // A deliberately slow sink: event i may be written no sooner than i/throttle.
-            let due =
-                started + Duration::from_secs_f64(summary.consumed as f64 / f64::from(throttle));
-            tokio::select! {
-                _ = tokio::time::sleep_until(due.into()) => {}
-                _ = cancel.cancelled() => {}
-            }
-        }
-        if failure.is_some() {
-            break;
-        }
-    }
 
-    // Stop the fetchers and drop what they hold: one blocked on a full channel would otherwise
-    // wait forever for this loop to receive again.
-    stop_fetching.cancel();
-    drop(rx);
-    for f in fetchers {
-        let _ = f.await;
-    }
-    progress.finish();
-    mirror.maybe_commit(&args.topic, &committed, true).await;
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    summary.partitions = positions;
-    print_summary(args, &summary)?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+        // Stop the fetchers and drop what they hold: one blocked on a full channel would otherwise
+        // wait forever for this loop to receive again.
+        stop_fetching.cancel();
+        drop(rx);
+        for f in fetchers {
+            let _ = f.await;
+        }
+        self.mirror
+            .maybe_commit(&args.topic, &committed, true)
+            .await;
+        self.summary.partitions.extend(positions);
+        Ok(match failure {
+            Some(e)
+                if e.downcast_ref::<SinkError>()
+                    .is_some_and(SinkError::is_fenced) =>
+            {
+                Ended::Fenced(e)
+            }
+            Some(e) => return Err(e),
+            None if shutdown.is_cancelled() => Ended::Shutdown,
+            None if at_end => Ended::ReachedEnd,
+            None => Ended::Revoked,
+        })
     }
 }
 
@@ -497,6 +642,9 @@ struct GroupMirror {
     last_commit: Option<Instant>,
     last_sent: BTreeMap<i32, i64>,
     warned: bool,
+    /// As a group member (`--join-group`): member id and generation, which Kafka requires on
+    /// the commits of a group that has members.
+    member: Option<(String, i32)>,
 }
 
 impl GroupMirror {
@@ -508,6 +656,7 @@ impl GroupMirror {
             last_commit: None,
             last_sent: BTreeMap::new(),
             warned: false,
+            member: None,
         }
     }
 
@@ -556,8 +705,12 @@ impl GroupMirror {
             return;
         }
         self.last_commit = Some(Instant::now());
+        let member = self.member.clone();
+        let member = member
+            .as_ref()
+            .map(|(id, generation)| (id.as_str(), *generation));
         let result = match self.coordinator().await {
-            Ok(c) => c.commit(topic, &offsets).await,
+            Ok(c) => c.commit(topic, &offsets, member).await,
             Err(e) => Err(e),
         };
         match result {

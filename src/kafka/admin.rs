@@ -296,14 +296,22 @@ impl Admin {
 
 /// The broker that keeps a consumer group's offsets.
 pub struct GroupCoordinator {
-    conn: WireConnection,
-    group: String,
+    pub(super) conn: WireConnection,
+    pub(super) group: String,
 }
 
 impl GroupCoordinator {
-    /// Commit `partition → next offset` for `topic`, as a "simple" (generation -1) commit: the
-    /// database is the source of truth, this only makes the position visible to Kafka tooling.
-    pub async fn commit(&mut self, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<()> {
+    /// Commit `partition → next offset` for `topic`. The database is the source of truth; this
+    /// only makes the position visible to Kafka tooling. Without `member` it is a "simple"
+    /// (generation -1) commit; a member of the group must name itself and its generation, or
+    /// Apache Kafka refuses the commit.
+    pub async fn commit(
+        &mut self,
+        topic: &str,
+        offsets: &BTreeMap<i32, i64>,
+        member: Option<(&str, i32)>,
+    ) -> Result<()> {
+        let (member_id, generation) = member.unwrap_or(("", -1));
         // v10 addresses topics by id; stay on the name-based versions.
         let partitions = offsets
             .iter()
@@ -316,8 +324,8 @@ impl GroupCoordinator {
             .collect();
         let request = OffsetCommitRequest::default()
             .with_group_id(GroupId(str_bytes(&self.group)))
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(StrBytes::default())
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(str_bytes(member_id))
             .with_retention_time_ms(-1)
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(TopicName(str_bytes(topic)))

@@ -49,9 +49,9 @@ impl WireConnection {
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         // v3 is what every current client sends first; a broker that does not know it still
         // answers (at v0) with the list of what it supports.
-        let mut response: ApiVersionsResponse = conn.send(&request, 3).await?;
+        let mut response: ApiVersionsResponse = conn.send(&request, 3, timeout).await?;
         if response.error_code == 35 {
-            response = conn.send(&request, 0).await?;
+            response = conn.send(&request, 0, timeout).await?;
         }
         if response.error_code != 0 {
             bail!(
@@ -79,7 +79,19 @@ impl WireConnection {
     /// Like [`call`](Self::call), but never above `cap` (for versions whose shape we do not fill).
     pub async fn call_capped<R: Request>(&mut self, request: R, cap: i16) -> Result<R::Response> {
         let version = self.version_for::<R>(cap)?;
-        self.send(&request, version).await
+        self.send(&request, version, self.timeout).await
+    }
+
+    /// Like [`call_capped`](Self::call_capped), with its own deadline: Apache Kafka holds a
+    /// JoinGroup until every member has rejoined, which may take the whole rebalance timeout.
+    pub async fn call_within<R: Request>(
+        &mut self,
+        request: R,
+        cap: i16,
+        timeout: Duration,
+    ) -> Result<R::Response> {
+        let version = self.version_for::<R>(cap)?;
+        self.send(&request, version, timeout).await
     }
 
     /// The version `call_capped` would use, so callers can fill version-specific fields.
@@ -101,7 +113,12 @@ impl WireConnection {
         Ok(version)
     }
 
-    async fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+    async fn send<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response> {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
         let header = RequestHeader::default()
@@ -118,9 +135,9 @@ impl WireConnection {
         frame[..4].copy_from_slice(&size.to_be_bytes());
 
         let name = api_name(R::KEY);
-        let mut body = tokio::time::timeout(self.timeout, self.round_trip(&frame))
+        let mut body = tokio::time::timeout(timeout, self.round_trip(&frame))
             .await
-            .map_err(|_| anyhow!("{name} to {} timed out after {:?}", self.addr, self.timeout))?
+            .map_err(|_| anyhow!("{name} to {} timed out after {timeout:?}", self.addr))?
             .with_context(|| format!("{name} to {}", self.addr))?;
 
         let response_header =

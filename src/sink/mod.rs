@@ -62,7 +62,8 @@ pub enum SinkError {
     /// Someone else moved the stored offset: another consumer on the same group and sink.
     #[error(
         "the stored offset of {topic}/{partition} for group '{group}' is no longer {expected}: \
-         another consumer is writing this group into the same database; stopping without writing"
+         another consumer is writing this group into the same database; stopping without writing \
+         (to share a topic's partitions between consumers, start each with --join-group)"
     )]
     Fenced {
         group: String,
@@ -98,6 +99,10 @@ impl SinkError {
             }
             _ => false,
         }
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SinkError::Fenced { .. })
     }
 
     pub(crate) fn fenced(batch: &Batch, advance: &OffsetAdvance) -> Self {

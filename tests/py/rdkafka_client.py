@@ -4,6 +4,10 @@
     rdkafka_client.py read TOPIC             -> one JSON line per record, every partition, from the start
     rdkafka_client.py place TOPIC KEY…       -> {"KEY": partition} as librdkafka's murmur2 partitioner puts them
     rdkafka_client.py committed GROUP TOPIC  -> {"partition": committed offset}
+    rdkafka_client.py member GROUP TOPIC     -> joins GROUP (range assignor), prints
+                                               {"assigned": [...]} / {"revoked": [...]} as they
+                                               happen, reads nothing, commits nothing; leaves
+                                               cleanly when stdin closes
 """
 import json
 import os
@@ -80,9 +84,33 @@ def committed(group, name):
     consumer.close()
 
 
+def member(group, name):
+    import threading
+
+    def say(**event):
+        print(json.dumps(event), flush=True)
+
+    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": group,
+                         "partition.assignment.strategy": "range",
+                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe([name],
+                       on_assign=lambda c, ps: say(assigned=sorted(p.partition for p in ps)),
+                       on_revoke=lambda c, ps: say(revoked=sorted(p.partition for p in ps)))
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.is_set():
+        # Records are fetched but dropped: this member only takes part in the protocol. Its
+        # partitions are consumed by whoever gets them after it leaves.
+        consumer.poll(0.2)
+    consumer.close()
+    say(left=True)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"topic": lambda: topic(args[0]),
      "read": lambda: read(args[0]),
      "place": lambda: place(args[0], args[1:]),
-     "committed": lambda: committed(args[0], args[1])}[cmd]()
+     "committed": lambda: committed(args[0], args[1]),
+     "member": lambda: member(args[0], args[1])}[cmd]()

@@ -1,0 +1,749 @@
+//! Kafka's classic consumer-group protocol: join a group, get partitions, keep them with
+//! heartbeats, hand them back on leave.
+//!
+//! One member is the group's leader; it computes every member's partitions (here with the
+//! range assignor, which every Kafka client also offers) and the coordinator hands them out.
+//! The subscription and assignment bytes use Kafka's consumer protocol, so librdkafka and Java
+//! consumers can share a group with `streamlab consume --join-group`.
+//!
+//! The coordinator only decides who owns what. Which offset a partition resumes from is still the
+//! sink's business: the database is the source of truth, and its offset update is conditional on
+//! the value this member last read, so a member that lost a partition cannot write over its
+//! successor even if it has not noticed yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest, GroupId,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::admin::{Admin, GroupCoordinator};
+use crate::cli::KafkaOpts;
+
+/// The protocol type of consumer groups; other group kinds (Kafka Connect, …) use their own.
+pub const PROTOCOL_TYPE: &str = "consumer";
+/// The one assignor offered. Every Kafka client supports it, so mixed groups agree on it.
+pub const RANGE: &str = "range";
+
+/// Timeouts that govern membership. See `consume --help` for what each means to a user.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    /// Without a heartbeat for this long, the coordinator drops the member.
+    pub session_timeout: Duration,
+    /// How long members have to rejoin once a rebalance starts.
+    pub rebalance_timeout: Duration,
+}
+
+impl Membership {
+    /// A sixth of the session timeout: Kafka suggests at most a third, and tansu 0.6 counts
+    /// only heartbeats as signs of life (not JoinGroup, which it holds 3 s for followers), so
+    /// a rebalance must not eat most of the session.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.session_timeout / 6).clamp(Duration::from_millis(100), Duration::from_secs(3))
+    }
+}
+
+/// What this member got in one generation of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub generation: i32,
+    pub member_id: String,
+    pub leader: bool,
+    /// Partitions of the subscribed topic, sorted.
+    pub partitions: Vec<i32>,
+}
+
+/// How a heartbeat went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Still a member of this generation.
+    Alive,
+    /// The group is rebalancing: give the partitions back and rejoin.
+    Rebalance,
+    /// The coordinator no longer knows this member or generation: rejoin from scratch.
+    Expelled,
+}
+
+/// One member of a consumer group, subscribed to one topic.
+pub struct GroupMember {
+    opts: KafkaOpts,
+    group: String,
+    topic: String,
+    membership: Membership,
+    coordinator: Option<GroupCoordinator>,
+    member_id: String,
+    generation: i32,
+    protocol_name: String,
+    /// Leave before the next join, so the coordinator has to start a new generation.
+    force_new_generation: bool,
+}
+
+impl GroupMember {
+    pub fn new(opts: &KafkaOpts, group: &str, topic: &str, membership: Membership) -> Self {
+        Self {
+            opts: opts.clone(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            membership,
+            coordinator: None,
+            member_id: String::new(),
+            generation: -1,
+            protocol_name: RANGE.to_string(),
+            force_new_generation: false,
+        }
+    }
+
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    pub fn generation(&self) -> i32 {
+        self.generation
+    }
+
+    async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
+        if self.coordinator.is_none() {
+            let mut admin = Admin::connect(&self.opts).await?;
+            self.coordinator = Some(admin.group_coordinator(&self.group).await?);
+        }
+        Ok(self.coordinator.as_mut().expect("just set"))
+    }
+
+    /// Join (or rejoin) the group and wait for this member's partitions.
+    ///
+    /// Returns `None` when `cancel` fires first. Fails when the group cannot be joined within the
+    /// rebalance timeout plus `--timeout`, or when the group is used with another protocol.
+    pub async fn join(&mut self, cancel: &CancellationToken) -> Result<Option<Assignment>> {
+        tokio::select! {
+            _ = cancel.cancelled() => Ok(None),
+            joined = self.join_until_assigned() => joined.map(Some),
+        }
+    }
+
+    async fn join_until_assigned(&mut self) -> Result<Assignment> {
+        if std::mem::take(&mut self.force_new_generation) {
+            self.leave().await;
+        }
+        let deadline = Instant::now() + self.membership.rebalance_timeout + self.opts.timeout;
+        let previous_generation = self.generation;
+        let mut first_attempt = true;
+        let mut last_error: Option<anyhow::Error> = None;
+        loop {
+            if Instant::now() >= deadline {
+                let why = last_error.map(|e| format!(": {e:#}")).unwrap_or_default();
+                bail!(
+                    "could not join consumer group '{}' within {}{why}",
+                    self.group,
+                    humantime::format_duration(
+                        self.membership.rebalance_timeout + self.opts.timeout
+                    )
+                );
+            }
+            match self.join_once(previous_generation, first_attempt).await {
+                Ok(Some(assignment)) => return Ok(assignment),
+                Ok(None) => {}
+                Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+                Err(e) => {
+                    tracing::debug!("joining group '{}': {e:#}", self.group);
+                    // The connection may be what failed; the next attempt opens a new one.
+                    self.coordinator = None;
+                    last_error = Some(e);
+                }
+            }
+            first_attempt = false;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One JoinGroup + SyncGroup round. `Ok(None)`: not assigned yet, try again.
+    async fn join_once(
+        &mut self,
+        previous_generation: i32,
+        first_attempt: bool,
+    ) -> Result<Option<Assignment>> {
+        let metadata = encode_subscription(&self.topic);
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.group)))
+            .with_session_timeout_ms(millis(self.membership.session_timeout))
+            .with_rebalance_timeout_ms(millis(self.membership.rebalance_timeout))
+            .with_member_id(str_bytes(&self.member_id))
+            .with_protocol_type(str_bytes(PROTOCOL_TYPE))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(str_bytes(RANGE))
+                .with_metadata(metadata)]);
+        let wait = self.membership.rebalance_timeout + self.opts.timeout;
+        let joined = self
+            .coordinator()
+            .await?
+            .conn
+            .call_within(request, 9, wait)
+            .await?;
+        match ResponseError::try_from_code(joined.error_code) {
+            None => {}
+            Some(ResponseError::MemberIdRequired) => {
+                // Kafka hands out the member id first and expects the same request again with it.
+                self.member_id = joined.member_id.to_string();
+                return Ok(None);
+            }
+            Some(ResponseError::UnknownMemberId) => {
+                self.member_id.clear();
+                return Ok(None);
+            }
+            Some(ResponseError::InconsistentGroupProtocol) => {
+                return Err(anyhow!(Fatal(format!(
+                    "consumer group '{}' is in use by members that do not speak the consumer \
+                     protocol with the range assignor (its protocol is {:?}); use another --group",
+                    self.group,
+                    joined
+                        .protocol_name
+                        .map(|p| p.to_string())
+                        .unwrap_or_default()
+                ))))
+            }
+            Some(ResponseError::GroupAuthorizationFailed) => {
+                return Err(anyhow!(Fatal(format!(
+                    "not authorised to join consumer group '{}'",
+                    self.group
+                ))))
+            }
+            Some(e) if e.is_retriable() || is_rejoin(e) => {
+                tracing::debug!("JoinGroup '{}': {e}; retrying", self.group);
+                return Ok(None);
+            }
+            Some(e) => bail!("joining consumer group '{}': {e}", self.group),
+        }
+        self.member_id = joined.member_id.to_string();
+        let leader = joined.leader.as_str() == self.member_id;
+
+        // A rebalance that does not move the generation cannot move partitions either. Apache
+        // Kafka always starts a new generation; tansu 0.6 can keep the old one (and the old
+        // assignments) after it drops a member that stopped heartbeating — orphaning that
+        // member's partitions. Leaving and joining afresh forces the new generation.
+        if first_attempt && previous_generation >= 0 && joined.generation_id == previous_generation
+        {
+            tracing::info!(
+                "group '{}' asked for a rebalance but kept generation {previous_generation}; \
+                 leaving and rejoining to force a new one",
+                self.group
+            );
+            self.leave().await;
+            return Ok(None);
+        }
+        self.generation = joined.generation_id;
+        if let Some(name) = &joined.protocol_name {
+            self.protocol_name = name.to_string();
+        }
+
+        let assignments = if leader {
+            let members: Vec<(String, Subscription)> = joined
+                .members
+                .iter()
+                .map(|m| {
+                    let subscription = decode_subscription(&m.metadata).with_context(|| {
+                        format!("member {} of group '{}' sent", m.member_id, self.group)
+                    })?;
+                    Ok((m.member_id.to_string(), subscription))
+                })
+                .collect::<Result<_>>()?;
+            self.assign(&members).await?
+        } else {
+            Vec::new()
+        };
+
+        let request = SyncGroupRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.group)))
+            .with_generation_id(self.generation)
+            .with_member_id(str_bytes(&self.member_id))
+            .with_protocol_type(Some(str_bytes(PROTOCOL_TYPE)))
+            .with_protocol_name(Some(str_bytes(&self.protocol_name)))
+            .with_assignments(assignments);
+        let synced = self
+            .coordinator()
+            .await?
+            .conn
+            .call_within(request, 5, wait)
+            .await?;
+        match ResponseError::try_from_code(synced.error_code) {
+            None => {}
+            Some(ResponseError::UnknownMemberId) => {
+                self.member_id.clear();
+                return Ok(None);
+            }
+            Some(e) if e.is_retriable() || is_rejoin(e) => {
+                // tansu answers followers with REBALANCE_IN_PROGRESS until the leader has sent
+                // the assignments. Heartbeat meanwhile: tansu only counts heartbeats as signs of
+                // life, and this wait may be longer than the session timeout.
+                tracing::debug!("SyncGroup '{}': {e}; rejoining", self.group);
+                let _ = self.heartbeat().await;
+                return Ok(None);
+            }
+            Some(e) => bail!("syncing consumer group '{}': {e}", self.group),
+        }
+        if synced.assignment.is_empty() {
+            // Every consumer-protocol leader sends each member an encoded assignment, even an
+            // empty one. No bytes at all means the coordinator formed the group without a real
+            // leader's plan (tansu 0.6 accepts a follower's SyncGroup once its leader has
+            // expired) or without this member in it: start a new generation.
+            tracing::debug!(
+                "group '{}' generation {} has no assignment for this member; forcing a new one",
+                self.group,
+                self.generation
+            );
+            self.leave().await;
+            return Ok(None);
+        }
+        let partitions = decode_assignment(&synced.assignment)
+            .with_context(|| format!("the assignment from group '{}'", self.group))?
+            .remove(&self.topic)
+            .unwrap_or_default();
+        Ok(Some(Assignment {
+            generation: self.generation,
+            member_id: self.member_id.clone(),
+            leader,
+            partitions,
+        }))
+    }
+
+    /// The leader's job: give every member its range of each topic it subscribes to.
+    async fn assign(
+        &mut self,
+        members: &[(String, Subscription)],
+    ) -> Result<Vec<SyncGroupRequestAssignment>> {
+        let topics: BTreeSet<&str> = members
+            .iter()
+            .flat_map(|(_, s)| s.topics.iter().map(String::as_str))
+            .collect();
+        let names: Vec<&str> = topics.into_iter().collect();
+        let mut admin = Admin::connect(&self.opts).await?;
+        let mut partitions = BTreeMap::new();
+        for name in names {
+            // A member may subscribe to a topic that is gone; it then gets nothing of it.
+            if let Ok(found) = admin.metadata(Some(&[name])).await {
+                for topic in found {
+                    partitions.insert(
+                        topic.name.clone(),
+                        topic.partitions.iter().map(|p| p.partition).collect(),
+                    );
+                }
+            }
+        }
+        let plan = range_assign(members, &partitions);
+        tracing::debug!("group '{}' leader assigns {plan:?}", self.group);
+        Ok(members
+            .iter()
+            .map(|(id, _)| {
+                let empty = BTreeMap::new();
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(str_bytes(id))
+                    .with_assignment(encode_assignment(plan.get(id).unwrap_or(&empty)))
+            })
+            .collect())
+    }
+
+    /// Tell the coordinator this member is alive.
+    pub async fn heartbeat(&mut self) -> Result<Beat> {
+        let request = HeartbeatRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.group)))
+            .with_generation_id(self.generation)
+            .with_member_id(str_bytes(&self.member_id));
+        let response = self.coordinator().await?.conn.call_capped(request, 4).await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.coordinator = None;
+                return Err(e);
+            }
+        };
+        match ResponseError::try_from_code(response.error_code) {
+            None => Ok(Beat::Alive),
+            Some(ResponseError::RebalanceInProgress) => Ok(Beat::Rebalance),
+            Some(ResponseError::UnknownMemberId) => {
+                self.member_id.clear();
+                self.generation = -1;
+                Ok(Beat::Expelled)
+            }
+            Some(ResponseError::IllegalGeneration | ResponseError::FencedInstanceId) => {
+                self.generation = -1;
+                Ok(Beat::Expelled)
+            }
+            Some(e) if e.is_retriable() => {
+                self.coordinator = None;
+                Err(anyhow!("heartbeat to group '{}': {e}", self.group))
+            }
+            Some(e) => Err(anyhow!("heartbeat to group '{}': {e}", self.group)),
+        }
+    }
+
+    /// Heartbeat until the group rebalances, this member is expelled, or `stop` fires.
+    /// Cancels `stop` itself when the partitions must be given back, so the consumer stops
+    /// writing them. Silence from the coordinator for a whole session timeout counts as
+    /// expulsion: by then the coordinator has given the partitions to someone else.
+    pub async fn heartbeat_until(mut self, stop: CancellationToken) -> Self {
+        let interval = self.membership.heartbeat_interval();
+        let mut last_alive = Instant::now();
+        // The first beat goes at once: the join that got us here sent none.
+        let mut wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return self,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = interval;
+            match self.heartbeat().await {
+                Ok(Beat::Alive) => last_alive = Instant::now(),
+                Ok(beat) => {
+                    // tansu 0.6 drops a member whose session expired without starting a new
+                    // generation: it answers one heartbeat with REBALANCE_IN_PROGRESS and the
+                    // next with success, and would hand everyone their old partitions again,
+                    // orphaning the dead member's. A second heartbeat tells the two apart
+                    // (in a real rebalance it is refused too); then leaving and rejoining forces
+                    // the new generation at once.
+                    if beat == Beat::Rebalance && matches!(self.heartbeat().await, Ok(Beat::Alive))
+                    {
+                        tracing::debug!(
+                            "group '{}' dropped a member but kept generation {}; forcing a new one",
+                            self.group,
+                            self.generation
+                        );
+                        self.force_new_generation = true;
+                    }
+                    tracing::info!(
+                        "group '{}': {} in generation {}; giving partitions back",
+                        self.group,
+                        match beat {
+                            Beat::Rebalance => "rebalance",
+                            _ => "this member was dropped",
+                        },
+                        self.generation
+                    );
+                    stop.cancel();
+                    return self;
+                }
+                Err(e) if last_alive.elapsed() >= self.membership.session_timeout => {
+                    tracing::warn!(
+                        "group '{}': no heartbeat answered for {:?} ({e:#}); giving partitions back",
+                        self.group,
+                        last_alive.elapsed()
+                    );
+                    stop.cancel();
+                    return self;
+                }
+                Err(e) => tracing::debug!("group '{}': heartbeat failed: {e:#}", self.group),
+            }
+        }
+    }
+
+    /// Leave the group so the others take over this member's partitions at once instead of
+    /// after the session timeout. Best effort: a coordinator that is gone has forgotten us anyway.
+    pub async fn leave(&mut self) {
+        if self.member_id.is_empty() {
+            return;
+        }
+        let group = GroupId(str_bytes(&self.group));
+        let member_id = str_bytes(&self.member_id);
+        let left = match self.coordinator().await {
+            Ok(c) => match c.conn.version_for::<LeaveGroupRequest>(5) {
+                // v3 replaced the single member id with a list of members.
+                Ok(version) if version >= 3 => {
+                    let request = LeaveGroupRequest::default()
+                        .with_group_id(group)
+                        .with_members(vec![MemberIdentity::default()
+                            .with_member_id(member_id)
+                            .with_reason(Some(StrBytes::from_static_str(
+                                "streamlab consume stopped",
+                            )))]);
+                    c.conn.call_capped(request, 5).await.map(|_| ())
+                }
+                Ok(_) => {
+                    let request = LeaveGroupRequest::default()
+                        .with_group_id(group)
+                        .with_member_id(member_id);
+                    c.conn.call_capped(request, 2).await.map(|_| ())
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match left {
+            Ok(_) => tracing::debug!("left group '{}' as {}", self.group, self.member_id),
+            Err(e) => tracing::debug!("leaving group '{}': {e:#}", self.group),
+        }
+        self.member_id.clear();
+        self.generation = -1;
+    }
+}
+
+/// A consumer group as its coordinator describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupDescription {
+    pub group: String,
+    /// Stable, PreparingRebalance, CompletingRebalance, Empty or Dead (tansu: Stable/Empty).
+    pub state: String,
+    pub protocol: String,
+    pub members: Vec<MemberDescription>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub client_id: String,
+    pub client_host: String,
+    /// Topic → partitions, as the coordinator reports them. `None` when the broker does not
+    /// report assignments (tansu 0.6 lists member ids only).
+    pub partitions: Option<BTreeMap<String, Vec<i32>>>,
+}
+
+impl GroupCoordinator {
+    /// DescribeGroups for this coordinator's group.
+    pub async fn describe(&mut self) -> Result<GroupDescription> {
+        let request =
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes(&self.group))]);
+        let response = self.conn.call_capped(request, 5).await?;
+        let g = response
+            .groups
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("DescribeGroups answered with no group"))?;
+        if let Some(e) = ResponseError::try_from_code(g.error_code) {
+            bail!("describing consumer group '{}': {e}", self.group);
+        }
+        let mut members: Vec<MemberDescription> = g
+            .members
+            .iter()
+            .map(|m| MemberDescription {
+                member_id: m.member_id.to_string(),
+                client_id: m.client_id.to_string(),
+                client_host: m.client_host.to_string(),
+                partitions: if m.member_assignment.is_empty() {
+                    None
+                } else {
+                    decode_assignment(&m.member_assignment).ok()
+                },
+            })
+            .collect();
+        members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        Ok(GroupDescription {
+            group: self.group.clone(),
+            state: g.group_state.to_string(),
+            protocol: g.protocol_data.to_string(),
+            members,
+        })
+    }
+}
+
+/// Errors that no retry can fix.
+#[derive(Debug)]
+struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Answers that mean "the group moved on; join again".
+fn is_rejoin(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::RebalanceInProgress
+            | ResponseError::IllegalGeneration
+            | ResponseError::NotCoordinator
+            | ResponseError::CoordinatorNotAvailable
+            | ResponseError::CoordinatorLoadInProgress
+    )
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// A member's subscription, as the leader reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    pub topics: Vec<String>,
+}
+
+/// Subscription version sent: v0 (topics and user data) is what every client can read.
+const SUBSCRIPTION_VERSION: i16 = 0;
+const ASSIGNMENT_VERSION: i16 = 0;
+
+/// The consumer protocol's bytes are a big-endian i16 version, then the message at that version.
+pub fn encode_subscription(topic: &str) -> Bytes {
+    let subscription = ConsumerProtocolSubscription::default()
+        .with_topics(vec![str_bytes(topic)])
+        .with_user_data(None);
+    let mut buf = BytesMut::new();
+    buf.put_i16(SUBSCRIPTION_VERSION);
+    subscription
+        .encode(&mut buf, SUBSCRIPTION_VERSION)
+        .expect("a subscription always encodes");
+    buf.freeze()
+}
+
+pub fn decode_subscription(bytes: &[u8]) -> Result<Subscription> {
+    let mut buf = Bytes::copy_from_slice(bytes);
+    if buf.remaining() < 2 {
+        bail!("an empty subscription");
+    }
+    // Newer versions only add fields at the end; read what we know.
+    let version = buf.get_i16().clamp(0, 3);
+    let s = ConsumerProtocolSubscription::decode(&mut buf, version)
+        .context("an undecodable subscription")?;
+    Ok(Subscription {
+        topics: s.topics.iter().map(|t| t.to_string()).collect(),
+    })
+}
+
+pub fn encode_assignment(partitions: &BTreeMap<String, Vec<i32>>) -> Bytes {
+    let assignment = ConsumerProtocolAssignment::default()
+        .with_assigned_partitions(
+            partitions
+                .iter()
+                .map(|(topic, ps)| {
+                    AssignedTopic::default()
+                        .with_topic(TopicName(str_bytes(topic)))
+                        .with_partitions(ps.clone())
+                })
+                .collect(),
+        )
+        .with_user_data(None);
+    let mut buf = BytesMut::new();
+    buf.put_i16(ASSIGNMENT_VERSION);
+    assignment
+        .encode(&mut buf, ASSIGNMENT_VERSION)
+        .expect("an assignment always encodes");
+    buf.freeze()
+}
+
+/// Topic → sorted partitions. Empty bytes (a member the leader gave nothing) is no partitions.
+pub fn decode_assignment(bytes: &[u8]) -> Result<BTreeMap<String, Vec<i32>>> {
+    let mut buf = Bytes::copy_from_slice(bytes);
+    if buf.remaining() < 2 {
+        return Ok(BTreeMap::new());
+    }
+    let version = buf.get_i16().clamp(0, 3);
+    let a = ConsumerProtocolAssignment::decode(&mut buf, version)
+        .context("an undecodable assignment")?;
+    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for t in a.assigned_partitions {
+        out.entry(t.topic.0.to_string())
+            .or_default()
+            .extend(t.partitions);
+    }
+    for ps in out.values_mut() {
+        ps.sort_unstable();
+        ps.dedup();
+    }
+    Ok(out)
+}
+
+/// Kafka's range assignor: per topic, the subscribed members sorted by id each get a contiguous
+/// run of partitions; the first `partitions % members` get one more.
+pub fn range_assign(
+    members: &[(String, Subscription)],
+    partitions: &BTreeMap<String, Vec<i32>>,
+) -> BTreeMap<String, BTreeMap<String, Vec<i32>>> {
+    let mut plan: BTreeMap<String, BTreeMap<String, Vec<i32>>> = members
+        .iter()
+        .map(|(id, _)| (id.clone(), BTreeMap::new()))
+        .collect();
+    for (topic, topic_partitions) in partitions {
+        let mut subscribers: Vec<&str> = members
+            .iter()
+            .filter(|(_, s)| s.topics.iter().any(|t| t == topic))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        subscribers.sort_unstable();
+        subscribers.dedup();
+        if subscribers.is_empty() {
+            continue;
+        }
+        let mut sorted = topic_partitions.clone();
+        sorted.sort_unstable();
+        let (per_member, extra) = (
+            sorted.len() / subscribers.len(),
+            sorted.len() % subscribers.len(),
+        );
+        let mut next = 0;
+        for (i, member) in subscribers.iter().enumerate() {
+            let take = per_member + usize::from(i < extra);
+            plan.get_mut(*member)
+                .expect("every subscriber is a member")
+                .insert(topic.clone(), sorted[next..next + take].to_vec());
+            next += take;
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(topics: &[&str]) -> Subscription {
+        Subscription {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn range_gives_every_partition_to_exactly_one_member() {
+        let members = vec![
+            ("c".to_string(), sub(&["sales"])),
+            ("a".to_string(), sub(&["sales", "sensors"])),
+            ("b".to_string(), sub(&["sales"])),
+        ];
+        let partitions = BTreeMap::from([
+            ("sales".to_string(), (0..7).collect::<Vec<_>>()),
+            ("sensors".to_string(), vec![0, 1]),
+        ]);
+        let plan = range_assign(&members, &partitions);
+        assert_eq!(plan["a"]["sales"], vec![0, 1, 2]);
+        assert_eq!(plan["b"]["sales"], vec![3, 4]);
+        assert_eq!(plan["c"]["sales"], vec![5, 6]);
+        assert_eq!(plan["a"]["sensors"], vec![0, 1]);
+        assert!(!plan["b"].contains_key("sensors"));
+    }
+
+    #[test]
+    fn more_members_than_partitions_leaves_some_idle() {
+        let members: Vec<_> = ["m1", "m2", "m3"]
+            .iter()
+            .map(|id| (id.to_string(), sub(&["t"])))
+            .collect();
+        let plan = range_assign(&members, &BTreeMap::from([("t".to_string(), vec![0, 1])]));
+        let assigned: Vec<usize> = plan.values().map(|t| t["t"].len()).collect();
+        assert_eq!(assigned, vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn subscription_and_assignment_bytes_round_trip_with_their_version_prefix() {
+        let bytes = encode_subscription("sales");
+        assert_eq!(&bytes[..2], &[0, 0], "version 0 first");
+        assert_eq!(decode_subscription(&bytes).unwrap(), sub(&["sales"]));
+
+        let plan = BTreeMap::from([("sales".to_string(), vec![4, 2])]);
+        let decoded = decode_assignment(&encode_assignment(&plan)).unwrap();
+        assert_eq!(decoded["sales"], vec![2, 4]);
+        assert!(decode_assignment(&[]).unwrap().is_empty());
+        assert!(decode_subscription(&[0]).is_err());
+    }
+}

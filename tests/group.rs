@@ -1,0 +1,342 @@
+//! `consume --join-group`: several consumers share a topic's partitions through Kafka's
+//! consumer-group protocol, hand them over when one joins, leaves or dies, and together store
+//! every event exactly once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Session timeout given to every member here: the shortest Apache Kafka accepts by default.
+const SESSION: Duration = Duration::from_secs(6);
+
+/// A group member running in the background, its output collected line by line.
+struct Member {
+    name: &'static str,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// librdkafka's member leaves when its stdin closes.
+    stdin: Option<ChildStdin>,
+}
+
+impl Member {
+    fn streamlab(name: &'static str, db: &TestDb, topic: &str, group: &str) -> Self {
+        let child = command(&[
+            "consume",
+            "--topic",
+            topic,
+            "--sink",
+            db.sink,
+            "-D",
+            &db.url,
+            "--group",
+            group,
+            "--join-group",
+            "--session-timeout",
+            "6s",
+            "--batch-size",
+            "500",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn streamlab");
+        Self::collect(name, child, None)
+    }
+
+    /// A librdkafka consumer in the same group (it takes part in the protocol, stores nothing).
+    fn librdkafka(name: &'static str, topic: &str, group: &str) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/rdkafka_client.py");
+        let mut child = Command::new("python3")
+            .args([script, "member", group, topic])
+            .env("STREAMLAB_BROKERS", brokers())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdin = child.stdin.take();
+        Self::collect(name, child, stdin)
+    }
+
+    fn collect(name: &'static str, mut child: Child, stdin: Option<ChildStdin>) -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for stream in streams {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self {
+            name,
+            child,
+            lines,
+            stdin,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The latest assignment this member reported: (generation, partitions). librdkafka's
+    /// callbacks carry no generation; its assignments count as generation -1.
+    fn current(&self) -> Option<(i32, BTreeSet<i32>)> {
+        let lines = self.lines.lock().unwrap();
+        let mut current = None;
+        for line in lines.iter() {
+            if let Some(rest) = line.split_once(" generation ").map(|(_, r)| r) {
+                let (generation, rest) = rest.split_once(": partitions [").unwrap_or(("", ""));
+                let (list, _) = rest.split_once(']').unwrap_or(("", ""));
+                if let Ok(generation) = generation.parse() {
+                    current = Some((generation, parse_list(list)));
+                }
+            } else if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+                if let Some(assigned) = event["assigned"].as_array() {
+                    let ps = assigned.iter().map(|p| p.as_i64().unwrap() as i32);
+                    current = Some((-1, ps.collect()));
+                } else if event.get("revoked").is_some() || event.get("left").is_some() {
+                    current = Some((-1, BTreeSet::new()));
+                }
+            }
+        }
+        current
+    }
+
+    /// Stop the way an operator does (Ctrl-C / closing the program) and return its output.
+    fn stop(mut self) -> String {
+        match self.stdin.take() {
+            Some(stdin) => drop(stdin),
+            None => signal(&self.child, "TERM"),
+        }
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // let the readers drain the pipes
+        let out = self.output();
+        assert!(status.success(), "{} exited {status}:\n{out}", self.name);
+        out
+    }
+}
+
+fn parse_list(list: &str) -> BTreeSet<i32> {
+    list.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// Wait until `members`' current assignments give every partition of `0..partitions` to exactly
+/// one of them, in one generation newer than `after`. Returns that generation and who has what.
+fn wait_for_settled(
+    members: &[&Member],
+    partitions: i32,
+    after: i32,
+    within: Duration,
+) -> (i32, BTreeMap<&'static str, BTreeSet<i32>>) {
+    let deadline = Instant::now() + within;
+    loop {
+        let current: Vec<_> = members.iter().map(|m| (m.name, m.current())).collect();
+        if current.iter().all(|(_, c)| c.is_some()) {
+            let generations: BTreeSet<i32> = current
+                .iter()
+                .map(|(_, c)| c.as_ref().unwrap().0)
+                .filter(|g| *g >= 0)
+                .collect();
+            let mut seen = Vec::new();
+            for (_, c) in &current {
+                seen.extend(c.as_ref().unwrap().1.iter().copied());
+            }
+            seen.sort_unstable();
+            let generation = generations.iter().next().copied().unwrap_or(-1);
+            if generations.len() == 1
+                && generation > after
+                && seen == (0..partitions).collect::<Vec<_>>()
+            {
+                let who = current
+                    .into_iter()
+                    .map(|(name, c)| (name, c.unwrap().1))
+                    .collect();
+                return (generation, who);
+            }
+        }
+        if Instant::now() > deadline {
+            let dump: Vec<String> = members
+                .iter()
+                .map(|m| format!("--- {} ({:?}):\n{}", m.name, m.current(), m.output()))
+                .collect();
+            panic!(
+                "no generation after {after} assigned all {partitions} partitions exactly once \
+                 within {within:?}:\n{}",
+                dump.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// End offsets of the partitions that received records (keys may leave some empty).
+fn written_partitions(topic: &str) -> BTreeMap<i64, i64> {
+    end_offsets(topic)
+        .into_iter()
+        .filter(|(_, end)| *end > 0)
+        .collect()
+}
+
+fn produce_seeded(topic: &str, count: usize, rate: u32, seed: u64) -> Child {
+    spawn(&[
+        "produce",
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ])
+}
+
+/// Wait for the producer, then until the group has stored all `n` events.
+fn wait_for_everything(producer: Child, db: &TestDb, n: usize) {
+    let out = producer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(60, || db.scalar("SELECT COUNT(*) FROM sales_events")
+            as usize
+            >= n),
+        "the group stored {} of {n} events",
+        db.scalar("SELECT COUNT(*) FROM sales_events")
+    );
+}
+
+#[test]
+fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
+    let db = TestDb::pg();
+    let topic = topic(6);
+    let group = unique("g");
+    let n = 40_000;
+    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+    let producer = produce_seeded(&topic, n, 2_000, 21);
+
+    let a = Member::streamlab("a", &db, &topic, &group);
+    let b = Member::streamlab("b", &db, &topic, &group);
+    let c = Member::streamlab("c", &db, &topic, &group);
+    let (first, who) = wait_for_settled(&[&a, &b, &c], 6, -1, Duration::from_secs(30));
+    for (name, partitions) in &who {
+        assert_eq!(
+            partitions.len(),
+            2,
+            "range gives 6/3 each, {name} has {who:?}"
+        );
+    }
+
+    // b dies without a word: its partitions must move to a and c once its session expires.
+    signal(&b.child, "KILL");
+    let killed = Instant::now();
+    let (second, who) = wait_for_settled(&[&a, &c], 6, first, SESSION * 3);
+    let moved_after = killed.elapsed();
+    eprintln!("b's partitions moved {moved_after:?} after SIGKILL ({who:?})");
+    // The session timeout, then one heartbeat interval for a survivor to hear of it, then
+    // the rejoin itself.
+    assert!(
+        moved_after < SESSION + Duration::from_secs(5),
+        "took {moved_after:?} (session timeout {SESSION:?})"
+    );
+
+    // A newcomer takes a share.
+    let d = Member::streamlab("d", &db, &topic, &group);
+    let (_, who) = wait_for_settled(&[&a, &c, &d], 6, second, Duration::from_secs(30));
+    assert_eq!(who["d"].len(), 2, "{who:?}");
+
+    wait_for_everything(producer, &db, n);
+    for member in [a, c, d] {
+        member.stop();
+    }
+    assert_eq!(db.sales_ids(), seeded_ids(21, n));
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}
+
+#[test]
+fn a_paused_member_that_lost_its_partitions_never_writes_them_again() {
+    // PostgreSQL: a SQLite writer paused inside its transaction would hold the whole database
+    // locked (the others fail after --timeout, by design). In PostgreSQL it holds only its own
+    // partitions' offset rows, and whoever waits on them is fenced once it resumes.
+    let db = TestDb::pg();
+    let topic = topic(4);
+    let group = unique("g");
+    let n = 30_000;
+    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+    let producer = produce_seeded(&topic, n, 2_000, 22);
+
+    let a = Member::streamlab("a", &db, &topic, &group);
+    let b = Member::streamlab("b", &db, &topic, &group);
+    let (first, _) = wait_for_settled(&[&a, &b], 4, -1, Duration::from_secs(30));
+
+    // SIGSTOP: b keeps its connections and whatever it fetched but cannot heartbeat. After the
+    // session timeout, a owns everything and writes on.
+    signal(&b.child, "STOP");
+    let (_, who) = wait_for_settled(&[&a], 4, first, SESSION * 3);
+    assert_eq!(who["a"].len(), 4);
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&b.child, "CONT");
+
+    wait_for_everything(producer, &db, n);
+    let outputs = [a.stop(), b.stop()];
+    // Every event was written by exactly one member: had b's stale batches landed on top of
+    // a's, one of them would have counted them as duplicates.
+    let (mut inserted, mut duplicates) = (0, 0);
+    for out in &outputs {
+        let summary = out
+            .lines()
+            .find(|l| l.starts_with("consumed "))
+            .unwrap_or_else(|| panic!("no summary in {out}"));
+        let number_before = |word: &str| -> u64 {
+            let head = summary.split(word).next().unwrap();
+            head.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        inserted += number_before(" inserted");
+        duplicates += number_before(" duplicates");
+    }
+    assert_eq!((inserted, duplicates), (n as u64, 0), "{outputs:#?}");
+    assert_eq!(db.sales_ids(), seeded_ids(22, n));
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}
+
+#[test]
+fn a_librdkafka_consumer_shares_the_group_with_streamlab_members() {
+    let db = TestDb::sqlite();
+    let topic = topic(6);
+    let group = unique("g");
+    let n = 6_000;
+    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+    let producer = produce_seeded(&topic, n, 0, 23);
+
+    let a = Member::streamlab("a", &db, &topic, &group);
+    let (first, _) = wait_for_settled(&[&a], 6, -1, Duration::from_secs(30));
+    let mut rd = Member::librdkafka("librdkafka", &topic, &group);
+    let b = Member::streamlab("b", &db, &topic, &group);
+    let (_, who) = wait_for_settled(&[&a, &b, &rd], 6, first, Duration::from_secs(45));
+    assert!(!who["librdkafka"].is_empty(), "{who:?}");
+
+    // librdkafka stored nothing; once it leaves, its partitions are consumed by the others.
+    drop(rd.stdin.take());
+    assert!(rd.child.wait().unwrap().success(), "{}", rd.output());
+    wait_for_everything(producer, &db, n);
+    let out = [a.stop(), b.stop()];
+    assert_eq!(db.sales_ids(), seeded_ids(23, n), "{out:#?}");
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+    let _ = std::io::stdout().flush();
+}
