@@ -32,6 +32,8 @@ pub struct Report {
     pub dead_letters: DeadLetters,
     pub partitions: Vec<PartitionLag>,
     pub total_lag: Option<i64>,
+    /// With --topic: the consumer group's live members and what each holds.
+    pub group: Option<GroupView>,
     pub throughput: Throughput,
     pub breakdown: Vec<Share>,
     pub top_keys: Vec<Share>,
@@ -382,6 +384,10 @@ async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<R
     });
 
     let (partitions, total_lag) = lag(args, pool, d).await?;
+    let group = match &args.topic {
+        Some(topic) => group_view(args, pool, d, topic).await?,
+        None => None,
+    };
     if let Some(total) = total_lag {
         let ok = args.max_lag.is_none_or(|max| total <= max);
         checks.push(CheckResult {
@@ -454,6 +460,7 @@ async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<R
         dead_letters,
         partitions,
         total_lag,
+        group,
         throughput,
         breakdown,
         top_keys,
@@ -543,6 +550,114 @@ pub(crate) async fn stored_offsets(
         .collect()
 }
 
+/// A consumer group's members and their partitions of one topic.
+#[derive(Debug, Serialize)]
+pub struct GroupView {
+    pub group: String,
+    pub state: String,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub member_id: String,
+    /// Host and process (streamlab members), or the client id the broker reports.
+    pub client: String,
+    pub generation: Option<i32>,
+    /// `None`: unknown (a member that is not streamlab, on a broker that does not report
+    /// assignments).
+    pub partitions: Option<Vec<i32>>,
+}
+
+/// Live members come from the coordinator (DescribeGroups). Their partitions come from the
+/// coordinator when it reports them (Apache Kafka), else from the `streamlab_members` rows the
+/// members wrote (tansu reports member ids only). Rows of members the coordinator no longer
+/// knows are stale and left out. `None` when the group has no members.
+async fn group_view(
+    args: &CheckArgs,
+    pool: &AnyPool,
+    d: &Dialect,
+    topic: &str,
+) -> Result<Option<GroupView>> {
+    let mut admin = kafka::admin::Admin::connect(&args.kafka).await?;
+    let described = admin
+        .group_coordinator(&args.group)
+        .await?
+        .describe()
+        .await?;
+    if described.members.is_empty() {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT member_id, generation, partitions, client FROM streamlab_members \
+         WHERE consumer_group = {} AND topic = {}",
+        d.param(1),
+        d.param(2)
+    );
+    // A database from before the table existed simply has no rows to offer.
+    let recorded: BTreeMap<String, (i32, String, String)> = sqlx::query(&sql)
+        .bind(&args.group)
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.try_get(0).ok()?,
+                (r.try_get(1).ok()?, r.try_get(2).ok()?, r.try_get(3).ok()?),
+            ))
+        })
+        .collect();
+    let members = described
+        .members
+        .into_iter()
+        .map(|m| {
+            let row = recorded.get(&m.member_id);
+            let from_broker = m
+                .partitions
+                .map(|ps| ps.get(topic).cloned().unwrap_or_default());
+            MemberView {
+                client: row
+                    .map(|(_, _, client)| client.clone())
+                    .unwrap_or(m.client_id),
+                generation: row.map(|(generation, _, _)| *generation),
+                partitions: from_broker.or_else(|| {
+                    row.map(|(_, list, _)| list.split(',').filter_map(|p| p.parse().ok()).collect())
+                }),
+                member_id: m.member_id,
+            }
+        })
+        .collect();
+    Ok(Some(GroupView {
+        group: described.group,
+        state: described.state,
+        members,
+    }))
+}
+
+/// The members table shared by `check` and `topic describe`.
+pub(crate) fn members_table(members: &[MemberView]) -> comfy_table::Table {
+    let mut t = output::table(["MEMBER", "CLIENT", "GENERATION", "PARTITIONS"]);
+    for m in members {
+        t.add_row(vec![
+            m.member_id.clone(),
+            if m.client.is_empty() {
+                "-".to_string()
+            } else {
+                m.client.clone()
+            },
+            m.generation.map_or("-".to_string(), |g| g.to_string()),
+            match &m.partitions {
+                Some(ps) if ps.is_empty() => "none".to_string(),
+                Some(ps) => ps.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
+                None => "? (not reported by the broker)".to_string(),
+            },
+        ]);
+    }
+    t
+}
+
 /// Stored positions of the group; with --topic, compared with the broker's latest offsets.
 async fn lag(
     args: &CheckArgs,
@@ -623,6 +738,16 @@ fn print_table(r: &Report) -> Result<()> {
             ]);
         }
         output::line(format!("\n{t}"))?;
+    }
+
+    if let Some(g) = &r.group {
+        output::line(format!(
+            "\ngroup '{}' · {} · {} member(s)\n{}",
+            g.group,
+            g.state,
+            g.members.len(),
+            members_table(&g.members)
+        ))?;
     }
 
     output::line(format!(

@@ -172,6 +172,10 @@ pub struct TopicDescribeArgs {
     pub kafka: KafkaOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
+    /// Also show this consumer group's members and the partitions each holds (brokers that do
+    /// not report assignments, like tansu, show them in `streamlab check --topic` instead).
+    #[arg(short, long)]
+    pub group: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }

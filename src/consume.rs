@@ -20,12 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ConsumeArgs, KafkaOpts, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
-use crate::kafka::group::{GroupMember, Membership};
+use crate::kafka::group::{Assignment, GroupMember, Membership};
 use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
 use crate::progress::Progress;
 use crate::sink::pg::PgSink;
 use crate::sink::sqlite::SqliteSink;
-use crate::sink::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError, Written};
+use crate::sink::{
+    Batch, DeadLetter, Holding, Landed, MemberRecord, OffsetAdvance, Sink, SinkError, Written,
+};
 use crate::{output, shutdown};
 
 /// How often the group's offsets are mirrored to Kafka while running (and always at the end).
@@ -140,12 +142,20 @@ impl<S: Sink> Consumer<'_, S> {
             rebalance_timeout: args.rebalance_timeout,
         };
         let mut member = GroupMember::new(&args.kafka, &args.group, &args.topic, membership);
+        // The member id last written to `streamlab_members` (it changes when we rejoin afresh).
+        let mut recorded: Option<String> = None;
         let result = loop {
             let assignment = match member.join(shutdown).await {
                 Ok(Some(a)) => a,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             };
+            // Heartbeats first: tansu counts nothing else as a sign of life. The heartbeat task
+            // cancels `generation` when the group wants the partitions back.
+            let generation = shutdown.child_token();
+            let heartbeats = tokio::spawn(member.heartbeat_until(generation.clone()));
+            self.mirror.member = Some((assignment.member_id.clone(), assignment.generation));
+            self.record_holding(&mut recorded, &assignment).await;
             tracing::info!(
                 "group '{}' generation {}: partitions {:?} of '{}'{}",
                 args.group,
@@ -158,11 +168,7 @@ impl<S: Sink> Consumer<'_, S> {
                     ""
                 }
             );
-            self.mirror.member = Some((assignment.member_id.clone(), assignment.generation));
 
-            // The heartbeat task cancels `generation` when the group wants the partitions back.
-            let generation = shutdown.child_token();
-            let heartbeats = tokio::spawn(member.heartbeat_until(generation.clone()));
             let ended = loop {
                 match self
                     .consume_partitions(&assignment.partitions, &generation, shutdown)
@@ -187,7 +193,37 @@ impl<S: Sink> Consumer<'_, S> {
             }
         };
         member.leave().await;
+        if let Some(id) = recorded {
+            self.record_member(id, None).await;
+        }
         result
+    }
+
+    /// Note in the database what this member now holds, replacing its row under an older id.
+    async fn record_holding(&mut self, recorded: &mut Option<String>, assignment: &Assignment) {
+        if let Some(old) = recorded.take_if(|old| *old != assignment.member_id) {
+            self.record_member(old, None).await;
+        }
+        let holding = Holding {
+            generation: assignment.generation,
+            partitions: assignment.partitions.clone(),
+        };
+        self.record_member(assignment.member_id.clone(), Some(holding))
+            .await;
+        *recorded = Some(assignment.member_id.clone());
+    }
+
+    /// Best effort: the table only informs `streamlab check`.
+    async fn record_member(&mut self, member_id: String, holding: Option<Holding>) {
+        let record = MemberRecord {
+            group: self.args.group.clone(),
+            topic: self.args.topic.clone(),
+            member_id,
+            holding,
+        };
+        if let Err(e) = self.sink.record_member(&record).await {
+            tracing::warn!("cannot record group membership in the database: {e}");
+        }
     }
 
     /// Consume `partitions` from the sink's stored offsets until `stop` (or `--stop-at-end`).
@@ -826,6 +862,10 @@ mod tests {
                 return Err(SinkError::Database(sqlx::Error::Io(lost)));
             }
             Ok(Written::default())
+        }
+
+        async fn record_member(&mut self, _: &MemberRecord) -> Result<(), SinkError> {
+            Ok(())
         }
     }
 

@@ -189,6 +189,9 @@ struct TopicDescription {
     retention_ms: Option<i64>,
     retention_is_default: bool,
     partitions: Vec<PartitionDescription>,
+    /// With --group: its members and their partitions of this topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<crate::check::GroupView>,
 }
 
 async fn describe(args: TopicDescribeArgs) -> Result<()> {
@@ -204,6 +207,28 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
     let ids: Vec<i32> = metadata.partitions.iter().map(|p| p.partition).collect();
     let clients = kafka::partition_clients(&client, &args.topic, &ids).await?;
     let ranges = kafka::offset_ranges(&clients).await?;
+    let group = match &args.group {
+        Some(group) => {
+            let described = admin.group_coordinator(group).await?.describe().await?;
+            Some(crate::check::GroupView {
+                group: described.group,
+                state: described.state,
+                members: described
+                    .members
+                    .into_iter()
+                    .map(|m| crate::check::MemberView {
+                        partitions: m
+                            .partitions
+                            .map(|ps| ps.get(&args.topic).cloned().unwrap_or_default()),
+                        client: m.client_id,
+                        generation: None,
+                        member_id: m.member_id,
+                    })
+                    .collect(),
+            })
+        }
+        None => None,
+    };
     let description = TopicDescription {
         topic: args.topic.clone(),
         retention_ms: retention.ms,
@@ -222,6 +247,7 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                 }
             })
             .collect(),
+        group,
     };
     match args.format {
         Format::Json => output::json(&description),
@@ -242,6 +268,17 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                 ]);
             }
             output::line(table)?;
+            if let Some(g) = &description.group {
+                output::line(format!(
+                    "\ngroup '{}' · {} · {} member(s)",
+                    g.group,
+                    g.state,
+                    g.members.len()
+                ))?;
+                if !g.members.is_empty() {
+                    output::line(crate::check::members_table(&g.members))?;
+                }
+            }
             Ok(())
         }
     }

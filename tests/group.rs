@@ -228,7 +228,6 @@ fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
     let topic = topic(6);
     let group = unique("g");
     let n = 40_000;
-    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
     let producer = produce_seeded(&topic, n, 2_000, 21);
 
     let a = Member::streamlab("a", &db, &topic, &group);
@@ -339,4 +338,55 @@ fn a_librdkafka_consumer_shares_the_group_with_streamlab_members() {
     assert_eq!(db.sales_ids(), seeded_ids(23, n), "{out:#?}");
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its_end() {
+    // No `migrate` first: four processes race to create the file, switch it to WAL and apply
+    // the migrations; every one must start, and together they store the backlog once.
+    let db = TestDb::sqlite();
+    let topic = topic(3);
+    let group = unique("g");
+    let n = 9_000;
+    ok(&[
+        "produce",
+        "--topic",
+        &topic,
+        "--count",
+        &n.to_string(),
+        "--rate",
+        "0",
+        "--seed",
+        "24",
+    ]);
+    let args = [
+        "consume",
+        "--topic",
+        &topic,
+        "--sink",
+        db.sink,
+        "-D",
+        &db.url,
+        "--group",
+        &group,
+        "--join-group",
+        "--stop-at-end",
+    ];
+    let members: Vec<Child> = (0..4).map(|_| spawn(&args)).collect();
+    let mut inserted = 0;
+    for member in members {
+        let out = member.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = stdout.lines().next().unwrap();
+        let head = summary.split(" inserted").next().unwrap();
+        inserted += head.rsplit(' ').next().unwrap().parse::<usize>().unwrap();
+    }
+    assert_eq!(inserted, n, "each event inserted by exactly one member");
+    assert_eq!(db.sales_ids(), seeded_ids(24, n));
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
 }

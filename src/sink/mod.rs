@@ -78,26 +78,9 @@ pub enum SinkError {
 impl SinkError {
     /// Worth retrying: the connection or the server went away, or a lock was busy.
     pub fn is_transient(&self) -> bool {
-        let SinkError::Database(e) = self else {
-            return false;
-        };
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_) => true,
-            sqlx::Error::Database(db) => {
-                let code = db.code().unwrap_or_default();
-                // Postgres: connection exceptions (08…), shutdown (57P0x), serialization and
-                // deadlock (40…). SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), extended too.
-                code.starts_with("08")
-                    || code.starts_with("57P")
-                    || code.starts_with("40")
-                    || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
-            }
-            _ => false,
+        match self {
+            SinkError::Database(e) => is_transient(e),
+            SinkError::Fenced { .. } => false,
         }
     }
 
@@ -127,6 +110,74 @@ pub trait Sink: Send {
 
     /// Write the batch in one transaction: all of it, or (on error) none of it.
     fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<Written, SinkError>> + Send;
+
+    /// Record (`Some`) or remove (`None`, on leaving) what a group member holds, for
+    /// `streamlab check`. Informational: the coordinator decides, the offsets fence writes.
+    fn record_member(
+        &mut self,
+        member: &MemberRecord,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// A row of `streamlab_members`.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    pub group: String,
+    pub topic: String,
+    pub member_id: String,
+    /// `None`: the member left; its row is deleted.
+    pub holding: Option<Holding>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Holding {
+    pub generation: i32,
+    pub partitions: Vec<i32>,
+}
+
+impl Holding {
+    /// The `partitions` column: '0,1'.
+    pub fn partitions_text(&self) -> String {
+        let list: Vec<String> = self.partitions.iter().map(i32::to_string).collect();
+        list.join(",")
+    }
+}
+
+/// Who this process is, for the `client` column: host and process id.
+pub fn client_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host} pid {}", std::process::id())
+}
+
+/// Worth retrying: the connection or the server went away, or a lock was busy.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // Postgres: connection exceptions (08…), shutdown (57P0x), serialization and
+            // deadlock (40…). SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), extended too.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("40")
+                || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        sqlx::Error::Migrate(m) => match m.as_ref() {
+            sqlx::migrate::MigrateError::Execute(e) => is_transient(e),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// How long to wait for a busy database or a free connection.

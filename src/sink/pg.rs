@@ -12,7 +12,10 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{clean_text, redact, split_kinds, Batch, SaleRow, SensorRow, Sink, SinkError, Written};
+use super::{
+    clean_text, client_identity, redact, split_kinds, Batch, MemberRecord, SaleRow, SensorRow,
+    Sink, SinkError, Written,
+};
 use crate::events::cents;
 use crate::exit;
 
@@ -28,10 +31,16 @@ pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<PgPool> {
         .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
         .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
     if !exists {
-        Postgres::create_database(url)
-            .await
-            .with_context(|| format!("creating the database of {shown}"))?;
-        tracing::info!("created database {shown}");
+        match Postgres::create_database(url).await {
+            Ok(()) => tracing::info!("created database {shown}"),
+            // Another consumer started at the same moment created it first.
+            Err(_) if Postgres::database_exists(url).await.unwrap_or(false) => {}
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("creating the database of {shown}"))
+                )
+            }
+        }
     }
     let pool = PgPoolOptions::new()
         .max_connections(4)
@@ -220,5 +229,34 @@ impl Sink for PgSink {
             duplicates: batch.events.len() as u64 - inserted,
             dead_lettered,
         })
+    }
+
+    async fn record_member(&mut self, m: &MemberRecord) -> Result<(), SinkError> {
+        match &m.holding {
+            Some(h) => sqlx::query(
+                "INSERT INTO public.streamlab_members
+                     (consumer_group, topic, member_id, generation, partitions, client)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (consumer_group, topic, member_id) DO UPDATE
+                 SET generation = EXCLUDED.generation, partitions = EXCLUDED.partitions,
+                     client = EXCLUDED.client, assigned_at = now()",
+            )
+            .bind(&m.group)
+            .bind(&m.topic)
+            .bind(&m.member_id)
+            .bind(h.generation)
+            .bind(h.partitions_text())
+            .bind(client_identity()),
+            None => sqlx::query(
+                "DELETE FROM public.streamlab_members
+                 WHERE consumer_group = $1 AND topic = $2 AND member_id = $3",
+            )
+            .bind(&m.group)
+            .bind(&m.topic)
+            .bind(&m.member_id),
+        }
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use super::{clean_text, redact, split_kinds, Batch, SaleRow, SensorRow, Sink, SinkError, Written};
+use super::{
+    clean_text, client_identity, redact, split_kinds, Batch, MemberRecord, SaleRow, SensorRow,
+    Sink, SinkError, Written,
+};
 use crate::events::{cents, ts_millis};
 use crate::exit;
 
@@ -30,16 +32,52 @@ pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<SqlitePool>
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(super::connect_timeout(timeout));
+    // Several consumers started at once on a new file race to switch it to WAL and to apply
+    // the migrations; the losers get SQLITE_BUSY at once (the busy timeout does not cover
+    // those steps). Retry them within --timeout: the winner's work is then simply there.
+    let started = std::time::Instant::now();
+    loop {
+        match open(options.clone(), timeout).await {
+            Ok(pool) => return Ok(pool),
+            Err((e, _))
+                if (super::is_transient(&e) || applied_concurrently(&e))
+                    && started.elapsed() < timeout =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err((e, what)) => return Err(anyhow::Error::new(e).context(format!("{what} {shown}"))),
+        }
+    }
+}
+
+/// Another process recorded the same migration first (both read "not applied" before either
+/// wrote): on the retry it is simply there.
+fn applied_concurrently(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Migrate(m) => match m.as_ref() {
+            sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)) => {
+                db.is_unique_violation() && db.message().contains("_sqlx_migrations")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+async fn open(
+    options: SqliteConnectOptions,
+    timeout: Duration,
+) -> Result<SqlitePool, (sqlx::Error, &'static str)> {
     let pool = SqlitePoolOptions::new()
         .max_connections(2)
         .acquire_timeout(super::connect_timeout(timeout))
         .connect_with(options)
         .await
-        .with_context(|| format!("cannot open SQLite database {shown}"))?;
+        .map_err(|e| (e, "cannot open SQLite database"))?;
     MIGRATOR
         .run(&pool)
         .await
-        .with_context(|| format!("applying migrations to {shown}"))?;
+        .map_err(|e| (sqlx::Error::from(e), "applying migrations to"))?;
     Ok(pool)
 }
 
@@ -201,5 +239,35 @@ impl Sink for SqliteSink {
             duplicates: batch.events.len() as u64 - inserted,
             dead_lettered,
         })
+    }
+
+    async fn record_member(&mut self, m: &MemberRecord) -> Result<(), SinkError> {
+        match &m.holding {
+            Some(h) => sqlx::query(
+                "INSERT INTO streamlab_members
+                     (consumer_group, topic, member_id, generation, partitions, client)
+                 VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (consumer_group, topic, member_id) DO UPDATE
+                 SET generation = excluded.generation, partitions = excluded.partitions,
+                     client = excluded.client,
+                     assigned_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            )
+            .bind(&m.group)
+            .bind(&m.topic)
+            .bind(&m.member_id)
+            .bind(h.generation)
+            .bind(h.partitions_text())
+            .bind(client_identity()),
+            None => sqlx::query(
+                "DELETE FROM streamlab_members
+                 WHERE consumer_group = ? AND topic = ? AND member_id = ?",
+            )
+            .bind(&m.group)
+            .bind(&m.topic)
+            .bind(&m.member_id),
+        }
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
