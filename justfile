@@ -44,6 +44,10 @@ demo: build broker
     {{streamlab}} consume --topic sales --sink sqlite -D {{demo_db}} --stop-at-end
     {{streamlab}} check --sink sqlite -D {{demo_db}} --topic sales --max-lag 0
 
+# Consumer groups live: three members share six partitions, one is killed, one joins (≈ 50 s).
+demo-groups: build broker
+    STREAMLAB={{streamlab}} scripts/group-demo
+
 # Run every test against the real broker and databases (starts the broker if needed).
 test: broker
     cargo test --all-targets

@@ -4,6 +4,10 @@
 //! the backlog); this task turns what arrives into batches and writes each batch — rows, dead
 //! letters and new offsets — in one database transaction. Only then are the offsets mirrored to
 //! the Kafka consumer group, so Kafka tooling sees the position; the database stays the truth.
+//!
+//! Alone, a consumer reads every partition. With `--join-group` it is one member of the group
+//! ([`crate::kafka::group`]) and runs the same loop once per generation, over the partitions the
+//! group gave it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
