@@ -14,6 +14,7 @@ use sqlx::{AnyPool, Row};
 use crate::cli::{CheckArgs, DbOpts, Format, SinkKind};
 use crate::events::{EventKind, CHANNELS, STATUSES};
 use crate::exit::ExitError;
+use crate::kafka::admin::GroupCoordinator;
 use crate::sink::redact;
 use crate::{kafka, output};
 
@@ -385,7 +386,11 @@ async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<R
 
     let (partitions, total_lag) = lag(args, pool, d).await?;
     let group = match &args.topic {
-        Some(topic) => group_view(args, pool, d, topic).await?,
+        Some(topic) => {
+            let mut admin = kafka::admin::Admin::connect(&args.kafka).await?;
+            let mut coordinator = admin.group_coordinator(&args.group).await?;
+            group_view(&mut coordinator, Some((pool, d)), topic).await?
+        }
         None => None,
     };
     if let Some(total) = total_lag {
@@ -573,42 +578,19 @@ pub struct MemberView {
 /// coordinator when it reports them (Apache Kafka), else from the `streamlab_members` rows the
 /// members wrote (tansu reports member ids only). Rows of members the coordinator no longer
 /// knows are stale and left out. `None` when the group has no members.
-async fn group_view(
-    args: &CheckArgs,
-    pool: &AnyPool,
-    d: &Dialect,
+pub(crate) async fn group_view(
+    coordinator: &mut GroupCoordinator,
+    recorded_in: Option<(&AnyPool, &Dialect)>,
     topic: &str,
 ) -> Result<Option<GroupView>> {
-    let mut admin = kafka::admin::Admin::connect(&args.kafka).await?;
-    let described = admin
-        .group_coordinator(&args.group)
-        .await?
-        .describe()
-        .await?;
+    let described = coordinator.describe().await?;
     if described.members.is_empty() {
         return Ok(None);
     }
-    let sql = format!(
-        "SELECT member_id, generation, partitions, client FROM streamlab_members \
-         WHERE consumer_group = {} AND topic = {}",
-        d.param(1),
-        d.param(2)
-    );
-    // A database from before the table existed simply has no rows to offer.
-    let recorded: BTreeMap<String, (i32, String, String)> = sqlx::query(&sql)
-        .bind(&args.group)
-        .bind(topic)
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r.try_get(0).ok()?,
-                (r.try_get(1).ok()?, r.try_get(2).ok()?, r.try_get(3).ok()?),
-            ))
-        })
-        .collect();
+    let recorded = match recorded_in {
+        Some((pool, d)) => recorded_members(pool, d, &described.group, topic).await,
+        None => BTreeMap::new(),
+    };
     let members = described
         .members
         .into_iter()
@@ -634,6 +616,36 @@ async fn group_view(
         state: described.state,
         members,
     }))
+}
+
+/// `streamlab_members` rows of a group and topic: member id → (generation, partitions, client).
+/// A database from before the table existed simply has no rows to offer.
+async fn recorded_members(
+    pool: &AnyPool,
+    d: &Dialect,
+    group: &str,
+    topic: &str,
+) -> BTreeMap<String, (i32, String, String)> {
+    let sql = format!(
+        "SELECT member_id, generation, partitions, client FROM streamlab_members \
+         WHERE consumer_group = {} AND topic = {}",
+        d.param(1),
+        d.param(2)
+    );
+    sqlx::query(&sql)
+        .bind(group)
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.try_get(0).ok()?,
+                (r.try_get(1).ok()?, r.try_get(2).ok()?, r.try_get(3).ok()?),
+            ))
+        })
+        .collect()
 }
 
 /// The members table shared by `check` and `topic describe`.

@@ -209,23 +209,14 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
     let ranges = kafka::offset_ranges(&clients).await?;
     let group = match &args.group {
         Some(group) => {
-            let described = admin.group_coordinator(group).await?.describe().await?;
-            Some(crate::check::GroupView {
-                group: described.group,
-                state: described.state,
-                members: described
-                    .members
-                    .into_iter()
-                    .map(|m| crate::check::MemberView {
-                        partitions: m
-                            .partitions
-                            .map(|ps| ps.get(&args.topic).cloned().unwrap_or_default()),
-                        client: m.client_id,
-                        generation: None,
-                        member_id: m.member_id,
-                    })
-                    .collect(),
-            })
+            let mut coordinator = admin.group_coordinator(group).await?;
+            // No database here: partitions are what the broker reports.
+            let view = crate::check::group_view(&mut coordinator, None, &args.topic).await?;
+            Some(view.unwrap_or_else(|| crate::check::GroupView {
+                group: group.clone(),
+                state: "Empty".to_string(),
+                members: Vec::new(),
+            }))
         }
         None => None,
     };

@@ -55,6 +55,9 @@ pub struct PartitionView {
     /// Next offset the group will read (None: it never committed this partition).
     pub committed: Option<i64>,
     pub lag: i64,
+    /// The group member holding it (its client: host and pid for streamlab members), when the
+    /// group has members and their assignments are known.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -180,6 +183,7 @@ impl Source {
             Some((pool, d)) => (db_offsets(pool, d, args).await?, "database"),
             None => (self.group_offsets(args, &ids).await?, "kafka"),
         };
+        let owners = self.owners(args).await;
         let mut partitions = Vec::new();
         let mut total = Totals::default();
         for (&partition, &(log_start, log_end)) in &ranges {
@@ -195,6 +199,7 @@ impl Source {
                 log_end,
                 committed,
                 lag,
+                owner: owners.get(&partition).cloned(),
             });
         }
         let sink = match &self.pool {
@@ -214,18 +219,49 @@ impl Source {
         })
     }
 
-    async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {
-        let coordinator = match self.coordinator.as_mut() {
-            Some(c) => c,
+    async fn coordinator(&mut self, args: &WatchArgs) -> Result<&mut GroupCoordinator> {
+        Ok(match self.coordinator {
+            Some(ref mut c) => c,
             None => self
                 .coordinator
                 .insert(self.admin.group_coordinator(&args.group).await?),
-        };
-        let fetched = coordinator.fetch(&args.topic, ids).await;
+        })
+    }
+
+    async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {
+        let fetched = self.coordinator(args).await?.fetch(&args.topic, ids).await;
         if fetched.is_err() {
             self.coordinator = None;
         }
         fetched
+    }
+
+    /// Partition → the member holding it. Best effort: a dashboard without owners is still useful.
+    async fn owners(&mut self, args: &WatchArgs) -> BTreeMap<i32, String> {
+        if self.coordinator(args).await.is_err() {
+            return BTreeMap::new();
+        }
+        let coordinator = self.coordinator.as_mut().expect("just connected");
+        let recorded_in = self.pool.as_ref().map(|(pool, d)| (pool, d));
+        let view = match check::group_view(coordinator, recorded_in, &args.topic).await {
+            Ok(view) => view,
+            Err(_) => {
+                self.coordinator = None;
+                None
+            }
+        };
+        let mut owners = BTreeMap::new();
+        for member in view.map(|v| v.members).unwrap_or_default() {
+            let who = if member.client.is_empty() {
+                member.member_id.clone()
+            } else {
+                member.client.clone()
+            };
+            for partition in member.partitions.unwrap_or_default() {
+                owners.insert(partition, who.clone());
+            }
+        }
+        owners
     }
 }
 
@@ -380,8 +416,12 @@ pub fn draw(frame: &mut Frame, s: &Snapshot, history: &History, paused: bool) {
 }
 
 fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
+    // The owner column only appears for a group with members (`consume --join-group`).
+    let owners = s.partitions.iter().any(|p| p.owner.is_some());
+    const OWNER_WIDTH: u16 = 18;
+    let fixed = 62 + if owners { OWNER_WIDTH + 1 } else { 0 };
     let max_lag = s.partitions.iter().map(|p| p.lag).max().unwrap_or(0).max(1);
-    let bar_width = width.saturating_sub(62).max(10) as i64;
+    let bar_width = width.saturating_sub(fixed).max(10) as i64;
     let bar = |lag: i64| {
         let filled = if lag == 0 {
             0
@@ -397,55 +437,63 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
             Style::new().fg(Color::Yellow)
         }
     };
+    let with_owner = |mut cells: Vec<String>, owner: String| {
+        if owners {
+            cells.insert(5, owner);
+        }
+        cells
+    };
     let mut rows: Vec<Row> = s
         .partitions
         .iter()
         .map(|p| {
-            Row::new(vec![
+            let cells = vec![
                 p.partition.to_string(),
                 p.log_start.to_string(),
                 p.log_end.to_string(),
                 p.committed.map_or("-".into(), |c| c.to_string()),
                 p.lag.to_string(),
                 bar(p.lag),
-            ])
-            .style(lag_style(p.lag))
+            ];
+            Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into())))
+                .style(lag_style(p.lag))
         })
         .collect();
+    let totals = vec![
+        "total".to_string(),
+        String::new(),
+        s.total.records.to_string(),
+        s.total.committed.to_string(),
+        s.total.lag.to_string(),
+        String::new(),
+    ];
     rows.push(
-        Row::new(vec![
-            "total".to_string(),
-            String::new(),
-            s.total.records.to_string(),
-            s.total.committed.to_string(),
-            s.total.lag.to_string(),
-            String::new(),
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
+        Row::new(with_owner(totals, String::new()))
+            .style(Style::new().add_modifier(Modifier::BOLD)),
     );
-    Table::new(
-        rows,
-        [
-            Constraint::Length(9),
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Length(10),
-            Constraint::Min(10),
-        ],
-    )
-    .header(
-        Row::new(vec![
-            "partition",
-            "log start",
-            "log end",
-            "committed",
-            "lag",
-            "lag bar",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(Block::default().borders(Borders::ALL).title(" partitions "))
+    let mut widths = vec![
+        Constraint::Length(9),
+        Constraint::Length(11),
+        Constraint::Length(11),
+        Constraint::Length(11),
+        Constraint::Length(10),
+        Constraint::Min(10),
+    ];
+    let mut header = vec![
+        "partition",
+        "log start",
+        "log end",
+        "committed",
+        "lag",
+        "lag bar",
+    ];
+    if owners {
+        widths.insert(5, Constraint::Length(OWNER_WIDTH));
+        header.insert(5, "owner");
+    }
+    Table::new(rows, widths)
+        .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
+        .block(Block::default().borders(Borders::ALL).title(" partitions "))
 }
 
 fn sparkline(
@@ -496,6 +544,7 @@ mod tests {
                     log_end: 1200,
                     committed: Some(1200),
                     lag: 0,
+                    owner: None,
                 },
                 PartitionView {
                     partition: 1,
@@ -503,6 +552,7 @@ mod tests {
                     log_end: 1500,
                     committed: Some(900),
                     lag: 600,
+                    owner: None,
                 },
                 PartitionView {
                     partition: 2,
@@ -510,6 +560,7 @@ mod tests {
                     log_end: 300,
                     committed: None,
                     lag: 300,
+                    owner: None,
                 },
             ],
             total: Totals {
@@ -546,6 +597,27 @@ mod tests {
             .iter()
             .find(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("no line with {needle:?}:\n{}", lines.join("\n")))
+    }
+
+    #[test]
+    fn owners_appear_only_when_the_group_has_members() {
+        let alone = render(&snapshot(), &History::default(), false);
+        assert!(!line_with(&alone, "log start").contains("owner"));
+
+        let mut grouped = snapshot();
+        for (p, owner) in grouped
+            .partitions
+            .iter_mut()
+            .zip(["vm pid 7", "vm pid 7", "vm pid 9"])
+        {
+            p.owner = Some(owner.to_string());
+        }
+        let lines = render(&grouped, &History::default(), false);
+        assert!(line_with(&lines, "log start").contains("owner"));
+        assert!(line_with(&lines, "│0 ").contains("vm pid 7"));
+        assert!(line_with(&lines, "│2 ").contains("vm pid 9"));
+        let bars = |l: &str| l.matches('█').count();
+        assert!(bars(line_with(&lines, "│1 ")) > bars(line_with(&lines, "│2 ")));
     }
 
     #[test]

@@ -241,6 +241,47 @@ fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
             "range gives 6/3 each, {name} has {who:?}"
         );
     }
+    // `check` shows the same: three live members, each partition held once.
+    let report: serde_json::Value = serde_json::from_str(&ok(&[
+        "check", "--sink", db.sink, "-D", &db.url, "--topic", &topic, "--group", &group,
+        "--format", "json",
+    ]))
+    .unwrap();
+    let shown: BTreeSet<BTreeSet<i32>> = report["group"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let ps = m["partitions"]
+                .as_array()
+                .expect("streamlab members report partitions");
+            ps.iter().map(|p| p.as_i64().unwrap() as i32).collect()
+        })
+        .collect();
+    assert_eq!(shown, who.values().cloned().collect(), "{report}");
+    let described: serde_json::Value = serde_json::from_str(&ok(&[
+        "topic", "describe", "--topic", &topic, "--group", &group, "--format", "json",
+    ]))
+    .unwrap();
+    assert_eq!(described["group"]["members"].as_array().unwrap().len(), 3);
+    // So does `watch`: every partition has an owner, three owners in all.
+    let snapshot: serde_json::Value = serde_json::from_str(&ok(&[
+        "watch", "--topic", &topic, "--group", &group, "--sink", db.sink, "-D", &db.url, "--count",
+        "1",
+    ]))
+    .unwrap();
+    let owners: Vec<&str> = snapshot["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["owner"].as_str().expect("an owner"))
+        .collect();
+    assert_eq!(owners.len(), 6, "{snapshot}");
+    assert_eq!(
+        owners.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "{snapshot}"
+    );
 
     // b dies without a word: its partitions must move to a and c once its session expires.
     signal(&b.child, "KILL");
