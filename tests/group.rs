@@ -50,10 +50,10 @@ impl Member {
     }
 
     /// A librdkafka consumer in the same group (it takes part in the protocol, stores nothing).
-    fn librdkafka(name: &'static str, topic: &str, group: &str) -> Self {
+    fn librdkafka(name: &'static str, topic: &str, group: &str, strategy: &str) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/rdkafka_client.py");
         let mut child = Command::new("python3")
-            .args([script, "member", group, topic])
+            .args([script, "member", group, topic, strategy])
             .env("STREAMLAB_BROKERS", brokers())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -366,7 +366,7 @@ fn a_librdkafka_consumer_shares_the_group_with_streamlab_members() {
 
     let a = Member::streamlab("a", &db, &topic, &group);
     let (first, _) = wait_for_settled(&[&a], 6, -1, Duration::from_secs(30));
-    let mut rd = Member::librdkafka("librdkafka", &topic, &group);
+    let mut rd = Member::librdkafka("librdkafka", &topic, &group, "range");
     let b = Member::streamlab("b", &db, &topic, &group);
     let (_, who) = wait_for_settled(&[&a, &b, &rd], 6, first, Duration::from_secs(45));
     assert!(!who["librdkafka"].is_empty(), "{who:?}");
@@ -430,4 +430,36 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
     assert_eq!(inserted, n, "each event inserted by exactly one member");
     assert_eq!(db.sales_ids(), seeded_ids(24, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}
+
+#[test]
+fn a_group_that_speaks_another_assignor_is_a_clear_error() {
+    let topic = topic(2);
+    let group = unique("g");
+    let mut rd = Member::librdkafka("librdkafka", &topic, &group, "roundrobin");
+    assert!(
+        wait_until(30, || rd.current().is_some_and(|(_, ps)| ps.len() == 2)),
+        "{}",
+        rd.output()
+    );
+    let db = TestDb::sqlite();
+    fails(
+        &[
+            "consume",
+            "--topic",
+            &topic,
+            "--sink",
+            db.sink,
+            "-D",
+            &db.url,
+            "--group",
+            &group,
+            "--join-group",
+        ],
+        1,
+        &[&group, "roundrobin", "use another --group"],
+        &["panicked"],
+    );
+    drop(rd.stdin.take());
+    assert!(rd.child.wait().unwrap().success(), "{}", rd.output());
 }

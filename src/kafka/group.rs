@@ -220,9 +220,19 @@ impl GroupMember {
             }
             Some(e) if e.is_retriable() || is_rejoin(e) => {
                 tracing::debug!("JoinGroup '{}': {e}; retrying", self.group);
+                if coordinator_moved(e) {
+                    self.coordinator = None;
+                }
                 return Ok(None);
             }
-            Some(e) => bail!("joining consumer group '{}': {e}", self.group),
+            // Nothing a retry changes: a session timeout outside the broker's range, a full
+            // group, a protocol error.
+            Some(e) => {
+                return Err(anyhow!(Fatal(format!(
+                    "joining consumer group '{}': {e}",
+                    self.group
+                ))))
+            }
         }
         self.member_id = joined.member_id.to_string();
         let leader = joined.leader.as_str() == self.member_id;
@@ -286,10 +296,19 @@ impl GroupMember {
                 // the assignments. Heartbeat meanwhile: tansu only counts heartbeats as signs of
                 // life, and this wait may be longer than the session timeout.
                 tracing::debug!("SyncGroup '{}': {e}; rejoining", self.group);
-                let _ = self.heartbeat().await;
+                if coordinator_moved(e) {
+                    self.coordinator = None;
+                } else {
+                    let _ = self.heartbeat().await;
+                }
                 return Ok(None);
             }
-            Some(e) => bail!("syncing consumer group '{}': {e}", self.group),
+            Some(e) => {
+                return Err(anyhow!(Fatal(format!(
+                    "syncing consumer group '{}': {e}",
+                    self.group
+                ))))
+            }
         }
         if synced.assignment.is_empty() {
             // Every consumer-protocol leader sends each member an encoded assignment, even an
@@ -554,6 +573,16 @@ impl std::fmt::Display for Fatal {
 }
 
 impl std::error::Error for Fatal {}
+
+/// The group's coordinator is elsewhere now (or not ready): ask FindCoordinator again.
+fn coordinator_moved(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::NotCoordinator
+            | ResponseError::CoordinatorNotAvailable
+            | ResponseError::CoordinatorLoadInProgress
+    )
+}
 
 /// Answers that mean "the group moved on; join again".
 fn is_rejoin(e: ResponseError) -> bool {

@@ -4,7 +4,8 @@
     rdkafka_client.py read TOPIC             -> one JSON line per record, every partition, from the start
     rdkafka_client.py place TOPIC KEY…       -> {"KEY": partition} as librdkafka's murmur2 partitioner puts them
     rdkafka_client.py committed GROUP TOPIC  -> {"partition": committed offset}
-    rdkafka_client.py member GROUP TOPIC     -> joins GROUP (range assignor), prints
+    rdkafka_client.py member GROUP TOPIC [STRATEGY]
+                                            -> joins GROUP (range assignor by default), prints
                                                {"assigned": [...]} / {"revoked": [...]} as they
                                                happen, reads nothing, commits nothing; leaves
                                                cleanly when stdin closes
@@ -84,14 +85,14 @@ def committed(group, name):
     consumer.close()
 
 
-def member(group, name):
+def member(group, name, strategy="range"):
     import threading
 
     def say(**event):
         print(json.dumps(event), flush=True)
 
     consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": group,
-                         "partition.assignment.strategy": "range",
+                         "partition.assignment.strategy": strategy,
                          "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     consumer.subscribe([name],
@@ -113,4 +114,4 @@ if __name__ == "__main__":
      "read": lambda: read(args[0]),
      "place": lambda: place(args[0], args[1:]),
      "committed": lambda: committed(args[0], args[1]),
-     "member": lambda: member(args[0], args[1])}[cmd]()
+     "member": lambda: member(*args)}[cmd]()
