@@ -250,7 +250,8 @@ pub struct ConsumeArgs {
     pub group: String,
     /// Share the topic's partitions with every other consumer that joins the same --group
     /// (Kafka's consumer-group protocol; librdkafka and Java consumers may join too). Without
-    /// it, this consumer reads every partition on its own.
+    /// it, this consumer reads every partition on its own. Members beyond the partition count
+    /// idle, ready to take over.
     #[arg(long)]
     pub join_group: bool,
     /// With --join-group: a member silent this long is dropped and its partitions move to the
@@ -267,7 +268,8 @@ pub struct ConsumeArgs {
     /// Where to start when the group has no stored offsets.
     #[arg(long, value_enum, default_value = "earliest")]
     pub from: StartFrom,
-    /// Exit once every partition reaches the end it had when consume started.
+    /// Exit once every partition reaches the end it had when consume started. With
+    /// --join-group: once the assigned partitions do (a member given none exits at once).
     #[arg(long)]
     pub stop_at_end: bool,
     /// Most events written in one database transaction.

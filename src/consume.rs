@@ -155,9 +155,12 @@ impl<S: Sink> Consumer<'_, S> {
                 Err(e) => break Err(e),
             };
             // Heartbeats first: tansu counts nothing else as a sign of life. The heartbeat task
-            // cancels `generation` when the group wants the partitions back.
+            // cancels `generation` when the group wants the partitions back, and beats on until
+            // `released`: the batch in flight is finished and committed first.
             let generation = shutdown.child_token();
-            let heartbeats = tokio::spawn(member.heartbeat_until(generation.clone()));
+            let released = CancellationToken::new();
+            let heartbeats =
+                tokio::spawn(member.heartbeat_until(generation.clone(), released.clone()));
             self.mirror.member = Some((assignment.member_id.clone(), assignment.generation));
             self.record_holding(&mut recorded, &assignment).await;
             tracing::info!(
@@ -189,6 +192,7 @@ impl<S: Sink> Consumer<'_, S> {
                 }
             };
             generation.cancel();
+            released.cancel();
             member = heartbeats.await.context("heartbeat task")?;
             match ended {
                 Ok(Ended::Revoked) | Ok(Ended::Fenced(_)) => continue,
@@ -242,20 +246,49 @@ impl<S: Sink> Consumer<'_, S> {
         shutdown: &CancellationToken,
     ) -> Result<Ended> {
         let args = self.args;
-        let clients = kafka::partition_clients(&self.client, &args.topic, partitions).await?;
+        let ended_early = || {
+            if shutdown.is_cancelled() {
+                Ended::Shutdown
+            } else {
+                Ended::Revoked
+            }
+        };
+        if partitions.is_empty() && !args.stop_at_end {
+            // A group with more members than partitions: this one idles, still a member, ready
+            // to take over when another leaves.
+            stop.cancelled().await;
+            return Ok(ended_early());
+        }
         // Read again every time: the previous owner of a partition may have just written it.
         let stored = self
             .sink
             .load_offsets(&args.group, &args.topic)
             .await
             .context("reading stored offsets")?;
+        // rskafka's retries end at --timeout per call; the whole lookup gets a deadline too, and
+        // gives way at once to a rebalance or Ctrl-C.
+        let lookup = async {
+            let clients = kafka::partition_clients(&self.client, &args.topic, partitions).await?;
+            let ranges = kafka::offset_ranges(&clients).await?;
+            Ok::<_, anyhow::Error>((clients, ranges))
+        };
+        let deadline = args.kafka.timeout * 2;
+        let (clients, ranges) = tokio::select! {
+            _ = stop.cancelled() => return Ok(ended_early()),
+            found = tokio::time::timeout(deadline, lookup) => found.map_err(|_| {
+                anyhow!(
+                    "the leaders of '{}' partitions {partitions:?} did not answer within {}",
+                    args.topic,
+                    humantime::format_duration(deadline)
+                )
+            })??,
+        };
 
         // Where each partition starts, and (for --stop-at-end) where it ends.
         let mut committed: BTreeMap<i32, Option<i64>> = BTreeMap::new();
         let mut positions: BTreeMap<i32, PartitionPosition> = BTreeMap::new();
         let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
         let mut starts = Vec::new();
-        let ranges = kafka::offset_ranges(&clients).await?;
         for pc in &clients {
             let p = pc.partition();
             let (earliest, latest) = ranges[&p];
@@ -701,7 +734,11 @@ impl GroupMirror {
     }
 
     async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
-        if self.coordinator.is_none() {
+        if !self
+            .coordinator
+            .as_ref()
+            .is_some_and(GroupCoordinator::is_usable)
+        {
             let mut admin = Admin::connect(&self.opts).await?;
             self.coordinator = Some(admin.group_coordinator(&self.group).await?);
         }

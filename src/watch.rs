@@ -220,12 +220,14 @@ impl Source {
     }
 
     async fn coordinator(&mut self, args: &WatchArgs) -> Result<&mut GroupCoordinator> {
-        Ok(match self.coordinator {
-            Some(ref mut c) => c,
-            None => self
-                .coordinator
-                .insert(self.admin.group_coordinator(&args.group).await?),
-        })
+        if !self
+            .coordinator
+            .as_ref()
+            .is_some_and(GroupCoordinator::is_usable)
+        {
+            self.coordinator = Some(self.admin.group_coordinator(&args.group).await?);
+        }
+        Ok(self.coordinator.as_mut().expect("just set"))
     }
 
     async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {

@@ -463,3 +463,54 @@ fn a_group_that_speaks_another_assignor_is_a_clear_error() {
     drop(rd.stdin.take());
     assert!(rd.child.wait().unwrap().success(), "{}", rd.output());
 }
+
+#[test]
+fn a_member_left_without_partitions_stays_in_the_group_and_takes_over_from_a_dead_one() {
+    let db = TestDb::sqlite();
+    let topic = topic(2);
+    let group = unique("g");
+    let n = 6_000;
+    let producer = produce_seeded(&topic, n, 1_000, 25);
+
+    let members = [
+        Member::streamlab("a", &db, &topic, &group),
+        Member::streamlab("b", &db, &topic, &group),
+        Member::streamlab("c", &db, &topic, &group),
+    ];
+    let all: Vec<&Member> = members.iter().collect();
+    let (first, who) = wait_for_settled(&all, 2, -1, Duration::from_secs(30));
+    let idle = *who
+        .iter()
+        .find(|(_, ps)| ps.is_empty())
+        .map(|(name, _)| name)
+        .expect("three members, two partitions: one idles");
+    // Idle is not finished: it stays a member (a few heartbeat intervals later, still running).
+    std::thread::sleep(SESSION / 2);
+    let mut members = Vec::from(members);
+    for m in &mut members {
+        assert!(
+            m.child.try_wait().unwrap().is_none(),
+            "{} exited while the group still runs:\n{}",
+            m.name,
+            m.output()
+        );
+    }
+
+    // A member holding a partition dies; the idle one must take its share.
+    let victim = members
+        .iter()
+        .position(|m| m.name != idle)
+        .expect("a member with partitions");
+    let dead = members.remove(victim);
+    signal(&dead.child, "KILL");
+    let survivors: Vec<&Member> = members.iter().collect();
+    let (_, who) = wait_for_settled(&survivors, 2, first, SESSION * 3);
+    assert_eq!(who[idle].len(), 1, "{idle} took over: {who:?}");
+
+    wait_for_everything(producer, &db, n);
+    for member in members {
+        member.stop();
+    }
+    assert_eq!(db.sales_ids(), seeded_ids(25, n));
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}

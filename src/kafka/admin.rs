@@ -164,7 +164,7 @@ impl Admin {
             if ResponseError::try_from_code(topic.error_code)
                 == Some(ResponseError::UnknownTopicOrPartition)
             {
-                bail!("topic '{name}' does not exist; create it with `streamlab topic create --topic {name}`");
+                bail!(UnknownTopic(name));
             }
             check(topic.error_code, None, || {
                 format!("metadata for topic '{name}'")
@@ -210,7 +210,7 @@ impl Admin {
         if ResponseError::try_from_code(result.error_code)
             == Some(ResponseError::UnknownTopicOrPartition)
         {
-            bail!("topic '{topic}' does not exist; create it with `streamlab topic create --topic {topic}`");
+            bail!(UnknownTopic(topic.to_string()));
         }
         check(result.error_code, result.error_message.as_ref(), || {
             format!("cannot describe the configs of topic '{topic}'")
@@ -294,6 +294,23 @@ impl Admin {
     }
 }
 
+/// The topic asked about does not exist (a typed error, so callers can tell it from a broker
+/// that did not answer).
+#[derive(Debug)]
+pub struct UnknownTopic(pub String);
+
+impl std::fmt::Display for UnknownTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = &self.0;
+        write!(
+            f,
+            "topic '{name}' does not exist; create it with `streamlab topic create --topic {name}`"
+        )
+    }
+}
+
+impl std::error::Error for UnknownTopic {}
+
 /// The broker that keeps a consumer group's offsets.
 pub struct GroupCoordinator {
     pub(super) conn: WireConnection,
@@ -301,6 +318,12 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
+    /// False once a request on this connection was abandoned half way (a timeout, an I/O error,
+    /// a cancelled wait): the next answer read could be the old one, so reconnect instead.
+    pub fn is_usable(&self) -> bool {
+        !self.conn.is_broken()
+    }
+
     /// Commit `partition → next offset` for `topic`. The database is the source of truth; this
     /// only makes the position visible to Kafka tooling. Without `member` it is a "simple"
     /// (generation -1) commit; a member of the group must name itself and its generation, or

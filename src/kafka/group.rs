@@ -29,7 +29,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::admin::{Admin, GroupCoordinator};
+use super::admin::{Admin, GroupCoordinator, UnknownTopic};
 use crate::cli::KafkaOpts;
 
 /// The protocol type of consumer groups; other group kinds (Kafka Connect, …) use their own.
@@ -88,6 +88,10 @@ pub struct GroupMember {
     protocol_name: String,
     /// Leave before the next join, so the coordinator has to start a new generation.
     force_new_generation: bool,
+    /// The coordinator announced a rebalance: the next join must end in a new generation.
+    expect_new_generation: bool,
+    /// The last SyncGroup gave this member no assignment bytes at all (see `join_once`).
+    got_no_assignment: bool,
 }
 
 impl GroupMember {
@@ -102,6 +106,8 @@ impl GroupMember {
             generation: -1,
             protocol_name: RANGE.to_string(),
             force_new_generation: false,
+            expect_new_generation: false,
+            got_no_assignment: false,
         }
     }
 
@@ -114,7 +120,12 @@ impl GroupMember {
     }
 
     async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
-        if self.coordinator.is_none() {
+        // A join cancelled by Ctrl-C leaves its request unanswered on the connection.
+        if !self
+            .coordinator
+            .as_ref()
+            .is_some_and(GroupCoordinator::is_usable)
+        {
             let mut admin = Admin::connect(&self.opts).await?;
             self.coordinator = Some(admin.group_coordinator(&self.group).await?);
         }
@@ -137,7 +148,14 @@ impl GroupMember {
             self.leave().await;
         }
         let deadline = Instant::now() + self.membership.rebalance_timeout + self.opts.timeout;
-        let previous_generation = self.generation;
+        // Only a rebalance the coordinator announced promises a new generation. After silence
+        // (our own network trouble) Apache Kafka may rightly take a follower back into the
+        // generation it never left.
+        let previous_generation = if std::mem::take(&mut self.expect_new_generation) {
+            self.generation
+        } else {
+            -1
+        };
         let mut first_attempt = true;
         let mut last_error: Option<anyhow::Error> = None;
         loop {
@@ -183,12 +201,20 @@ impl GroupMember {
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(str_bytes(RANGE))
                 .with_metadata(metadata)]);
+        // The coordinator holds a JoinGroup until every member has rejoined or the largest
+        // rebalance timeout among them has passed — Java consumers send 5 minutes — so the
+        // answer may take that long without anything being wrong.
+        let join_wait = self
+            .membership
+            .rebalance_timeout
+            .max(JAVA_REBALANCE_TIMEOUT)
+            + self.opts.timeout;
         let wait = self.membership.rebalance_timeout + self.opts.timeout;
         let joined = self
             .coordinator()
             .await?
             .conn
-            .call_within(request, 9, wait)
+            .call_within(request, 9, join_wait)
             .await?;
         match ResponseError::try_from_code(joined.error_code) {
             None => {}
@@ -310,19 +336,23 @@ impl GroupMember {
                 ))))
             }
         }
-        if synced.assignment.is_empty() {
-            // Every consumer-protocol leader sends each member an encoded assignment, even an
-            // empty one. No bytes at all means the coordinator formed the group without a real
-            // leader's plan (tansu 0.6 accepts a follower's SyncGroup once its leader has
-            // expired) or without this member in it: start a new generation.
+        if synced.assignment.is_empty() && !std::mem::take(&mut self.got_no_assignment) {
+            // Java and librdkafka leaders send every member an encoded assignment, even an
+            // empty one. No bytes at all usually means the coordinator formed the group without
+            // a real leader's plan (tansu 0.6 accepts a follower's SyncGroup once its leader has
+            // expired): start a new generation, once. Some leaders (Sarama) do omit members
+            // with nothing to do, so a second empty answer in a row is taken at its word — an
+            // idle member — rather than forcing rebalance after rebalance.
             tracing::debug!(
                 "group '{}' generation {} has no assignment for this member; forcing a new one",
                 self.group,
                 self.generation
             );
+            self.got_no_assignment = true;
             self.leave().await;
             return Ok(None);
         }
+        self.got_no_assignment = false;
         let partitions = decode_assignment(&synced.assignment)
             .with_context(|| format!("the assignment from group '{}'", self.group))?
             .remove(&self.topic)
@@ -348,13 +378,23 @@ impl GroupMember {
         let mut admin = Admin::connect(&self.opts).await?;
         let mut partitions = BTreeMap::new();
         for name in names {
-            // A member may subscribe to a topic that is gone; it then gets nothing of it.
-            if let Ok(found) = admin.metadata(Some(&[name])).await {
-                for topic in found {
-                    partitions.insert(
-                        topic.name.clone(),
-                        topic.partitions.iter().map(|p| p.partition).collect(),
-                    );
+            match admin.metadata(Some(&[name])).await {
+                Ok(found) => {
+                    for topic in found {
+                        partitions.insert(
+                            topic.name.clone(),
+                            topic.partitions.iter().map(|p| p.partition).collect(),
+                        );
+                    }
+                }
+                // A member may subscribe to a topic that is gone; it then gets nothing of it.
+                Err(e) if e.downcast_ref::<UnknownTopic>().is_some() => {}
+                // Anything else (a broker that did not answer) must not become an empty plan,
+                // which would idle every member: fail this round and join again.
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "the group leader could not read the partitions of '{name}'"
+                    )))
                 }
             }
         }
@@ -405,22 +445,37 @@ impl GroupMember {
         }
     }
 
-    /// Heartbeat until the group rebalances, this member is expelled, or `stop` fires.
-    /// Cancels `stop` itself when the partitions must be given back, so the consumer stops
-    /// writing them. Silence from the coordinator for a whole session timeout counts as
-    /// expulsion: by then the coordinator has given the partitions to someone else.
-    pub async fn heartbeat_until(mut self, stop: CancellationToken) -> Self {
+    /// Keep this member alive while it holds a generation's partitions.
+    ///
+    /// Cancels `revoke` when the partitions must be given back (the group rebalances, this
+    /// member was dropped, or the coordinator has been silent for a whole session timeout — by
+    /// then it has given them to someone else), so the consumer stops writing them. Beats on
+    /// until `released`: finishing the batch in flight may take a while, and tansu 0.6 drops a
+    /// member whose heartbeats stop, even mid-rebalance.
+    pub async fn heartbeat_until(
+        mut self,
+        revoke: CancellationToken,
+        released: CancellationToken,
+    ) -> Self {
         let interval = self.membership.heartbeat_interval();
         let mut last_alive = Instant::now();
         // The first beat goes at once: the join that got us here sent none.
         let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return self,
+                _ = released.cancelled() => return self,
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = interval;
-            match self.heartbeat().await {
+            let beat = self.heartbeat().await;
+            if revoke.is_cancelled() {
+                // Only keeping the session alive until the consumer lets go.
+                if matches!(beat, Ok(Beat::Expelled)) {
+                    return self.wait_released(released).await;
+                }
+                continue;
+            }
+            match beat {
                 Ok(Beat::Alive) => last_alive = Instant::now(),
                 Ok(beat) => {
                     // tansu 0.6 drops a member whose session expired without starting a new
@@ -429,14 +484,17 @@ impl GroupMember {
                     // orphaning the dead member's. A second heartbeat tells the two apart
                     // (in a real rebalance it is refused too); then leaving and rejoining forces
                     // the new generation at once.
-                    if beat == Beat::Rebalance && matches!(self.heartbeat().await, Ok(Beat::Alive))
-                    {
-                        tracing::debug!(
-                            "group '{}' dropped a member but kept generation {}; forcing a new one",
-                            self.group,
-                            self.generation
-                        );
-                        self.force_new_generation = true;
+                    if beat == Beat::Rebalance {
+                        if matches!(self.heartbeat().await, Ok(Beat::Alive)) {
+                            tracing::debug!(
+                                "group '{}' dropped a member but kept generation {}; forcing a new one",
+                                self.group,
+                                self.generation
+                            );
+                            self.force_new_generation = true;
+                        } else {
+                            self.expect_new_generation = true;
+                        }
                     }
                     tracing::info!(
                         "group '{}': {} in generation {}; giving partitions back",
@@ -447,8 +505,10 @@ impl GroupMember {
                         },
                         self.generation
                     );
-                    stop.cancel();
-                    return self;
+                    revoke.cancel();
+                    if beat == Beat::Expelled {
+                        return self.wait_released(released).await;
+                    }
                 }
                 Err(e) if last_alive.elapsed() >= self.membership.session_timeout => {
                     tracing::warn!(
@@ -456,12 +516,17 @@ impl GroupMember {
                         self.group,
                         last_alive.elapsed()
                     );
-                    stop.cancel();
-                    return self;
+                    revoke.cancel();
                 }
                 Err(e) => tracing::debug!("group '{}': heartbeat failed: {e:#}", self.group),
             }
         }
+    }
+
+    /// Nothing left to keep alive: just wait for the consumer to let go.
+    async fn wait_released(self, released: CancellationToken) -> Self {
+        released.cancelled().await;
+        self
     }
 
     /// Leave the group so the others take over this member's partitions at once instead of
@@ -561,6 +626,9 @@ impl GroupCoordinator {
         })
     }
 }
+
+/// The rebalance timeout (max.poll.interval.ms) Java consumers send by default.
+const JAVA_REBALANCE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Errors that no retry can fix.
 #[derive(Debug)]

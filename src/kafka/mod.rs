@@ -71,9 +71,7 @@ pub async fn partitions_of(client: &Client, topic: &str) -> Result<Vec<i32>> {
     let topics = client.list_topics().await.context("listing topics")?;
     match topics.into_iter().find(|t| t.name == topic) {
         Some(t) if !t.partitions.is_empty() => Ok(t.partitions.into_iter().collect()),
-        _ => Err(anyhow!(
-            "topic '{topic}' does not exist; create it with `streamlab topic create --topic {topic}`"
-        )),
+        _ => Err(admin::UnknownTopic(topic.to_string()).into()),
     }
 }
 

@@ -27,6 +27,9 @@ pub struct WireConnection {
     /// api key → (min, max) version the broker accepts.
     broker_versions: HashMap<i16, (i16, i16)>,
     timeout: Duration,
+    /// A request was started and never finished (timed out, failed, or its future was dropped
+    /// by a `select!`): its response may still arrive, so nothing more can be read safely.
+    broken: bool,
 }
 
 impl WireConnection {
@@ -43,6 +46,7 @@ impl WireConnection {
             next_correlation_id: 1,
             broker_versions: HashMap::new(),
             timeout,
+            broken: false,
         };
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("streamlab"))
@@ -69,6 +73,11 @@ impl WireConnection {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Whether an earlier request was abandoned half way; such a connection must be replaced.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Send `request` at the highest version both sides support.
@@ -119,6 +128,12 @@ impl WireConnection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response> {
+        if self.broken {
+            bail!(
+                "the connection to {} lost track of an earlier request; reconnect",
+                self.addr
+            );
+        }
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
         let header = RequestHeader::default()
@@ -135,10 +150,14 @@ impl WireConnection {
         frame[..4].copy_from_slice(&size.to_be_bytes());
 
         let name = api_name(R::KEY);
+        // Cleared only once the whole response is read: any exit before that leaves the stream
+        // mid-frame.
+        self.broken = true;
         let mut body = tokio::time::timeout(timeout, self.round_trip(&frame))
             .await
             .map_err(|_| anyhow!("{name} to {} timed out after {timeout:?}", self.addr))?
             .with_context(|| format!("{name} to {}", self.addr))?;
+        self.broken = false;
 
         let response_header =
             ResponseHeader::decode(&mut body, R::Response::header_version(version))?;
