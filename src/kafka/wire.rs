@@ -190,3 +190,84 @@ fn api_name(key: i16) -> String {
         .map(|k| format!("{k:?}"))
         .unwrap_or_else(|_| format!("api key {key}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{HeartbeatRequest, RequestHeader};
+    use tokio::net::TcpListener;
+
+    /// A broker that negotiates versions, then never answers: the shape of a JoinGroup the
+    /// coordinator holds, or of a request whose wait was cancelled.
+    async fn silent_broker() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer_api_versions_only(stream));
+            }
+        });
+        addr
+    }
+
+    async fn answer_api_versions_only(mut stream: TcpStream) {
+        let size = stream.read_i32().await.unwrap();
+        let mut request = vec![0u8; size as usize];
+        stream.read_exact(&mut request).await.unwrap();
+        let mut request = Bytes::from(request);
+        let header = RequestHeader::decode(&mut request, 2).unwrap();
+        let version = header.request_api_version;
+        let response = ApiVersionsResponse::default().with_api_keys(vec![ApiVersion::default()
+            .with_api_key(ApiKey::Heartbeat as i16)
+            .with_min_version(0)
+            .with_max_version(4)]);
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        ResponseHeader::default()
+            .with_correlation_id(header.correlation_id)
+            .encode(&mut frame, ApiVersionsResponse::header_version(version))
+            .unwrap();
+        response.encode(&mut frame, version).unwrap();
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        stream.write_all(&frame).await.unwrap();
+        // Read whatever comes next and never answer it.
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+    }
+
+    #[tokio::test]
+    async fn a_request_abandoned_half_way_leaves_the_connection_unusable() {
+        let addr = silent_broker().await;
+        let mut conn = WireConnection::connect(&addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!conn.is_broken());
+        assert_eq!(conn.version_for::<HeartbeatRequest>(4).unwrap(), 4);
+
+        let unanswered = conn
+            .call_within(HeartbeatRequest::default(), 4, Duration::from_millis(50))
+            .await;
+        assert!(
+            unanswered.unwrap_err().to_string().contains("timed out"),
+            "a silent broker times out"
+        );
+        assert!(
+            conn.is_broken(),
+            "its late answer could be read as the next one's"
+        );
+        let next = conn.call(HeartbeatRequest::default()).await.unwrap_err();
+        assert!(next.to_string().contains("reconnect"), "{next}");
+
+        // A wait dropped by select! (Ctrl-C during a JoinGroup) is just as unfinished.
+        let mut conn = WireConnection::connect(&addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        tokio::select! {
+            _ = conn.call(HeartbeatRequest::default()) => unreachable!("never answered"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        assert!(conn.is_broken());
+    }
+}
