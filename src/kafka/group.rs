@@ -90,7 +90,7 @@ pub struct GroupMember {
     force_new_generation: bool,
     /// The coordinator announced a rebalance: the next join must end in a new generation.
     expect_new_generation: bool,
-    /// The last SyncGroup gave this member no assignment bytes at all (see `join_once`).
+    /// SyncGroup last gave this member no assignment bytes at all (see `join_once`).
     got_no_assignment: bool,
 }
 
@@ -336,13 +336,14 @@ impl GroupMember {
                 ))))
             }
         }
-        if synced.assignment.is_empty() && !std::mem::take(&mut self.got_no_assignment) {
+        if synced.assignment.is_empty() && !self.got_no_assignment {
             // Java and librdkafka leaders send every member an encoded assignment, even an
             // empty one. No bytes at all usually means the coordinator formed the group without
             // a real leader's plan (tansu 0.6 accepts a follower's SyncGroup once its leader has
             // expired): start a new generation, once. Some leaders (Sarama) do omit members
             // with nothing to do, so a second empty answer in a row is taken at its word — an
-            // idle member — rather than forcing rebalance after rebalance.
+            // idle member, for as long as they keep coming — rather than forcing rebalance after
+            // rebalance.
             tracing::debug!(
                 "group '{}' generation {} has no assignment for this member; forcing a new one",
                 self.group,
@@ -352,7 +353,7 @@ impl GroupMember {
             self.leave().await;
             return Ok(None);
         }
-        self.got_no_assignment = false;
+        self.got_no_assignment = synced.assignment.is_empty();
         let partitions = decode_assignment(&synced.assignment)
             .with_context(|| format!("the assignment from group '{}'", self.group))?
             .remove(&self.topic)
