@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{ConsumeArgs, KafkaOpts, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
 use crate::kafka::group::{Assignment, GroupMember, Membership};
-use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
+use crate::kafka::{self, admin::GroupCoordinator};
 use crate::progress::Progress;
 use crate::sink::pg::PgSink;
 use crate::sink::sqlite::SqliteSink;
@@ -734,15 +734,7 @@ impl GroupMirror {
     }
 
     async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
-        if !self
-            .coordinator
-            .as_ref()
-            .is_some_and(GroupCoordinator::is_usable)
-        {
-            let mut admin = Admin::connect(&self.opts).await?;
-            self.coordinator = Some(admin.group_coordinator(&self.group).await?);
-        }
-        Ok(self.coordinator.as_mut().expect("just set"))
+        GroupCoordinator::reuse_or_find(&mut self.coordinator, &self.opts, &self.group).await
     }
 
     /// Log when Kafka's view of the group differs from the database's (the database wins).

@@ -205,6 +205,22 @@ fn produce_seeded(topic: &str, count: usize, rate: u32, seed: u64) -> Child {
     ])
 }
 
+/// The number before `word` in consume's summary ("consumed … : N inserted, N duplicates …").
+fn summary_count(output: &str, word: &str) -> u64 {
+    let summary = output
+        .lines()
+        .find(|l| l.starts_with("consumed "))
+        .unwrap_or_else(|| panic!("no summary in {output}"));
+    let head = summary
+        .split(&format!(" {word}"))
+        .next()
+        .expect("split yields one part");
+    let number = head.rsplit(' ').next().expect("rsplit yields one part");
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("no count before '{word}' in {summary:?}"))
+}
+
 /// Wait for the producer, then until the group has stored all `n` events.
 fn wait_for_everything(producer: Child, db: &TestDb, n: usize) {
     let out = producer.wait_with_output().unwrap();
@@ -339,16 +355,8 @@ fn a_paused_member_that_lost_its_partitions_never_writes_them_again() {
     // a's, one of them would have counted them as duplicates.
     let (mut inserted, mut duplicates) = (0, 0);
     for out in &outputs {
-        let summary = out
-            .lines()
-            .find(|l| l.starts_with("consumed "))
-            .unwrap_or_else(|| panic!("no summary in {out}"));
-        let number_before = |word: &str| -> u64 {
-            let head = summary.split(word).next().unwrap();
-            head.rsplit(' ').next().unwrap().parse().unwrap()
-        };
-        inserted += number_before(" inserted");
-        duplicates += number_before(" duplicates");
+        inserted += summary_count(out, "inserted");
+        duplicates += summary_count(out, "duplicates");
     }
     assert_eq!((inserted, duplicates), (n as u64, 0), "{outputs:#?}");
     assert_eq!(db.sales_ids(), seeded_ids(22, n));
@@ -423,11 +431,12 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
             "{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let summary = stdout.lines().next().unwrap();
-        let head = summary.split(" inserted").next().unwrap();
-        inserted += head.rsplit(' ').next().unwrap().parse::<usize>().unwrap();
+        inserted += summary_count(&stdout, "inserted");
     }
-    assert_eq!(inserted, n, "each event inserted by exactly one member");
+    assert_eq!(
+        inserted, n as u64,
+        "each event inserted by exactly one member"
+    );
     assert_eq!(db.sales_ids(), seeded_ids(24, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
 }

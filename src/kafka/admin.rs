@@ -318,6 +318,21 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
+    /// The coordinator kept in `slot`, found again (FindCoordinator on a new connection) when
+    /// there is none yet or its connection can no longer be trusted.
+    pub async fn reuse_or_find<'a>(
+        slot: &'a mut Option<GroupCoordinator>,
+        opts: &KafkaOpts,
+        group: &str,
+    ) -> Result<&'a mut GroupCoordinator> {
+        if !slot.as_ref().is_some_and(GroupCoordinator::is_usable) {
+            *slot = None;
+            let mut admin = Admin::connect(opts).await?;
+            *slot = Some(admin.group_coordinator(group).await?);
+        }
+        Ok(slot.as_mut().expect("just set"))
+    }
+
     /// False once a request on this connection was abandoned half way (a timeout, an I/O error,
     /// a cancelled wait): the next answer read could be the old one, so reconnect instead.
     pub fn is_usable(&self) -> bool {

@@ -119,17 +119,9 @@ impl GroupMember {
         self.generation
     }
 
+    /// (A join cancelled by Ctrl-C leaves its request unanswered: the next call reconnects.)
     async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
-        // A join cancelled by Ctrl-C leaves its request unanswered on the connection.
-        if !self
-            .coordinator
-            .as_ref()
-            .is_some_and(GroupCoordinator::is_usable)
-        {
-            let mut admin = Admin::connect(&self.opts).await?;
-            self.coordinator = Some(admin.group_coordinator(&self.group).await?);
-        }
-        Ok(self.coordinator.as_mut().expect("just set"))
+        GroupCoordinator::reuse_or_find(&mut self.coordinator, &self.opts, &self.group).await
     }
 
     /// Join (or rejoin) the group and wait for this member's partitions.
