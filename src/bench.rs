@@ -182,21 +182,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
         // 2. The fetch limit: read everything with the plain client and discard it.
         let partitions = kafka::partitions_of(&client, &topic).await?;
-        let clients = kafka::partition_clients(&client, &topic, &partitions).await?;
+        let mut readers = kafka::fetch::readers(&args.kafka, &topic, &partitions);
         let started = Instant::now();
-        let reads = clients.iter().map(|pc| async move {
-            let end = kafka::end_offset(pc).await?;
+        let reads = readers.iter_mut().map(|reader| async move {
+            let end = reader.end_offset().await?;
             let (mut offset, mut records, mut bytes) = (0i64, 0u64, 0u64);
             while offset < end {
-                let (batch, _) = pc
-                    .fetch_records(offset, 1..kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS)
+                let fetch = reader
+                    .fetch(offset, kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS)
                     .await?;
-                let Some(last) = batch.last() else { break };
-                offset = last.offset + 1;
-                records += batch.len() as u64;
-                bytes += batch
+                if fetch.next_offset <= offset {
+                    break;
+                }
+                offset = fetch.next_offset;
+                records += fetch.records.len() as u64;
+                bytes += fetch
+                    .records
                     .iter()
-                    .map(|r| r.record.approximate_size() as u64)
+                    .map(|r| (r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())) as u64)
                     .sum::<u64>();
             }
             Ok::<_, anyhow::Error>((records, bytes))

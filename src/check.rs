@@ -71,6 +71,10 @@ pub struct PartitionLag {
     /// The broker's latest offset (only with --topic).
     pub latest_offset: Option<i64>,
     pub lag: Option<i64>,
+    /// The stored offset is past the log end by this much (only with --topic): the topic was
+    /// re-created or the broker lost data. Never healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -393,6 +397,30 @@ async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<R
         }
         None => None,
     };
+    let ahead: Vec<String> = partitions
+        .iter()
+        .filter_map(|p| {
+            p.ahead.map(|n| {
+                format!(
+                    "partition {} stored at {} is {n} past the log end {}",
+                    p.partition,
+                    p.stored_offset.unwrap_or_default(),
+                    p.latest_offset.unwrap_or_default()
+                )
+            })
+        })
+        .collect();
+    if !ahead.is_empty() {
+        checks.push(CheckResult {
+            name: "offsets within the log",
+            ok: false,
+            detail: format!(
+                "{} (the topic was re-created or the broker lost data; `consume` resets them \
+                 for a new topic, or with --reset-offsets-ahead)",
+                ahead.join("; ")
+            ),
+        });
+    }
     if let Some(total) = total_lag {
         let ok = args.max_lag.is_none_or(|max| total <= max);
         checks.push(CheckResult {
@@ -687,30 +715,30 @@ async fn lag(
                 stored_offset: Some(next),
                 latest_offset: None,
                 lag: None,
+                ahead: None,
             })
             .collect();
         return Ok((partitions, None));
     };
 
-    let client = kafka::connect(&args.kafka).await?;
-    let ids = kafka::partitions_of(&client, topic).await?;
-    let clients = kafka::partition_clients(&client, topic, &ids).await?;
+    let metadata = kafka::topic_metadata(&args.kafka, topic).await?;
+    let ids: Vec<i32> = metadata.partitions.iter().map(|p| p.partition).collect();
+    let mut readers = kafka::fetch::readers(&args.kafka, topic, &ids);
     let by_partition: BTreeMap<i64, i64> = stored.iter().map(|(_, p, n)| (*p, *n)).collect();
     let mut partitions = Vec::new();
     let mut total = 0;
-    let ranges = kafka::offset_ranges(&clients).await?;
-    for pc in clients {
-        let (earliest, latest) = ranges[&pc.partition()];
-        let stored_offset = by_partition.get(&i64::from(pc.partition())).copied();
-        let from = stored_offset.unwrap_or(earliest);
-        let lag = (latest - from).max(0);
-        total += lag;
+    let ranges = kafka::fetch::offset_ranges(&mut readers).await?;
+    for (&partition, &(earliest, latest)) in &ranges {
+        let stored_offset = by_partition.get(&i64::from(partition)).copied();
+        let lag = kafka::Lag::of(earliest, latest, stored_offset);
+        total += lag.behind();
         partitions.push(PartitionLag {
             topic: topic.clone(),
-            partition: i64::from(pc.partition()),
+            partition: i64::from(partition),
             stored_offset,
             latest_offset: Some(latest),
-            lag: Some(lag),
+            lag: Some(lag.behind()),
+            ahead: lag.ahead(),
         });
     }
     Ok((partitions, Some(total)))

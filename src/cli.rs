@@ -268,6 +268,18 @@ pub struct ConsumeArgs {
     /// Where to start when the group has no stored offsets.
     #[arg(long, value_enum, default_value = "earliest")]
     pub from: StartFrom,
+    /// When the offsets stored for this group are past the end of the log (the broker lost
+    /// data, or the topic was re-created on a broker without topic ids), move them to the log's
+    /// start (events already stored count as duplicates) or end, instead of stopping.
+    #[arg(long, value_enum, value_name = "earliest|latest")]
+    pub reset_offsets_ahead: Option<StartFrom>,
+    /// A record batch that fails its checksum or cannot be decoded stops the run (exit 1, naming
+    /// the offsets). With this flag it is stored in dead_letters, raw, and consume goes on.
+    #[arg(long)]
+    pub skip_corrupt_batches: bool,
+    /// How often to re-read the topic's metadata, to pick up partitions added while consuming.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub metadata_refresh: Duration,
     /// Exit once every partition reaches the end it had when consume started. With
     /// --join-group: once the assigned partitions do (a member given none exits at once).
     #[arg(long)]

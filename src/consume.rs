@@ -7,23 +7,25 @@
 //!
 //! Alone, a consumer reads every partition. With `--join-group` it is one member of the group
 //! ([`crate::kafka::group`]) and runs the same loop once per generation, over the partitions the
-//! group gave it.
+//! group gave it. Either way it re-reads the topic's metadata every `--metadata-refresh` and
+//! picks up partitions added meanwhile (a group member rejoins, so the leader assigns them).
+//!
+//! Before reading, the stored offsets are checked against the log they are applied to: offsets
+//! of an earlier incarnation of the topic (another topic id) are reset per `--from`, offsets
+//! past the log end stop the run unless `--reset-offsets-ahead` says where to go.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::Client;
-use rskafka::record::RecordAndOffset;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ConsumeArgs, KafkaOpts, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
+use crate::kafka::fetch::{CorruptBatch, FetchError, FetchedRecord, PartitionReader};
 use crate::kafka::group::{Assignment, GroupMember, Membership};
 use crate::kafka::{self, admin::GroupCoordinator};
 use crate::progress::Progress;
@@ -47,11 +49,17 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     }
 }
 
-/// Records fetched from one partition.
+/// What one fetch of one partition moves forward.
 struct Fetched {
     partition: i32,
-    records: Vec<RecordAndOffset>,
-    high_watermark: i64,
+    records: Vec<FetchedRecord>,
+    /// Where the partition's position moves once this is written: past control batches,
+    /// aborted transactions, records retention removed, or a skipped corrupt batch.
+    next_offset: i64,
+    /// The end a `read_committed` reader can reach, as the broker last reported it.
+    stable_end: i64,
+    /// A corrupt batch skipped with `--skip-corrupt-batches`: stored as a dead letter.
+    skipped: Option<CorruptBatch>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -73,12 +81,13 @@ pub struct PartitionPosition {
 
 async fn consume<S: Sink>(args: &ConsumeArgs, sink: S) -> Result<()> {
     let shutdown = shutdown::on_signal();
-    let client = Arc::new(kafka::connect(&args.kafka).await?);
-    let partitions = kafka::partitions_of(&client, &args.topic).await?;
+    let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
+    let partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition).collect();
     let mut consumer = Consumer {
         args,
         sink,
-        client,
+        topic_id: topic.topic_id.map(|id| id.to_string()),
+        added: BTreeSet::new(),
         mirror: GroupMirror::new(&args.kafka, &args.group),
         summary: ConsumeSummary::default(),
         progress: Progress::new(),
@@ -97,14 +106,7 @@ async fn consume<S: Sink>(args: &ConsumeArgs, sink: S) -> Result<()> {
     let result = if args.join_group {
         consumer.as_group_member(&shutdown).await
     } else {
-        // Alone: every partition, for as long as the run lasts.
-        consumer
-            .consume_partitions(&partitions, &shutdown, &shutdown)
-            .await
-            .and_then(|ended| match ended {
-                Ended::Fenced(e) => Err(e),
-                _ => Ok(()),
-            })
+        consumer.alone(partitions, &shutdown).await
     };
 
     consumer.progress.finish();
@@ -119,24 +121,101 @@ enum Ended {
     Shutdown,
     /// `--stop-at-end` reached, or there was nothing to read.
     ReachedEnd,
-    /// The group took the partitions back (rebalance, or this member was dropped).
+    /// The group took the partitions back (rebalance, or this member was dropped), or the
+    /// topic gained partitions.
     Revoked,
     /// The database's offset fence refused a batch: someone else wrote one of these partitions.
     Fenced(anyhow::Error),
 }
 
-/// One consume run: the sink, the Kafka client and the running totals, across generations.
+/// One consume run: the sink and the running totals, across generations.
 struct Consumer<'a, S> {
     args: &'a ConsumeArgs,
     sink: S,
-    client: Arc<Client>,
+    /// The topic's id as the broker reports it now (None: the broker reports no ids).
+    topic_id: Option<String>,
+    /// Partitions that appeared while this run went on: read from their start, whatever
+    /// `--from` says (they were created after the run began, so all of them is new).
+    added: BTreeSet<i32>,
     mirror: GroupMirror,
     summary: ConsumeSummary,
     progress: Progress,
     started: Instant,
 }
 
+/// Where each partition starts, and what the run tracks while it goes.
+struct Plan {
+    readers: Vec<(PartitionReader, i64)>,
+    /// The fence: the stored offset each partition's next write moves from.
+    committed: BTreeMap<i32, Option<i64>>,
+    positions: BTreeMap<i32, PartitionPosition>,
+    /// For `--stop-at-end`: the stable end each partition had at the start.
+    ends: BTreeMap<i32, i64>,
+}
+
+impl Plan {
+    fn reached_end(&self) -> bool {
+        self.positions
+            .iter()
+            .all(|(p, pos)| pos.next_offset >= self.ends[p])
+    }
+}
+
 impl<S: Sink> Consumer<'_, S> {
+    /// Alone: every partition, for as long as the run lasts; partitions the topic gains
+    /// meanwhile are added.
+    async fn alone(&mut self, mut partitions: Vec<i32>, shutdown: &CancellationToken) -> Result<()> {
+        loop {
+            let run = shutdown.child_token();
+            let watch = self.watch_partitions(partitions.len(), &run);
+            let ended = self.consume_partitions(&partitions, &run, shutdown).await;
+            let grew = finish_watch(watch).await;
+            match ended? {
+                Ended::Fenced(e) => return Err(e),
+                Ended::Revoked if grew => {
+                    let now = kafka::topic_metadata(&self.args.kafka, &self.args.topic).await?;
+                    let now: Vec<i32> = now.partitions.iter().map(|p| p.partition).collect();
+                    self.added
+                        .extend(now.iter().filter(|p| !partitions.contains(p)));
+                    partitions = now;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Re-read the topic's metadata every `--metadata-refresh`; when it has more than `known`
+    /// partitions, cancel `run` so the caller picks them up. Not with `--stop-at-end`, whose
+    /// ends are fixed when it starts.
+    fn watch_partitions(&self, known: usize, run: &CancellationToken) -> Option<JoinHandle<bool>> {
+        if self.args.stop_at_end {
+            return None;
+        }
+        let (opts, topic) = (self.args.kafka.clone(), self.args.topic.clone());
+        let (every, run) = (self.args.metadata_refresh, run.clone());
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = run.cancelled() => return false,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match kafka::topic_metadata(&opts, &topic).await {
+                    Ok(t) if t.partitions.len() > known => {
+                        tracing::info!(
+                            "'{topic}' now has {} partitions (was {known}); reading the new ones \
+                             from their start",
+                            t.partitions.len()
+                        );
+                        run.cancel();
+                        return true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("refreshing the metadata of '{topic}': {e:#}"),
+                }
+            }
+        }))
+    }
+
     /// `--join-group`: consume what the group assigns, generation after generation, until
     /// Ctrl-C (or `--stop-at-end`), then leave so the others take over at once.
     async fn as_group_member(&mut self, shutdown: &CancellationToken) -> Result<()> {
@@ -148,6 +227,10 @@ impl<S: Sink> Consumer<'_, S> {
         let mut member = GroupMember::new(&args.kafka, &args.group, &args.topic, membership);
         // The member id last written to `streamlab_members` (it changes when we rejoin afresh).
         let mut recorded: Option<String> = None;
+        let mut known_partitions = kafka::topic_metadata(&args.kafka, &args.topic)
+            .await?
+            .partitions
+            .len();
         let result = loop {
             let assignment = match member.join(shutdown).await {
                 Ok(Some(a)) => a,
@@ -161,6 +244,7 @@ impl<S: Sink> Consumer<'_, S> {
             let released = CancellationToken::new();
             let heartbeats =
                 tokio::spawn(member.heartbeat_until(generation.clone(), released.clone()));
+            let watch = self.watch_partitions(known_partitions, &generation);
             self.mirror.member = Some((assignment.member_id.clone(), assignment.generation));
             self.record_holding(&mut recorded, &assignment).await;
             tracing::info!(
@@ -194,6 +278,15 @@ impl<S: Sink> Consumer<'_, S> {
             generation.cancel();
             released.cancel();
             member = heartbeats.await.context("heartbeat task")?;
+            if finish_watch(watch).await {
+                // The leader assigns from the metadata it sees when the group forms: make the
+                // group form again.
+                known_partitions = kafka::topic_metadata(&args.kafka, &args.topic)
+                    .await?
+                    .partitions
+                    .len();
+                member.rejoin_as_new_generation();
+            }
             match ended {
                 Ok(Ended::Revoked) | Ok(Ended::Fenced(_)) => continue,
                 Ok(Ended::Shutdown) | Ok(Ended::ReachedEnd) => break Ok(()),
@@ -234,6 +327,168 @@ impl<S: Sink> Consumer<'_, S> {
         }
     }
 
+    /// Readers, start offsets and ends for `partitions`, after checking the stored offsets
+    /// against the log. `None`: `stop` fired first.
+    async fn plan(&mut self, partitions: &[i32], stop: &CancellationToken) -> Result<Option<Plan>> {
+        let args = self.args;
+        // Read again every time: the previous owner of a partition may have just written it.
+        let stored = self
+            .sink
+            .load_offsets(&args.group, &args.topic)
+            .await
+            .context("reading stored offsets")?;
+        let mut readers = kafka::fetch::readers(&args.kafka, &args.topic, partitions);
+        // The whole lookup has a deadline, and gives way at once to a rebalance or Ctrl-C.
+        let deadline = args.kafka.timeout * 2;
+        let ranges = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            found = tokio::time::timeout(deadline, kafka::fetch::offset_ranges(&mut readers)) => {
+                found.map_err(|_| {
+                    anyhow!(
+                        "the leaders of '{}' partitions {partitions:?} did not answer within {}",
+                        args.topic,
+                        humantime::format_duration(deadline)
+                    )
+                })??
+            }
+        };
+        let stored = self.reconcile(stored, &ranges).await?;
+
+        let mut plan = Plan {
+            readers: Vec::new(),
+            committed: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            ends: BTreeMap::new(),
+        };
+        for reader in readers {
+            let p = reader.partition();
+            let (earliest, latest) = ranges[&p];
+            let start = match stored.get(&p) {
+                Some(&next) if next < earliest => {
+                    tracing::warn!(
+                        "{}/{p}: stored offset {next} was removed by retention; resuming at \
+                         {earliest} ({} records were never consumed)",
+                        args.topic,
+                        earliest - next
+                    );
+                    earliest
+                }
+                Some(&next) => next,
+                None if self.added.contains(&p) => earliest,
+                None => start_from(args.from, earliest, latest),
+            };
+            plan.committed.insert(p, stored.get(&p).copied());
+            let lag = kafka::Lag::of(earliest, latest, Some(start)).behind();
+            plan.positions.insert(
+                p,
+                PartitionPosition {
+                    next_offset: start,
+                    lag,
+                },
+            );
+            plan.ends.insert(p, latest);
+            tracing::debug!(
+                "{}/{p}: start at {start} (earliest {earliest}, end {latest})",
+                args.topic
+            );
+            plan.readers.push((reader, start));
+        }
+        Ok(Some(plan))
+    }
+
+    /// Check the stored offsets of the partitions in `ranges` against their logs; returns the
+    /// offsets to go on from.
+    ///
+    /// Offsets stored for another topic id belong to an earlier incarnation of the topic (it was
+    /// deleted and re-created, or the broker lost its data): they are moved to where `--from`
+    /// says, with one warning. Offsets past the log end of the same topic stop the run, unless
+    /// `--reset-offsets-ahead` says where to go. Either move is one fenced transaction.
+    async fn reconcile(
+        &mut self,
+        stored: BTreeMap<i32, i64>,
+        ranges: &BTreeMap<i32, (i64, i64)>,
+    ) -> Result<BTreeMap<i32, i64>> {
+        let args = self.args;
+        let ids = self
+            .sink
+            .stored_topic_ids(&args.group, &args.topic)
+            .await
+            .context("reading stored offsets")?;
+        let mut recreated = Vec::new();
+        let mut ahead = Vec::new();
+        for (&p, &next) in &stored {
+            let Some(&(earliest, end)) = ranges.get(&p) else {
+                continue;
+            };
+            let other_incarnation = match (ids.get(&p), &self.topic_id) {
+                (Some(old), Some(new)) => old != new,
+                _ => false,
+            };
+            if other_incarnation {
+                recreated.push((p, next, start_from(args.from, earliest, end)));
+            } else if let kafka::Lag::Ahead(_) = kafka::Lag::of(earliest, end, Some(next)) {
+                ahead.push((p, next, end, earliest));
+            }
+        }
+        let mut moves = Vec::new();
+        if !recreated.is_empty() {
+            let old = recreated.first().and_then(|(p, ..)| ids.get(p)).cloned();
+            tracing::warn!(
+                "'{}' is a new topic (id {} → {}): the offsets stored for group '{}' belong to \
+                 the one before it; reading partitions {:?} from their {} (rows already stored \
+                 are kept)",
+                args.topic,
+                old.unwrap_or_default(),
+                self.topic_id.clone().unwrap_or_default(),
+                args.group,
+                recreated.iter().map(|r| r.0).collect::<Vec<_>>(),
+                match args.from {
+                    StartFrom::Earliest => "start",
+                    StartFrom::Latest => "end",
+                }
+            );
+            moves.extend(recreated.iter().map(|&(p, from, to)| (p, from, to)));
+        }
+        if !ahead.is_empty() {
+            let Some(reset) = args.reset_offsets_ahead else {
+                return Err(ahead_error(&args.topic, &args.group, &ahead));
+            };
+            tracing::warn!(
+                "{}; --reset-offsets-ahead {} moves them",
+                ahead_error(&args.topic, &args.group, &ahead),
+                match reset {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                }
+            );
+            moves.extend(
+                ahead
+                    .iter()
+                    .map(|&(p, next, end, earliest)| (p, next, start_from(reset, earliest, end))),
+            );
+        }
+        let mut stored = stored;
+        if !moves.is_empty() {
+            let batch = Batch {
+                group: args.group.clone(),
+                topic: args.topic.clone(),
+                topic_id: self.topic_id.clone(),
+                offsets: moves
+                    .iter()
+                    .map(|&(partition, from, to)| OffsetAdvance {
+                        partition,
+                        from: Some(from),
+                        to,
+                    })
+                    .collect(),
+                ..Batch::default()
+            };
+            write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await?;
+            stored.extend(moves.iter().map(|&(p, _, to)| (p, to)));
+        }
+        Ok(stored)
+    }
+
     /// Consume `partitions` from the sink's stored offsets until `stop` (or `--stop-at-end`).
     ///
     /// One fetch task per partition feeds a bounded channel; each batch — rows, dead letters and
@@ -259,89 +514,25 @@ impl<S: Sink> Consumer<'_, S> {
             stop.cancelled().await;
             return Ok(ended_early());
         }
-        // Read again every time: the previous owner of a partition may have just written it.
-        let stored = self
-            .sink
-            .load_offsets(&args.group, &args.topic)
-            .await
-            .context("reading stored offsets")?;
-        // rskafka's retries end at --timeout per call; the whole lookup gets a deadline too, and
-        // gives way at once to a rebalance or Ctrl-C.
-        let lookup = async {
-            let clients = kafka::partition_clients(&self.client, &args.topic, partitions).await?;
-            let ranges = kafka::offset_ranges(&clients).await?;
-            Ok::<_, anyhow::Error>((clients, ranges))
-        };
-        let deadline = args.kafka.timeout * 2;
-        let (clients, ranges) = tokio::select! {
-            _ = stop.cancelled() => return Ok(ended_early()),
-            found = tokio::time::timeout(deadline, lookup) => found.map_err(|_| {
-                anyhow!(
-                    "the leaders of '{}' partitions {partitions:?} did not answer within {}",
-                    args.topic,
-                    humantime::format_duration(deadline)
-                )
-            })??,
+        let Some(mut plan) = self.plan(partitions, stop).await? else {
+            return Ok(ended_early());
         };
 
-        // Where each partition starts, and (for --stop-at-end) where it ends.
-        let mut committed: BTreeMap<i32, Option<i64>> = BTreeMap::new();
-        let mut positions: BTreeMap<i32, PartitionPosition> = BTreeMap::new();
-        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut starts = Vec::new();
-        for pc in &clients {
-            let p = pc.partition();
-            let (earliest, latest) = ranges[&p];
-            let start = match stored.get(&p) {
-                Some(&next) if next < earliest => {
-                    tracing::warn!(
-                        "{}/{p}: stored offset {next} was removed by retention; resuming at \
-                         {earliest} ({} records were never consumed)",
-                        args.topic,
-                        earliest - next
-                    );
-                    earliest
-                }
-                Some(&next) => next,
-                None => match args.from {
-                    StartFrom::Earliest => earliest,
-                    StartFrom::Latest => latest,
-                },
-            };
-            committed.insert(p, stored.get(&p).copied());
-            positions.insert(
-                p,
-                PartitionPosition {
-                    next_offset: start,
-                    lag: latest - start,
-                },
-            );
-            ends.insert(p, latest);
-            starts.push((Arc::clone(pc), start));
-            tracing::debug!(
-                "{}/{p}: start at {start} (earliest {earliest}, latest {latest})",
-                args.topic
-            );
-        }
-        let reached_end = |positions: &BTreeMap<i32, PartitionPosition>| {
-            positions.iter().all(|(p, pos)| pos.next_offset >= ends[p])
-        };
-
-        let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(clients.len().max(1));
+        let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(plan.readers.len().max(1));
         let stop_fetching = stop.child_token();
         let mut fetchers = Vec::new();
-        if !(args.stop_at_end && reached_end(&positions)) {
-            for (pc, start) in starts {
-                let end = args.stop_at_end.then(|| ends[&pc.partition()]);
-                fetchers.push(tokio::spawn(fetch_partition(
-                    Arc::clone(&self.client),
-                    pc,
-                    start,
+        let readers = std::mem::take(&mut plan.readers);
+        if !(args.stop_at_end && plan.reached_end()) {
+            for (reader, start) in readers {
+                let end = args.stop_at_end.then(|| plan.ends[&reader.partition()]);
+                let fetcher = Fetcher {
+                    reader,
+                    offset: start,
                     end,
-                    args.kafka.timeout,
-                    tx.clone(),
-                    stop_fetching.clone(),
-                )));
+                    timeout: args.kafka.timeout,
+                    skip_corrupt: args.skip_corrupt_batches,
+                };
+                fetchers.push(tokio::spawn(fetcher.run(tx.clone(), stop_fetching.clone())));
             }
         }
         drop(tx);
@@ -354,7 +545,7 @@ impl<S: Sink> Consumer<'_, S> {
         };
         let mut at_end = false;
         loop {
-            if args.stop_at_end && reached_end(&positions) {
+            if args.stop_at_end && plan.reached_end() {
                 at_end = true;
                 break;
             }
@@ -387,50 +578,9 @@ impl<S: Sink> Consumer<'_, S> {
                 }
             }
 
-            let batch = build_batch(args, &chunks, &committed);
-            let write_started = Instant::now();
-            let written = match write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await {
-                Ok(w) => w,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            };
-            for advance in &batch.offsets {
-                committed.insert(advance.partition, Some(advance.to));
-            }
-            for chunk in &chunks {
-                let pos = positions
-                    .get_mut(&chunk.partition)
-                    .expect("known partition");
-                if let Some(last) = chunk.records.last() {
-                    pos.next_offset = pos.next_offset.max(last.offset + 1);
-                }
-                pos.lag = (chunk.high_watermark - pos.next_offset).max(0);
-            }
-            record_metrics(&args.topic, &batch, &written, write_started, &positions);
-            let summary = &mut self.summary;
-            summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
-            summary.inserted += written.inserted;
-            summary.duplicates += written.duplicates;
-            summary.dead_lettered += batch.dead_letters.len() as u64;
-            if args.print_each {
-                print_each(&batch)?;
-            }
-            self.mirror
-                .maybe_commit(&args.topic, &committed, false)
-                .await;
-            let started = self.started;
-            self.progress
-                .update(|| status_line(summary, &positions, started));
-            if let Some(throttle) = args.throttle {
-                // A deliberately slow sink: event i may be written no sooner than i/throttle.
-                let due = self.started
-                    + Duration::from_secs_f64(summary.consumed as f64 / f64::from(throttle));
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => {}
-                    _ = stop.cancelled() => {}
-                }
+            if let Err(e) = self.write_chunks(&chunks, &mut plan, stop).await {
+                failure = Some(e);
+                break;
             }
             if failure.is_some() {
                 break;
@@ -445,9 +595,9 @@ impl<S: Sink> Consumer<'_, S> {
             let _ = f.await;
         }
         self.mirror
-            .maybe_commit(&args.topic, &committed, true)
+            .maybe_commit(&args.topic, &plan.committed, true)
             .await;
-        self.summary.partitions.extend(positions);
+        self.summary.partitions.extend(plan.positions);
         Ok(match failure {
             Some(e)
                 if e.downcast_ref::<SinkError>()
@@ -460,6 +610,91 @@ impl<S: Sink> Consumer<'_, S> {
             None if at_end => Ended::ReachedEnd,
             None => Ended::Revoked,
         })
+    }
+
+    /// Write one batch made of `chunks`, then move the positions, totals, metrics and mirror.
+    async fn write_chunks(
+        &mut self,
+        chunks: &[Fetched],
+        plan: &mut Plan,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let args = self.args;
+        let batch = build_batch(&BatchRules::of(args), &self.topic_id, chunks, &plan.committed);
+        let write_started = Instant::now();
+        let written = write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await?;
+        for advance in &batch.offsets {
+            plan.committed.insert(advance.partition, Some(advance.to));
+        }
+        for chunk in chunks {
+            let pos = plan
+                .positions
+                .get_mut(&chunk.partition)
+                .expect("known partition");
+            pos.next_offset = pos.next_offset.max(chunk.next_offset);
+            pos.lag = kafka::Lag::of(0, chunk.stable_end, Some(pos.next_offset)).behind();
+        }
+        record_metrics(&args.topic, &batch, &written, write_started, &plan.positions);
+        let summary = &mut self.summary;
+        summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
+        summary.inserted += written.inserted;
+        summary.duplicates += written.duplicates;
+        summary.dead_lettered += batch.dead_letters.len() as u64;
+        if args.print_each {
+            print_each(&batch)?;
+        }
+        self.mirror
+            .maybe_commit(&args.topic, &plan.committed, false)
+            .await;
+        let started = self.started;
+        self.progress
+            .update(|| status_line(summary, &plan.positions, started));
+        if let Some(throttle) = args.throttle {
+            // A deliberately slow sink: event i may be written no sooner than i/throttle.
+            let due = self.started
+                + Duration::from_secs_f64(summary.consumed as f64 / f64::from(throttle));
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a partition with no usable stored offset starts.
+fn start_from(from: StartFrom, earliest: i64, end: i64) -> i64 {
+    match from {
+        StartFrom::Earliest => earliest,
+        StartFrom::Latest => end,
+    }
+}
+
+/// Stored offsets past the log end: one line that says where, why, and how to move on.
+fn ahead_error(topic: &str, group: &str, ahead: &[(i32, i64, i64, i64)]) -> anyhow::Error {
+    let list = |f: fn(&(i32, i64, i64, i64)) -> i64| {
+        ahead
+            .iter()
+            .map(|a| f(a).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    anyhow!(
+        "the offsets stored for group '{group}' are past the end of '{topic}': partitions {} \
+         stored at {}, log ends at {} (the broker lost data, or the topic was re-created on a \
+         broker that reports no topic ids); rerun with --reset-offsets-ahead earliest to read \
+         each log from its start (stored events count as duplicates) or latest to skip to its end",
+        list(|a| i64::from(a.0)),
+        list(|a| a.1),
+        list(|a| a.2),
+    )
+}
+
+/// Wait for a partition watch to finish; whether it saw the topic grow.
+async fn finish_watch(watch: Option<JoinHandle<bool>>) -> bool {
+    match watch {
+        Some(w) => w.await.unwrap_or(false),
+        None => false,
     }
 }
 
@@ -501,28 +736,50 @@ async fn next_fetched(
     }
 }
 
-/// Decode every record; what cannot be stored becomes a dead letter. Offsets advance past both.
+/// What `build_batch` needs of the command line.
+struct BatchRules {
+    group: String,
+    topic: String,
+    kind: EventKind,
+    max_event_bytes: usize,
+}
+
+impl BatchRules {
+    fn of(args: &ConsumeArgs) -> Self {
+        Self {
+            group: args.group.clone(),
+            topic: args.topic.clone(),
+            kind: args.kind,
+            max_event_bytes: args.max_event_bytes,
+        }
+    }
+}
+
+/// Decode every record; what cannot be stored becomes a dead letter. Offsets advance past both,
+/// and past whatever else each chunk stepped over.
 fn build_batch(
-    args: &ConsumeArgs,
+    rules: &BatchRules,
+    topic_id: &Option<String>,
     chunks: &[Fetched],
     committed: &BTreeMap<i32, Option<i64>>,
 ) -> Batch {
     let mut batch = Batch {
-        group: args.group.clone(),
-        topic: args.topic.clone(),
+        group: rules.group.clone(),
+        topic: rules.topic.clone(),
+        topic_id: topic_id.clone(),
         ..Batch::default()
     };
     let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
     for chunk in chunks {
         for r in &chunk.records {
-            let value = r.record.value.as_deref();
+            let value = r.value.as_deref();
             let decoded = match value {
-                Some(v) if v.len() > args.max_event_bytes => Err(format!(
+                Some(v) if v.len() > rules.max_event_bytes => Err(format!(
                     "record value is {} bytes, larger than --max-event-bytes {}",
                     v.len(),
-                    args.max_event_bytes
+                    rules.max_event_bytes
                 )),
-                _ => events::decode(args.kind, value),
+                _ => events::decode(rules.kind, value),
             };
             match decoded {
                 Ok(event) => batch.events.push(Landed {
@@ -533,22 +790,32 @@ fn build_batch(
                 Err(error) => batch.dead_letters.push(DeadLetter {
                     partition: chunk.partition,
                     offset: r.offset,
-                    key: r.record.key.clone(),
-                    payload: r.record.value.clone(),
+                    key: r.key.as_ref().map(|k| k.to_vec()),
+                    payload: value.map(<[u8]>::to_vec),
                     error,
                 }),
             }
         }
-        if let Some(last) = chunk.records.last() {
-            let advance = advances.entry(chunk.partition).or_insert(OffsetAdvance {
+        if let Some(corrupt) = &chunk.skipped {
+            batch.dead_letters.push(DeadLetter {
                 partition: chunk.partition,
-                from: committed.get(&chunk.partition).copied().flatten(),
-                to: 0,
+                offset: corrupt.first_offset,
+                key: None,
+                payload: Some(corrupt.raw.to_vec()),
+                error: format!("skipped with --skip-corrupt-batches: {corrupt}"),
             });
-            advance.to = advance.to.max(last.offset + 1);
         }
+        let advance = advances.entry(chunk.partition).or_insert(OffsetAdvance {
+            partition: chunk.partition,
+            from: committed.get(&chunk.partition).copied().flatten(),
+            to: 0,
+        });
+        advance.to = advance.to.max(chunk.next_offset);
     }
-    batch.offsets = advances.into_values().collect();
+    batch.offsets = advances
+        .into_values()
+        .filter(|a| a.from != Some(a.to))
+        .collect();
     batch
 }
 
@@ -611,99 +878,166 @@ async fn committed_earlier<S: Sink>(sink: &mut S, batch: &Batch) -> bool {
     }
 }
 
-/// Fetch one partition from `start`, until `end` (when given) or cancellation.
+/// One partition's fetch loop: from `offset` until `end` (when given) or cancellation.
 ///
-/// Every fetch has a deadline: rskafka has no request timeout, so a broker or connection that
-/// goes silent (a half-open TCP connection, a stuck broker) would otherwise stall this
-/// partition for good. A fetch that goes unanswered is retried on a fresh connection; silence
-/// or errors lasting longer than `timeout` end the run with an error.
-async fn fetch_partition(
-    kafka_client: Arc<Client>,
-    mut client: Arc<PartitionClient>,
-    start: i64,
+/// Every broker call has a deadline (the reader's `--timeout`): a call that fails or goes
+/// unanswered is retried on a fresh connection, with a warning; failures lasting longer than
+/// `timeout` end the run with an error naming the partition and offset.
+struct Fetcher {
+    reader: PartitionReader,
+    offset: i64,
     end: Option<i64>,
     timeout: Duration,
-    tx: mpsc::Sender<Result<Fetched>>,
-    cancel: CancellationToken,
-) {
-    let (topic, partition) = (client.topic().to_string(), client.partition());
-    let answer_within = Duration::from_millis(kafka::FETCH_MAX_WAIT_MS as u64) + timeout;
-    let mut offset = start;
-    let mut failing_since: Option<Instant> = None;
-    while end.is_none_or(|e| offset < e) {
-        let fetch = client.fetch_records(offset, 1..kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS);
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(answer_within, fetch) => r,
-        };
-        let error = match result {
-            Ok(Ok((records, high_watermark))) => {
-                failing_since = None;
-                let Some(last) = records.last() else { continue };
-                tracing::trace!(
-                    "{topic}/{partition}: fetched {} records at {offset}",
-                    records.len()
-                );
-                offset = last.offset + 1;
-                let chunk = Fetched {
-                    partition,
-                    records,
-                    high_watermark,
-                };
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    sent = tx.send(Ok(chunk)) => if sent.is_err() { return },
+    skip_corrupt: bool,
+}
+
+impl Fetcher {
+    async fn run(mut self, tx: mpsc::Sender<Result<Fetched>>, cancel: CancellationToken) {
+        let mut failing_since: Option<Instant> = None;
+        while self.end.is_none_or(|e| self.offset < e) {
+            let step = tokio::select! {
+                _ = cancel.cancelled() => return,
+                step = self.step() => step,
+            };
+            let error = match step {
+                Ok(None) => {
+                    failing_since = None;
+                    continue;
                 }
-                continue;
-            }
-            Ok(Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::OffsetOutOfRange,
-                ..
-            })) => {
-                // Retention removed records we had not read yet: say so and move on.
-                match client.get_offset(OffsetAt::Earliest).await {
-                    Ok(earliest) if earliest > offset => {
-                        tracing::warn!(
-                            "{topic}/{partition}: offsets {offset}..{earliest} were removed by \
-                             retention before they were consumed"
-                        );
-                        offset = earliest;
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-                continue;
-            }
-            // rskafka already retried this one within our backoff deadline.
-            Ok(Err(e)) => anyhow!(e),
-            Err(_) => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < timeout {
-                    tracing::warn!(
-                        "{topic}/{partition}: no answer to a fetch within {answer_within:?}; \
-                         retrying on a new connection"
-                    );
-                    match kafka_client
-                        .partition_client(&topic, partition, UnknownTopicHandling::Error)
-                        .await
-                    {
-                        Ok(fresh) => client = Arc::new(fresh),
-                        Err(e) => tracing::warn!("{topic}/{partition}: reconnecting: {e}"),
+                Ok(Some(chunk)) => {
+                    failing_since = None;
+                    self.offset = chunk.next_offset;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        sent = tx.send(Ok(chunk)) => if sent.is_err() { return },
                     }
                     continue;
                 }
-                anyhow!(
-                    "the broker did not answer fetches for {:?}",
-                    since.elapsed()
-                )
+                Err(Step::Retry(e)) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < self.timeout {
+                        tracing::warn!(
+                            "{}/{}: {e:#}; retrying on a new connection",
+                            self.reader.topic(),
+                            self.reader.partition()
+                        );
+                        self.reader.reset();
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        continue;
+                    }
+                    e.context(format!(
+                        "the broker failed for {}",
+                        humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+                    ))
+                }
+                Err(Step::Fail(e)) => e,
+            };
+            let _ = tx
+                .send(Err(error.context(format!(
+                    "fetching {}/{} at offset {}",
+                    self.reader.topic(),
+                    self.reader.partition(),
+                    self.offset
+                ))))
+                .await;
+            return;
+        }
+    }
+
+    /// One fetch. `Ok(None)`: nothing new yet.
+    async fn step(&mut self) -> Result<Option<Fetched>, Step> {
+        let wait = kafka::FETCH_MAX_WAIT_MS;
+        let fetch = match self.reader.fetch(self.offset, kafka::FETCH_BYTES, wait).await {
+            Ok(f) => f,
+            Err(FetchError::OffsetOutOfRange) => return self.out_of_range().await,
+            Err(FetchError::Retriable(e)) => return Err(Step::Retry(e)),
+            Err(FetchError::Fatal(e)) => return Err(Step::Fail(e)),
+        };
+        let partition = self.reader.partition();
+        let mut chunk = Fetched {
+            partition,
+            records: fetch.records,
+            next_offset: fetch.next_offset,
+            stable_end: fetch.stable_end,
+            skipped: None,
+        };
+        if let Some(corrupt) = fetch.corrupt {
+            if !chunk.records.is_empty() || chunk.next_offset > self.offset {
+                // Deliver what came before it; the next fetch starts at the bad batch.
+                return Ok(Some(chunk));
+            }
+            if !self.skip_corrupt {
+                return Err(Step::Fail(anyhow!(
+                    "{corrupt}; rerun with --skip-corrupt-batches to store it as a dead letter \
+                     and go on after offset {}",
+                    corrupt.last_offset
+                )));
+            }
+            tracing::warn!(
+                "{}/{partition}: {corrupt}; dead-lettered and skipped (--skip-corrupt-batches)",
+                self.reader.topic()
+            );
+            chunk.next_offset = corrupt.last_offset + 1;
+            chunk.skipped = Some(corrupt);
+        }
+        if chunk.records.is_empty() && chunk.next_offset <= self.offset && chunk.skipped.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(chunk))
+    }
+
+    /// The broker says `offset` is outside the log: retention removed what we had not read
+    /// (move to the log start, and say so), or the log is shorter than our position (stop).
+    async fn out_of_range(&mut self) -> Result<Option<Fetched>, Step> {
+        let (topic, partition) = (self.reader.topic().to_string(), self.reader.partition());
+        let range = tokio::time::timeout(self.timeout, self.reader.range()).await;
+        let (earliest, end) = match range {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(Step::Retry(e.context("looking up the log's range"))),
+            Err(_) => {
+                return Err(Step::Retry(anyhow!(
+                    "no answer to a ListOffsets within {}",
+                    humantime::format_duration(self.timeout)
+                )))
             }
         };
-        let _ = tx
-            .send(Err(error.context(format!(
-                "fetching {topic}/{partition} at offset {offset}"
-            ))))
-            .await;
-        return;
+        if self.offset < earliest {
+            tracing::warn!(
+                "{topic}/{partition}: offsets {}..{earliest} were removed by retention before \
+                 they were consumed",
+                self.offset
+            );
+            return Ok(Some(Fetched {
+                partition,
+                records: Vec::new(),
+                next_offset: earliest,
+                stable_end: end,
+                skipped: None,
+            }));
+        }
+        if self.offset > end {
+            return Err(Step::Fail(anyhow!(
+                "the position {} is past the end of the log ({end}): the broker lost data or \
+                 the topic was re-created; restart consume to check the stored offsets",
+                self.offset
+            )));
+        }
+        Err(Step::Retry(anyhow!(
+            "offset {} was out of range, though the log now spans {earliest}..{end}",
+            self.offset
+        )))
     }
+}
+
+/// How a fetch step failed.
+enum Step {
+    /// Worth another try on a fresh connection, within `--timeout`.
+    Retry(anyhow::Error),
+    /// Ends the run.
+    Fail(anyhow::Error),
 }
 
 /// Mirrors the database's offsets to the Kafka consumer group, best effort: a broker that
@@ -878,6 +1212,14 @@ mod tests {
             _: &str,
         ) -> Result<BTreeMap<i32, i64>, SinkError> {
             Ok(self.offsets.clone())
+        }
+
+        async fn stored_topic_ids(
+            &mut self,
+            _: &str,
+            _: &str,
+        ) -> Result<BTreeMap<i32, String>, SinkError> {
+            Ok(BTreeMap::new())
         }
 
         async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {

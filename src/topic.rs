@@ -203,10 +203,9 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("topic '{}' does not exist", args.topic))?;
     let retention = current_retention(&mut admin, &args.topic).await?;
-    let client = kafka::connect(&args.kafka).await?;
     let ids: Vec<i32> = metadata.partitions.iter().map(|p| p.partition).collect();
-    let clients = kafka::partition_clients(&client, &args.topic, &ids).await?;
-    let ranges = kafka::offset_ranges(&clients).await?;
+    let mut readers = kafka::fetch::readers(&args.kafka, &args.topic, &ids);
+    let ranges = kafka::fetch::offset_ranges(&mut readers).await?;
     let group = match &args.group {
         Some(group) => {
             let mut coordinator = admin.group_coordinator(group).await?;

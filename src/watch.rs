@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,7 +16,6 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table};
 use ratatui::Frame;
-use rskafka::client::partition::PartitionClient;
 use serde::Serialize;
 use sqlx::{AnyPool, Row as _};
 use time::OffsetDateTime;
@@ -25,6 +23,7 @@ use time::OffsetDateTime;
 use crate::check::{self, Dialect};
 use crate::cli::{DbOpts, WatchArgs};
 use crate::events::ts_millis;
+use crate::kafka::fetch::PartitionReader;
 use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
 use crate::{output, shutdown};
 
@@ -55,6 +54,10 @@ pub struct PartitionView {
     /// Next offset the group will read (None: it never committed this partition).
     pub committed: Option<i64>,
     pub lag: i64,
+    /// The stored position is past the log end by this much (the topic was re-created or the
+    /// broker lost data): not healthy, whatever `lag` says. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<i64>,
     /// The group member holding it (its client: host and pid for streamlab members), when the
     /// group has members and their assignments are known.
     pub owner: Option<String>,
@@ -142,7 +145,7 @@ fn read_key(wait: Duration) -> Result<Option<KeyCode>> {
 
 /// What a snapshot is read from: the broker, and the database when given.
 struct Source {
-    clients: Vec<Arc<PartitionClient>>,
+    readers: Vec<PartitionReader>,
     admin: Admin,
     /// Kept between snapshots; dropped on an error so the next one asks FindCoordinator again.
     coordinator: Option<GroupCoordinator>,
@@ -151,9 +154,9 @@ struct Source {
 
 impl Source {
     async fn connect(args: &WatchArgs) -> Result<Self> {
-        let client = kafka::connect(&args.kafka).await?;
-        let partitions = kafka::partitions_of(&client, &args.topic).await?;
-        let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
+        let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
+        let partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition).collect();
+        let readers = kafka::fetch::readers(&args.kafka, &args.topic, &partitions);
         let admin = Admin::connect(&args.kafka).await?;
         let pool = match args.sink {
             Some(sink) => {
@@ -169,7 +172,7 @@ impl Source {
             None => None,
         };
         Ok(Self {
-            clients,
+            readers,
             admin,
             coordinator: None,
             pool,
@@ -177,7 +180,7 @@ impl Source {
     }
 
     async fn snapshot(&mut self, args: &WatchArgs) -> Result<Snapshot> {
-        let ranges = kafka::offset_ranges(&self.clients).await?;
+        let ranges = kafka::fetch::offset_ranges(&mut self.readers).await?;
         let ids: Vec<i32> = ranges.keys().copied().collect();
         let (committed, position_source) = match &self.pool {
             Some((pool, d)) => (db_offsets(pool, d, args).await?, "database"),
@@ -189,16 +192,17 @@ impl Source {
         for (&partition, &(log_start, log_end)) in &ranges {
             let committed = committed.get(&partition).copied();
             // Never committed: everything still in the log is unread.
-            let lag = (log_end - committed.unwrap_or(log_start).max(log_start)).max(0);
+            let lag = kafka::Lag::of(log_start, log_end, committed);
             total.records += log_end - log_start;
             total.committed += committed.unwrap_or(0);
-            total.lag += lag;
+            total.lag += lag.behind();
             partitions.push(PartitionView {
                 partition,
                 log_start,
                 log_end,
                 committed,
-                lag,
+                lag: lag.behind(),
+                ahead: lag.ahead(),
                 owner: owners.get(&partition).cloned(),
             });
         }
@@ -432,12 +436,10 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
         };
         "█".repeat(filled as usize)
     };
-    let lag_style = |lag: i64| {
-        if lag == 0 {
-            Style::new().fg(Color::Green)
-        } else {
-            Style::new().fg(Color::Yellow)
-        }
+    let lag_style = |p: &PartitionView| match (p.ahead, p.lag) {
+        (Some(_), _) => Style::new().fg(Color::Red),
+        (None, 0) => Style::new().fg(Color::Green),
+        (None, _) => Style::new().fg(Color::Yellow),
     };
     let with_owner = |mut cells: Vec<String>, owner: String| {
         if owners {
@@ -454,11 +456,14 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
                 p.log_start.to_string(),
                 p.log_end.to_string(),
                 p.committed.map_or("-".into(), |c| c.to_string()),
-                p.lag.to_string(),
+                match p.ahead {
+                    Some(n) => format!("ahead {n}"),
+                    None => p.lag.to_string(),
+                },
                 bar(p.lag),
             ];
             Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into())))
-                .style(lag_style(p.lag))
+                .style(lag_style(p))
         })
         .collect();
     let totals = vec![
@@ -546,6 +551,7 @@ mod tests {
                     log_end: 1200,
                     committed: Some(1200),
                     lag: 0,
+                    ahead: None,
                     owner: None,
                 },
                 PartitionView {
@@ -554,6 +560,7 @@ mod tests {
                     log_end: 1500,
                     committed: Some(900),
                     lag: 600,
+                    ahead: None,
                     owner: None,
                 },
                 PartitionView {
@@ -562,6 +569,7 @@ mod tests {
                     log_end: 300,
                     committed: None,
                     lag: 300,
+                    ahead: None,
                     owner: None,
                 },
             ],

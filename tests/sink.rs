@@ -14,6 +14,7 @@ fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
     Batch {
         group: "g".into(),
         topic: "t".into(),
+        topic_id: None,
         events: (0..events)
             .map(|i| Landed {
                 event: g.next_event(OffsetDateTime::now_utc()),

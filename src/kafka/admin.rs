@@ -57,11 +57,17 @@ pub struct PartitionMetadata {
     pub partition: i32,
     pub leader: i32,
     pub replicas: Vec<i32>,
+    /// Where the leader listens (its advertised `host:port`), when the broker named it.
+    #[serde(skip)]
+    pub leader_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TopicMetadata {
     pub name: String,
+    /// Kafka's topic id (Metadata v10+): a re-created topic gets a new one. `None` from brokers
+    /// that do not report ids.
+    pub topic_id: Option<uuid::Uuid>,
     pub internal: bool,
     pub partitions: Vec<PartitionMetadata>,
 }
@@ -158,6 +164,11 @@ impl Admin {
                     .collect()
             }));
         let response = self.conn.call(request).await?;
+        let brokers: BTreeMap<i32, String> = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
         let mut out = Vec::new();
         for topic in response.topics {
             let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
@@ -176,11 +187,13 @@ impl Admin {
                     partition: p.partition_index,
                     leader: p.leader_id.0,
                     replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                    leader_addr: brokers.get(&p.leader_id.0).cloned(),
                 })
                 .collect();
             partitions.sort_by_key(|p| p.partition);
             out.push(TopicMetadata {
                 name,
+                topic_id: Some(topic.topic_id).filter(|id| !id.is_nil()),
                 internal: topic.is_internal,
                 partitions,
             });

@@ -111,6 +111,12 @@ impl GroupMember {
         }
     }
 
+    /// Make the next join end in a new generation (leave first): the leader then assigns from
+    /// fresh metadata, e.g. after the topic gained partitions.
+    pub fn rejoin_as_new_generation(&mut self) {
+        self.force_new_generation = true;
+    }
+
     pub fn member_id(&self) -> &str {
         &self.member_id
     }

@@ -5,16 +5,16 @@
 //! connection that speaks `kafka-protocol` messages at versions negotiated with ApiVersions.
 
 pub mod admin;
+pub mod fetch;
 pub mod group;
 pub mod partitioner;
 pub mod wire;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
@@ -92,25 +92,69 @@ pub async fn partition_clients(
     Ok(out)
 }
 
-/// The log end offset (high watermark) of a partition: the offset the next record will get.
-///
-/// ListOffsets(latest) alone is not enough: tansu 0.6 answers it with the base offset of the
-/// last record batch. A fetch at that offset returns the true high watermark on every broker,
-/// so this asks both and believes the fetch.
-pub async fn end_offset(client: &PartitionClient) -> Result<i64> {
-    let listed = client.get_offset(OffsetAt::Latest).await?;
-    let (_, high_watermark) = client.fetch_records(listed, 1..1024, 0).await?;
-    Ok(high_watermark.max(listed))
+/// The topic's metadata (partitions, leaders, id), or [`admin::UnknownTopic`].
+pub async fn topic_metadata(opts: &KafkaOpts, topic: &str) -> Result<admin::TopicMetadata> {
+    let mut admin = admin::Admin::connect(opts).await?;
+    let topics = admin.metadata(Some(&[topic])).await?;
+    topics
+        .into_iter()
+        .find(|t| t.name == topic && !t.partitions.is_empty())
+        .ok_or_else(|| admin::UnknownTopic(topic.to_string()).into())
 }
 
-/// Earliest and end offset of every partition, asked concurrently.
-pub async fn offset_ranges(clients: &[Arc<PartitionClient>]) -> Result<BTreeMap<i32, (i64, i64)>> {
-    let lookups = clients.iter().map(|pc| async move {
-        let earliest = pc.get_offset(OffsetAt::Earliest).await?;
-        let end = end_offset(pc).await?;
-        Ok::<_, anyhow::Error>((pc.partition(), (earliest, end)))
-    });
-    futures::future::try_join_all(lookups)
-        .await
-        .map(|v| v.into_iter().collect())
+/// How far a consumer's position is from the end of a partition. The one definition `consume`,
+/// `check` and `watch` share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lag {
+    /// Records still to read: from the position — or the log start, when retention already
+    /// removed what lies before it — to the log end. Never negative.
+    Behind(i64),
+    /// The position is past the log end by this many offsets: the topic was re-created, or the
+    /// broker lost data. Never healthy; `consume` refuses to go on from there.
+    Ahead(i64),
+}
+
+impl Lag {
+    /// `committed`: the next offset to read (None: nothing committed, so the whole log is left).
+    pub fn of(log_start: i64, log_end: i64, committed: Option<i64>) -> Self {
+        let position = committed.unwrap_or(log_start);
+        if position > log_end {
+            Lag::Ahead(position - log_end)
+        } else {
+            Lag::Behind((log_end - position.max(log_start)).max(0))
+        }
+    }
+
+    /// Records left to read (0 when ahead: nothing can be read until the log grows past it).
+    pub fn behind(self) -> i64 {
+        match self {
+            Lag::Behind(n) => n,
+            Lag::Ahead(_) => 0,
+        }
+    }
+
+    pub fn ahead(self) -> Option<i64> {
+        match self {
+            Lag::Ahead(n) => Some(n),
+            Lag::Behind(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod lag_tests {
+    use super::Lag;
+
+    #[test]
+    fn lag_counts_what_is_left_and_flags_a_position_past_the_end() {
+        assert_eq!(Lag::of(0, 100, Some(60)), Lag::Behind(40));
+        assert_eq!(Lag::of(0, 100, None), Lag::Behind(100));
+        // Retention removed 0..50 before they were read: they are gone, not lag.
+        assert_eq!(Lag::of(50, 100, Some(20)), Lag::Behind(50));
+        assert_eq!(Lag::of(50, 100, None), Lag::Behind(50));
+        assert_eq!(Lag::of(0, 100, Some(100)), Lag::Behind(0));
+        // A re-created topic: the stored position is past the new log's end.
+        assert_eq!(Lag::of(0, 500, Some(1000)), Lag::Ahead(500));
+        assert_eq!(Lag::of(0, 500, Some(1000)).behind(), 0);
+    }
 }

@@ -43,6 +43,9 @@ pub struct OffsetAdvance {
 pub struct Batch {
     pub group: String,
     pub topic: String,
+    /// Kafka's id of the topic these offsets belong to, stored with them (None: the broker
+    /// reports no ids; the stored id is then left as it is).
+    pub topic_id: Option<String>,
     pub events: Vec<Landed>,
     pub dead_letters: Vec<DeadLetter>,
     pub offsets: Vec<OffsetAdvance>,
@@ -107,6 +110,14 @@ pub trait Sink: Send {
         group: &str,
         topic: &str,
     ) -> impl Future<Output = Result<BTreeMap<i32, i64>, SinkError>> + Send;
+
+    /// `partition → topic id` stored with `group`'s offsets for `topic` (rows stored without
+    /// an id are left out).
+    fn stored_topic_ids(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> impl Future<Output = Result<BTreeMap<i32, String>, SinkError>> + Send;
 
     /// Write the batch in one transaction: all of it, or (on error) none of it.
     fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<Written, SinkError>> + Send;

@@ -183,6 +183,22 @@ impl Sink for PgSink {
         Ok(rows.into_iter().collect())
     }
 
+    async fn stored_topic_ids(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, String>, SinkError> {
+        let rows: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT kafka_partition, topic_id FROM public.streamlab_offsets
+             WHERE consumer_group = $1 AND topic = $2 AND topic_id IS NOT NULL",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
         let mut tx = self.pool.begin().await?;
         let (sales, sensors) = split_kinds(&batch.events);
@@ -195,18 +211,20 @@ impl Sink for PgSink {
                     None => {
                         sqlx::query(
                             "INSERT INTO public.streamlab_offsets
-                         (consumer_group, topic, kafka_partition, next_offset)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                         (consumer_group, topic, kafka_partition, next_offset, topic_id)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                         )
                         .bind(&batch.group)
                         .bind(&batch.topic)
                         .bind(advance.partition)
                         .bind(advance.to)
+                        .bind(&batch.topic_id)
                         .execute(&mut *tx)
                         .await?
                     }
                     Some(from) => sqlx::query(
-                        "UPDATE public.streamlab_offsets SET next_offset = $4, updated_at = now()
+                        "UPDATE public.streamlab_offsets SET next_offset = $4, updated_at = now(),
+                            topic_id = COALESCE($6, topic_id)
                      WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
                        AND next_offset = $5",
                     )
@@ -215,6 +233,7 @@ impl Sink for PgSink {
                     .bind(advance.partition)
                     .bind(advance.to)
                     .bind(from)
+                    .bind(&batch.topic_id)
                     .execute(&mut *tx)
                     .await?,
                 };

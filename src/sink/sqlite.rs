@@ -195,6 +195,22 @@ impl Sink for SqliteSink {
         Ok(rows.into_iter().collect())
     }
 
+    async fn stored_topic_ids(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, String>, SinkError> {
+        let rows: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT kafka_partition, topic_id FROM streamlab_offsets
+             WHERE consumer_group = ? AND topic = ? AND topic_id IS NOT NULL",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
         // BEGIN IMMEDIATE takes the write lock up front, so a busy database is noticed (and
         // retried) before any work is done rather than at COMMIT.
@@ -206,22 +222,26 @@ impl Sink for SqliteSink {
         for advance in &batch.offsets {
             let done = match advance.from {
                 None => sqlx::query(
-                    "INSERT INTO streamlab_offsets (consumer_group, topic, kafka_partition, next_offset)
-                     VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    "INSERT INTO streamlab_offsets
+                         (consumer_group, topic, kafka_partition, next_offset, topic_id)
+                     VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 )
                 .bind(&batch.group)
                 .bind(&batch.topic)
                 .bind(advance.partition)
                 .bind(advance.to)
+                .bind(&batch.topic_id)
                 .execute(&mut *tx)
                 .await?,
                 Some(from) => sqlx::query(
                     "UPDATE streamlab_offsets
-                     SET next_offset = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     SET next_offset = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                         topic_id = COALESCE(?, topic_id)
                      WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?
                        AND next_offset = ?",
                 )
                 .bind(advance.to)
+                .bind(&batch.topic_id)
                 .bind(&batch.group)
                 .bind(&batch.topic)
                 .bind(advance.partition)

@@ -1,0 +1,587 @@
+//! Reading a partition: Fetch and ListOffsets over our own connection to the partition's leader.
+//!
+//! rskafka's fetch cannot be used for an exactly-once sink: it drops the fetch response's list
+//! of aborted transactions (so records of aborted transactions would be stored), hides the last
+//! stable offset (so `--stop-at-end` could wait on an open transaction forever), returns nothing
+//! for a response made only of control batches (so the reader would ask for the same offset
+//! again and again), and rejects a corrupt batch without saying which offsets it covers. Here
+//! the response is read with `kafka-protocol` instead, in `read_committed` isolation, and each
+//! record batch is checked before it is decoded:
+//!
+//! - a record count, header count or length larger than the bytes that carry it is refused
+//!   before anything is allocated (kafka-protocol sizes its vectors from those counts);
+//! - a batch that fails its CRC or cannot be decoded becomes a [`CorruptBatch`] naming its
+//!   offset range, which the consumer either stops at or dead-letters (`--skip-corrupt-batches`);
+//! - batches of aborted transactions and control batches are stepped over, and the position
+//!   moves past them ([`Fetch::next_offset`]).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::{Buf, Bytes};
+use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+
+use super::admin::Admin;
+use super::wire::WireConnection;
+use crate::cli::KafkaOpts;
+
+/// Fetch v12 is the last version that names topics (v13+ wants topic ids); Apache Kafka 4
+/// accepts 4..=17.
+const FETCH_VERSION_CAP: i16 = 12;
+/// ListOffsets v1+ (v0 was removed in Kafka 4); v2 added the isolation level.
+const LIST_OFFSETS_VERSION_CAP: i16 = 7;
+const READ_COMMITTED: i8 = 1;
+/// ListOffsets timestamps that mean "the log start" and "the log end".
+pub const EARLIEST: i64 = -2;
+pub const LATEST: i64 = -1;
+/// The fixed part of a v2 record batch, from its base offset to its record count.
+const BATCH_HEADER: usize = 61;
+/// Bytes before `batch_length` counts: base offset (8) and the length itself (4).
+const LOG_OVERHEAD: usize = 12;
+
+/// A record as the consumer sees it.
+#[derive(Debug, Clone)]
+pub struct FetchedRecord {
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    /// Milliseconds since the epoch (the producer's or the broker's, per the topic's setting).
+    pub timestamp: i64,
+}
+
+/// What one fetch of one partition yielded.
+#[derive(Debug, Clone, Default)]
+pub struct Fetch {
+    /// The committed records at or after the requested offset, in order.
+    pub records: Vec<FetchedRecord>,
+    /// Where the next fetch starts: past every batch this response held, including control
+    /// batches and aborted transactions (so it can be ahead of the last record + 1).
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    /// The end a `read_committed` reader can reach: the last stable offset where the broker
+    /// reports one, else the high watermark.
+    pub stable_end: i64,
+    /// The first offset still in the log, where the broker reports it (-1 otherwise).
+    pub log_start_offset: i64,
+    /// A batch that could not be read, with the offsets it covers; `records` holds what came
+    /// before it.
+    pub corrupt: Option<CorruptBatch>,
+}
+
+/// A record batch that failed its checks: which offsets it covers, why, and its raw bytes.
+#[derive(Debug, Clone)]
+pub struct CorruptBatch {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub reason: String,
+    pub raw: Bytes,
+}
+
+impl std::fmt::Display for CorruptBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "record batch at offsets {}..={} is unreadable: {}",
+            self.first_offset, self.last_offset, self.reason
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The requested offset is outside the log (below its start or past its end).
+    #[error("offset out of range")]
+    OffsetOutOfRange,
+    /// Worth retrying on a fresh connection: leadership moved, the connection broke, no answer.
+    #[error("{0:#}")]
+    Retriable(anyhow::Error),
+    /// The broker refused for good (authorization, unknown topic after retries…).
+    #[error("{0:#}")]
+    Fatal(anyhow::Error),
+}
+
+/// One partition's reader: its own connection to the partition's leader, looked up (again)
+/// whenever the connection is missing or was abandoned half way.
+pub struct PartitionReader {
+    opts: KafkaOpts,
+    topic: String,
+    partition: i32,
+    conn: Option<WireConnection>,
+}
+
+impl PartitionReader {
+    pub fn new(opts: &KafkaOpts, topic: &str, partition: i32) -> Self {
+        Self {
+            opts: opts.clone(),
+            topic: topic.to_string(),
+            partition,
+            conn: None,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Forget the connection: the next call looks the leader up again.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    async fn connection(&mut self) -> Result<&mut WireConnection> {
+        if self.conn.as_ref().is_some_and(|c| !c.is_broken()) {
+            return Ok(self.conn.as_mut().expect("checked"));
+        }
+        self.conn = None;
+        let mut admin = Admin::connect(&self.opts).await?;
+        let topics = admin.metadata(Some(&[self.topic.as_str()])).await?;
+        let addr = topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.partition == self.partition)
+            .and_then(|p| p.leader_addr.clone())
+            .ok_or_else(|| {
+                anyhow!(
+                    "no leader is known for {}/{}",
+                    self.topic,
+                    self.partition
+                )
+            })?;
+        let conn = WireConnection::connect(&addr, self.opts.timeout).await?;
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Fetch from `offset`: at most `max_bytes` (at least one whole batch), waiting up to
+    /// `max_wait_ms` for records to arrive.
+    pub async fn fetch(
+        &mut self,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<Fetch, FetchError> {
+        let request = fetch_request(&self.topic, self.partition, offset, max_bytes, max_wait_ms);
+        let wait = Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0));
+        let timeout = self.opts.timeout + wait;
+        let conn = self.connection().await.map_err(FetchError::Retriable)?;
+        let response = conn
+            .call_within(request, FETCH_VERSION_CAP, timeout)
+            .await
+            .map_err(FetchError::Retriable)?;
+        if let Some(err) = ResponseError::try_from_code(response.error_code) {
+            return Err(classify(err, || format!("fetching {}", self.topic)));
+        }
+        let data = response
+            .responses
+            .into_iter()
+            .filter(|t| t.topic.0.as_str() == self.topic)
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == self.partition)
+            .ok_or_else(|| {
+                FetchError::Retriable(anyhow!(
+                    "the fetch answer for {}/{} did not include that partition",
+                    self.topic,
+                    self.partition
+                ))
+            })?;
+        if let Some(err) = ResponseError::try_from_code(data.error_code) {
+            return Err(classify(err, || {
+                format!("fetching {}/{} at {offset}", self.topic, self.partition)
+            }));
+        }
+        Ok(read_partition(data, offset))
+    }
+
+    /// ListOffsets at `timestamp` ([`EARLIEST`], [`LATEST`], or milliseconds since the epoch).
+    pub async fn list_offset(&mut self, timestamp: i64) -> Result<i64> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(READ_COMMITTED)
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(self.partition)
+                    .with_current_leader_epoch(-1)
+                    .with_timestamp(timestamp)])]);
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let conn = self.connection().await?;
+        let response = conn.call_capped(request, LIST_OFFSETS_VERSION_CAP).await;
+        let response = response.inspect_err(|_| self.conn = None)?;
+        let answer = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| anyhow!("ListOffsets did not answer for {topic}/{partition}"))?;
+        if let Some(err) = ResponseError::try_from_code(answer.error_code) {
+            self.conn = None;
+            return Err(anyhow!("listing offsets of {topic}/{partition}: {err}"));
+        }
+        Ok(answer.offset)
+    }
+
+    /// The end a consumer can reach: the last stable offset (the high watermark when no
+    /// transaction is open).
+    ///
+    /// ListOffsets(latest) alone is not enough: tansu 0.6 answers it with the base offset of
+    /// the last record batch. A fetch at that offset reports the true ends on every broker.
+    pub async fn end_offset(&mut self) -> Result<i64> {
+        let listed = self.list_offset(LATEST).await?;
+        let at = listed.max(0);
+        match self.fetch(at, 1, 0).await {
+            Ok(fetch) => Ok(fetch.stable_end.max(listed)),
+            Err(FetchError::OffsetOutOfRange) => Ok(listed),
+            Err(e) => {
+                self.conn = None;
+                Err(anyhow!(e).context(format!(
+                    "reading the end of {}/{}",
+                    self.topic, self.partition
+                )))
+            }
+        }
+    }
+
+    /// The first offset still in the log and the end a consumer can reach.
+    pub async fn range(&mut self) -> Result<(i64, i64)> {
+        let earliest = self.list_offset(EARLIEST).await?;
+        let end = self.end_offset().await?;
+        Ok((earliest, end.max(earliest)))
+    }
+}
+
+/// One reader per partition of `topic`.
+pub fn readers(opts: &KafkaOpts, topic: &str, partitions: &[i32]) -> Vec<PartitionReader> {
+    partitions
+        .iter()
+        .map(|&p| PartitionReader::new(opts, topic, p))
+        .collect()
+}
+
+/// Earliest and end offset of every partition, asked concurrently.
+pub async fn offset_ranges(readers: &mut [PartitionReader]) -> Result<BTreeMap<i32, (i64, i64)>> {
+    let lookups = readers.iter_mut().map(|r| async move {
+        let range = r
+            .range()
+            .await
+            .with_context(|| format!("offsets of {}/{}", r.topic, r.partition))?;
+        Ok::<_, anyhow::Error>((r.partition, range))
+    });
+    futures::future::try_join_all(lookups)
+        .await
+        .map(|v| v.into_iter().collect())
+}
+
+fn classify(err: ResponseError, what: impl FnOnce() -> String) -> FetchError {
+    use ResponseError as E;
+    match err {
+        E::OffsetOutOfRange => FetchError::OffsetOutOfRange,
+        E::NotLeaderOrFollower
+        | E::LeaderNotAvailable
+        | E::UnknownTopicOrPartition
+        | E::FencedLeaderEpoch
+        | E::UnknownLeaderEpoch
+        | E::NotCoordinator
+        | E::RequestTimedOut
+        | E::NetworkException
+        | E::KafkaStorageError
+        | E::OffsetNotAvailable
+        | E::ReplicaNotAvailable
+        | E::UnknownServerError => FetchError::Retriable(anyhow!("{}: {err}", what())),
+        _ => FetchError::Fatal(anyhow!("{}: {err}", what())),
+    }
+}
+
+fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_bytes: i32,
+    max_wait_ms: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(READ_COMMITTED)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(offset)
+                .with_last_fetched_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(max_bytes)])])
+}
+
+/// Turn one partition's fetch answer into records, as a `read_committed` consumer sees them.
+///
+/// Records of aborted transactions are dropped (Kafka's algorithm: a producer listed in the
+/// answer's aborted transactions is skipped from that transaction's first offset until its
+/// ABORT marker), control batches are stepped over, and records before `from` (a batch is
+/// returned whole) are left out. A batch that fails its checks ends the reading; what came
+/// before it is kept.
+pub fn read_partition(data: PartitionData, from: i64) -> Fetch {
+    let mut out = Fetch {
+        next_offset: from,
+        high_watermark: data.high_watermark,
+        stable_end: if data.last_stable_offset >= 0 {
+            data.last_stable_offset.min(data.high_watermark)
+        } else {
+            data.high_watermark
+        },
+        log_start_offset: data.log_start_offset,
+        ..Fetch::default()
+    };
+    let mut aborted: Vec<(i64, i64)> = data
+        .aborted_transactions
+        .unwrap_or_default()
+        .iter()
+        .map(|a| (a.first_offset, a.producer_id.0))
+        .collect();
+    aborted.sort_unstable();
+    let mut pending_aborts = aborted.into_iter().peekable();
+    let mut aborting: HashSet<i64> = HashSet::new();
+
+    let mut buf = data.records.unwrap_or_default();
+    while buf.remaining() >= LOG_OVERHEAD {
+        let header = match BatchHeader::peek(&buf) {
+            Ok(Some(h)) => h,
+            // A batch cut short by the size limit: the next fetch starts there.
+            Ok(None) => break,
+            Err(reason) => {
+                out.corrupt = Some(CorruptBatch {
+                    first_offset: peek_i64(&buf, 0).max(from),
+                    last_offset: peek_i64(&buf, 0).max(from),
+                    reason,
+                    raw: buf.clone(),
+                });
+                break;
+            }
+        };
+        let raw = buf.split_to(header.total_len);
+        if header.last_offset < from {
+            continue;
+        }
+        while let Some(&(first, producer)) = pending_aborts.peek() {
+            if first > header.last_offset {
+                break;
+            }
+            aborting.insert(producer);
+            pending_aborts.next();
+        }
+        let keep = if header.control {
+            if header.transactional && is_abort_marker(&header, &raw) {
+                aborting.remove(&header.producer_id);
+            }
+            false
+        } else {
+            !(header.transactional && aborting.contains(&header.producer_id))
+        };
+        if keep {
+            match decode_batch(&header, raw.clone(), from) {
+                Ok(records) => out.records.extend(records),
+                Err(reason) => {
+                    out.corrupt = Some(CorruptBatch {
+                        first_offset: header.base_offset.max(from),
+                        last_offset: header.last_offset,
+                        reason,
+                        raw,
+                    });
+                    break;
+                }
+            }
+        }
+        out.next_offset = out.next_offset.max(header.last_offset + 1);
+    }
+    out
+}
+
+/// The fields of a v2 record batch header that decide what to do with it.
+#[derive(Debug)]
+struct BatchHeader {
+    base_offset: i64,
+    last_offset: i64,
+    total_len: usize,
+    compressed: bool,
+    transactional: bool,
+    control: bool,
+    producer_id: i64,
+    record_count: i32,
+}
+
+impl BatchHeader {
+    /// `Ok(None)`: the batch is not all there (cut by the fetch size limit).
+    fn peek(buf: &Bytes) -> Result<Option<Self>, String> {
+        let batch_length = peek_i32(buf, 8);
+        let total_len = usize::try_from(batch_length)
+            .ok()
+            .filter(|&l| l + LOG_OVERHEAD >= BATCH_HEADER)
+            .map(|l| l + LOG_OVERHEAD)
+            .ok_or_else(|| format!("impossible batch length {batch_length}"))?;
+        if buf.len() < total_len {
+            return Ok(None);
+        }
+        let magic = buf[16] as i8;
+        if magic != 2 {
+            return Err(format!(
+                "message format v{magic} (only v2 record batches are read)"
+            ));
+        }
+        let attributes = peek_i16(buf, 21);
+        let base_offset = peek_i64(buf, 0);
+        let last_offset_delta = peek_i32(buf, 23);
+        let record_count = peek_i32(buf, 57);
+        if last_offset_delta < 0 || record_count < 0 {
+            return Err(format!(
+                "negative record count {record_count} or offset delta {last_offset_delta}"
+            ));
+        }
+        Ok(Some(Self {
+            base_offset,
+            last_offset: base_offset + i64::from(last_offset_delta),
+            total_len,
+            compressed: attributes & 0x7 != 0,
+            transactional: attributes & (1 << 4) != 0,
+            control: attributes & (1 << 5) != 0,
+            producer_id: peek_i64(buf, 43),
+            record_count,
+        }))
+    }
+}
+
+fn peek_i64(buf: &[u8], at: usize) -> i64 {
+    buf.get(at..at + 8)
+        .map_or(-1, |b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+fn peek_i32(buf: &[u8], at: usize) -> i32 {
+    buf.get(at..at + 4)
+        .map_or(-1, |b| i32::from_be_bytes(b.try_into().expect("4 bytes")))
+}
+
+fn peek_i16(buf: &[u8], at: usize) -> i16 {
+    buf.get(at..at + 2)
+        .map_or(0, |b| i16::from_be_bytes(b.try_into().expect("2 bytes")))
+}
+
+/// A control batch's record key is (version i16, type i16); type 0 is ABORT, 1 is COMMIT.
+fn is_abort_marker(header: &BatchHeader, raw: &Bytes) -> bool {
+    decode_batch(header, raw.clone(), i64::MIN).is_ok_and(|records| {
+        records.first().is_some_and(|r| {
+            r.key
+                .as_ref()
+                .is_some_and(|k| k.len() >= 4 && i16::from_be_bytes([k[2], k[3]]) == 0)
+        })
+    })
+}
+
+/// Decode one batch's records at or after `from`, after checking every count in it against
+/// the bytes that carry it (kafka-protocol allocates from those counts).
+fn decode_batch(header: &BatchHeader, mut raw: Bytes, from: i64) -> Result<Vec<FetchedRecord>, String> {
+    let count = header.record_count;
+    if !header.compressed {
+        check_records(&raw[BATCH_HEADER..], count)?;
+    }
+    let decompress = |body: &mut Bytes, compression: Compression| -> anyhow::Result<Bytes> {
+        let plain = match compression {
+            Compression::None => body.clone(),
+            Compression::Gzip => Gzip::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
+            Compression::Snappy => Snappy::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
+            Compression::Lz4 => Lz4::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
+            Compression::Zstd => Zstd::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
+        };
+        check_records(&plain, count).map_err(|e| anyhow!(e))?;
+        Ok(plain)
+    };
+    let set = RecordBatchDecoder::decode_with_custom_compression(&mut raw, Some(decompress))
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(set
+        .records
+        .into_iter()
+        .filter(|r| r.offset >= from)
+        .map(|r| FetchedRecord {
+            offset: r.offset,
+            key: r.key,
+            value: r.value,
+            timestamp: r.timestamp,
+        })
+        .collect())
+}
+
+/// Walk `count` v2 records in `buf` and refuse any length or count larger than what is left.
+fn check_records(mut buf: &[u8], count: i32) -> Result<(), String> {
+    // The smallest record: length, attributes, timestamp and offset deltas, key and value
+    // lengths, header count — a byte each.
+    if usize::try_from(count).unwrap_or(usize::MAX) > buf.len() / 7 + 1 {
+        return Err(format!(
+            "the batch announces {count} records in {} bytes",
+            buf.len()
+        ));
+    }
+    for _ in 0..count {
+        let len = varint(&mut buf)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= buf.len())
+            .ok_or_else(|| format!("a record announces {len} bytes, {} are left", buf.len()))?;
+        let (mut record, rest) = buf.split_at(len);
+        buf = rest;
+        record = record.get(1..).ok_or("an empty record")?; // attributes
+        varint(&mut record)?; // timestamp delta
+        varint(&mut record)?; // offset delta
+        skip_bytes(&mut record, "key")?;
+        skip_bytes(&mut record, "value")?;
+        let headers = varint(&mut record)?;
+        if headers < 0 || headers as u64 > record.len() as u64 {
+            return Err(format!(
+                "a record announces {headers} headers in {} bytes",
+                record.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn skip_bytes(buf: &mut &[u8], what: &str) -> Result<(), String> {
+    let len = varint(buf)?;
+    if len < -1 || len > buf.len() as i64 {
+        return Err(format!(
+            "a record {what} announces {len} bytes, {} are left",
+            buf.len()
+        ));
+    }
+    *buf = &buf[usize::try_from(len.max(0)).expect("checked")..];
+    Ok(())
+}
+
+/// A zig-zag varint (Kafka's varint and varlong).
+fn varint(buf: &mut &[u8]) -> Result<i64, String> {
+    let mut value: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let (&byte, rest) = buf.split_first().ok_or("a record ends inside a varint")?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift.min(63);
+        if byte & 0x80 == 0 {
+            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    Err("a varint longer than 10 bytes".into())
+}
+
+#[cfg(test)]
+mod tests;
