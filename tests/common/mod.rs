@@ -316,6 +316,7 @@ pub mod proxy;
 /// port, so every client connection — bootstrap and leader alike — goes through it).
 pub struct Tansu {
     child: Child,
+    port: u16,
     pub proxy: proxy::Proxy,
 }
 
@@ -327,13 +328,26 @@ impl Tansu {
             .unwrap()
             .port();
         let proxy = proxy::Proxy::start(format!("127.0.0.1:{port}").parse().unwrap());
+        let child = Self::start(port, proxy.port);
+        Self { child, port, proxy }
+    }
+
+    /// Stop the broker and start a new one on the same port: in memory, it comes back empty
+    /// (and a topic created again gets a new id), as a broker that lost its data would.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::start(self.port, self.proxy.port);
+    }
+
+    fn start(port: u16, advertised: u16) -> Child {
         let child = Command::new("tansu")
             .args([
                 "broker",
                 "--listener-url",
                 &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{}", proxy.port),
+                &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -346,7 +360,7 @@ impl Tansu {
             assert!(std::time::Instant::now() < deadline, "tansu did not start");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Self { child, proxy }
+        child
     }
 
     pub fn address(&self) -> String {

@@ -1,0 +1,257 @@
+//! The edges of exactly-once, against the real broker and databases: a log that restarts from
+//! nothing under stored offsets, offsets past the log end, a corrupt record batch, partitions
+//! added while consuming.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use streamlab::kafka::wire::WireConnection;
+
+fn consume_args<'a>(db: &'a TestDb, brokers: &'a str, topic: &'a str) -> Vec<&'a str> {
+    vec![
+        "consume",
+        "-b",
+        brokers,
+        "--topic",
+        topic,
+        "--sink",
+        db.sink,
+        "-D",
+        &db.url,
+        "--stop-at-end",
+    ]
+}
+
+fn produce(brokers: &str, topic: &str, count: usize, seed: u64) {
+    ok(&[
+        "produce",
+        "-b",
+        brokers,
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--rate",
+        "0",
+        "--seed",
+        &seed.to_string(),
+    ]);
+}
+
+fn create(brokers: &str, topic: &str, partitions: u32) {
+    ok(&[
+        "topic",
+        "create",
+        "-b",
+        brokers,
+        "--topic",
+        topic,
+        "--partitions",
+        &partitions.to_string(),
+    ]);
+}
+
+fn union(a: BTreeSet<String>, b: BTreeSet<String>) -> BTreeSet<String> {
+    a.into_iter().chain(b).collect()
+}
+
+#[test]
+fn a_broker_that_comes_back_empty_is_a_new_topic_not_a_silent_stall() {
+    let mut broker = Tansu::behind_proxy();
+    let b = broker.address();
+    for db in TestDb::both() {
+        create(&b, "reborn", 3);
+        produce(&b, "reborn", 1000, 41);
+        ok(&consume_args(&db, &b, "reborn"));
+        assert_eq!(db.sales_ids(), seeded_ids(41, 1000));
+
+        broker.restart(); // in memory: every topic and record is gone
+        create(&b, "reborn", 3);
+        produce(&b, "reborn", 500, 42);
+        let out = streamlab(&consume_args(&db, &b, "reborn"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("is a new topic"), "one WARN line: {stderr}");
+        assert_eq!(
+            db.sales_ids(),
+            union(seeded_ids(41, 1000), seeded_ids(42, 500)),
+            "the new log's 500 are stored, the first 1000 kept"
+        );
+        assert_eq!(db.stored_offsets("reborn"), end_offsets_via(&b, "reborn"));
+        ok(&[
+            "check", "-b", &b, "--sink", db.sink, "-D", &db.url, "--topic", "reborn",
+            "--max-lag", "0",
+        ]);
+        broker.restart(); // the next database starts from an empty broker too
+    }
+}
+
+#[test]
+fn offsets_past_the_log_end_stop_the_run_until_the_operator_says_where_to_go() {
+    for db in TestDb::both() {
+        let b = brokers();
+        let topic = topic(2);
+        produce(&b, &topic, 300, 43);
+        ok(&consume_args(&db, &b, &topic));
+        let ends = end_offsets(&topic);
+        // The broker "lost" 1000 offsets of each partition: the stored positions are past its end.
+        db.exec(&format!(
+            "UPDATE streamlab_offsets SET next_offset = next_offset + 1000 WHERE topic = '{topic}'"
+        ));
+
+        let stderr = fails(
+            &consume_args(&db, &b, &topic),
+            1,
+            &["past the end of", "--reset-offsets-ahead"],
+            &[],
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        let check = streamlab(&[
+            "check", "--sink", db.sink, "-D", &db.url, "--topic", &topic, "--format", "json",
+        ]);
+        assert_eq!(check.status.code(), Some(1), "never healthy");
+        let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+        for p in report["partitions"].as_array().unwrap() {
+            assert_eq!(p["ahead"].as_i64(), Some(1000), "{p}");
+            assert_eq!(p["lag"].as_i64(), Some(0), "{p}");
+        }
+        let watch = ok(&["watch", "--topic", &topic, "--sink", db.sink, "-D", &db.url, "--count", "1"]);
+        let snapshot: serde_json::Value = serde_json::from_str(watch.trim()).unwrap();
+        assert!(snapshot["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["ahead"].as_i64() == Some(1000)));
+
+        let mut args = consume_args(&db, &b, &topic);
+        args.extend(["--reset-offsets-ahead", "earliest"]);
+        let out = ok(&args);
+        assert!(out.contains("0 inserted, 300 duplicates skipped"), "{out}");
+        assert_eq!(db.sales_ids(), seeded_ids(43, 300));
+        assert_eq!(db.stored_offsets(&topic), ends);
+    }
+}
+
+/// One record batch of sales-looking values at `first..first+count`, written straight to the
+/// broker; `corrupt` flips a byte inside the last value after the CRC was computed.
+fn produce_batch(topic: &str, first_value: usize, count: usize, corrupt: bool) {
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: Some(Bytes::from(format!("k{}", first_value + i))),
+            value: Some(Bytes::from(format!("not-an-event-{}", first_value + i))),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut batch = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut batch, records.iter(), &options).unwrap();
+    if corrupt {
+        let at = batch.len() - 2;
+        batch[at] ^= 0x20;
+    }
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.freeze()))])]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = WireConnection::connect(&brokers(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let response = conn.call_capped(request, 9).await.unwrap();
+        let code = response.responses[0].partition_responses[0].error_code;
+        assert_eq!(code, 0, "the broker took the batch");
+    });
+}
+
+#[test]
+fn a_corrupt_record_batch_stops_the_run_by_name_or_is_dead_lettered_on_request() {
+    for db in TestDb::both() {
+        let topic = topic(1);
+        produce_batch(&topic, 0, 3, false); // offsets 0..=2
+        produce_batch(&topic, 3, 4, true); // offsets 3..=6, CRC no longer matches
+        produce_batch(&topic, 7, 2, false); // offsets 7..=8
+        let b = brokers();
+        fails(
+            &consume_args(&db, &b, &topic),
+            1,
+            &[&format!("{topic}/0"), "offsets 3..=6", "Cyclic redundancy", "--skip-corrupt-batches"],
+            &[],
+        );
+        assert_eq!(
+            db.stored_offsets(&topic).get(&0),
+            Some(&3),
+            "what came before the bad batch is stored (as dead letters: not events)"
+        );
+        let mut args = consume_args(&db, &b, &topic);
+        args.push("--skip-corrupt-batches");
+        ok(&args);
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
+        let dead = db.lines(&format!(
+            "SELECT kafka_offset || ':' || substr(error, 1, 40) FROM dead_letters \
+             WHERE topic = '{topic}' ORDER BY kafka_offset"
+        ));
+        assert_eq!(dead.len(), 6, "0..=2, the skipped batch at 3, 7..=8: {dead:?}");
+        assert!(
+            dead[3].starts_with("3:skipped with --skip-corrupt-batches"),
+            "{dead:?}"
+        );
+    }
+}
+
+#[test]
+fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
+    let db = TestDb::sqlite();
+    let topic = topic(2);
+    let mut args = consume_args(&db, "", &topic);
+    args.retain(|a| *a != "--stop-at-end" && *a != "-b" && !a.is_empty());
+    args.extend(["--metadata-refresh", "1s"]);
+    let consumer = spawn(&args);
+    produce(&brokers(), &topic, 200, 44);
+    assert!(wait_until(30, || db.scalar("SELECT COUNT(*) FROM sales_events") == 200));
+
+    python("rdkafka_client.py", &["grow", &topic, "4"]);
+    produce(&brokers(), &topic, 400, 45); // murmur2 spreads these over all four partitions
+    let ends = end_offsets(&topic);
+    assert_eq!(ends.len(), 4);
+    assert!(ends[&2] > 0 && ends[&3] > 0, "the new partitions have records: {ends:?}");
+    assert!(
+        wait_until(30, || db.stored_offsets(&topic) == ends),
+        "the new partitions were consumed: {:?} vs {ends:?}",
+        db.stored_offsets(&topic)
+    );
+    signal(&consumer, "TERM");
+    let out = consumer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("now has 4 partitions (was 2)"), "{stderr}");
+    assert_eq!(db.sales_ids(), union(seeded_ids(44, 200), seeded_ids(45, 400)));
+}
