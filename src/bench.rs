@@ -53,10 +53,17 @@ struct ChildRun {
     peak_rss_kib: u64,
 }
 
+/// Linux only (VmHWM from /proc); elsewhere peak memory is not measured and shows as 0.
+#[cfg(target_os = "linux")]
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn peak_rss_kib(_pid: u32) -> Option<u64> {
+    None
 }
 
 async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Result<ChildRun> {
@@ -94,8 +101,14 @@ async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Result<ChildRun>
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
+    #[cfg(target_os = "linux")]
+    let (cpuinfo, meminfo) = (
+        std::fs::read_to_string("/proc/cpuinfo").ok(),
+        std::fs::read_to_string("/proc/meminfo").ok(),
+    );
+    #[cfg(not(target_os = "linux"))]
+    let (cpuinfo, meminfo): (Option<String>, Option<String>) = (None, None);
+    let cpu = cpuinfo
         .and_then(|c| {
             c.lines()
                 .find(|l| l.starts_with("model name"))
@@ -105,8 +118,7 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
+    let mem_gib = meminfo
         .and_then(|m| {
             m.lines()
                 .next()

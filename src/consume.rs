@@ -169,6 +169,7 @@ impl<S: Sink> Consumer<'_, S> {
             let run = shutdown.child_token();
             let watch = self.watch_partitions(partitions.len(), &run);
             let ended = self.consume_partitions(&partitions, &run, shutdown).await;
+            run.cancel();
             let grew = finish_watch(watch).await;
             match ended? {
                 Ended::Fenced(e) => return Err(e),

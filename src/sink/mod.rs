@@ -156,9 +156,15 @@ impl Holding {
 
 /// Who this process is, for the `client` column: host and process id.
 pub fn client_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
+    // Linux keeps the name in /proc; elsewhere the shell's variables carry it (HOSTNAME on
+    // macOS shells, COMPUTERNAME on Windows).
+    #[cfg(target_os = "linux")]
+    let from_proc = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    #[cfg(not(target_os = "linux"))]
+    let from_proc: Option<String> = None;
+    let host = from_proc
         .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string());
