@@ -211,7 +211,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 bytes += fetch
                     .records
                     .iter()
-                    .map(|r| (r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())) as u64)
+                    .map(|r| {
+                        (r.key.as_ref().map_or(0, |k| k.len())
+                            + r.value.as_ref().map_or(0, |v| v.len()))
+                            as u64
+                    })
                     .sum::<u64>();
             }
             Ok::<_, anyhow::Error>((records, bytes))

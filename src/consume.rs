@@ -164,7 +164,11 @@ impl Plan {
 impl<S: Sink> Consumer<'_, S> {
     /// Alone: every partition, for as long as the run lasts; partitions the topic gains
     /// meanwhile are added.
-    async fn alone(&mut self, mut partitions: Vec<i32>, shutdown: &CancellationToken) -> Result<()> {
+    async fn alone(
+        &mut self,
+        mut partitions: Vec<i32>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         loop {
             let run = shutdown.child_token();
             let watch = self.watch_partitions(partitions.len(), &run);
@@ -621,7 +625,12 @@ impl<S: Sink> Consumer<'_, S> {
         stop: &CancellationToken,
     ) -> Result<()> {
         let args = self.args;
-        let batch = build_batch(&BatchRules::of(args), &self.topic_id, chunks, &plan.committed);
+        let batch = build_batch(
+            &BatchRules::of(args),
+            &self.topic_id,
+            chunks,
+            &plan.committed,
+        );
         let write_started = Instant::now();
         let written = write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await?;
         for advance in &batch.offsets {
@@ -635,7 +644,13 @@ impl<S: Sink> Consumer<'_, S> {
             pos.next_offset = pos.next_offset.max(chunk.next_offset);
             pos.lag = kafka::Lag::of(0, chunk.stable_end, Some(pos.next_offset)).behind();
         }
-        record_metrics(&args.topic, &batch, &written, write_started, &plan.positions);
+        record_metrics(
+            &args.topic,
+            &batch,
+            &written,
+            write_started,
+            &plan.positions,
+        );
         let summary = &mut self.summary;
         summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
         summary.inserted += written.inserted;
@@ -951,7 +966,11 @@ impl Fetcher {
     /// One fetch. `Ok(None)`: nothing new yet.
     async fn step(&mut self) -> Result<Option<Fetched>, Step> {
         let wait = kafka::FETCH_MAX_WAIT_MS;
-        let fetch = match self.reader.fetch(self.offset, kafka::FETCH_BYTES, wait).await {
+        let fetch = match self
+            .reader
+            .fetch(self.offset, kafka::FETCH_BYTES, wait)
+            .await
+        {
             Ok(f) => f,
             Err(FetchError::OffsetOutOfRange) => return self.out_of_range().await,
             Err(FetchError::Retriable(e)) => return Err(Step::Retry(e)),

@@ -462,8 +462,7 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
                 },
                 bar(p.lag),
             ];
-            Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into())))
-                .style(lag_style(p))
+            Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into()))).style(lag_style(p))
         })
         .collect();
     let totals = vec![

@@ -90,8 +90,17 @@ fn a_broker_that_comes_back_empty_is_a_new_topic_not_a_silent_stall() {
         );
         assert_eq!(db.stored_offsets("reborn"), end_offsets_via(&b, "reborn"));
         ok(&[
-            "check", "-b", &b, "--sink", db.sink, "-D", &db.url, "--topic", "reborn",
-            "--max-lag", "0",
+            "check",
+            "-b",
+            &b,
+            "--sink",
+            db.sink,
+            "-D",
+            &db.url,
+            "--topic",
+            "reborn",
+            "--max-lag",
+            "0",
         ]);
         broker.restart(); // the next database starts from an empty broker too
     }
@@ -126,7 +135,9 @@ fn offsets_past_the_log_end_stop_the_run_until_the_operator_says_where_to_go() {
             assert_eq!(p["ahead"].as_i64(), Some(1000), "{p}");
             assert_eq!(p["lag"].as_i64(), Some(0), "{p}");
         }
-        let watch = ok(&["watch", "--topic", &topic, "--sink", db.sink, "-D", &db.url, "--count", "1"]);
+        let watch = ok(&[
+            "watch", "--topic", &topic, "--sink", db.sink, "-D", &db.url, "--count", "1",
+        ]);
         let snapshot: serde_json::Value = serde_json::from_str(watch.trim()).unwrap();
         assert!(snapshot["partitions"]
             .as_array()
@@ -203,7 +214,12 @@ fn a_corrupt_record_batch_stops_the_run_by_name_or_is_dead_lettered_on_request()
         fails(
             &consume_args(&db, &b, &topic),
             1,
-            &[&format!("{topic}/0"), "offsets 3..=6", "Cyclic redundancy", "--skip-corrupt-batches"],
+            &[
+                &format!("{topic}/0"),
+                "offsets 3..=6",
+                "Cyclic redundancy",
+                "--skip-corrupt-batches",
+            ],
             &[],
         );
         assert_eq!(
@@ -219,7 +235,11 @@ fn a_corrupt_record_batch_stops_the_run_by_name_or_is_dead_lettered_on_request()
             "SELECT kafka_offset || ':' || substr(error, 1, 40) FROM dead_letters \
              WHERE topic = '{topic}' ORDER BY kafka_offset"
         ));
-        assert_eq!(dead.len(), 6, "0..=2, the skipped batch at 3, 7..=8: {dead:?}");
+        assert_eq!(
+            dead.len(),
+            6,
+            "0..=2, the skipped batch at 3, 7..=8: {dead:?}"
+        );
         assert!(
             dead[3].starts_with("3:skipped with --skip-corrupt-batches"),
             "{dead:?}"
@@ -236,13 +256,18 @@ fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
     args.extend(["--metadata-refresh", "1s"]);
     let consumer = spawn(&args);
     produce(&brokers(), &topic, 200, 44);
-    assert!(wait_until(30, || db.scalar("SELECT COUNT(*) FROM sales_events") == 200));
+    assert!(wait_until(30, || db
+        .scalar("SELECT COUNT(*) FROM sales_events")
+        == 200));
 
     python("rdkafka_client.py", &["grow", &topic, "4"]);
     produce(&brokers(), &topic, 400, 45); // murmur2 spreads these over all four partitions
     let ends = end_offsets(&topic);
     assert_eq!(ends.len(), 4);
-    assert!(ends[&2] > 0 && ends[&3] > 0, "the new partitions have records: {ends:?}");
+    assert!(
+        ends[&2] > 0 && ends[&3] > 0,
+        "the new partitions have records: {ends:?}"
+    );
     assert!(
         wait_until(30, || db.stored_offsets(&topic) == ends),
         "the new partitions were consumed: {:?} vs {ends:?}",
@@ -253,5 +278,8 @@ fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("now has 4 partitions (was 2)"), "{stderr}");
-    assert_eq!(db.sales_ids(), union(seeded_ids(44, 200), seeded_ids(45, 400)));
+    assert_eq!(
+        db.sales_ids(),
+        union(seeded_ids(44, 200), seeded_ids(45, 400))
+    );
 }

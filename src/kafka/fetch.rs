@@ -152,13 +152,7 @@ impl PartitionReader {
             .flat_map(|t| &t.partitions)
             .find(|p| p.partition == self.partition)
             .and_then(|p| p.leader_addr.clone())
-            .ok_or_else(|| {
-                anyhow!(
-                    "no leader is known for {}/{}",
-                    self.topic,
-                    self.partition
-                )
-            })?;
+            .ok_or_else(|| anyhow!("no leader is known for {}/{}", self.topic, self.partition))?;
         let conn = WireConnection::connect(&addr, self.opts.timeout).await?;
         Ok(self.conn.insert(conn))
     }
@@ -492,7 +486,11 @@ fn is_abort_marker(header: &BatchHeader, raw: &Bytes) -> bool {
 
 /// Decode one batch's records at or after `from`, after checking every count in it against
 /// the bytes that carry it (kafka-protocol allocates from those counts).
-fn decode_batch(header: &BatchHeader, mut raw: Bytes, from: i64) -> Result<Vec<FetchedRecord>, String> {
+fn decode_batch(
+    header: &BatchHeader,
+    mut raw: Bytes,
+    from: i64,
+) -> Result<Vec<FetchedRecord>, String> {
     let count = header.record_count;
     if !header.compressed {
         check_records(&raw[BATCH_HEADER..], count)?;

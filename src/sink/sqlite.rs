@@ -221,33 +221,37 @@ impl Sink for SqliteSink {
         let dead_lettered = Self::insert_dead_letters(&mut tx, batch).await?;
         for advance in &batch.offsets {
             let done = match advance.from {
-                None => sqlx::query(
-                    "INSERT INTO streamlab_offsets
+                None => {
+                    sqlx::query(
+                        "INSERT INTO streamlab_offsets
                          (consumer_group, topic, kafka_partition, next_offset, topic_id)
                      VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                )
-                .bind(&batch.group)
-                .bind(&batch.topic)
-                .bind(advance.partition)
-                .bind(advance.to)
-                .bind(&batch.topic_id)
-                .execute(&mut *tx)
-                .await?,
-                Some(from) => sqlx::query(
-                    "UPDATE streamlab_offsets
+                    )
+                    .bind(&batch.group)
+                    .bind(&batch.topic)
+                    .bind(advance.partition)
+                    .bind(advance.to)
+                    .bind(&batch.topic_id)
+                    .execute(&mut *tx)
+                    .await?
+                }
+                Some(from) => {
+                    sqlx::query(
+                        "UPDATE streamlab_offsets
                      SET next_offset = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
                          topic_id = COALESCE(?, topic_id)
                      WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?
                        AND next_offset = ?",
-                )
-                .bind(advance.to)
-                .bind(&batch.topic_id)
-                .bind(&batch.group)
-                .bind(&batch.topic)
-                .bind(advance.partition)
-                .bind(from)
-                .execute(&mut *tx)
-                .await?,
+                    )
+                    .bind(advance.to)
+                    .bind(&batch.topic_id)
+                    .bind(&batch.group)
+                    .bind(&batch.topic)
+                    .bind(advance.partition)
+                    .bind(from)
+                    .execute(&mut *tx)
+                    .await?
+                }
             };
             if done.rows_affected() != 1 {
                 return Err(SinkError::fenced(batch, advance));

@@ -95,7 +95,10 @@ fn offsets(fetch: &Fetch) -> Vec<i64> {
 #[test]
 fn plain_batches_are_read_from_the_requested_offset() {
     let data = answer(
-        &[batch(0, 5, PLAIN, Compression::None), batch(5, 3, PLAIN, Compression::Lz4)],
+        &[
+            batch(0, 5, PLAIN, Compression::None),
+            batch(5, 3, PLAIN, Compression::Lz4),
+        ],
         &[],
         8,
         8,
@@ -208,7 +211,11 @@ fn hostile_counts_are_refused_before_anything_is_allocated() {
     let mut short = BytesMut::from(&batch(0, 1, PLAIN, Compression::None)[..]);
     short[8..12].copy_from_slice(&(-5i32).to_be_bytes());
     let fetch = read_partition(answer(&[short.freeze()], &[], 1, 1), 0);
-    assert!(fetch.corrupt.expect("refused").reason.contains("batch length"));
+    assert!(fetch
+        .corrupt
+        .expect("refused")
+        .reason
+        .contains("batch length"));
 }
 
 #[test]
