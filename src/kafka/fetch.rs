@@ -33,9 +33,10 @@ use super::admin::Admin;
 use super::wire::WireConnection;
 use crate::cli::KafkaOpts;
 
-/// Fetch v12 is the last version that names topics (v13+ wants topic ids); Apache Kafka 4
-/// accepts 4..=17.
-const FETCH_VERSION_CAP: i16 = 12;
+/// Fetch v11: names topics (v13+ wants topic ids) and carries everything read_committed needs
+/// (aborted transactions, last stable offset, log start). Apache Kafka 4 accepts 4..=17. Not
+/// v12: tansu 0.6 answers it with a tagged field that is not defined until v16.
+const FETCH_VERSION_CAP: i16 = 11;
 /// ListOffsets v1+ (v0 was removed in Kafka 4); v2 added the isolation level.
 const LIST_OFFSETS_VERSION_CAP: i16 = 7;
 const READ_COMMITTED: i8 = 1;
