@@ -259,21 +259,26 @@ fn a_corrupt_record_batch_stops_the_run_by_name_or_is_dead_lettered_on_request()
 
 #[test]
 fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
+    // tansu has no CreatePartitions: the topic has four partitions, and a front shows clients
+    // two of them until the test "adds" the other two.
     let db = TestDb::sqlite();
-    let topic = topic(2);
-    let mut args = consume_args(&db, "", &topic);
-    args.retain(|a| *a != "--stop-at-end" && *a != "-b" && !a.is_empty());
+    let topic = topic(4);
+    let front = common::front::PartitionFront::start(&brokers(), 2);
+    let f = front.address();
+    let mut args = consume_args(&db, &f, &topic);
+    args.retain(|a| *a != "--stop-at-end");
     args.extend(["--metadata-refresh", "1s"]);
     let consumer = spawn(&args);
-    produce(&brokers(), &topic, 200, 44);
+    produce(&f, &topic, 200, 44); // the producer sees two partitions too
     assert!(wait_until(30, || db
         .scalar("SELECT COUNT(*) FROM sales_events")
         == 200));
+    let before = end_offsets(&topic);
+    assert_eq!((before[&2], before[&3]), (0, 0), "{before:?}");
 
-    python("rdkafka_client.py", &["grow", &topic, "4"]);
-    produce(&brokers(), &topic, 400, 45); // murmur2 spreads these over all four partitions
+    front.show(4);
+    produce(&brokers(), &topic, 400, 45); // murmur2 spreads these over all four
     let ends = end_offsets(&topic);
-    assert_eq!(ends.len(), 4);
     assert!(
         ends[&2] > 0 && ends[&3] > 0,
         "the new partitions have records: {ends:?}"

@@ -310,6 +310,7 @@ pub fn sqlite(url: &str, sql: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+pub mod front;
 pub mod proxy;
 
 /// A tansu broker of a test's own, reachable only through `proxy` (it advertises the proxy's

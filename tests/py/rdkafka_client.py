@@ -9,7 +9,6 @@
                                                {"assigned": [...]} / {"revoked": [...]} as they
                                                happen, reads nothing, commits nothing; leaves
                                                cleanly when stdin closes
-    rdkafka_client.py grow TOPIC N           -> raises TOPIC to N partitions (CreatePartitions)
 """
 import json
 import os
@@ -109,18 +108,10 @@ def member(group, name, strategy="range"):
     say(left=True)
 
 
-def grow(name, total):
-    from confluent_kafka.admin import NewPartitions
-    admin = AdminClient({"bootstrap.servers": BROKERS})
-    admin.create_partitions([NewPartitions(name, int(total))])[name].result(timeout=10)
-    print(json.dumps({"partitions": int(total)}))
-
-
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"topic": lambda: topic(args[0]),
      "read": lambda: read(args[0]),
      "place": lambda: place(args[0], args[1:]),
      "committed": lambda: committed(args[0], args[1]),
-     "member": lambda: member(*args),
-     "grow": lambda: grow(args[0], args[1])}[cmd]()
+     "member": lambda: member(*args)}[cmd]()
