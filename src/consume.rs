@@ -30,7 +30,8 @@ use crate::progress::Progress;
 use crate::sink::pg::PgSink;
 use crate::sink::sqlite::SqliteSink;
 use crate::sink::{
-    Batch, DeadLetter, Holding, Landed, MemberRecord, OffsetAdvance, Sink, SinkError, Written,
+    self, Batch, DeadLetter, Deadline, Holding, Landed, MemberRecord, OffsetAdvance, Sink,
+    SinkError, Written,
 };
 use crate::{output, shutdown};
 
@@ -41,9 +42,26 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     crate::metrics::serve(&args.metrics)?;
     let url = args.db.url();
     let timeout = args.kafka.timeout;
+    // Every statement gets --timeout: a database that stops answering must not hang the run.
+    let limit = sink::connect_timeout(timeout);
+    let shown = sink::redact(&url);
     match args.db.sink {
-        SinkKind::Pg => consume(&args, PgSink::connect(&url, timeout).await?).await,
-        SinkKind::Sqlite => consume(&args, SqliteSink::connect(&url, timeout).await?).await,
+        SinkKind::Pg => {
+            let pg = PgSink::connect(&url, timeout).await?;
+            consume(
+                &args,
+                Deadline::new(pg, limit, format!("PostgreSQL at {shown}")),
+            )
+            .await
+        }
+        SinkKind::Sqlite => {
+            let sqlite = SqliteSink::connect(&url, timeout).await?;
+            consume(
+                &args,
+                Deadline::new(sqlite, limit, format!("SQLite at {shown}")),
+            )
+            .await
+        }
     }
 }
 
@@ -200,9 +218,22 @@ impl<S: Sink> Consumer<'_, S> {
                 Err(e) => break Err(e),
             }
         };
+        // Leave before anything else, even (above all) after an error: the heartbeat task has
+        // stopped, and the others take this member's partitions over at once.
         member.leave().await;
-        if let Some(id) = recorded {
-            self.record_member(id, None).await;
+        let unanswered = result.as_ref().is_err_and(|e| {
+            e.chain().any(|c| {
+                c.downcast_ref::<SinkError>()
+                    .is_some_and(SinkError::is_timed_out)
+            })
+        });
+        match recorded {
+            // A database that did not answer would only make us wait for it once more.
+            Some(id) if unanswered => {
+                tracing::debug!("not removing member {id} from streamlab_members: no answer")
+            }
+            Some(id) => self.record_member(id, None).await,
+            None => {}
         }
         result
     }
@@ -387,7 +418,7 @@ impl<S: Sink> Consumer<'_, S> {
                 }
             }
 
-            let batch = build_batch(args, &chunks, &committed);
+            let batch = build_batch(args, &mut chunks, &committed);
             let write_started = Instant::now();
             let written = match write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await {
                 Ok(w) => w,
@@ -413,9 +444,9 @@ impl<S: Sink> Consumer<'_, S> {
             summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
             summary.inserted += written.inserted;
             summary.duplicates += written.duplicates;
-            summary.dead_lettered += batch.dead_letters.len() as u64;
+            summary.dead_lettered += (batch.dead_letters.len() + written.refused.len()) as u64;
             if args.print_each {
-                print_each(&batch)?;
+                print_each(&batch, &written)?;
             }
             self.mirror
                 .maybe_commit(&args.topic, &committed, false)
@@ -477,7 +508,8 @@ fn record_metrics(
     metrics::counter!(m::CONSUMED, &topic_label).increment(consumed);
     metrics::counter!(m::INSERTED, &topic_label).increment(written.inserted);
     metrics::counter!(m::DUPLICATES, &topic_label).increment(written.duplicates);
-    metrics::counter!(m::DEAD_LETTERED, &topic_label).increment(batch.dead_letters.len() as u64);
+    let dead_lettered = batch.dead_letters.len() + written.refused.len();
+    metrics::counter!(m::DEAD_LETTERED, &topic_label).increment(dead_lettered as u64);
     metrics::histogram!(m::BATCH_WRITE_SECONDS, &topic_label)
         .record(write_started.elapsed().as_secs_f64());
     for (partition, position) in positions {
@@ -502,9 +534,10 @@ async fn next_fetched(
 }
 
 /// Decode every record; what cannot be stored becomes a dead letter. Offsets advance past both.
+/// Record keys and values move into the batch (a refused event's dead letter keeps them).
 fn build_batch(
     args: &ConsumeArgs,
-    chunks: &[Fetched],
+    chunks: &mut [Fetched],
     committed: &BTreeMap<i32, Option<i64>>,
 ) -> Batch {
     let mut batch = Batch {
@@ -513,8 +546,8 @@ fn build_batch(
         ..Batch::default()
     };
     let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
-    for chunk in chunks {
-        for r in &chunk.records {
+    for chunk in chunks.iter_mut() {
+        for r in &mut chunk.records {
             let value = r.record.value.as_deref();
             let decoded = match value {
                 Some(v) if v.len() > args.max_event_bytes => Err(format!(
@@ -524,17 +557,20 @@ fn build_batch(
                 )),
                 _ => events::decode(args.kind, value),
             };
+            let (key, value) = (r.record.key.take(), r.record.value.take());
             match decoded {
                 Ok(event) => batch.events.push(Landed {
                     event,
                     partition: chunk.partition,
                     offset: r.offset,
+                    key,
+                    value: value.unwrap_or_default(),
                 }),
                 Err(error) => batch.dead_letters.push(DeadLetter {
                     partition: chunk.partition,
                     offset: r.offset,
-                    key: r.record.key.clone(),
-                    payload: r.record.value.clone(),
+                    key,
+                    payload: value,
                     error,
                 }),
             }
@@ -552,22 +588,46 @@ fn build_batch(
     batch
 }
 
-/// Write a batch, retrying transient database failures with bounded exponential backoff.
-/// The batch is one transaction, so a retry can neither lose nor duplicate anything.
+/// Write a batch, retrying transient database failures with bounded exponential backoff for up
+/// to `timeout`. The batch is one transaction, so a retry can neither lose nor duplicate anything.
+///
+/// Events the database refuses (a data exception, a constraint) do not stop the stream: the
+/// batch is written again with them set aside as dead letters ([`sink::write_isolating`]).
 async fn write_with_retry<S: Sink>(
     sink: &mut S,
     batch: &Batch,
     timeout: Duration,
 ) -> Result<Written> {
-    let first_failure = Instant::now();
+    let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     // Set once an attempt failed in a way that leaves its outcome unknown: a connection lost
-    // during COMMIT may have committed on the server.
+    // (or a statement unanswered) during COMMIT may have committed on the server.
     let mut maybe_committed = false;
+    let mut isolate = false;
     loop {
-        match sink.write(batch).await {
-            Ok(w) => return Ok(w),
-            Err(e) if e.is_transient() && first_failure.elapsed() < timeout => {
+        let attempt = if isolate {
+            sink::write_isolating(sink, batch).await
+        } else {
+            sink::write(sink, batch).await
+        };
+        match attempt {
+            Ok(w) => {
+                if let Some((partition, offset, reason)) = w.refused.first() {
+                    tracing::warn!(
+                        "{}: the database refused {} events, kept in dead_letters ({partition}/\
+                         {offset}: {reason}{})",
+                        batch.topic,
+                        w.refused.len(),
+                        if w.refused.len() > 1 { "; …" } else { "" }
+                    );
+                }
+                return Ok(w);
+            }
+            Err(e) if !isolate && e.refusal().is_some() => {
+                tracing::debug!("the database refused part of a batch ({e}); setting it aside");
+                isolate = true;
+            }
+            Err(e) if e.is_transient() && started.elapsed() < timeout => {
                 tracing::warn!("database write failed ({e}); retrying in {delay:?}");
                 maybe_committed = true;
                 tokio::time::sleep(delay).await;
@@ -579,20 +639,34 @@ async fn write_with_retry<S: Sink>(
                         "the attempt that lost its connection had committed this batch; going on"
                     );
                     // Every row of it was new when that attempt ran (the fence proves nobody
-                    // else wrote this range), so all of it counts as inserted.
+                    // else wrote this range), so all of it counts as inserted (or refused: which
+                    // it was is no longer known).
                     return Ok(Written {
                         inserted: batch.events.len() as u64,
                         duplicates: 0,
                         dead_lettered: batch.dead_letters.len() as u64,
+                        refused: Vec::new(),
                     });
                 }
                 return Err(e.into());
+            }
+            Err(e @ SinkError::TimedOut { .. }) => {
+                // One line says it all: "PostgreSQL at … did not answer within 10s; …".
+                return Err(anyhow!(
+                    "{e}; nothing after the last committed batch was written, restart to resume"
+                ));
+            }
+            Err(e) if e.refusal().is_some() => {
+                // Not an event's fault: every event was tried on its own already.
+                return Err(
+                    anyhow!(e).context("the database refused a batch's dead letters or offsets")
+                );
             }
             Err(e) => {
                 return Err(anyhow!(e).context(format!(
                     "database unavailable for {:.1}s; nothing after the last committed batch \
                      was written, restart to resume",
-                    first_failure.elapsed().as_secs_f64()
+                    started.elapsed().as_secs_f64()
                 )))
             }
         }
@@ -802,8 +876,14 @@ impl GroupMirror {
     }
 }
 
-fn print_each(batch: &Batch) -> Result<()> {
-    for landed in &batch.events {
+fn print_each(batch: &Batch, written: &Written) -> Result<()> {
+    let refused = |l: &&Landed| {
+        written
+            .refused
+            .iter()
+            .any(|(p, o, _)| (*p, *o) == (l.partition, l.offset))
+    };
+    for landed in batch.events.iter().filter(|l| !refused(l)) {
         output::line(format!(
             "Stored: {} at {}",
             landed.event.key(),
@@ -863,41 +943,104 @@ mod tests {
     use super::*;
     use crate::sink::OffsetAdvance;
 
-    /// A sink in memory whose first write commits and then loses the reply, as a connection
-    /// dropped during COMMIT does.
+    /// A sink in memory. `lose_first_reply`: the first COMMIT commits and then loses its
+    /// reply, as a connection dropped during COMMIT does. `frozen`: no statement ever answers.
     #[derive(Default)]
-    struct ReplyLostSink {
-        offsets: BTreeMap<i32, i64>,
-        writes: usize,
+    struct MemSink {
+        state: Arc<std::sync::Mutex<MemState>>,
+        lose_first_reply: bool,
+        frozen: bool,
     }
 
-    impl Sink for ReplyLostSink {
+    #[derive(Default)]
+    struct MemState {
+        offsets: BTreeMap<i32, i64>,
+        commits: usize,
+    }
+
+    struct MemTx {
+        state: Arc<std::sync::Mutex<MemState>>,
+        staged: Vec<(i32, i64)>,
+        lose_first_reply: bool,
+        frozen: bool,
+    }
+
+    impl MemTx {
+        async fn answer(&self) {
+            if self.frozen {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    impl Sink for MemSink {
+        type Tx = MemTx;
+
+        async fn begin(&mut self) -> Result<MemTx, SinkError> {
+            Ok(MemTx {
+                state: Arc::clone(&self.state),
+                staged: Vec::new(),
+                lose_first_reply: self.lose_first_reply,
+                frozen: self.frozen,
+            })
+        }
+
         async fn load_offsets(
             &mut self,
             _: &str,
             _: &str,
         ) -> Result<BTreeMap<i32, i64>, SinkError> {
-            Ok(self.offsets.clone())
-        }
-
-        async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
-            for advance in &batch.offsets {
-                if self.offsets.get(&advance.partition).copied() != advance.from {
-                    return Err(SinkError::fenced(batch, advance));
-                }
-            }
-            for advance in &batch.offsets {
-                self.offsets.insert(advance.partition, advance.to);
-            }
-            self.writes += 1;
-            if self.writes == 1 {
-                let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "reply lost");
-                return Err(SinkError::Database(sqlx::Error::Io(lost)));
-            }
-            Ok(Written::default())
+            Ok(self.state.lock().unwrap().offsets.clone())
         }
 
         async fn record_member(&mut self, _: &MemberRecord) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    impl sink::SinkTx for MemTx {
+        async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+            self.answer().await;
+            Ok(events.len() as u64)
+        }
+
+        async fn insert_dead_letters(
+            &mut self,
+            _: &str,
+            letters: &[DeadLetter],
+        ) -> Result<u64, SinkError> {
+            Ok(letters.len() as u64)
+        }
+
+        async fn advance(
+            &mut self,
+            _: &str,
+            _: &str,
+            advance: &OffsetAdvance,
+        ) -> Result<bool, SinkError> {
+            let stored = self
+                .state
+                .lock()
+                .unwrap()
+                .offsets
+                .get(&advance.partition)
+                .copied();
+            self.staged.push((advance.partition, advance.to));
+            Ok(stored == advance.from)
+        }
+
+        async fn savepoint(&mut self, _: sink::Savepoint) -> Result<(), SinkError> {
+            Ok(())
+        }
+
+        async fn commit(self) -> Result<(), SinkError> {
+            let mut state = self.state.lock().unwrap();
+            state.offsets.extend(self.staged);
+            state.commits += 1;
+            if self.lose_first_reply && state.commits == 1 {
+                let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "reply lost");
+                return Err(SinkError::Database(sqlx::Error::Io(lost)));
+            }
             Ok(())
         }
     }
@@ -917,17 +1060,47 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_whose_reply_was_lost_is_recognised_not_fenced() {
-        let mut sink = ReplyLostSink::default();
+        let mut sink = MemSink {
+            lose_first_reply: true,
+            ..MemSink::default()
+        };
         let written = write_with_retry(&mut sink, &batch(None, 10), Duration::from_secs(5))
             .await
             .expect("the retry sees its own commit");
         assert_eq!(written.dead_lettered, 0);
-        assert_eq!(sink.offsets[&0], 10);
+        assert_eq!(sink.state.lock().unwrap().offsets[&0], 10);
         // A genuine competitor is still fenced.
-        sink.writes = 1;
         let err = write_with_retry(&mut sink, &batch(Some(3), 7), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("another consumer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_database_that_stops_answering_ends_the_write_within_the_timeout() {
+        let timeout = Duration::from_millis(300);
+        let frozen = MemSink {
+            frozen: true,
+            ..MemSink::default()
+        };
+        let mut sink = Deadline::new(frozen, timeout, "PostgreSQL at postgres://db/x");
+        let started = Instant::now();
+        let err = write_with_retry(&mut sink, &batch(None, 10), timeout)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < timeout * 3, "{:?}", started.elapsed());
+        assert_eq!(
+            format!("{err:#}"),
+            "PostgreSQL at postgres://db/x did not answer within 300ms; nothing after the last \
+             committed batch was written, restart to resume"
+        );
+        assert!(
+            sink_offsets(&mut sink).await.is_empty(),
+            "nothing committed"
+        );
+    }
+
+    async fn sink_offsets<S: Sink>(sink: &mut S) -> BTreeMap<i32, i64> {
+        sink.load_offsets("g", "t").await.unwrap()
     }
 }
