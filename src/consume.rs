@@ -221,12 +221,7 @@ impl<S: Sink> Consumer<'_, S> {
         // Leave before anything else, even (above all) after an error: the heartbeat task has
         // stopped, and the others take this member's partitions over at once.
         member.leave().await;
-        let unanswered = result.as_ref().is_err_and(|e| {
-            e.chain().any(|c| {
-                c.downcast_ref::<SinkError>()
-                    .is_some_and(SinkError::is_timed_out)
-            })
-        });
+        let unanswered = result.as_ref().is_err_and(database_unanswered);
         match recorded {
             // A database that did not answer would only make us wait for it once more.
             Some(id) if unanswered => {
@@ -650,12 +645,7 @@ async fn write_with_retry<S: Sink>(
                 }
                 return Err(e.into());
             }
-            Err(e @ SinkError::TimedOut { .. }) => {
-                // One line says it all: "PostgreSQL at … did not answer within 10s; …".
-                return Err(anyhow!(
-                    "{e}; nothing after the last committed batch was written, restart to resume"
-                ));
-            }
+            Err(e @ SinkError::TimedOut { .. }) => return Err(Unanswered(e).into()),
             Err(e) if e.refusal().is_some() => {
                 // Not an event's fault: every event was tried on its own already.
                 return Err(
@@ -671,6 +661,23 @@ async fn write_with_retry<S: Sink>(
             }
         }
     }
+}
+
+/// A batch given up because the database did not answer in time. Nothing of it was committed —
+/// unless the COMMIT itself went unanswered, and then the stored offsets say so on restart.
+/// One line: "PostgreSQL at … did not answer within 10s; nothing after …".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; nothing after the last committed batch was written, restart to resume")]
+struct Unanswered(SinkError);
+
+/// Whether `e` ended the run because the database did not answer a statement in time.
+fn database_unanswered(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<Unanswered>().is_some()
+            || cause
+                .downcast_ref::<SinkError>()
+                .is_some_and(SinkError::is_timed_out)
+    })
 }
 
 /// Whether the stored offsets already sit exactly where `batch` would move them: then an
@@ -1094,6 +1101,7 @@ mod tests {
             "PostgreSQL at postgres://db/x did not answer within 300ms; nothing after the last \
              committed batch was written, restart to resume"
         );
+        assert!(database_unanswered(&err));
         assert!(
             sink_offsets(&mut sink).await.is_empty(),
             "nothing committed"
