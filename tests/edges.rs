@@ -101,8 +101,9 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     let took = frozen.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // One deadline, one retry on a new connection with another, then out.
     assert!(
-        took < TIMEOUT + Duration::from_secs(3),
+        took < TIMEOUT * 2 + Duration::from_secs(3),
         "took {took:?}: {stderr}"
     );
     assert_eq!(
@@ -283,7 +284,7 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
     let took = frozen.elapsed();
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        took < TIMEOUT + Duration::from_secs(4),
+        took < TIMEOUT * 2 + Duration::from_secs(4),
         "took {took:?}: {out}"
     );
     assert_eq!(error_lines(&out), vec![frozen_line(&via_proxy)], "{out}");
