@@ -630,7 +630,12 @@ async fn write_with_retry<S: Sink>(
         }
         let failing = first_failure.get_or_insert_with(Instant::now).elapsed();
         if e.is_transient() && failing < timeout {
-            tracing::warn!("database write failed ({e}); retrying in {delay:?}");
+            let elsewhere = if e.is_timed_out() {
+                " on another connection"
+            } else {
+                ""
+            };
+            tracing::warn!("database write failed ({e}); retrying in {delay:?}{elsewhere}");
             maybe_committed = true;
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));

@@ -100,6 +100,7 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     let out = exit_within(consumer, TIMEOUT * 4, "consume after the freeze");
     let took = frozen.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("consume exited {took:?} after the freeze:\n{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     // One deadline, one retry on a new connection with another, then out.
     assert!(
@@ -282,6 +283,7 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
     let frozen = Instant::now();
     let (code, out) = a.exit_within(TIMEOUT * 4);
     let took = frozen.elapsed();
+    eprintln!("member a exited {took:?} after the freeze:\n{out}");
     assert_eq!(code, Some(1), "{out}");
     assert!(
         took < TIMEOUT * 2 + Duration::from_secs(4),

@@ -333,20 +333,22 @@ impl<S> Deadline<S> {
     }
 }
 
-/// `operation`, or [`SinkError::TimedOut`] once `limit` has passed without its answer.
+/// `operation`, or [`SinkError::TimedOut`] once `limit` has passed without its answer. The
+/// pool's own wait for a connection ends after the same time (its acquire timeout): a pool with
+/// no connection to give within the deadline is a database that did not answer either.
 async fn within<T>(
     limit: Duration,
     database: &str,
     operation: impl Future<Output = Result<T, SinkError>>,
 ) -> Result<T, SinkError> {
-    tokio::time::timeout(limit, operation)
-        .await
-        .unwrap_or_else(|_| {
-            Err(SinkError::TimedOut {
-                database: database.to_string(),
-                after: limit,
-            })
-        })
+    let timed_out = || SinkError::TimedOut {
+        database: database.to_string(),
+        after: limit,
+    };
+    match tokio::time::timeout(limit, operation).await {
+        Ok(Err(SinkError::Database(sqlx::Error::PoolTimedOut))) | Err(_) => Err(timed_out()),
+        Ok(result) => result,
+    }
 }
 
 impl<S: Sink> Sink for Deadline<S> {
