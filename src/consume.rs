@@ -32,7 +32,8 @@ use crate::progress::Progress;
 use crate::sink::pg::PgSink;
 use crate::sink::sqlite::SqliteSink;
 use crate::sink::{
-    Batch, DeadLetter, Holding, Landed, MemberRecord, OffsetAdvance, Sink, SinkError, Written,
+    self, Batch, DeadLetter, Deadline, Holding, Landed, MemberRecord, OffsetAdvance, Sink,
+    SinkError, Written,
 };
 use crate::{output, shutdown};
 
@@ -43,9 +44,26 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     crate::metrics::serve(&args.metrics)?;
     let url = args.db.url();
     let timeout = args.kafka.timeout;
+    // Every statement gets --timeout: a database that stops answering must not hang the run.
+    let limit = sink::connect_timeout(timeout);
+    let shown = sink::redact(&url);
     match args.db.sink {
-        SinkKind::Pg => consume(&args, PgSink::connect(&url, timeout).await?).await,
-        SinkKind::Sqlite => consume(&args, SqliteSink::connect(&url, timeout).await?).await,
+        SinkKind::Pg => {
+            let pg = PgSink::connect(&url, timeout).await?;
+            consume(
+                &args,
+                Deadline::new(pg, limit, format!("PostgreSQL at {shown}")),
+            )
+            .await
+        }
+        SinkKind::Sqlite => {
+            let sqlite = SqliteSink::connect(&url, timeout).await?;
+            consume(
+                &args,
+                Deadline::new(sqlite, limit, format!("SQLite at {shown}")),
+            )
+            .await
+        }
     }
 }
 
@@ -298,9 +316,17 @@ impl<S: Sink> Consumer<'_, S> {
                 Err(e) => break Err(e),
             }
         };
+        // Leave before anything else, even (above all) after an error: the heartbeat task has
+        // stopped, and the others take this member's partitions over at once.
         member.leave().await;
-        if let Some(id) = recorded {
-            self.record_member(id, None).await;
+        let unanswered = result.as_ref().is_err_and(database_unanswered);
+        match recorded {
+            // A database that did not answer would only make us wait for it once more.
+            Some(id) if unanswered => {
+                tracing::debug!("not removing member {id} from streamlab_members: no answer")
+            }
+            Some(id) => self.record_member(id, None).await,
+            None => {}
         }
         result
     }
@@ -655,9 +681,9 @@ impl<S: Sink> Consumer<'_, S> {
         summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
         summary.inserted += written.inserted;
         summary.duplicates += written.duplicates;
-        summary.dead_lettered += batch.dead_letters.len() as u64;
+        summary.dead_lettered += (batch.dead_letters.len() + written.refused.len()) as u64;
         if args.print_each {
-            print_each(&batch)?;
+            print_each(&batch, &written)?;
         }
         self.mirror
             .maybe_commit(&args.topic, &plan.committed, false)
@@ -728,7 +754,8 @@ fn record_metrics(
     metrics::counter!(m::CONSUMED, &topic_label).increment(consumed);
     metrics::counter!(m::INSERTED, &topic_label).increment(written.inserted);
     metrics::counter!(m::DUPLICATES, &topic_label).increment(written.duplicates);
-    metrics::counter!(m::DEAD_LETTERED, &topic_label).increment(batch.dead_letters.len() as u64);
+    let dead_lettered = batch.dead_letters.len() + written.refused.len();
+    metrics::counter!(m::DEAD_LETTERED, &topic_label).increment(dead_lettered as u64);
     metrics::histogram!(m::BATCH_WRITE_SECONDS, &topic_label)
         .record(write_started.elapsed().as_secs_f64());
     for (partition, position) in positions {
@@ -802,6 +829,8 @@ fn build_batch(
                     event,
                     partition: chunk.partition,
                     offset: r.offset,
+                    key: r.key.as_ref().map(|k| k.to_vec()),
+                    value: value.map(<[u8]>::to_vec).unwrap_or_default(),
                 }),
                 Err(error) => batch.dead_letters.push(DeadLetter {
                     partition: chunk.partition,
@@ -835,51 +864,109 @@ fn build_batch(
     batch
 }
 
-/// Write a batch, retrying transient database failures with bounded exponential backoff.
-/// The batch is one transaction, so a retry can neither lose nor duplicate anything.
+/// Write a batch, retrying transient database failures with bounded exponential backoff for up
+/// to `timeout` from the first failure. A statement left unanswered for its deadline is one: its
+/// connection is abandoned and the retry takes another — a single dead connection costs one
+/// deadline, a frozen database two. The batch is one transaction, so a retry can neither lose
+/// nor duplicate anything.
+///
+/// Events the database refuses (a data exception, a constraint) do not stop the stream: the
+/// batch is written again with them set aside as dead letters ([`sink::write_isolating`]).
 async fn write_with_retry<S: Sink>(
     sink: &mut S,
     batch: &Batch,
     timeout: Duration,
 ) -> Result<Written> {
-    let first_failure = Instant::now();
+    let mut first_failure: Option<Instant> = None;
     let mut delay = Duration::from_millis(100);
     // Set once an attempt failed in a way that leaves its outcome unknown: a connection lost
-    // during COMMIT may have committed on the server.
+    // (or a statement unanswered) during COMMIT may have committed on the server.
     let mut maybe_committed = false;
+    let mut isolate = false;
     loop {
-        match sink.write(batch).await {
-            Ok(w) => return Ok(w),
-            Err(e) if e.is_transient() && first_failure.elapsed() < timeout => {
-                tracing::warn!("database write failed ({e}); retrying in {delay:?}");
-                maybe_committed = true;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(e @ SinkError::Fenced { .. }) => {
-                if maybe_committed && committed_earlier(sink, batch).await {
-                    tracing::info!(
-                        "the attempt that lost its connection had committed this batch; going on"
+        let attempt = if isolate {
+            sink::write_isolating(sink, batch).await
+        } else {
+            sink::write(sink, batch).await
+        };
+        let e = match attempt {
+            Ok(w) => {
+                if let Some((partition, offset, reason)) = w.refused.first() {
+                    tracing::warn!(
+                        "{}: the database refused {} events, kept in dead_letters ({partition}/\
+                         {offset}: {reason}{})",
+                        batch.topic,
+                        w.refused.len(),
+                        if w.refused.len() > 1 { "; …" } else { "" }
                     );
-                    // Every row of it was new when that attempt ran (the fence proves nobody
-                    // else wrote this range), so all of it counts as inserted.
-                    return Ok(Written {
-                        inserted: batch.events.len() as u64,
-                        duplicates: 0,
-                        dead_lettered: batch.dead_letters.len() as u64,
-                    });
                 }
-                return Err(e.into());
+                return Ok(w);
             }
-            Err(e) => {
-                return Err(anyhow!(e).context(format!(
-                    "database unavailable for {:.1}s; nothing after the last committed batch \
-                     was written, restart to resume",
-                    first_failure.elapsed().as_secs_f64()
-                )))
-            }
+            Err(e) => e,
+        };
+        if !isolate && e.refusal().is_some() {
+            tracing::debug!("the database refused part of a batch ({e}); setting it aside");
+            isolate = true;
+            continue;
         }
+        let failing = first_failure.get_or_insert_with(Instant::now).elapsed();
+        if e.is_transient() && failing < timeout {
+            let elsewhere = if e.is_timed_out() {
+                " on another connection"
+            } else {
+                ""
+            };
+            tracing::warn!("database write failed ({e}); retrying in {delay:?}{elsewhere}");
+            maybe_committed = true;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            continue;
+        }
+        return Err(match e {
+            SinkError::Fenced { .. } if maybe_committed && committed_earlier(sink, batch).await => {
+                tracing::info!(
+                    "the attempt that lost its connection had committed this batch; going on"
+                );
+                // Every row of it was new when that attempt ran (the fence proves nobody else
+                // wrote this range), so all of it counts as inserted (or refused: which it was
+                // is no longer known).
+                return Ok(Written {
+                    inserted: batch.events.len() as u64,
+                    duplicates: 0,
+                    dead_lettered: batch.dead_letters.len() as u64,
+                    refused: Vec::new(),
+                });
+            }
+            SinkError::Fenced { .. } => e.into(),
+            SinkError::TimedOut { .. } => Unanswered(e).into(),
+            // Not an event's fault: every event was tried on its own already.
+            _ if e.refusal().is_some() => {
+                anyhow!(e).context("the database refused a batch's dead letters or offsets")
+            }
+            _ => anyhow!(e).context(format!(
+                "database unavailable for {:.1}s; nothing after the last committed batch was \
+                 written, restart to resume",
+                failing.as_secs_f64()
+            )),
+        });
     }
+}
+
+/// A batch given up because the database did not answer in time. Nothing of it was committed —
+/// unless the COMMIT itself went unanswered, and then the stored offsets say so on restart.
+/// One line: "PostgreSQL at … did not answer within 10s; nothing after …".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; nothing after the last committed batch was written, restart to resume")]
+struct Unanswered(SinkError);
+
+/// Whether `e` ended the run because the database did not answer a statement in time.
+fn database_unanswered(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<Unanswered>().is_some()
+            || cause
+                .downcast_ref::<SinkError>()
+                .is_some_and(SinkError::is_timed_out)
+    })
 }
 
 /// Whether the stored offsets already sit exactly where `batch` would move them: then an
@@ -1156,8 +1243,14 @@ impl GroupMirror {
     }
 }
 
-fn print_each(batch: &Batch) -> Result<()> {
-    for landed in &batch.events {
+fn print_each(batch: &Batch, written: &Written) -> Result<()> {
+    let refused = |l: &&Landed| {
+        written
+            .refused
+            .iter()
+            .any(|(p, o, _)| (*p, *o) == (l.partition, l.offset))
+    };
+    for landed in batch.events.iter().filter(|l| !refused(l)) {
         output::line(format!(
             "Stored: {} at {}",
             landed.event.key(),
@@ -1216,22 +1309,56 @@ fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
 mod tests {
     use super::*;
     use crate::sink::OffsetAdvance;
+    use std::sync::Arc;
 
-    /// A sink in memory whose first write commits and then loses the reply, as a connection
-    /// dropped during COMMIT does.
+    /// A sink in memory. `lose_first_reply`: the first COMMIT commits and then loses its
+    /// reply, as a connection dropped during COMMIT does. `frozen`: no statement ever answers.
     #[derive(Default)]
-    struct ReplyLostSink {
-        offsets: BTreeMap<i32, i64>,
-        writes: usize,
+    struct MemSink {
+        state: Arc<std::sync::Mutex<MemState>>,
+        lose_first_reply: bool,
+        frozen: bool,
     }
 
-    impl Sink for ReplyLostSink {
+    #[derive(Default)]
+    struct MemState {
+        offsets: BTreeMap<i32, i64>,
+        commits: usize,
+    }
+
+    struct MemTx {
+        state: Arc<std::sync::Mutex<MemState>>,
+        staged: Vec<(i32, i64)>,
+        lose_first_reply: bool,
+        frozen: bool,
+    }
+
+    impl MemTx {
+        async fn answer(&self) {
+            if self.frozen {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    impl Sink for MemSink {
+        type Tx = MemTx;
+
+        async fn begin(&mut self) -> Result<MemTx, SinkError> {
+            Ok(MemTx {
+                state: Arc::clone(&self.state),
+                staged: Vec::new(),
+                lose_first_reply: self.lose_first_reply,
+                frozen: self.frozen,
+            })
+        }
+
         async fn load_offsets(
             &mut self,
             _: &str,
             _: &str,
         ) -> Result<BTreeMap<i32, i64>, SinkError> {
-            Ok(self.offsets.clone())
+            Ok(self.state.lock().unwrap().offsets.clone())
         }
 
         async fn stored_topic_ids(
@@ -1242,24 +1369,49 @@ mod tests {
             Ok(BTreeMap::new())
         }
 
-        async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
-            for advance in &batch.offsets {
-                if self.offsets.get(&advance.partition).copied() != advance.from {
-                    return Err(SinkError::fenced(batch, advance));
-                }
-            }
-            for advance in &batch.offsets {
-                self.offsets.insert(advance.partition, advance.to);
-            }
-            self.writes += 1;
-            if self.writes == 1 {
+        async fn record_member(&mut self, _: &MemberRecord) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    impl sink::SinkTx for MemTx {
+        async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+            self.answer().await;
+            Ok(events.len() as u64)
+        }
+
+        async fn insert_dead_letters(
+            &mut self,
+            _: &str,
+            letters: &[DeadLetter],
+        ) -> Result<u64, SinkError> {
+            Ok(letters.len() as u64)
+        }
+
+        async fn advance(&mut self, _: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
+            let stored = self
+                .state
+                .lock()
+                .unwrap()
+                .offsets
+                .get(&advance.partition)
+                .copied();
+            self.staged.push((advance.partition, advance.to));
+            Ok(stored == advance.from)
+        }
+
+        async fn savepoint(&mut self, _: sink::Savepoint) -> Result<(), SinkError> {
+            Ok(())
+        }
+
+        async fn commit(self) -> Result<(), SinkError> {
+            let mut state = self.state.lock().unwrap();
+            state.offsets.extend(self.staged);
+            state.commits += 1;
+            if self.lose_first_reply && state.commits == 1 {
                 let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "reply lost");
                 return Err(SinkError::Database(sqlx::Error::Io(lost)));
             }
-            Ok(Written::default())
-        }
-
-        async fn record_member(&mut self, _: &MemberRecord) -> Result<(), SinkError> {
             Ok(())
         }
     }
@@ -1279,17 +1431,50 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_whose_reply_was_lost_is_recognised_not_fenced() {
-        let mut sink = ReplyLostSink::default();
+        let mut sink = MemSink {
+            lose_first_reply: true,
+            ..MemSink::default()
+        };
         let written = write_with_retry(&mut sink, &batch(None, 10), Duration::from_secs(5))
             .await
             .expect("the retry sees its own commit");
         assert_eq!(written.dead_lettered, 0);
-        assert_eq!(sink.offsets[&0], 10);
+        assert_eq!(sink.state.lock().unwrap().offsets[&0], 10);
         // A genuine competitor is still fenced.
-        sink.writes = 1;
         let err = write_with_retry(&mut sink, &batch(Some(3), 7), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("another consumer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_database_that_stops_answering_ends_the_write_after_two_deadlines() {
+        let timeout = Duration::from_millis(300);
+        let frozen = MemSink {
+            frozen: true,
+            ..MemSink::default()
+        };
+        let mut sink = Deadline::new(frozen, timeout, "PostgreSQL at postgres://db/x");
+        let started = Instant::now();
+        let err = write_with_retry(&mut sink, &batch(None, 10), timeout)
+            .await
+            .unwrap_err();
+        // The first deadline, then a retry on another connection for the second.
+        let took = started.elapsed();
+        assert!(took >= timeout * 2 && took < timeout * 4, "{took:?}");
+        assert_eq!(
+            format!("{err:#}"),
+            "PostgreSQL at postgres://db/x did not answer within 300ms; nothing after the last \
+             committed batch was written, restart to resume"
+        );
+        assert!(database_unanswered(&err));
+        assert!(
+            sink_offsets(&mut sink).await.is_empty(),
+            "nothing committed"
+        );
+    }
+
+    async fn sink_offsets<S: Sink>(sink: &mut S) -> BTreeMap<i32, i64> {
+        sink.load_offsets("g", "t").await.unwrap()
     }
 }

@@ -3,10 +3,11 @@
 mod common;
 
 use common::TestDb;
+use streamlab::events::Event;
 use streamlab::events::{EventKind, Generator};
 use streamlab::sink::pg::PgSink;
 use streamlab::sink::sqlite::SqliteSink;
-use streamlab::sink::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError};
+use streamlab::sink::{self, Batch, DeadLetter, Deadline, Landed, OffsetAdvance, Sink, SinkError};
 use time::OffsetDateTime;
 
 fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
@@ -16,11 +17,7 @@ fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
         topic: "t".into(),
         topic_id: None,
         events: (0..events)
-            .map(|i| Landed {
-                event: g.next_event(OffsetDateTime::now_utc()),
-                partition: 0,
-                offset: i as i64,
-            })
+            .map(|i| landed(g.next_event(OffsetDateTime::now_utc()), i as i64))
             .collect(),
         dead_letters: vec![DeadLetter {
             partition: 0,
@@ -37,8 +34,20 @@ fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
     }
 }
 
+fn landed(event: Event, offset: i64) -> Landed {
+    Landed {
+        value: event.to_json(),
+        key: Some(event.key().as_bytes().to_vec()),
+        event,
+        partition: 0,
+        offset,
+    }
+}
+
 async fn exercise<S: Sink>(mut sink: S, db: &TestDb) {
-    let first = sink.write(&batch(10, None, 11, 1)).await.unwrap();
+    let first = sink::write(&mut sink, &batch(10, None, 11, 1))
+        .await
+        .unwrap();
     assert_eq!(
         (first.inserted, first.duplicates, first.dead_lettered),
         (10, 0, 1)
@@ -51,16 +60,22 @@ async fn exercise<S: Sink>(mut sink: S, db: &TestDb) {
     // A writer that believes the partition is fresh, or at another offset, is fenced, and
     // nothing of its batch is kept.
     for stale in [None, Some(5)] {
-        let err = sink.write(&batch(10, stale, 21, 2)).await.unwrap_err();
+        let err = sink::write(&mut sink, &batch(10, stale, 21, 2))
+            .await
+            .unwrap_err();
         assert!(matches!(err, SinkError::Fenced { .. }), "{err}");
         assert!(!err.is_transient());
     }
     assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 10);
 
     // The rightful writer goes on; replayed events are duplicates, not rows.
-    let again = sink.write(&batch(10, Some(11), 21, 1)).await.unwrap();
+    let again = sink::write(&mut sink, &batch(10, Some(11), 21, 1))
+        .await
+        .unwrap();
     assert_eq!((again.inserted, again.duplicates), (0, 10));
-    let new = sink.write(&batch(10, Some(21), 31, 3)).await.unwrap();
+    let new = sink::write(&mut sink, &batch(10, Some(21), 31, 3))
+        .await
+        .unwrap();
     assert_eq!(new.inserted, 10);
     assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 20);
     assert_eq!(
@@ -77,4 +92,139 @@ async fn both_sinks_write_atomically_and_fence_offsets() {
     exercise(SqliteSink::connect(&db.url, timeout).await.unwrap(), &db).await;
     let db = TestDb::pg();
     exercise(PgSink::connect(&db.url, timeout).await.unwrap(), &db).await;
+}
+
+/// Events the database refuses — a constraint added to the table, a NUL PostgreSQL text cannot
+/// hold — are set aside as dead letters with the database's reason, byte for byte, while the
+/// rest of the batch and its offsets commit together.
+async fn isolate<S: Sink>(sink: S, db: &TestDb) {
+    let mut sink = Deadline::new(
+        sink,
+        std::time::Duration::from_secs(10),
+        "the test database",
+    );
+    let mut g = Generator::new(EventKind::Sales, Some(31));
+    let closed = g.stores()[4].clone();
+    match db.sink {
+        "pg" => db.exec(&format!(
+            "ALTER TABLE sales_events ADD CONSTRAINT no_closed_store CHECK (store_id <> '{closed}')"
+        )),
+        _ => db.exec(&format!(
+            "CREATE TRIGGER no_closed_store BEFORE INSERT ON sales_events \
+             WHEN NEW.store_id = '{closed}' BEGIN SELECT RAISE(ABORT, 'store {closed} is closed'); END"
+        )),
+    }
+    let mut events: Vec<Landed> = (0..300)
+        .map(|i| landed(g.next_event(OffsetDateTime::now_utc()), i))
+        .collect();
+    // A NUL in a text field: PostgreSQL refuses it (22021), SQLite stores it.
+    if let Event::Sale(s) = &mut events[10].event {
+        s.store_id = "nul\0store".into();
+    }
+    let refused: Vec<i64> = events
+        .iter()
+        .filter(|l| match &l.event {
+            Event::Sale(s) => {
+                s.store_id == closed || (db.sink == "pg" && s.store_id.contains('\0'))
+            }
+            Event::Sensor(_) => false,
+        })
+        .map(|l| l.offset)
+        .collect();
+    assert!(refused.len() > 10, "{refused:?}");
+    let batch = Batch {
+        group: "g".into(),
+        topic: "t".into(),
+        topic_id: None,
+        events,
+        dead_letters: vec![DeadLetter {
+            partition: 0,
+            offset: 300,
+            key: None,
+            payload: Some(b"not json".to_vec()),
+            error: "not json".into(),
+        }],
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            from: None,
+            to: 301,
+        }],
+    };
+
+    let err = sink::write(&mut sink, &batch).await.unwrap_err();
+    assert!(err.refusal().is_some(), "{err}");
+    assert!(!err.is_transient(), "{err}");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 0);
+
+    let written = sink::write_isolating(&mut sink, &batch).await.unwrap();
+    let n = (300 - refused.len()) as u64;
+    assert_eq!(
+        (written.inserted, written.duplicates),
+        (n, 0),
+        "{}",
+        db.sink
+    );
+    assert_eq!(written.dead_lettered, refused.len() as u64 + 1);
+    let offsets: Vec<i64> = written.refused.iter().map(|r| r.1).collect();
+    assert_eq!(offsets, refused);
+    let reason = match db.sink {
+        "pg" => "no_closed_store",
+        _ => "is closed",
+    };
+    assert!(
+        written.refused.iter().any(|r| r.2.contains(reason)),
+        "{written:?}"
+    );
+    if db.sink == "pg" {
+        assert!(
+            written
+                .refused
+                .iter()
+                .any(|r| r.2.contains("0x00") && r.2.contains("22021")),
+            "{written:?}"
+        );
+    }
+
+    // Stored: everything else once; refused: each in dead_letters with the record's own bytes.
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events") as u64, n);
+    let ids: std::collections::BTreeSet<String> = batch
+        .events
+        .iter()
+        .filter(|l| !refused.contains(&l.offset))
+        .map(|l| l.event.id().to_string())
+        .collect();
+    assert_eq!(db.sales_ids(), ids);
+    let kept = db.lines(&format!(
+        "SELECT kafka_offset FROM dead_letters WHERE error LIKE '%{reason}%' ORDER BY 1"
+    ));
+    assert!(!kept.is_empty());
+    for line in &kept {
+        let offset: i64 = line.parse().unwrap();
+        let original = String::from_utf8(batch.events[offset as usize].value.clone()).unwrap();
+        let stored = db.lines(&format!(
+            "SELECT {} FROM dead_letters WHERE kafka_offset = {offset}",
+            match db.sink {
+                "pg" => "convert_from(payload, 'UTF8')",
+                _ => "CAST(payload AS TEXT)",
+            }
+        ));
+        assert_eq!(stored, vec![original]);
+    }
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM dead_letters") as usize,
+        refused.len() + 1
+    );
+    assert_eq!(
+        sink.load_offsets("g", "t").await.unwrap().get(&0),
+        Some(&301)
+    );
+}
+
+#[tokio::test]
+async fn both_sinks_set_refused_events_aside_and_commit_the_rest() {
+    let timeout = std::time::Duration::from_secs(10);
+    let db = TestDb::sqlite();
+    isolate(SqliteSink::connect(&db.url, timeout).await.unwrap(), &db).await;
+    let db = TestDb::pg();
+    isolate(PgSink::connect(&db.url, timeout).await.unwrap(), &db).await;
 }

@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    clean_text, client_identity, redact, split_kinds, Batch, MemberRecord, SaleRow, SensorRow,
-    Sink, SinkError, Written,
+    clean_text, client_identity, redact, split_kinds, Batch, DeadLetter, Landed, MemberRecord,
+    OffsetAdvance, SaleRow, Savepoint, SensorRow, Sink, SinkError, SinkTx,
 };
 use crate::events::cents;
 use crate::exit;
@@ -24,8 +24,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgr
 /// Connect (creating the database if it does not exist yet) and apply the migrations.
 pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<PgPool> {
     let shown = redact(url);
+    // A session of ours left idle inside a transaction for longer than a statement's deadline
+    // has been given up by this process (its connection froze, or the process was stopped):
+    // the server ends it rather than hold its locks — the offset rows a successor must update,
+    // the ids it must insert — until TCP notices, which it may never do.
+    let idle_limit = super::connect_timeout(timeout).as_millis().to_string();
     let options = PgConnectOptions::from_str(url)
-        .map_err(|e| exit::usage(format!("invalid PostgreSQL URL {shown}: {e}")))?;
+        .map_err(|e| exit::usage(format!("invalid PostgreSQL URL {shown}: {e}")))?
+        .options([("idle_in_transaction_session_timeout", idle_limit)]);
     let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))
         .await
         .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
@@ -65,7 +71,73 @@ impl PgSink {
             pool: connect(url, timeout).await?,
         })
     }
+}
 
+/// A batch's transaction.
+pub struct PgTx(Transaction<'static, Postgres>);
+
+impl SinkTx for PgTx {
+    async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+        let (sales, sensors) = split_kinds(events);
+        Ok(Self::insert_sales(&mut self.0, &sales).await?
+            + Self::insert_sensors(&mut self.0, &sensors).await?)
+    }
+
+    async fn insert_dead_letters(
+        &mut self,
+        topic: &str,
+        letters: &[DeadLetter],
+    ) -> Result<u64, SinkError> {
+        Ok(Self::insert_dead_letter_rows(&mut self.0, topic, letters).await?)
+    }
+
+    async fn advance(&mut self, batch: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
+        let done = match advance.from {
+            None => {
+                sqlx::query(
+                    "INSERT INTO public.streamlab_offsets
+                         (consumer_group, topic, kafka_partition, next_offset, topic_id)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(&batch.group)
+                .bind(&batch.topic)
+                .bind(advance.partition)
+                .bind(advance.to)
+                .bind(&batch.topic_id)
+                .execute(&mut *self.0)
+                .await?
+            }
+            Some(from) => {
+                sqlx::query(
+                    "UPDATE public.streamlab_offsets SET next_offset = $4, updated_at = now(),
+                            topic_id = COALESCE($6, topic_id)
+                     WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
+                       AND next_offset = $5",
+                )
+                .bind(&batch.group)
+                .bind(&batch.topic)
+                .bind(advance.partition)
+                .bind(advance.to)
+                .bind(from)
+                .bind(&batch.topic_id)
+                .execute(&mut *self.0)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), SinkError> {
+        sqlx::query(step.sql()).execute(&mut *self.0).await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), SinkError> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+impl PgTx {
     async fn insert_sales(
         tx: &mut Transaction<'_, Postgres>,
         sales: &[SaleRow<'_>],
@@ -135,14 +207,14 @@ impl PgSink {
         Ok(done.rows_affected())
     }
 
-    async fn insert_dead_letters(
+    async fn insert_dead_letter_rows(
         tx: &mut Transaction<'_, Postgres>,
-        batch: &Batch,
+        topic: &str,
+        d: &[DeadLetter],
     ) -> Result<u64, sqlx::Error> {
-        if batch.dead_letters.is_empty() {
+        if d.is_empty() {
             return Ok(0);
         }
-        let d = &batch.dead_letters;
         let partitions: Vec<i32> = d.iter().map(|x| x.partition).collect();
         let offsets: Vec<i64> = d.iter().map(|x| x.offset).collect();
         let keys: Vec<Option<Vec<u8>>> = d.iter().map(|x| x.key.clone()).collect();
@@ -154,7 +226,7 @@ impl PgSink {
              SELECT $1, * FROM UNNEST($2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::text[])
              ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
         )
-        .bind(&batch.topic)
+        .bind(topic)
         .bind(partitions)
         .bind(offsets)
         .bind(keys)
@@ -167,6 +239,8 @@ impl PgSink {
 }
 
 impl Sink for PgSink {
+    type Tx = PgTx;
+
     async fn load_offsets(
         &mut self,
         group: &str,
@@ -183,6 +257,10 @@ impl Sink for PgSink {
         Ok(rows.into_iter().collect())
     }
 
+    async fn begin(&mut self) -> Result<PgTx, SinkError> {
+        Ok(PgTx(self.pool.begin().await?))
+    }
+
     async fn stored_topic_ids(
         &mut self,
         group: &str,
@@ -197,57 +275,6 @@ impl Sink for PgSink {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().collect())
-    }
-
-    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
-        let mut tx = self.pool.begin().await?;
-        let (sales, sensors) = split_kinds(&batch.events);
-        let inserted = Self::insert_sales(&mut tx, &sales).await?
-            + Self::insert_sensors(&mut tx, &sensors).await?;
-        let dead_lettered = Self::insert_dead_letters(&mut tx, batch).await?;
-        for advance in &batch.offsets {
-            let done =
-                match advance.from {
-                    None => {
-                        sqlx::query(
-                            "INSERT INTO public.streamlab_offsets
-                         (consumer_group, topic, kafka_partition, next_offset, topic_id)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(&batch.group)
-                        .bind(&batch.topic)
-                        .bind(advance.partition)
-                        .bind(advance.to)
-                        .bind(&batch.topic_id)
-                        .execute(&mut *tx)
-                        .await?
-                    }
-                    Some(from) => sqlx::query(
-                        "UPDATE public.streamlab_offsets SET next_offset = $4, updated_at = now(),
-                            topic_id = COALESCE($6, topic_id)
-                     WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
-                       AND next_offset = $5",
-                    )
-                    .bind(&batch.group)
-                    .bind(&batch.topic)
-                    .bind(advance.partition)
-                    .bind(advance.to)
-                    .bind(from)
-                    .bind(&batch.topic_id)
-                    .execute(&mut *tx)
-                    .await?,
-                };
-            if done.rows_affected() != 1 {
-                // Dropping the transaction rolls it back: nothing of this batch is kept.
-                return Err(SinkError::fenced(batch, advance));
-            }
-        }
-        tx.commit().await?;
-        Ok(Written {
-            inserted,
-            duplicates: batch.events.len() as u64 - inserted,
-            dead_lettered,
-        })
     }
 
     async fn record_member(&mut self, m: &MemberRecord) -> Result<(), SinkError> {

@@ -10,8 +10,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{
-    clean_text, client_identity, redact, split_kinds, Batch, MemberRecord, SaleRow, SensorRow,
-    Sink, SinkError, Written,
+    clean_text, client_identity, redact, split_kinds, Batch, DeadLetter, Landed, MemberRecord,
+    OffsetAdvance, SaleRow, Savepoint, SensorRow, Sink, SinkError, SinkTx,
 };
 use crate::events::{cents, ts_millis};
 use crate::exit;
@@ -91,7 +91,74 @@ impl SqliteSink {
             pool: connect(url, timeout).await?,
         })
     }
+}
 
+/// A batch's transaction.
+pub struct SqliteTx(Transaction<'static, Sqlite>);
+
+impl SinkTx for SqliteTx {
+    async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+        let (sales, sensors) = split_kinds(events);
+        Ok(Self::insert_sales(&mut self.0, &sales).await?
+            + Self::insert_sensors(&mut self.0, &sensors).await?)
+    }
+
+    async fn insert_dead_letters(
+        &mut self,
+        topic: &str,
+        letters: &[DeadLetter],
+    ) -> Result<u64, SinkError> {
+        Ok(Self::insert_dead_letter_rows(&mut self.0, topic, letters).await?)
+    }
+
+    async fn advance(&mut self, batch: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
+        let done = match advance.from {
+            None => {
+                sqlx::query(
+                    "INSERT INTO streamlab_offsets
+                     (consumer_group, topic, kafka_partition, next_offset, topic_id)
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                )
+                .bind(&batch.group)
+                .bind(&batch.topic)
+                .bind(advance.partition)
+                .bind(advance.to)
+                .bind(&batch.topic_id)
+                .execute(&mut *self.0)
+                .await?
+            }
+            Some(from) => {
+                sqlx::query(
+                    "UPDATE streamlab_offsets
+                 SET next_offset = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                     topic_id = COALESCE(?, topic_id)
+                 WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?
+                   AND next_offset = ?",
+                )
+                .bind(advance.to)
+                .bind(&batch.topic_id)
+                .bind(&batch.group)
+                .bind(&batch.topic)
+                .bind(advance.partition)
+                .bind(from)
+                .execute(&mut *self.0)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), SinkError> {
+        sqlx::query(step.sql()).execute(&mut *self.0).await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), SinkError> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+impl SqliteTx {
     async fn insert_sales(
         tx: &mut Transaction<'_, Sqlite>,
         sales: &[SaleRow<'_>],
@@ -153,18 +220,19 @@ impl SqliteSink {
         Ok(inserted)
     }
 
-    async fn insert_dead_letters(
+    async fn insert_dead_letter_rows(
         tx: &mut Transaction<'_, Sqlite>,
-        batch: &Batch,
+        topic: &str,
+        letters: &[DeadLetter],
     ) -> Result<u64, sqlx::Error> {
         let mut inserted = 0;
-        for chunk in batch.dead_letters.chunks(ROWS_PER_STATEMENT) {
+        for chunk in letters.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO dead_letters
                      (topic, kafka_partition, kafka_offset, record_key, payload, error) ",
             );
             q.push_values(chunk, |mut row, d| {
-                row.push_bind(&batch.topic)
+                row.push_bind(topic)
                     .push_bind(d.partition)
                     .push_bind(d.offset)
                     .push_bind(d.key.as_deref())
@@ -179,6 +247,8 @@ impl SqliteSink {
 }
 
 impl Sink for SqliteSink {
+    type Tx = SqliteTx;
+
     async fn load_offsets(
         &mut self,
         group: &str,
@@ -195,6 +265,12 @@ impl Sink for SqliteSink {
         Ok(rows.into_iter().collect())
     }
 
+    async fn begin(&mut self) -> Result<SqliteTx, SinkError> {
+        // BEGIN IMMEDIATE takes the write lock up front, so a busy database is noticed (and
+        // retried) before any work is done rather than at COMMIT.
+        Ok(SqliteTx(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
     async fn stored_topic_ids(
         &mut self,
         group: &str,
@@ -209,60 +285,6 @@ impl Sink for SqliteSink {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().collect())
-    }
-
-    async fn write(&mut self, batch: &Batch) -> Result<Written, SinkError> {
-        // BEGIN IMMEDIATE takes the write lock up front, so a busy database is noticed (and
-        // retried) before any work is done rather than at COMMIT.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (sales, sensors) = split_kinds(&batch.events);
-        let inserted = Self::insert_sales(&mut tx, &sales).await?
-            + Self::insert_sensors(&mut tx, &sensors).await?;
-        let dead_lettered = Self::insert_dead_letters(&mut tx, batch).await?;
-        for advance in &batch.offsets {
-            let done = match advance.from {
-                None => {
-                    sqlx::query(
-                        "INSERT INTO streamlab_offsets
-                         (consumer_group, topic, kafka_partition, next_offset, topic_id)
-                     VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&batch.group)
-                    .bind(&batch.topic)
-                    .bind(advance.partition)
-                    .bind(advance.to)
-                    .bind(&batch.topic_id)
-                    .execute(&mut *tx)
-                    .await?
-                }
-                Some(from) => {
-                    sqlx::query(
-                        "UPDATE streamlab_offsets
-                     SET next_offset = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-                         topic_id = COALESCE(?, topic_id)
-                     WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?
-                       AND next_offset = ?",
-                    )
-                    .bind(advance.to)
-                    .bind(&batch.topic_id)
-                    .bind(&batch.group)
-                    .bind(&batch.topic)
-                    .bind(advance.partition)
-                    .bind(from)
-                    .execute(&mut *tx)
-                    .await?
-                }
-            };
-            if done.rows_affected() != 1 {
-                return Err(SinkError::fenced(batch, advance));
-            }
-        }
-        tx.commit().await?;
-        Ok(Written {
-            inserted,
-            duplicates: batch.events.len() as u64 - inserted,
-            dead_lettered,
-        })
     }
 
     async fn record_member(&mut self, m: &MemberRecord) -> Result<(), SinkError> {

@@ -1,13 +1,17 @@
 //! A loopback TCP proxy that can be taken down (connections reset, new ones refused) and
 //! brought back on the same port: how the tests lose the broker or the database mid-stream.
+//! It can also freeze: every connection stays open but no byte moves, as when a network path
+//! or a server stops answering without closing anything.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
 pub struct Proxy {
@@ -16,6 +20,8 @@ pub struct Proxy {
     upstream: SocketAddr,
     serving: Arc<Mutex<Option<JoinHandle<()>>>>,
     accepted: Arc<AtomicUsize>,
+    /// true: frozen.
+    frozen: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -39,6 +45,7 @@ impl Proxy {
             upstream,
             serving: Arc::new(Mutex::new(None)),
             accepted: Arc::new(AtomicUsize::new(0)),
+            frozen: watch::channel(false).0,
         };
         proxy.up();
         proxy
@@ -49,6 +56,7 @@ impl Proxy {
         let (port, upstream) = (self.port, self.upstream);
         let serving = Arc::clone(&self.serving);
         let accepted = Arc::clone(&self.accepted);
+        let frozen = self.frozen.clone();
         self.runtime.block_on(async move {
             let listener = loop {
                 match TcpListener::bind(("127.0.0.1", port)).await {
@@ -59,13 +67,21 @@ impl Proxy {
             let task = tokio::spawn(async move {
                 let mut connections = tokio::task::JoinSet::new();
                 loop {
-                    let Ok((mut client, _)) = listener.accept().await else {
+                    let Ok((client, _)) = listener.accept().await else {
                         break;
                     };
                     accepted.fetch_add(1, Ordering::SeqCst);
+                    let frozen = frozen.subscribe();
                     connections.spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        // Accepted while frozen: held open, not forwarded until thawed.
+                        flowing(&frozen).await;
+                        if let Ok(server) = TcpStream::connect(upstream).await {
+                            let (from_client, to_client) = client.into_split();
+                            let (from_server, to_server) = server.into_split();
+                            tokio::join!(
+                                pump(from_client, to_server, frozen.clone()),
+                                pump(from_server, to_client, frozen),
+                            );
                         }
                     });
                 }
@@ -90,5 +106,40 @@ impl Proxy {
                 let _ = task.await;
             }
         });
+    }
+
+    /// Stop every byte: open connections stay open (neither side hears anything, not even a
+    /// close), new ones are accepted and left waiting.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Let bytes flow again, starting with those held while frozen.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+/// Until the proxy is not frozen.
+async fn flowing(frozen: &watch::Receiver<bool>) {
+    let mut frozen = frozen.clone();
+    let _ = frozen.wait_for(|f| !*f).await;
+}
+
+/// Copy one direction of a connection, holding everything (data and end of stream) while frozen.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, frozen: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        flowing(&frozen).await;
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        // Read just before a freeze: held until the thaw like the rest.
+        flowing(&frozen).await;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
