@@ -523,3 +523,220 @@ fn a_member_left_without_partitions_stays_in_the_group_and_takes_over_from_a_dea
     assert_eq!(db.sales_ids(), seeded_ids(25, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
 }
+
+/// A group member of our own making, speaking the protocol correctly except for the
+/// subscription it announces: `metadata` goes to the leader as is.
+struct HandCraftedMember {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<CraftedLog>,
+}
+
+#[derive(Debug, Default)]
+struct CraftedLog {
+    /// Generations in which the coordinator made this member the leader.
+    led: Vec<i32>,
+    /// Every assignment SyncGroup gave it, as streamlab decodes them.
+    assignments: Vec<BTreeMap<String, Vec<i32>>>,
+    errors: Vec<String>,
+}
+
+impl HandCraftedMember {
+    fn join(group: &str, metadata: Vec<u8>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (group, flag) = (group.to_string(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut log = CraftedLog::default();
+            runtime.block_on(crafted_member(&group, metadata.into(), &flag, &mut log));
+            log
+        });
+        Self { stop, thread }
+    }
+
+    fn leave(self) -> CraftedLog {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the crafted member's thread")
+    }
+}
+
+async fn crafted_member(
+    group: &str,
+    metadata: bytes::Bytes,
+    stop: &std::sync::atomic::AtomicBool,
+    log: &mut CraftedLog,
+) {
+    use kafka_protocol::error::ResponseError;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::{
+        FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+        SyncGroupRequest,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use std::sync::atomic::Ordering;
+    use streamlab::kafka::group::decode_assignment;
+    use streamlab::kafka::wire::WireConnection;
+
+    let s = |t: &str| StrBytes::from_string(t.to_string());
+    let timeout = Duration::from_secs(10);
+    let mut bootstrap = WireConnection::connect(&brokers(), timeout).await.unwrap();
+    let version = bootstrap
+        .version_for::<FindCoordinatorRequest>(i16::MAX)
+        .unwrap();
+    let mut find = FindCoordinatorRequest::default().with_key_type(0);
+    if version >= 4 {
+        find.coordinator_keys = vec![s(group)];
+    } else {
+        find.key = s(group);
+    }
+    let found = bootstrap.call(find).await.unwrap();
+    let (host, port) = match found.coordinators.first() {
+        Some(c) if version >= 4 => (c.host.to_string(), c.port),
+        _ => (found.host.to_string(), found.port),
+    };
+    let mut conn = WireConnection::connect(&format!("{host}:{port}"), timeout)
+        .await
+        .unwrap();
+
+    let mut member_id = String::new();
+    'join: while !stop.load(Ordering::SeqCst) {
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_session_timeout_ms(6_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(s(&member_id))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(metadata.clone())]);
+        let joined = match conn.call_within(join, 9, Duration::from_secs(45)).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                log.errors.push(format!("JoinGroup: {e:#}"));
+                return;
+            }
+        };
+        match ResponseError::try_from_code(joined.error_code) {
+            None => {}
+            Some(ResponseError::MemberIdRequired) => {
+                member_id = joined.member_id.to_string();
+                continue;
+            }
+            Some(ResponseError::UnknownMemberId) => {
+                member_id.clear();
+                continue;
+            }
+            Some(_) => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+        }
+        member_id = joined.member_id.to_string();
+        let generation = joined.generation_id;
+        if joined.leader.as_str() == member_id {
+            log.led.push(generation);
+        }
+        let heartbeat = || {
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_generation_id(generation)
+                .with_member_id(s(&member_id))
+        };
+        let sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id(generation)
+            .with_member_id(s(&member_id))
+            .with_protocol_type(Some(s("consumer")))
+            .with_protocol_name(Some(s("range")));
+        let synced = match conn.call_within(sync, 5, Duration::from_secs(45)).await {
+            Ok(synced) => synced,
+            Err(e) => {
+                log.errors.push(format!("SyncGroup: {e:#}"));
+                return;
+            }
+        };
+        if synced.error_code != 0 {
+            // Not synced yet (tansu answers followers so until the leader has): stay alive, retry.
+            let _ = conn.call_capped(heartbeat(), 4).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        match decode_assignment(&synced.assignment) {
+            Ok(assignment) => log.assignments.push(assignment),
+            Err(e) => log.errors.push(format!("assignment: {e:#}")),
+        }
+        // Heartbeat until stopped or the group rebalances.
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match conn.call_capped(heartbeat(), 4).await {
+                Ok(beat) if beat.error_code == 0 => {}
+                Ok(_) => continue 'join,
+                Err(e) => {
+                    log.errors.push(format!("Heartbeat: {e:#}"));
+                    return;
+                }
+            }
+        }
+    }
+    let leave = if conn.version_for::<LeaveGroupRequest>(5).unwrap() >= 3 {
+        LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_members(vec![MemberIdentity::default().with_member_id(s(&member_id))])
+    } else {
+        LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_member_id(s(&member_id))
+    };
+    let _ = conn.call_capped(leave, 5).await;
+}
+
+#[test]
+fn a_member_announcing_an_impossible_subscription_is_given_nothing_and_the_group_goes_on() {
+    let db = TestDb::sqlite();
+    let topic = topic(4);
+    let group = unique("g");
+    let n = 8_000;
+    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+    let producer = produce_seeded(&topic, n, 1_000, 26);
+
+    // streamlab joins first and leads (tansu keeps the leader of a formed group when others
+    // join, as Kafka does).
+    let a = Member::streamlab("a", &db, &topic, &group);
+    let (first, _) = wait_for_settled(&[&a], 4, -1, Duration::from_secs(30));
+    // A subscription v0 announcing 0x7fffffff topics in 12 bytes. Decoded as it stands,
+    // kafka-protocol would reserve 64 GiB for the topic list and abort the leader.
+    let mut hostile = vec![0, 0];
+    hostile.extend_from_slice(&i32::MAX.to_be_bytes());
+    hostile.extend_from_slice(&[0; 12]);
+    let crafted = HandCraftedMember::join(&group, hostile);
+    // The leader reads it in a new generation, gives it nothing and keeps all four partitions.
+    let (second, who) = wait_for_settled(&[&a], 4, first, Duration::from_secs(30));
+    assert_eq!(who["a"].len(), 4);
+    // A newcomer still gets its share while the crafted member stays in the group.
+    let b = Member::streamlab("b", &db, &topic, &group);
+    let (_, who) = wait_for_settled(&[&a, &b], 4, second, Duration::from_secs(30));
+    assert_eq!((who["a"].len(), who["b"].len()), (2, 2), "{who:?}");
+
+    let log = crafted.leave();
+    assert!(log.led.is_empty(), "the crafted member led: {log:?}");
+    assert!(log.errors.is_empty(), "{log:?}");
+    assert!(
+        !log.assignments.is_empty() && log.assignments.iter().all(BTreeMap::is_empty),
+        "the leader answered the crafted member with an empty assignment: {log:?}"
+    );
+    wait_for_everything(producer, &db, n);
+    let outputs = [a.stop(), b.stop()];
+    let warned: usize = outputs
+        .iter()
+        .map(|out| {
+            out.matches("sent a subscription announcing 2147483647 topics in 12 bytes")
+                .count()
+        })
+        .sum();
+    assert_eq!(warned, 1, "warned once, by the leader: {outputs:#?}");
+    assert_eq!(db.sales_ids(), seeded_ids(26, n));
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}
