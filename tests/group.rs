@@ -528,7 +528,8 @@ fn a_member_left_without_partitions_stays_in_the_group_and_takes_over_from_a_dea
 /// subscription it announces: `metadata` goes to the leader as is.
 struct HandCraftedMember {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<CraftedLog>,
+    log: Arc<Mutex<CraftedLog>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 #[derive(Debug, Default)]
@@ -543,22 +544,27 @@ struct CraftedLog {
 impl HandCraftedMember {
     fn join(group: &str, metadata: Vec<u8>) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (group, flag) = (group.to_string(), Arc::clone(&stop));
+        let log = Arc::new(Mutex::new(CraftedLog::default()));
+        let (group, flag, shared) = (group.to_string(), Arc::clone(&stop), Arc::clone(&log));
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            let mut log = CraftedLog::default();
-            runtime.block_on(crafted_member(&group, metadata.into(), &flag, &mut log));
-            log
+            runtime.block_on(crafted_member(&group, metadata.into(), &flag, &shared));
         });
-        Self { stop, thread }
+        Self { stop, log, thread }
+    }
+
+    /// Synced at least once: a member of the group, in the plan of a generation's leader.
+    fn was_assigned(&self) -> bool {
+        !self.log.lock().unwrap().assignments.is_empty()
     }
 
     fn leave(self) -> CraftedLog {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.thread.join().expect("the crafted member's thread")
+        self.thread.join().expect("the crafted member's thread");
+        std::mem::take(&mut *self.log.lock().unwrap())
     }
 }
 
@@ -566,7 +572,7 @@ async fn crafted_member(
     group: &str,
     metadata: bytes::Bytes,
     stop: &std::sync::atomic::AtomicBool,
-    log: &mut CraftedLog,
+    log: &Mutex<CraftedLog>,
 ) {
     use kafka_protocol::error::ResponseError;
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -615,7 +621,7 @@ async fn crafted_member(
         let joined = match conn.call_within(join, 9, Duration::from_secs(45)).await {
             Ok(joined) => joined,
             Err(e) => {
-                log.errors.push(format!("JoinGroup: {e:#}"));
+                log.lock().unwrap().errors.push(format!("JoinGroup: {e:#}"));
                 return;
             }
         };
@@ -637,7 +643,7 @@ async fn crafted_member(
         member_id = joined.member_id.to_string();
         let generation = joined.generation_id;
         if joined.leader.as_str() == member_id {
-            log.led.push(generation);
+            log.lock().unwrap().led.push(generation);
         }
         let heartbeat = || {
             HeartbeatRequest::default()
@@ -654,7 +660,7 @@ async fn crafted_member(
         let synced = match conn.call_within(sync, 5, Duration::from_secs(45)).await {
             Ok(synced) => synced,
             Err(e) => {
-                log.errors.push(format!("SyncGroup: {e:#}"));
+                log.lock().unwrap().errors.push(format!("SyncGroup: {e:#}"));
                 return;
             }
         };
@@ -665,8 +671,12 @@ async fn crafted_member(
             continue;
         }
         match decode_assignment(&synced.assignment) {
-            Ok(assignment) => log.assignments.push(assignment),
-            Err(e) => log.errors.push(format!("assignment: {e:#}")),
+            Ok(assignment) => log.lock().unwrap().assignments.push(assignment),
+            Err(e) => log
+                .lock()
+                .unwrap()
+                .errors
+                .push(format!("assignment: {e:#}")),
         }
         // Heartbeat until stopped or the group rebalances.
         while !stop.load(Ordering::SeqCst) {
@@ -675,7 +685,7 @@ async fn crafted_member(
                 Ok(beat) if beat.error_code == 0 => {}
                 Ok(_) => continue 'join,
                 Err(e) => {
-                    log.errors.push(format!("Heartbeat: {e:#}"));
+                    log.lock().unwrap().errors.push(format!("Heartbeat: {e:#}"));
                     return;
                 }
             }
@@ -694,7 +704,7 @@ async fn crafted_member(
 }
 
 #[test]
-fn a_member_announcing_an_impossible_subscription_is_given_nothing_and_the_group_goes_on() {
+fn members_announcing_impossible_or_absent_subscriptions_get_nothing_and_the_group_goes_on() {
     let db = TestDb::sqlite();
     let topic = topic(4);
     let group = unique("g");
@@ -708,25 +718,36 @@ fn a_member_announcing_an_impossible_subscription_is_given_nothing_and_the_group
     let (first, _) = wait_for_settled(&[&a], 4, -1, Duration::from_secs(30));
     // A subscription v0 announcing 0x7fffffff topics in 12 bytes. Decoded as it stands,
     // kafka-protocol would reserve 64 GiB for the topic list and abort the leader.
-    let mut hostile = vec![0, 0];
-    hostile.extend_from_slice(&i32::MAX.to_be_bytes());
-    hostile.extend_from_slice(&[0; 12]);
-    let crafted = HandCraftedMember::join(&group, hostile);
-    // The leader reads it in a new generation, gives it nothing and keeps all four partitions.
+    let mut impossible = vec![0, 0];
+    impossible.extend_from_slice(&i32::MAX.to_be_bytes());
+    impossible.extend_from_slice(&[0; 12]);
+    let hostile = HandCraftedMember::join(&group, impossible);
+    // A well-formed one naming hundreds of topics that do not exist, or cannot: the leader
+    // asks about them in one request and gives this member nothing either.
+    let mut absent: Vec<String> = (0..500).map(|i| format!("{group}-absent-{i}")).collect();
+    absent.extend(["no such topic".into(), String::new(), "x".repeat(300)]);
+    let absent: Vec<&str> = absent.iter().map(String::as_str).collect();
+    let odd = HandCraftedMember::join(&group, subscription_bytes(&absent));
+    assert!(
+        wait_until(30, || hostile.was_assigned() && odd.was_assigned()),
+        "the crafted members never completed a round"
+    );
     let (second, who) = wait_for_settled(&[&a], 4, first, Duration::from_secs(30));
     assert_eq!(who["a"].len(), 4);
-    // A newcomer still gets its share while the crafted member stays in the group.
+    // A newcomer still gets its share while the crafted members stay in the group.
     let b = Member::streamlab("b", &db, &topic, &group);
     let (_, who) = wait_for_settled(&[&a, &b], 4, second, Duration::from_secs(30));
     assert_eq!((who["a"].len(), who["b"].len()), (2, 2), "{who:?}");
 
-    let log = crafted.leave();
-    assert!(log.led.is_empty(), "the crafted member led: {log:?}");
-    assert!(log.errors.is_empty(), "{log:?}");
-    assert!(
-        !log.assignments.is_empty() && log.assignments.iter().all(BTreeMap::is_empty),
-        "the leader answered the crafted member with an empty assignment: {log:?}"
-    );
+    for crafted in [hostile, odd] {
+        let log = crafted.leave();
+        assert!(log.led.is_empty(), "a crafted member led: {log:?}");
+        assert!(log.errors.is_empty(), "{log:?}");
+        assert!(
+            log.assignments.iter().all(BTreeMap::is_empty),
+            "the leader gave a crafted member partitions: {log:?}"
+        );
+    }
     wait_for_everything(producer, &db, n);
     let outputs = [a.stop(), b.stop()];
     let warned: usize = outputs
@@ -739,4 +760,20 @@ fn a_member_announcing_an_impossible_subscription_is_given_nothing_and_the_group
     assert_eq!(warned, 1, "warned once, by the leader: {outputs:#?}");
     assert_eq!(db.sales_ids(), seeded_ids(26, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}
+
+/// A consumer-protocol subscription (v0) to `topics`, as any client would encode it.
+fn subscription_bytes(topics: &[&str]) -> Vec<u8> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let subscription = ConsumerProtocolSubscription::default().with_topics(
+        topics
+            .iter()
+            .map(|t| StrBytes::from_string(t.to_string()))
+            .collect(),
+    );
+    let mut buf = bytes::BytesMut::new();
+    bytes::BufMut::put_i16(&mut buf, 0);
+    subscription.encode(&mut buf, 0).unwrap();
+    buf.to_vec()
 }

@@ -29,7 +29,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::admin::{Admin, GroupCoordinator, UnknownTopic};
+use super::admin::{Admin, GroupCoordinator};
 use super::bounds;
 use crate::cli::KafkaOpts;
 
@@ -391,34 +391,27 @@ impl GroupMember {
         &mut self,
         members: &[(String, Subscription)],
     ) -> Result<Vec<SyncGroupRequestAssignment>> {
-        let topics: BTreeSet<&str> = members
+        // One Metadata request for every topic subscribed to, however many a member names;
+        // names that cannot be topics are not asked about (a broker may refuse them).
+        let names: Vec<&str> = members
             .iter()
             .flat_map(|(_, s)| s.topics.iter().map(String::as_str))
+            .filter(|t| crate::topic::parse_topic_name(t).is_ok())
+            .collect::<BTreeSet<&str>>()
+            .into_iter()
             .collect();
-        let names: Vec<&str> = topics.into_iter().collect();
-        let mut admin = Admin::connect(&self.opts).await?;
-        let mut partitions = BTreeMap::new();
-        for name in names {
-            match admin.metadata(Some(&[name])).await {
-                Ok(found) => {
-                    for topic in found {
-                        partitions.insert(
-                            topic.name.clone(),
-                            topic.partitions.iter().map(|p| p.partition).collect(),
-                        );
-                    }
-                }
-                // A member may subscribe to a topic that is gone; it then gets nothing of it.
-                Err(e) if e.downcast_ref::<UnknownTopic>().is_some() => {}
-                // Anything else (a broker that did not answer) must not become an empty plan,
-                // which would idle every member: fail this round and join again.
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "the group leader could not read the partitions of '{name}'"
-                    )))
-                }
-            }
-        }
+        let partitions = if names.is_empty() {
+            BTreeMap::new()
+        } else {
+            // A topic that is gone is left out (its subscribers get nothing of it). Anything
+            // else (a broker that did not answer) must not become an empty plan, which would
+            // idle every member: fail this round and join again.
+            Admin::connect(&self.opts)
+                .await?
+                .partitions_of(&names)
+                .await
+                .context("the group leader could not read its members' topics")?
+        };
         let plan = range_assign(members, &partitions);
         tracing::debug!("group '{}' leader assigns {plan:?}", self.group);
         Ok(members
