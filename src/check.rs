@@ -216,6 +216,9 @@ pub(crate) async fn connect(db: &DbOpts, timeout: std::time::Duration) -> Result
         code: 2,
         message: format!("cannot reach the database {shown}: {e}"),
     };
+    if db.sink == SinkKind::Pg {
+        crate::sink::pg::warn_unrecognized_parameters(&url);
+    }
     if db.sink == SinkKind::Sqlite {
         let path = url
             .trim_start_matches("sqlite://")

@@ -55,6 +55,7 @@ pub struct KafkaOpts {
         short = 'b',
         long = "bootstrap-server",
         env = "STREAMLAB_BROKERS",
+        hide_env_values = true,
         default_value = "localhost:9092",
         value_name = "HOST:PORT[,HOST:PORT…]"
     )]
@@ -93,7 +94,12 @@ pub struct DbOpts {
     pub sink: SinkKind,
 
     /// Database URL. Defaults: sqlite://warehouse.db, postgres://postgres:postgres@localhost:5432/streamlab
-    #[arg(short = 'D', long = "database-url", env = "DATABASE_URL")]
+    #[arg(
+        short = 'D',
+        long = "database-url",
+        env = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 
@@ -316,7 +322,12 @@ pub struct WatchArgs {
     #[arg(long, value_enum)]
     pub sink: Option<SinkKind>,
     /// Database URL (with --sink). Defaults as for consume.
-    #[arg(short = 'D', long = "database-url", env = "DATABASE_URL")]
+    #[arg(
+        short = 'D',
+        long = "database-url",
+        env = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Which table to count (with --sink).
     #[arg(short, long, value_enum, default_value = "sales")]
@@ -374,6 +385,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         env = "STREAMLAB_TEST_PG",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub pg_url: String,
@@ -386,5 +398,38 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
         _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--help` prints `[env: NAME=value]` unless told not to, and DATABASE_URL holds passwords.
+    #[test]
+    fn help_never_shows_the_value_of_an_environment_variable() {
+        fn visit(cmd: &clap::Command, path: &str, checked: &mut usize) {
+            for arg in cmd.get_arguments() {
+                if arg.get_env().is_some() {
+                    *checked += 1;
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "{path} --{}: add hide_env_values = true",
+                        arg.get_id()
+                    );
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                visit(sub, &format!("{path} {}", sub.get_name()), checked);
+            }
+        }
+        let mut checked = 0;
+        visit(&Cli::command(), "streamlab", &mut checked);
+        assert!(
+            checked >= 4,
+            "found only {checked} arguments read from the environment"
+        );
     }
 }

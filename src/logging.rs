@@ -3,13 +3,24 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// sqlx warns about a PostgreSQL URL parameter it does not know *with its value* — an
+/// `sslpassword=` (which it does not read) or a `Password=` would be printed. Off whatever
+/// `RUST_LOG` says; `sink::pg` names such parameters itself, without their values.
+const SQLX_URL_PARAMETERS: &str = "sqlx_postgres::options::parse=off";
+
 pub fn init(verbosity: u8) {
     let default = match verbosity {
         0 => "streamlab=info,rskafka=error,sqlx=warn",
         1 => "streamlab=debug,rskafka=warn,sqlx=warn",
         _ => "streamlab=trace,rskafka=debug,sqlx=info",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default))
+        .add_directive(
+            SQLX_URL_PARAMETERS
+                .parse()
+                .expect("a valid filter directive"),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

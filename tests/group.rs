@@ -523,3 +523,257 @@ fn a_member_left_without_partitions_stays_in_the_group_and_takes_over_from_a_dea
     assert_eq!(db.sales_ids(), seeded_ids(25, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
 }
+
+/// A group member of our own making, speaking the protocol correctly except for the
+/// subscription it announces: `metadata` goes to the leader as is.
+struct HandCraftedMember {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    log: Arc<Mutex<CraftedLog>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct CraftedLog {
+    /// Generations in which the coordinator made this member the leader.
+    led: Vec<i32>,
+    /// Every assignment SyncGroup gave it, as streamlab decodes them.
+    assignments: Vec<BTreeMap<String, Vec<i32>>>,
+    errors: Vec<String>,
+}
+
+impl HandCraftedMember {
+    fn join(group: &str, metadata: Vec<u8>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(CraftedLog::default()));
+        let (group, flag, shared) = (group.to_string(), Arc::clone(&stop), Arc::clone(&log));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(crafted_member(&group, metadata.into(), &flag, &shared));
+        });
+        Self { stop, log, thread }
+    }
+
+    /// Synced at least once: a member of the group, in the plan of a generation's leader.
+    fn was_assigned(&self) -> bool {
+        !self.log.lock().unwrap().assignments.is_empty()
+    }
+
+    fn leave(self) -> CraftedLog {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the crafted member's thread");
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+async fn crafted_member(
+    group: &str,
+    metadata: bytes::Bytes,
+    stop: &std::sync::atomic::AtomicBool,
+    log: &Mutex<CraftedLog>,
+) {
+    use kafka_protocol::error::ResponseError;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::{
+        FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+        SyncGroupRequest,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use std::sync::atomic::Ordering;
+    use streamlab::kafka::group::decode_assignment;
+    use streamlab::kafka::wire::WireConnection;
+
+    let s = |t: &str| StrBytes::from_string(t.to_string());
+    let timeout = Duration::from_secs(10);
+    let mut bootstrap = WireConnection::connect(&brokers(), timeout).await.unwrap();
+    let version = bootstrap
+        .version_for::<FindCoordinatorRequest>(i16::MAX)
+        .unwrap();
+    let mut find = FindCoordinatorRequest::default().with_key_type(0);
+    if version >= 4 {
+        find.coordinator_keys = vec![s(group)];
+    } else {
+        find.key = s(group);
+    }
+    let found = bootstrap.call(find).await.unwrap();
+    let (host, port) = match found.coordinators.first() {
+        Some(c) if version >= 4 => (c.host.to_string(), c.port),
+        _ => (found.host.to_string(), found.port),
+    };
+    let mut conn = WireConnection::connect(&format!("{host}:{port}"), timeout)
+        .await
+        .unwrap();
+
+    let mut member_id = String::new();
+    'join: while !stop.load(Ordering::SeqCst) {
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_session_timeout_ms(6_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(s(&member_id))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(metadata.clone())]);
+        let joined = match conn.call_within(join, 9, Duration::from_secs(45)).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                log.lock().unwrap().errors.push(format!("JoinGroup: {e:#}"));
+                return;
+            }
+        };
+        match ResponseError::try_from_code(joined.error_code) {
+            None => {}
+            Some(ResponseError::MemberIdRequired) => {
+                member_id = joined.member_id.to_string();
+                continue;
+            }
+            Some(ResponseError::UnknownMemberId) => {
+                member_id.clear();
+                continue;
+            }
+            Some(_) => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+        }
+        member_id = joined.member_id.to_string();
+        let generation = joined.generation_id;
+        if joined.leader.as_str() == member_id {
+            log.lock().unwrap().led.push(generation);
+        }
+        let heartbeat = || {
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_generation_id(generation)
+                .with_member_id(s(&member_id))
+        };
+        let sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id(generation)
+            .with_member_id(s(&member_id))
+            .with_protocol_type(Some(s("consumer")))
+            .with_protocol_name(Some(s("range")));
+        let synced = match conn.call_within(sync, 5, Duration::from_secs(45)).await {
+            Ok(synced) => synced,
+            Err(e) => {
+                log.lock().unwrap().errors.push(format!("SyncGroup: {e:#}"));
+                return;
+            }
+        };
+        if synced.error_code != 0 {
+            // Not synced yet (tansu answers followers so until the leader has): stay alive, retry.
+            let _ = conn.call_capped(heartbeat(), 4).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        match decode_assignment(&synced.assignment) {
+            Ok(assignment) => log.lock().unwrap().assignments.push(assignment),
+            Err(e) => log
+                .lock()
+                .unwrap()
+                .errors
+                .push(format!("assignment: {e:#}")),
+        }
+        // Heartbeat until stopped or the group rebalances.
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match conn.call_capped(heartbeat(), 4).await {
+                Ok(beat) if beat.error_code == 0 => {}
+                Ok(_) => continue 'join,
+                Err(e) => {
+                    log.lock().unwrap().errors.push(format!("Heartbeat: {e:#}"));
+                    return;
+                }
+            }
+        }
+    }
+    let leave = if conn.version_for::<LeaveGroupRequest>(5).unwrap() >= 3 {
+        LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_members(vec![MemberIdentity::default().with_member_id(s(&member_id))])
+    } else {
+        LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_member_id(s(&member_id))
+    };
+    let _ = conn.call_capped(leave, 5).await;
+}
+
+#[test]
+fn members_announcing_impossible_or_absent_subscriptions_get_nothing_and_the_group_goes_on() {
+    let db = TestDb::sqlite();
+    let topic = topic(4);
+    let group = unique("g");
+    let n = 8_000;
+    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+    let producer = produce_seeded(&topic, n, 1_000, 26);
+
+    // streamlab joins first and leads (tansu keeps the leader of a formed group when others
+    // join, as Kafka does).
+    let a = Member::streamlab("a", &db, &topic, &group);
+    let (first, _) = wait_for_settled(&[&a], 4, -1, Duration::from_secs(30));
+    // A subscription v0 announcing 0x7fffffff topics in 12 bytes. Decoded as it stands,
+    // kafka-protocol would reserve 64 GiB for the topic list and abort the leader.
+    let mut impossible = vec![0, 0];
+    impossible.extend_from_slice(&i32::MAX.to_be_bytes());
+    impossible.extend_from_slice(&[0; 12]);
+    let hostile = HandCraftedMember::join(&group, impossible);
+    // A well-formed one naming hundreds of topics that do not exist, or cannot: the leader
+    // asks about them in one request and gives this member nothing either.
+    let mut absent: Vec<String> = (0..500).map(|i| format!("{group}-absent-{i}")).collect();
+    absent.extend(["no such topic".into(), String::new(), "x".repeat(300)]);
+    let absent: Vec<&str> = absent.iter().map(String::as_str).collect();
+    let odd = HandCraftedMember::join(&group, subscription_bytes(&absent));
+    assert!(
+        wait_until(30, || hostile.was_assigned() && odd.was_assigned()),
+        "the crafted members never completed a round"
+    );
+    let (second, who) = wait_for_settled(&[&a], 4, first, Duration::from_secs(30));
+    assert_eq!(who["a"].len(), 4);
+    // A newcomer still gets its share while the crafted members stay in the group.
+    let b = Member::streamlab("b", &db, &topic, &group);
+    let (_, who) = wait_for_settled(&[&a, &b], 4, second, Duration::from_secs(30));
+    assert_eq!((who["a"].len(), who["b"].len()), (2, 2), "{who:?}");
+
+    for crafted in [hostile, odd] {
+        let log = crafted.leave();
+        assert!(log.led.is_empty(), "a crafted member led: {log:?}");
+        assert!(log.errors.is_empty(), "{log:?}");
+        assert!(
+            log.assignments.iter().all(BTreeMap::is_empty),
+            "the leader gave a crafted member partitions: {log:?}"
+        );
+    }
+    wait_for_everything(producer, &db, n);
+    let outputs = [a.stop(), b.stop()];
+    let warned: usize = outputs
+        .iter()
+        .map(|out| {
+            out.matches("sent a subscription announcing 2147483647 topics in 12 bytes")
+                .count()
+        })
+        .sum();
+    assert_eq!(warned, 1, "warned once, by the leader: {outputs:#?}");
+    assert_eq!(db.sales_ids(), seeded_ids(26, n));
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}
+
+/// A consumer-protocol subscription (v0) to `topics`, as any client would encode it.
+fn subscription_bytes(topics: &[&str]) -> Vec<u8> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let subscription = ConsumerProtocolSubscription::default().with_topics(
+        topics
+            .iter()
+            .map(|t| StrBytes::from_string(t.to_string()))
+            .collect(),
+    );
+    let mut buf = bytes::BytesMut::new();
+    bytes::BufMut::put_i16(&mut buf, 0);
+    subscription.encode(&mut buf, 0).unwrap();
+    buf.to_vec()
+}

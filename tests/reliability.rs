@@ -319,6 +319,140 @@ fn hostile_configuration_gets_a_clear_error_and_no_password() {
     );
 }
 
+/// A password, wherever a database URL carries it, appears in no output: not in `--help` (which
+/// would show `[env: DATABASE_URL=…]`), not in errors, not in `check`'s JSON, not at `-vv` or
+/// with everything traced.
+#[test]
+fn a_database_password_appears_in_no_output() {
+    const SECRET: &str = "s3cr3tpw";
+    /// Run with `DATABASE_URL=url` (and `STREAMLAB_TEST_PG`, read by `bench`); `trace` logs
+    /// everything of every crate. Fails the test if the secret shows anywhere.
+    fn run(args: &[&str], url: &str, trace: bool) -> std::process::Output {
+        let mut cmd = command(args);
+        cmd.env("DATABASE_URL", url).env("STREAMLAB_TEST_PG", url);
+        if trace {
+            cmd.env("RUST_LOG", "trace");
+        } else if args.contains(&"-vv") {
+            cmd.env_remove("RUST_LOG"); // let -vv choose the levels
+        }
+        let out = cmd.output().expect("run streamlab");
+        for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(text);
+            assert!(
+                !text.contains(SECRET),
+                "streamlab {args:?} with DATABASE_URL={url} shows the password on {stream}:\n{text}"
+            );
+        }
+        out
+    }
+    fn failed(out: &std::process::Output) -> bool {
+        !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("panicked")
+    }
+
+    let topic = topic(1);
+    // Nothing listens on port 1: every connection attempt fails, so errors are printed.
+    let unreachable = [
+        format!("postgres://u:{SECRET}@127.0.0.1:1/db"),
+        format!("postgres://u@127.0.0.1:1/db?password={SECRET}"),
+        format!("postgres://u@127.0.0.1:1/db?sslmode=disable&password={SECRET}"),
+        // sqlx does not read these two and would log them with their values.
+        format!("postgres://u@127.0.0.1:1/db?sslpassword={SECRET}&PassWord={SECRET}"),
+        format!("postgres://u:{SECRET}@127.0.0.1:notaport/db"),
+    ];
+    for url in &unreachable {
+        for command in ["consume", "check", "migrate", "watch", "bench"] {
+            let out = run(&[command, "--help"], url, false);
+            assert!(out.status.success());
+            let help = String::from_utf8_lossy(&out.stdout);
+            if command != "bench" {
+                assert!(help.contains("[env: DATABASE_URL]"), "{help}");
+            }
+        }
+        let consume = [
+            "consume",
+            "--topic",
+            &topic,
+            "--sink",
+            "pg",
+            "--timeout",
+            "2s",
+        ];
+        assert!(failed(&run(&consume, url, false)));
+        let mut verbose = vec!["-vv"];
+        verbose.extend(consume);
+        verbose.extend(["-D", url.as_str()]);
+        assert!(failed(&run(&verbose, url, false)));
+        assert!(failed(&run(&consume, url, true)));
+        let check = [
+            "check",
+            "--sink",
+            "pg",
+            "--format",
+            "json",
+            "--timeout",
+            "2s",
+        ];
+        assert!(failed(&run(&check, url, false)));
+        assert!(failed(&run(&check, url, true)));
+        assert!(failed(&run(
+            &["-vv", "migrate", "--sink", "pg"],
+            url,
+            false
+        )));
+    }
+
+    // A reachable database: the local server trusts 127.0.0.1 and ignores passwords, so the
+    // URL may carry one and everything succeeds (and logs, and prints the URL).
+    let db = TestDb::pg();
+    let mut with_userinfo = url::Url::parse(&db.url).unwrap();
+    if with_userinfo.password().is_some() {
+        eprintln!("STREAMLAB_TEST_PG carries a password; the reachable half is skipped");
+        return;
+    }
+    with_userinfo.set_password(Some(SECRET)).unwrap();
+    let separator = if db.url.contains('?') { '&' } else { '?' };
+    let reachable = [
+        with_userinfo.to_string(),
+        format!("{}{separator}password={SECRET}", db.url),
+        format!("{}{separator}application_name=x&password={SECRET}", db.url),
+    ];
+    ok(&[
+        "produce", "--topic", &topic, "--count", "20", "--rate", "0", "--seed", "31",
+    ]);
+    for url in &reachable {
+        let out = run(&["-vv", "migrate", "--sink", "pg"], url, false);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("***"));
+        let consume = [
+            "consume",
+            "--topic",
+            &topic,
+            "--sink",
+            "pg",
+            "--stop-at-end",
+            "--group",
+            "secret",
+        ];
+        let mut verbose = vec!["-vv"];
+        verbose.extend(consume);
+        assert!(run(&verbose, url, false).status.success());
+        assert!(run(&consume, url, true).status.success());
+        let check = [
+            "check", "--sink", "pg", "--format", "json", "--group", "secret",
+        ];
+        let out = run(&check, url, false);
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["rows"], 20);
+        let shown = report["database"].as_str().unwrap();
+        assert!(shown.contains("***"), "{shown}");
+        let mut verbose = vec!["-vv"];
+        verbose.extend(check);
+        verbose.extend(["--topic", &topic]);
+        assert!(run(&verbose, url, true).status.success());
+    }
+}
+
 #[test]
 fn a_producer_killed_with_sigkill_left_at_least_what_it_reported_and_no_duplicates() {
     let topic = topic(3);

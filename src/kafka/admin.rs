@@ -202,6 +202,41 @@ impl Admin {
         Ok(out)
     }
 
+    /// The partition ids of each of `names` that is a topic, in one request. Names that are not
+    /// (unknown, invalid, not visible to us) are left out; any other error fails.
+    pub async fn partitions_of(&mut self, names: &[&str]) -> Result<BTreeMap<String, Vec<i32>>> {
+        let request = MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(n))))
+                    })
+                    .collect(),
+            ));
+        let response = self.conn.call(request).await?;
+        let mut out = BTreeMap::new();
+        for topic in response.topics {
+            let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
+            match ResponseError::try_from_code(topic.error_code) {
+                Some(
+                    ResponseError::UnknownTopicOrPartition
+                    | ResponseError::InvalidTopicException
+                    | ResponseError::TopicAuthorizationFailed,
+                ) => continue,
+                _ => check(topic.error_code, None, || {
+                    format!("metadata for topic '{name}'")
+                })?,
+            }
+            let mut partitions: Vec<i32> =
+                topic.partitions.iter().map(|p| p.partition_index).collect();
+            partitions.sort_unstable();
+            out.insert(name, partitions);
+        }
+        Ok(out)
+    }
+
     /// A topic's configuration (DescribeConfigs).
     ///
     /// All configs are asked for (a null key list): tansu 0.6 cannot decode a request that names

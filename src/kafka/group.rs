@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -29,7 +29,8 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::admin::{Admin, GroupCoordinator, UnknownTopic};
+use super::admin::{Admin, GroupCoordinator};
+use super::bounds;
 use crate::cli::KafkaOpts;
 
 /// The protocol type of consumer groups; other group kinds (Kafka Connect, …) use their own.
@@ -92,6 +93,8 @@ pub struct GroupMember {
     expect_new_generation: bool,
     /// SyncGroup last gave this member no assignment bytes at all (see `join_once`).
     got_no_assignment: bool,
+    /// Members whose subscription could not be read, already warned about (as leader).
+    unreadable_members: BTreeSet<String>,
 }
 
 impl GroupMember {
@@ -108,6 +111,7 @@ impl GroupMember {
             force_new_generation: false,
             expect_new_generation: false,
             got_no_assignment: false,
+            unreadable_members: BTreeSet::new(),
         }
     }
 
@@ -285,12 +289,11 @@ impl GroupMember {
                 .members
                 .iter()
                 .map(|m| {
-                    let subscription = decode_subscription(&m.metadata).with_context(|| {
-                        format!("member {} of group '{}' sent", m.member_id, self.group)
-                    })?;
-                    Ok((m.member_id.to_string(), subscription))
+                    let id = m.member_id.to_string();
+                    let subscription = self.read_subscription(&id, &m.metadata);
+                    (id, subscription)
                 })
-                .collect::<Result<_>>()?;
+                .collect();
             self.assign(&members).await?
         } else {
             Vec::new()
@@ -364,39 +367,57 @@ impl GroupMember {
         }))
     }
 
+    /// A member's subscription as the leader reads it. Bytes that cannot be a subscription
+    /// (a hostile or broken client: an impossible count, cut short) count as subscribing to
+    /// nothing: that member is given no partitions and the rest of the group goes on — failing
+    /// the round instead would stop every member for as long as it stays. Warned about once per
+    /// member.
+    fn read_subscription(&mut self, member_id: &str, metadata: &[u8]) -> Subscription {
+        match decode_subscription(metadata) {
+            Ok(subscription) => subscription,
+            Err(e) => {
+                if self.unreadable_members.insert(member_id.to_string()) {
+                    tracing::warn!(
+                        "group '{}': member {member_id} sent {e:#}; it is given no partitions",
+                        self.group
+                    );
+                } else {
+                    tracing::debug!(
+                        "group '{}': member {member_id} sent {e:#} again",
+                        self.group
+                    );
+                }
+                Subscription::default()
+            }
+        }
+    }
+
     /// The leader's job: give every member its range of each topic it subscribes to.
     async fn assign(
         &mut self,
         members: &[(String, Subscription)],
     ) -> Result<Vec<SyncGroupRequestAssignment>> {
-        let topics: BTreeSet<&str> = members
+        // One Metadata request for every topic subscribed to, however many a member names;
+        // names that cannot be topics are not asked about (a broker may refuse them).
+        let names: Vec<&str> = members
             .iter()
             .flat_map(|(_, s)| s.topics.iter().map(String::as_str))
+            .filter(|t| crate::topic::parse_topic_name(t).is_ok())
+            .collect::<BTreeSet<&str>>()
+            .into_iter()
             .collect();
-        let names: Vec<&str> = topics.into_iter().collect();
-        let mut admin = Admin::connect(&self.opts).await?;
-        let mut partitions = BTreeMap::new();
-        for name in names {
-            match admin.metadata(Some(&[name])).await {
-                Ok(found) => {
-                    for topic in found {
-                        partitions.insert(
-                            topic.name.clone(),
-                            topic.partitions.iter().map(|p| p.partition).collect(),
-                        );
-                    }
-                }
-                // A member may subscribe to a topic that is gone; it then gets nothing of it.
-                Err(e) if e.downcast_ref::<UnknownTopic>().is_some() => {}
-                // Anything else (a broker that did not answer) must not become an empty plan,
-                // which would idle every member: fail this round and join again.
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "the group leader could not read the partitions of '{name}'"
-                    )))
-                }
-            }
-        }
+        let partitions = if names.is_empty() {
+            BTreeMap::new()
+        } else {
+            // A topic that is gone is left out (its subscribers get nothing of it). Anything
+            // else (a broker that did not answer) must not become an empty plan, which would
+            // idle every member: fail this round and join again.
+            Admin::connect(&self.opts)
+                .await?
+                .partitions_of(&names)
+                .await
+                .context("the group leader could not read its members' topics")?
+        };
         let plan = range_assign(members, &partitions);
         tracing::debug!("group '{}' leader assigns {plan:?}", self.group);
         Ok(members
@@ -694,13 +715,15 @@ pub fn encode_subscription(topic: &str) -> Bytes {
     buf.freeze()
 }
 
+/// A member's subscription. Its bytes come from another client of the group: every count and
+/// length in them is checked against the bytes there before `kafka-protocol` sees them (see
+/// [`bounds`]).
 pub fn decode_subscription(bytes: &[u8]) -> Result<Subscription> {
-    let mut buf = Bytes::copy_from_slice(bytes);
-    if buf.remaining() < 2 {
+    let Some((version, body)) = split_version(bytes) else {
         bail!("an empty subscription");
-    }
-    // Newer versions only add fields at the end; read what we know.
-    let version = buf.get_i16().clamp(0, 3);
+    };
+    bounds::check_subscription(body, version)?;
+    let mut buf = Bytes::copy_from_slice(body);
     let s = ConsumerProtocolSubscription::decode(&mut buf, version)
         .context("an undecodable subscription")?;
     Ok(Subscription {
@@ -730,12 +753,13 @@ pub fn encode_assignment(partitions: &BTreeMap<String, Vec<i32>>) -> Bytes {
 }
 
 /// Topic → sorted partitions. Empty bytes (a member the leader gave nothing) is no partitions.
+/// The bytes come from the group's leader, another client: checked like a subscription's.
 pub fn decode_assignment(bytes: &[u8]) -> Result<BTreeMap<String, Vec<i32>>> {
-    let mut buf = Bytes::copy_from_slice(bytes);
-    if buf.remaining() < 2 {
+    let Some((version, body)) = split_version(bytes) else {
         return Ok(BTreeMap::new());
-    }
-    let version = buf.get_i16().clamp(0, 3);
+    };
+    bounds::check_assignment(body)?;
+    let mut buf = Bytes::copy_from_slice(body);
     let a = ConsumerProtocolAssignment::decode(&mut buf, version)
         .context("an undecodable assignment")?;
     let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -749,6 +773,16 @@ pub fn decode_assignment(bytes: &[u8]) -> Result<BTreeMap<String, Vec<i32>>> {
         ps.dedup();
     }
     Ok(out)
+}
+
+/// The consumer protocol's i16 version prefix and what follows it. Newer versions only add
+/// fields at the end, so they are read as the newest version known; `None` when too short.
+fn split_version(bytes: &[u8]) -> Option<(i16, &[u8])> {
+    let (version, body) = bytes.split_first_chunk::<2>()?;
+    Some((
+        i16::from_be_bytes(*version).clamp(0, bounds::NEWEST_VERSION),
+        body,
+    ))
 }
 
 /// Kafka's range assignor: per topic, the subscribed members sorted by id each get a contiguous

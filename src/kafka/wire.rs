@@ -4,6 +4,18 @@
 //! on a connection is ApiVersions; every later request is sent at the highest version both we and
 //! the broker support, so the same code talks to tansu and to Apache Kafka 4.x (which dropped
 //! many old versions).
+//!
+//! What a response may make us allocate: the frame is read only up to [`MAX_RESPONSE_BYTES`];
+//! inside it, `kafka-protocol` 0.18 reserves `Vec::with_capacity(count)` for every array from
+//! the count on the wire, before reading any element, so a broker (or anyone on the plaintext
+//! path to it) answering with an impossible count such as 0x7fffffff can make the allocation
+//! fail, which aborts the process. Only a schema-aware walk could check those counts first, and
+//! no generic one exists without restating every response's schema at every version; the
+//! upstream fixes (kafka-protocol-rs/kafka-protocol-rs#152, #161, #200: bound the capacity by
+//! the bytes left) are not released yet. The brokers are the ones streamlab was pointed at;
+//! bytes that *other clients of a group* control — subscriptions and assignments, carried inside
+//! JoinGroup, SyncGroup and DescribeGroups responses as opaque byte fields — are checked before
+//! they are decoded (see [`super::bounds`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Responses larger than this are refused rather than allocated.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct WireConnection {
     addr: String,

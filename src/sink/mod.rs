@@ -556,16 +556,77 @@ pub fn connect_timeout(timeout: Duration) -> Duration {
     timeout.max(Duration::from_secs(1))
 }
 
-/// A database URL safe to print: the password replaced by `***`.
+/// A database URL safe to print: the password after `user:`, query parameters that carry one
+/// (`password`, `sslpassword`, any case) and any `#fragment` shown as `***`. A URL that does not
+/// parse is not shown at all (where its password would be cannot be known).
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_string(),
-        Err(_) => "<unparsable database URL>".to_string(),
+    let parsed = url::Url::parse(url)
+        // `scheme:anything` parses as an opaque path; only SQLite's short forms are database
+        // URLs (and they carry a file path, nothing secret).
+        .ok()
+        .filter(|u| !u.cannot_be_a_base() || u.scheme() == "sqlite");
+    let Some(mut parsed) = parsed else {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+        return match scheme {
+            Some(scheme) => format!("<unparsable {scheme} URL>"),
+            None => "<unparsable database URL>".to_string(),
+        };
+    };
+    let mut changed = false;
+    if parsed.password().is_some() {
+        changed |= parsed.set_password(Some("***")).is_ok();
     }
+    if let Some(query) = parsed.query() {
+        if let Some(masked) = redact_query(query) {
+            parsed.set_query(Some(&masked));
+            changed = true;
+        }
+    }
+    // A fragment means nothing to a database; it can only be a password that was not
+    // percent-encoded ('#' in it) spilling over.
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(Some("***"));
+        changed = true;
+    }
+    if changed {
+        parsed.to_string()
+    } else {
+        url.to_string()
+    }
+}
+
+/// The query with the value of every password-carrying parameter replaced by `***`, other
+/// parameters byte for byte; `None` when there is none.
+fn redact_query(query: &str) -> Option<String> {
+    let mut changed = false;
+    let pieces: Vec<String> = query
+        .split('&')
+        .map(|piece| {
+            // The key as sqlx reads it (percent-decoded, '+' as space).
+            let key = url::form_urlencoded::parse(piece.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if is_secret_parameter(&key) {
+                changed = true;
+                let raw_key = piece.split_once('=').map_or(piece, |(k, _)| k);
+                format!("{raw_key}=***")
+            } else {
+                piece.to_string()
+            }
+        })
+        .collect();
+    changed.then(|| pieces.join("&"))
+}
+
+/// `password`, `sslpassword` (libpq's key file passphrase) and any other key naming a password.
+fn is_secret_parameter(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    key.contains("password") || key.contains("passwd") || key == "pwd"
 }
 
 /// Remove NUL characters, which Postgres text cannot hold (error texts may quote input).
@@ -596,9 +657,13 @@ mod tests {
     #[test]
     fn passwords_never_reach_the_logs() {
         let shown = redact("postgres://app:s3cret@db.example:5432/streamlab");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("***"));
+        assert_eq!(shown, "postgres://app:***@db.example:5432/streamlab");
         assert_eq!(redact("sqlite://warehouse.db"), "sqlite://warehouse.db");
+        assert_eq!(
+            redact("postgres://app@db/streamlab?sslmode=disable&application_name=x"),
+            "postgres://app@db/streamlab?sslmode=disable&application_name=x",
+            "nothing to hide: shown as given"
+        );
         assert!(!redact("postgres://a:b c@").contains("b c"));
     }
 
@@ -686,5 +751,68 @@ mod tests {
         );
         assert_eq!(missing.refusal(), None);
         assert!(!missing.is_transient());
+    }
+
+    #[test]
+    fn password_parameters_are_masked_in_any_case_and_position() {
+        for (url, shown) in [
+            (
+                "postgres://app@db/s?password=s3cret",
+                "postgres://app@db/s?password=***",
+            ),
+            (
+                "postgres://app@db/s?sslmode=require&password=s3cret&application_name=x",
+                "postgres://app@db/s?sslmode=require&password=***&application_name=x",
+            ),
+            (
+                "postgres://app@db/s?PassWord=s3cret&SSLPASSWORD=s3cret",
+                "postgres://app@db/s?PassWord=***&SSLPASSWORD=***",
+            ),
+            (
+                "postgres://app:s3cret@db/s?sslpassword=s3cret",
+                "postgres://app:***@db/s?sslpassword=***",
+            ),
+            // Percent-encoded key, as sqlx decodes it.
+            (
+                "postgres://app@db/s?pass%77ord=s3cret",
+                "postgres://app@db/s?pass%77ord=***",
+            ),
+            // A value that is itself encoded, or empty.
+            (
+                "postgres://app@db/s?password=s3%63ret+x&password=",
+                "postgres://app@db/s?password=***&password=***",
+            ),
+            (
+                "sqlite://w.db?password=s3cret",
+                "sqlite://w.db?password=***",
+            ),
+            // Unencoded '@' and '#' in the password: the URL reads "p" as the password, "ss"
+            // as the host and the rest as a fragment; neither is shown.
+            ("postgres://app:p@ss#cret@db/s", "postgres://app:***@ss#***"),
+        ] {
+            let got = redact(url);
+            assert!(!got.contains("cret"), "{url} → {got}");
+            assert_eq!(got, shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn an_unparsable_url_is_not_echoed() {
+        for url in [
+            "postgres://app:s3cret@db:notaport/s",
+            "postgres://app:s3/cret@db/s",
+            "postgres://app:s3cret@[::1/s",
+        ] {
+            let got = redact(url);
+            assert!(!got.contains("cret"), "{url} → {got}");
+            assert_eq!(got, "<unparsable postgres URL>");
+        }
+        assert_eq!(redact("s3cret"), "<unparsable database URL>");
+        assert_eq!(redact(":s3cret"), "<unparsable database URL>");
+        // Parses (scheme "user", an opaque path), but is no database URL: its path is not shown.
+        assert_eq!(redact("user:s3cret@host"), "<unparsable user URL>");
+        // SQLite's short forms are paths, shown as given.
+        assert_eq!(redact("sqlite:warehouse.db"), "sqlite:warehouse.db");
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
     }
 }

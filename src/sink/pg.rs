@@ -32,6 +32,7 @@ pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| exit::usage(format!("invalid PostgreSQL URL {shown}: {e}")))?
         .options([("idle_in_transaction_session_timeout", idle_limit)]);
+    warn_unrecognized_parameters(url);
     let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))
         .await
         .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
@@ -59,6 +60,41 @@ pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<PgPool> {
         .await
         .with_context(|| format!("applying migrations to {shown}"))?;
     Ok(pool)
+}
+
+/// Warn about URL parameters sqlx ignores, by name only. sqlx's own warning shows the value
+/// (which may be a password: `sslpassword=…` is not read by sqlx), so it is silenced in
+/// `logging`. The keys are those sqlx 0.8 reads (`PgConnectOptions::parse_from_url`).
+pub(crate) fn warn_unrecognized_parameters(url: &str) {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return;
+    };
+    for (key, _) in parsed.query_pairs() {
+        let known = matches!(
+            &*key,
+            "sslmode"
+                | "ssl-mode"
+                | "sslrootcert"
+                | "ssl-root-cert"
+                | "ssl-ca"
+                | "sslcert"
+                | "ssl-cert"
+                | "sslkey"
+                | "ssl-key"
+                | "statement-cache-capacity"
+                | "host"
+                | "hostaddr"
+                | "port"
+                | "dbname"
+                | "user"
+                | "password"
+                | "application_name"
+                | "options"
+        ) || key.starts_with("options[");
+        if !known {
+            tracing::warn!("ignoring unrecognized parameter '{key}' in the PostgreSQL URL");
+        }
+    }
 }
 
 pub struct PgSink {
