@@ -47,22 +47,17 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     // Every statement gets --timeout: a database that stops answering must not hang the run.
     let limit = sink::connect_timeout(timeout);
     let shown = sink::redact(&url);
+    let within = |name: &str| (limit, format!("{name} at {shown}"));
     match args.db.sink {
         SinkKind::Pg => {
+            let (limit, database) = within("PostgreSQL");
             let pg = PgSink::connect(&url, timeout).await?;
-            consume(
-                &args,
-                Deadline::new(pg, limit, format!("PostgreSQL at {shown}")),
-            )
-            .await
+            consume(&args, Deadline::new(pg, limit, database)).await
         }
         SinkKind::Sqlite => {
+            let (limit, database) = within("SQLite");
             let sqlite = SqliteSink::connect(&url, timeout).await?;
-            consume(
-                &args,
-                Deadline::new(sqlite, limit, format!("SQLite at {shown}")),
-            )
-            .await
+            consume(&args, Deadline::new(sqlite, limit, database)).await
         }
     }
 }
