@@ -139,7 +139,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         ..BenchReport::default()
     };
     let mut admin = Admin::connect(&args.kafka).await?;
-    let client = kafka::connect(&args.kafka).await?;
     let stamp = OffsetDateTime::now_utc().unix_timestamp();
     let pg_admin = args.pg_url.clone();
     tracing::info!(
@@ -192,9 +191,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .await?;
         produce_sensor.push(n as f64 / run.secs);
 
-        // 2. The fetch limit: read everything with the plain client and discard it.
-        let partitions = kafka::partitions_of(&client, &topic).await?;
-        let mut readers = kafka::fetch::readers(&args.kafka, &topic, &partitions);
+        // 2. The fetch limit: read everything with consume's reader and discard it.
+        let metadata = kafka::topic_metadata(&args.kafka, &topic).await?;
+        let mut readers = kafka::fetch::readers(&args.kafka, &metadata, &metadata.partition_ids());
         let started = Instant::now();
         let reads = readers.iter_mut().map(|reader| async move {
             let end = reader.end_offset().await?;

@@ -725,8 +725,7 @@ async fn lag(
     };
 
     let metadata = kafka::topic_metadata(&args.kafka, topic).await?;
-    let ids: Vec<i32> = metadata.partitions.iter().map(|p| p.partition).collect();
-    let mut readers = kafka::fetch::readers(&args.kafka, topic, &ids);
+    let mut readers = kafka::fetch::readers(&args.kafka, &metadata, &metadata.partition_ids());
     let by_partition: BTreeMap<i64, i64> = stored.iter().map(|(_, p, n)| (*p, *n)).collect();
     let mut partitions = Vec::new();
     let mut total = 0;

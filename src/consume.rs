@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ConsumeArgs, KafkaOpts, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
+use crate::kafka;
+use crate::kafka::admin::{GroupCoordinator, TopicMetadata};
 use crate::kafka::fetch::{CorruptBatch, FetchError, FetchedRecord, PartitionReader};
 use crate::kafka::group::{Assignment, GroupMember, Membership};
-use crate::kafka::{self, admin::GroupCoordinator};
 use crate::progress::Progress;
 use crate::sink::pg::PgSink;
 use crate::sink::sqlite::SqliteSink;
@@ -95,11 +96,12 @@ pub struct PartitionPosition {
 async fn consume<S: Sink>(args: &ConsumeArgs, sink: S) -> Result<()> {
     let shutdown = shutdown::on_signal();
     let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
-    let partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition).collect();
+    let partitions = topic.partition_ids();
     let mut consumer = Consumer {
         args,
         sink,
-        topic_id: topic.topic_id.map(|id| id.to_string()),
+        rules: BatchRules::of(args, &topic),
+        topic,
         added: BTreeSet::new(),
         mirror: GroupMirror::new(&args.kafka, &args.group),
         summary: ConsumeSummary::default(),
@@ -119,7 +121,7 @@ async fn consume<S: Sink>(args: &ConsumeArgs, sink: S) -> Result<()> {
     let result = if args.join_group {
         consumer.as_group_member(&shutdown).await
     } else {
-        consumer.alone(partitions, &shutdown).await
+        consumer.alone(&shutdown).await
     };
 
     consumer.progress.finish();
@@ -145,8 +147,10 @@ enum Ended {
 struct Consumer<'a, S> {
     args: &'a ConsumeArgs,
     sink: S,
-    /// The topic's id as the broker reports it now (None: the broker reports no ids).
-    topic_id: Option<String>,
+    /// What `build_batch` needs of the command line and the topic.
+    rules: BatchRules,
+    /// The topic as the broker last described it: partitions, their leaders, its id.
+    topic: TopicMetadata,
     /// Partitions that appeared while this run went on: read from their start, whatever
     /// `--from` says (they were created after the run began, so all of them is new).
     added: BTreeSet<i32>,
@@ -177,44 +181,51 @@ impl Plan {
 impl<S: Sink> Consumer<'_, S> {
     /// Alone: every partition, for as long as the run lasts; partitions the topic gains
     /// meanwhile are added.
-    async fn alone(
-        &mut self,
-        mut partitions: Vec<i32>,
-        shutdown: &CancellationToken,
-    ) -> Result<()> {
+    async fn alone(&mut self, shutdown: &CancellationToken) -> Result<()> {
         loop {
             let run = shutdown.child_token();
-            let watch = self.watch_partitions(partitions.len(), &run);
+            let watch = self.watch_partitions(&run);
+            let partitions = self.topic.partition_ids();
             let ended = self.consume_partitions(&partitions, &run, shutdown).await;
             run.cancel();
-            let grew = finish_watch(watch).await;
-            match ended? {
-                Ended::Fenced(e) => return Err(e),
-                Ended::Revoked if grew => {
-                    let now = kafka::topic_metadata(&self.args.kafka, &self.args.topic).await?;
-                    let now: Vec<i32> = now.partitions.iter().map(|p| p.partition).collect();
-                    self.added
-                        .extend(now.iter().filter(|p| !partitions.contains(p)));
-                    partitions = now;
-                }
+            let grown = finish_watch(watch).await;
+            match (ended?, grown) {
+                (Ended::Fenced(e), _) => return Err(e),
+                (Ended::Revoked, Some(grown)) => self.take_grown(grown),
                 _ => return Ok(()),
             }
         }
     }
 
-    /// Re-read the topic's metadata every `--metadata-refresh`; when it has more than `known`
-    /// partitions, cancel `run` so the caller picks them up. Not with `--stop-at-end`, whose
+    /// The topic gained partitions: read the new ones from their start from now on.
+    fn take_grown(&mut self, grown: TopicMetadata) {
+        let known = self.topic.partition_ids();
+        self.added.extend(
+            grown
+                .partition_ids()
+                .into_iter()
+                .filter(|p| !known.contains(p)),
+        );
+        self.topic = grown;
+    }
+
+    /// Re-read the topic's metadata every `--metadata-refresh`; when it has more partitions
+    /// than now, cancel `run` and hand the new metadata back. Not with `--stop-at-end`, whose
     /// ends are fixed when it starts.
-    fn watch_partitions(&self, known: usize, run: &CancellationToken) -> Option<JoinHandle<bool>> {
+    fn watch_partitions(
+        &self,
+        run: &CancellationToken,
+    ) -> Option<JoinHandle<Option<TopicMetadata>>> {
         if self.args.stop_at_end {
             return None;
         }
+        let known = self.topic.partitions.len();
         let (opts, topic) = (self.args.kafka.clone(), self.args.topic.clone());
         let (every, run) = (self.args.metadata_refresh, run.clone());
         Some(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = run.cancelled() => return false,
+                    _ = run.cancelled() => return None,
                     _ = tokio::time::sleep(every) => {}
                 }
                 match kafka::topic_metadata(&opts, &topic).await {
@@ -225,7 +236,7 @@ impl<S: Sink> Consumer<'_, S> {
                             t.partitions.len()
                         );
                         run.cancel();
-                        return true;
+                        return Some(t);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!("refreshing the metadata of '{topic}': {e:#}"),
@@ -245,10 +256,6 @@ impl<S: Sink> Consumer<'_, S> {
         let mut member = GroupMember::new(&args.kafka, &args.group, &args.topic, membership);
         // The member id last written to `streamlab_members` (it changes when we rejoin afresh).
         let mut recorded: Option<String> = None;
-        let mut known_partitions = kafka::topic_metadata(&args.kafka, &args.topic)
-            .await?
-            .partitions
-            .len();
         let result = loop {
             let assignment = match member.join(shutdown).await {
                 Ok(Some(a)) => a,
@@ -262,7 +269,7 @@ impl<S: Sink> Consumer<'_, S> {
             let released = CancellationToken::new();
             let heartbeats =
                 tokio::spawn(member.heartbeat_until(generation.clone(), released.clone()));
-            let watch = self.watch_partitions(known_partitions, &generation);
+            let watch = self.watch_partitions(&generation);
             self.mirror.member = Some((assignment.member_id.clone(), assignment.generation));
             self.record_holding(&mut recorded, &assignment).await;
             tracing::info!(
@@ -296,13 +303,10 @@ impl<S: Sink> Consumer<'_, S> {
             generation.cancel();
             released.cancel();
             member = heartbeats.await.context("heartbeat task")?;
-            if finish_watch(watch).await {
+            if let Some(grown) = finish_watch(watch).await {
                 // The leader assigns from the metadata it sees when the group forms: make the
                 // group form again.
-                known_partitions = kafka::topic_metadata(&args.kafka, &args.topic)
-                    .await?
-                    .partitions
-                    .len();
+                self.take_grown(grown);
                 member.rejoin_as_new_generation();
             }
             match ended {
@@ -363,7 +367,7 @@ impl<S: Sink> Consumer<'_, S> {
             .load_offsets(&args.group, &args.topic)
             .await
             .context("reading stored offsets")?;
-        let mut readers = kafka::fetch::readers(&args.kafka, &args.topic, partitions);
+        let mut readers = kafka::fetch::readers(&args.kafka, &self.topic, partitions);
         // The whole lookup has a deadline, and gives way at once to a rebalance or Ctrl-C.
         let deadline = args.kafka.timeout * 2;
         let ranges = tokio::select! {
@@ -446,7 +450,7 @@ impl<S: Sink> Consumer<'_, S> {
             let Some(&(earliest, end)) = ranges.get(&p) else {
                 continue;
             };
-            let other_incarnation = match (ids.get(&p), &self.topic_id) {
+            let other_incarnation = match (ids.get(&p), &self.rules.topic_id) {
                 (Some(old), Some(new)) => old != new,
                 _ => false,
             };
@@ -465,7 +469,7 @@ impl<S: Sink> Consumer<'_, S> {
                  are kept)",
                 args.topic,
                 old.unwrap_or_default(),
-                self.topic_id.clone().unwrap_or_default(),
+                self.rules.topic_id.clone().unwrap_or_default(),
                 args.group,
                 recreated.iter().map(|r| r.0).collect::<Vec<_>>(),
                 match args.from {
@@ -498,7 +502,7 @@ impl<S: Sink> Consumer<'_, S> {
             let batch = Batch {
                 group: args.group.clone(),
                 topic: args.topic.clone(),
-                topic_id: self.topic_id.clone(),
+                topic_id: self.rules.topic_id.clone(),
                 offsets: moves
                     .iter()
                     .map(|&(partition, from, to)| OffsetAdvance {
@@ -646,12 +650,7 @@ impl<S: Sink> Consumer<'_, S> {
         stop: &CancellationToken,
     ) -> Result<()> {
         let args = self.args;
-        let batch = build_batch(
-            &BatchRules::of(args),
-            &self.topic_id,
-            chunks,
-            &plan.committed,
-        );
+        let batch = build_batch(&self.rules, chunks, &plan.committed);
         let write_started = Instant::now();
         let written = write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await?;
         for advance in &batch.offsets {
@@ -727,11 +726,11 @@ fn ahead_error(topic: &str, group: &str, ahead: &[(i32, i64, i64, i64)]) -> anyh
     )
 }
 
-/// Wait for a partition watch to finish; whether it saw the topic grow.
-async fn finish_watch(watch: Option<JoinHandle<bool>>) -> bool {
+/// Wait for a partition watch to finish; the topic's new metadata if it saw it grow.
+async fn finish_watch(watch: Option<JoinHandle<Option<TopicMetadata>>>) -> Option<TopicMetadata> {
     match watch {
-        Some(w) => w.await.unwrap_or(false),
-        None => false,
+        Some(w) => w.await.ok().flatten(),
+        None => None,
     }
 }
 
@@ -774,19 +773,22 @@ async fn next_fetched(
     }
 }
 
-/// What `build_batch` needs of the command line.
+/// What `build_batch` needs of the command line, and the id of the topic the offsets belong
+/// to (None: the broker reports no ids). Made once per run.
 struct BatchRules {
     group: String,
     topic: String,
+    topic_id: Option<String>,
     kind: EventKind,
     max_event_bytes: usize,
 }
 
 impl BatchRules {
-    fn of(args: &ConsumeArgs) -> Self {
+    fn of(args: &ConsumeArgs, topic: &TopicMetadata) -> Self {
         Self {
             group: args.group.clone(),
             topic: args.topic.clone(),
+            topic_id: topic.topic_id.map(|id| id.to_string()),
             kind: args.kind,
             max_event_bytes: args.max_event_bytes,
         }
@@ -797,14 +799,13 @@ impl BatchRules {
 /// and past whatever else each chunk stepped over.
 fn build_batch(
     rules: &BatchRules,
-    topic_id: &Option<String>,
     chunks: &[Fetched],
     committed: &BTreeMap<i32, Option<i64>>,
 ) -> Batch {
     let mut batch = Batch {
         group: rules.group.clone(),
         topic: rules.topic.clone(),
-        topic_id: topic_id.clone(),
+        topic_id: rules.topic_id.clone(),
         ..Batch::default()
     };
     let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
@@ -824,8 +825,8 @@ fn build_batch(
                     event,
                     partition: chunk.partition,
                     offset: r.offset,
-                    key: r.key.as_ref().map(|k| k.to_vec()),
-                    value: value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    key: r.key.clone(),
+                    value: r.value.clone().unwrap_or_default(),
                 }),
                 Err(error) => batch.dead_letters.push(DeadLetter {
                     partition: chunk.partition,

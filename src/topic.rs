@@ -203,8 +203,7 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("topic '{}' does not exist", args.topic))?;
     let retention = current_retention(&mut admin, &args.topic).await?;
-    let ids: Vec<i32> = metadata.partitions.iter().map(|p| p.partition).collect();
-    let mut readers = kafka::fetch::readers(&args.kafka, &args.topic, &ids);
+    let mut readers = kafka::fetch::readers(&args.kafka, &metadata, &metadata.partition_ids());
     let ranges = kafka::fetch::offset_ranges(&mut readers).await?;
     let group = match &args.group {
         Some(group) => {

@@ -155,8 +155,7 @@ struct Source {
 impl Source {
     async fn connect(args: &WatchArgs) -> Result<Self> {
         let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
-        let partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition).collect();
-        let readers = kafka::fetch::readers(&args.kafka, &args.topic, &partitions);
+        let readers = kafka::fetch::readers(&args.kafka, &topic, &topic.partition_ids());
         let admin = Admin::connect(&args.kafka).await?;
         let pool = match args.sink {
             Some(sink) => {

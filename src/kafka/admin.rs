@@ -72,6 +72,25 @@ pub struct TopicMetadata {
     pub partitions: Vec<PartitionMetadata>,
 }
 
+impl TopicMetadata {
+    /// The partition ids, sorted.
+    pub fn partition_ids(&self) -> Vec<i32> {
+        self.partitions.iter().map(|p| p.partition).collect()
+    }
+}
+
+/// Metadata of `topics` (None: every topic), never creating one by asking.
+fn metadata_request(topics: Option<&[&str]>) -> MetadataRequest {
+    MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(topics.map(|names| {
+            names
+                .iter()
+                .map(|n| MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(n)))))
+                .collect()
+        }))
+}
+
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
@@ -153,17 +172,7 @@ impl Admin {
 
     /// Topics with their partitions and leaders; `None` lists every topic.
     pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<Vec<TopicMetadata>> {
-        let request = MetadataRequest::default()
-            .with_allow_auto_topic_creation(false)
-            .with_topics(topics.map(|names| {
-                names
-                    .iter()
-                    .map(|n| {
-                        MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(n))))
-                    })
-                    .collect()
-            }));
-        let response = self.conn.call(request).await?;
+        let response = self.conn.call(metadata_request(topics)).await?;
         let brokers: BTreeMap<i32, String> = response
             .brokers
             .iter()
@@ -205,17 +214,7 @@ impl Admin {
     /// The partition ids of each of `names` that is a topic, in one request. Names that are not
     /// (unknown, invalid, not visible to us) are left out; any other error fails.
     pub async fn partitions_of(&mut self, names: &[&str]) -> Result<BTreeMap<String, Vec<i32>>> {
-        let request = MetadataRequest::default()
-            .with_allow_auto_topic_creation(false)
-            .with_topics(Some(
-                names
-                    .iter()
-                    .map(|n| {
-                        MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(n))))
-                    })
-                    .collect(),
-            ));
-        let response = self.conn.call(request).await?;
+        let response = self.conn.call(metadata_request(Some(names))).await?;
         let mut out = BTreeMap::new();
         for topic in response.topics {
             let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();

@@ -29,7 +29,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, Topic
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
-use super::admin::Admin;
+use super::admin::{Admin, TopicMetadata};
 use super::wire::WireConnection;
 use crate::cli::KafkaOpts;
 
@@ -115,6 +115,9 @@ pub struct PartitionReader {
     opts: KafkaOpts,
     topic: String,
     partition: i32,
+    /// The leader's address from metadata the caller already holds: used for the first
+    /// connection only (leadership may move; later connections look it up afresh).
+    leader_hint: Option<String>,
     conn: Option<WireConnection>,
 }
 
@@ -124,6 +127,7 @@ impl PartitionReader {
             opts: opts.clone(),
             topic: topic.to_string(),
             partition,
+            leader_hint: None,
             conn: None,
         }
     }
@@ -146,14 +150,16 @@ impl PartitionReader {
             return Ok(self.conn.as_mut().expect("checked"));
         }
         self.conn = None;
-        let mut admin = Admin::connect(&self.opts).await?;
-        let topics = admin.metadata(Some(&[self.topic.as_str()])).await?;
-        let addr = topics
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .find(|p| p.partition == self.partition)
-            .and_then(|p| p.leader_addr.clone())
-            .ok_or_else(|| anyhow!("no leader is known for {}/{}", self.topic, self.partition))?;
+        let addr = match self.leader_hint.take() {
+            Some(addr) => addr,
+            None => {
+                let mut admin = Admin::connect(&self.opts).await?;
+                let topics = admin.metadata(Some(&[self.topic.as_str()])).await?;
+                leader_of(&topics, self.partition).ok_or_else(|| {
+                    anyhow!("no leader is known for {}/{}", self.topic, self.partition)
+                })?
+            }
+        };
         let conn = WireConnection::connect(&addr, self.opts.timeout).await?;
         Ok(self.conn.insert(conn))
     }
@@ -255,11 +261,29 @@ impl PartitionReader {
     }
 }
 
-/// One reader per partition of `topic`.
-pub fn readers(opts: &KafkaOpts, topic: &str, partitions: &[i32]) -> Vec<PartitionReader> {
+/// The advertised address of `partition`'s leader, as `topics` report it.
+fn leader_of(topics: &[TopicMetadata], partition: i32) -> Option<String> {
+    topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition == partition)
+        .and_then(|p| p.leader_addr.clone())
+}
+
+/// One reader for each of `partitions` of `topic`, each first connecting to the leader that
+/// `topic` names (no further metadata request).
+pub fn readers(
+    opts: &KafkaOpts,
+    topic: &TopicMetadata,
+    partitions: &[i32],
+) -> Vec<PartitionReader> {
+    let known = std::slice::from_ref(topic);
     partitions
         .iter()
-        .map(|&p| PartitionReader::new(opts, topic, p))
+        .map(|&p| PartitionReader {
+            leader_hint: leader_of(known, p),
+            ..PartitionReader::new(opts, &topic.name, p)
+        })
         .collect()
 }
 

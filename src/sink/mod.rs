@@ -23,8 +23,10 @@ pub struct Landed {
     pub event: Event,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
+    /// The record's key and value as fetched (shared, not copied): kept for a dead letter
+    /// should the database refuse the event.
+    pub key: Option<bytes::Bytes>,
+    pub value: bytes::Bytes,
 }
 
 /// A record that could not be stored, kept byte for byte with the reason.
@@ -256,8 +258,8 @@ pub async fn write_isolating<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Wri
                     [one] => refused.push(DeadLetter {
                         partition: one.partition,
                         offset: one.offset,
-                        key: one.key.clone(),
-                        payload: Some(one.value.clone()),
+                        key: one.key.as_deref().map(<[u8]>::to_vec),
+                        payload: Some(one.value.to_vec()),
                         error: format!("refused by the database: {reason}"),
                     }),
                     _ => pending.extend(halves(slice)),
