@@ -7,9 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use rskafka::client::partition::{Compression, UnknownTopicHandling};
-use rskafka::client::ClientBuilder;
-use rskafka::record::Record;
 
 fn consume(db: &TestDb, topic: &str, extra: &[&str]) -> String {
     let mut args = vec![
@@ -24,33 +21,6 @@ fn consume(db: &TestDb, topic: &str, extra: &[&str]) -> String {
     ];
     args.extend_from_slice(extra);
     ok(&args)
-}
-
-/// Send raw record values to partition 0, bypassing streamlab's producer.
-fn produce_raw(topic: &str, values: Vec<Option<Vec<u8>>>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = ClientBuilder::new(vec![brokers()]).build().await.unwrap();
-        let pc = client
-            .partition_client(topic, 0, UnknownTopicHandling::Retry)
-            .await
-            .unwrap();
-        let records = values
-            .into_iter()
-            .map(|value| Record {
-                key: Some(b"poison".to_vec()),
-                value,
-                headers: Default::default(),
-                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
-                    time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
-                )
-                .unwrap(),
-            })
-            .collect();
-        pc.produce(records, Compression::NoCompression)
-            .await
-            .unwrap();
-    });
 }
 
 #[test]
@@ -124,7 +94,7 @@ fn poison_records_become_dead_letters_and_the_stream_goes_on() {
             Some(vec![b'x'; 1024 * 1024]),
         ];
         let n_poison = poison.len() as i64;
-        produce_raw(&topic, poison);
+        produce_raw(&topic, 0, b"poison", poison);
         ok(&[
             "produce", "--topic", &topic, "--count", "20", "--rate", "0", "--kind", "sensor",
         ]);

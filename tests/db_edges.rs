@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::*;
-use rskafka::client::partition::{Compression, UnknownTopicHandling};
-use rskafka::client::ClientBuilder;
-use rskafka::record::Record;
 use streamlab::events::{Event, EventKind, Generator, Sale};
 
 /// `--timeout` of the consumers whose database freezes.
@@ -329,33 +326,6 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
     assert_eq!(db.stored_offsets(&topic), written);
 }
 
-/// Send raw record values to `partition`, bypassing streamlab's producer.
-fn produce_raw(topic: &str, partition: i32, values: Vec<Vec<u8>>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = ClientBuilder::new(vec![brokers()]).build().await.unwrap();
-        let pc = client
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-            .unwrap();
-        let records = values
-            .into_iter()
-            .map(|value| Record {
-                key: Some(b"raw".to_vec()),
-                value: Some(value),
-                headers: Default::default(),
-                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
-                    time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
-                )
-                .unwrap(),
-            })
-            .collect();
-        pc.produce(records, Compression::NoCompression)
-            .await
-            .unwrap();
-    });
-}
-
 /// The sales a seeded `produce --seed SEED --count N` sends, in order.
 fn seeded_sales(seed: u64, n: usize) -> Vec<Sale> {
     let mut g = Generator::new(EventKind::Sales, Some(seed));
@@ -384,17 +354,7 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
     for db in TestDb::both() {
         let topic = topic(2);
         let n = 3000;
-        ok(&[
-            "produce",
-            "--topic",
-            &topic,
-            "--count",
-            &n.to_string(),
-            "--rate",
-            "0",
-            "--seed",
-            "43",
-        ]);
+        produce_and_wait(&brokers(), &topic, n, 43);
         let sales = seeded_sales(43, n);
         let closed = Generator::new(EventKind::Sales, Some(43)).stores()[4].clone();
         // A sale of the closed store, and one whose store_id holds a NUL (valid JSON, valid
@@ -406,7 +366,11 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         produce_raw(
             &topic,
             1,
-            vec![raw_sale(closed_id, &closed), raw_sale(nul_id, "nul\0store")],
+            b"raw",
+            vec![
+                Some(raw_sale(closed_id, &closed)),
+                Some(raw_sale(nul_id, "nul\0store")),
+            ],
         );
         ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
         let reason = match db.sink {

@@ -33,22 +33,6 @@ fn consume_args<'a>(db: &'a TestDb, brokers: &'a str, topic: &'a str) -> Vec<&'a
     ]
 }
 
-fn produce(brokers: &str, topic: &str, count: usize, seed: u64) {
-    ok(&[
-        "produce",
-        "-b",
-        brokers,
-        "--topic",
-        topic,
-        "--count",
-        &count.to_string(),
-        "--rate",
-        "0",
-        "--seed",
-        &seed.to_string(),
-    ]);
-}
-
 fn create(brokers: &str, topic: &str, partitions: u32) {
     ok(&[
         "topic",
@@ -72,13 +56,13 @@ fn a_broker_that_comes_back_empty_is_a_new_topic_not_a_silent_stall() {
     let b = broker.address();
     for db in TestDb::both() {
         create(&b, "reborn", 3);
-        produce(&b, "reborn", 1000, 41);
+        produce_and_wait(&b, "reborn", 1000, 41);
         ok(&consume_args(&db, &b, "reborn"));
         assert_eq!(db.sales_ids(), seeded_ids(41, 1000));
 
         broker.restart(); // in memory: every topic and record is gone
         create(&b, "reborn", 3);
-        produce(&b, "reborn", 500, 42);
+        produce_and_wait(&b, "reborn", 500, 42);
         let out = streamlab(&consume_args(&db, &b, "reborn"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
@@ -111,7 +95,7 @@ fn offsets_past_the_log_end_stop_the_run_until_the_operator_says_where_to_go() {
     for db in TestDb::both() {
         let b = brokers();
         let topic = topic(2);
-        produce(&b, &topic, 300, 43);
+        produce_and_wait(&b, &topic, 300, 43);
         ok(&consume_args(&db, &b, &topic));
         let ends = end_offsets(&topic);
         // The broker "lost" 1000 offsets of each partition: the stored positions are past its end.
@@ -269,7 +253,7 @@ fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
     args.retain(|a| *a != "--stop-at-end");
     args.extend(["--metadata-refresh", "1s"]);
     let consumer = spawn(&args);
-    produce(&f, &topic, 200, 44); // the producer sees two partitions too
+    produce_and_wait(&f, &topic, 200, 44); // the producer sees two partitions too
     assert!(wait_until(30, || db
         .scalar("SELECT COUNT(*) FROM sales_events")
         == 200));
@@ -277,7 +261,7 @@ fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
     assert_eq!((before[&2], before[&3]), (0, 0), "{before:?}");
 
     front.show(4);
-    produce(&brokers(), &topic, 400, 45); // murmur2 spreads these over all four
+    produce_and_wait(&brokers(), &topic, 400, 45); // murmur2 spreads these over all four
     let ends = end_offsets(&topic);
     assert!(
         ends[&2] > 0 && ends[&3] > 0,

@@ -36,8 +36,8 @@ fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
 
 fn landed(event: Event, offset: i64) -> Landed {
     Landed {
-        value: event.to_json(),
-        key: Some(event.key().as_bytes().to_vec()),
+        value: event.to_json().into(),
+        key: Some(event.key().as_bytes().to_vec().into()),
         event,
         partition: 0,
         offset,
@@ -200,7 +200,7 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
     assert!(!kept.is_empty());
     for line in &kept {
         let offset: i64 = line.parse().unwrap();
-        let original = String::from_utf8(batch.events[offset as usize].value.clone()).unwrap();
+        let original = String::from_utf8(batch.events[offset as usize].value.to_vec()).unwrap();
         let stored = db.lines(&format!(
             "SELECT {} FROM dead_letters WHERE kafka_offset = {offset}",
             match db.sink {

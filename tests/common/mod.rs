@@ -91,6 +91,54 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
+/// `produce --count N --rate 0 --seed SEED` to `topic` through `brokers`, to completion.
+pub fn produce_and_wait(brokers: &str, topic: &str, count: usize, seed: u64) {
+    ok(&[
+        "produce",
+        "-b",
+        brokers,
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--rate",
+        "0",
+        "--seed",
+        &seed.to_string(),
+    ]);
+}
+
+/// Send raw record values (each keyed `key`) to `partition`, bypassing streamlab's producer.
+pub fn produce_raw(topic: &str, partition: i32, key: &[u8], values: Vec<Option<Vec<u8>>>) {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = rskafka::client::ClientBuilder::new(vec![brokers()])
+            .build()
+            .await
+            .unwrap();
+        let pc = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        let records = values
+            .into_iter()
+            .map(|value| rskafka::record::Record {
+                key: Some(key.to_vec()),
+                value,
+                headers: Default::default(),
+                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
+                    time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+                )
+                .unwrap(),
+            })
+            .collect();
+        pc.produce(records, Compression::NoCompression)
+            .await
+            .unwrap();
+    });
+}
+
 /// A new topic with `partitions` partitions.
 pub fn topic(partitions: u32) -> String {
     let name = unique("t");
