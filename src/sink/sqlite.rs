@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
 
 use super::{
     clean_text, client_identity, redact, split_kinds, Batch, DeadLetter, Landed, MemberRecord,
@@ -32,35 +32,18 @@ pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<SqlitePool>
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(super::connect_timeout(timeout));
-    // Several consumers started at once on a new file race to switch it to WAL and to apply
-    // the migrations; the losers get SQLITE_BUSY at once (the busy timeout does not cover
-    // those steps). Retry them within --timeout: the winner's work is then simply there.
+    // Several consumers started at once on a new file race to switch it to WAL; the losers get
+    // SQLITE_BUSY at once (the busy timeout does not cover that step). Retry within --timeout:
+    // the winner's work is then simply there.
     let started = std::time::Instant::now();
     loop {
         match open(options.clone(), timeout).await {
             Ok(pool) => return Ok(pool),
-            Err((e, _))
-                if (super::is_transient(&e) || applied_concurrently(&e))
-                    && started.elapsed() < timeout =>
-            {
+            Err((e, _)) if super::is_transient(&e) && started.elapsed() < timeout => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err((e, what)) => return Err(anyhow::Error::new(e).context(format!("{what} {shown}"))),
         }
-    }
-}
-
-/// Another process recorded the same migration first (both read "not applied" before either
-/// wrote): on the retry it is simply there.
-fn applied_concurrently(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Migrate(m) => match m.as_ref() {
-            sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)) => {
-                db.is_unique_violation() && db.message().contains("_sqlx_migrations")
-            }
-            _ => false,
-        },
-        _ => false,
     }
 }
 
@@ -74,11 +57,21 @@ async fn open(
         .connect_with(options)
         .await
         .map_err(|e| (e, "cannot open SQLite database"))?;
-    MIGRATOR
-        .run(&pool)
+    migrate(&pool)
         .await
-        .map_err(|e| (sqlx::Error::from(e), "applying migrations to"))?;
+        .map_err(|e| (e, "applying migrations to"))?;
     Ok(pool)
+}
+
+/// Apply the migrations under SQLite's write lock. sqlx takes no lock on SQLite, so two
+/// processes opening a new file together would both read "not applied" and both run a
+/// migration: harmless for `CREATE … IF NOT EXISTS`, fatal for `ALTER TABLE … ADD COLUMN`.
+/// `BEGIN IMMEDIATE` makes the second wait (within the busy timeout) and then find them applied.
+async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    MIGRATOR.run(&mut *tx).await?;
+    tx.commit().await
 }
 
 pub struct SqliteSink {
