@@ -40,6 +40,8 @@ pub struct BenchReport {
     pub latency_p99_ms: Option<f64>,
     pub produce_peak_rss_mib: f64,
     pub consume_peak_rss_mib: f64,
+    /// `produce --compression`: speed and stored size per codec.
+    pub codecs: Vec<CodecCost>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -192,39 +194,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         produce_sensor.push(n as f64 / run.secs);
 
         // 2. The fetch limit: read everything with consume's reader and discard it.
-        let metadata = kafka::topic_metadata(&args.kafka, &topic).await?;
-        let mut readers = kafka::fetch::readers(&args.kafka, &metadata, &metadata.partition_ids());
         let started = Instant::now();
-        let reads = readers.iter_mut().map(|reader| async move {
-            let end = reader.end_offset().await?;
-            let (mut offset, mut records, mut bytes) = (0i64, 0u64, 0u64);
-            while offset < end {
-                let fetch = reader
-                    .fetch(offset, kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS)
-                    .await?;
-                if fetch.next_offset <= offset {
-                    break;
-                }
-                offset = fetch.next_offset;
-                records += fetch.records.len() as u64;
-                bytes += fetch
-                    .records
-                    .iter()
-                    .map(|r| {
-                        (r.key.as_ref().map_or(0, |k| k.len())
-                            + r.value.as_ref().map_or(0, |v| v.len()))
-                            as u64
-                    })
-                    .sum::<u64>();
-            }
-            Ok::<_, anyhow::Error>((records, bytes))
-        });
-        let totals = futures::future::try_join_all(reads).await?;
+        let drained = drain(&args.kafka, &topic).await?;
         let secs = started.elapsed().as_secs_f64();
-        let (records, bytes): (u64, u64) =
-            totals.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        fetch.push(records as f64 / secs);
-        mb_per_sec.push(bytes as f64 / 1e6 / (n as f64 / produce_sales[produce_sales.len() - 1]));
+        fetch.push(drained.records as f64 / secs);
+        let produce_secs = n as f64 / produce_sales[produce_sales.len() - 1];
+        mb_per_sec.push(drained.payload_bytes as f64 / 1e6 / produce_secs);
 
         // 3. The database limits, on the same kind of rows.
         let rows = generate(n);
@@ -293,7 +268,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     report.produce_peak_rss_mib = rss_produce as f64 / 1024.0;
     report.consume_peak_rss_mib = rss_consume as f64 / 1024.0;
 
-    // 5. Steady-state latency at 10,000 events/s.
+    // 5. What each compression codec costs and saves, on a quarter of the events.
+    report.codecs = codec_costs(&exe, &args, &mut admin, stamp, (n / 4).max(10_000)).await?;
+
+    // 6. Steady-state latency at 10,000 events/s.
     if !args.latency.is_zero() {
         let (p50, p99) =
             latency(&exe, &brokers, &mut admin, &pg_admin, stamp, args.latency).await?;
@@ -307,6 +285,103 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     )?;
     print_report(&report)?;
     Ok(())
+}
+
+/// What reading a whole topic found.
+#[derive(Debug, Default)]
+struct Drained {
+    records: u64,
+    /// Keys and values, uncompressed.
+    payload_bytes: u64,
+    /// Record batches as the log stores them (compressed).
+    batch_bytes: u64,
+}
+
+/// Read every partition of `topic` to its end with consume's reader, keeping nothing.
+async fn drain(opts: &crate::cli::KafkaOpts, topic: &str) -> Result<Drained> {
+    let metadata = kafka::topic_metadata(opts, topic).await?;
+    let mut readers = kafka::fetch::readers(opts, &metadata, &metadata.partition_ids());
+    let reads = readers.iter_mut().map(|reader| async move {
+        let end = reader.end_offset().await?;
+        let (mut offset, mut d) = (0i64, Drained::default());
+        while offset < end {
+            let fetch = reader
+                .fetch(offset, kafka::FETCH_BYTES, kafka::FETCH_MAX_WAIT_MS)
+                .await?;
+            if fetch.next_offset <= offset {
+                break;
+            }
+            offset = fetch.next_offset;
+            d.records += fetch.records.len() as u64;
+            d.batch_bytes += fetch.batch_bytes;
+            d.payload_bytes += fetch
+                .records
+                .iter()
+                .map(|r| {
+                    (r.key.as_ref().map_or(0, |k| k.len())
+                        + r.value.as_ref().map_or(0, |v| v.len())) as u64
+                })
+                .sum::<u64>();
+        }
+        Ok::<_, anyhow::Error>(d)
+    });
+    let parts = futures::future::try_join_all(reads).await?;
+    Ok(parts.into_iter().fold(Drained::default(), |a, b| Drained {
+        records: a.records + b.records,
+        payload_bytes: a.payload_bytes + b.payload_bytes,
+        batch_bytes: a.batch_bytes + b.batch_bytes,
+    }))
+}
+
+/// What one `--compression` codec costs (produce speed) and saves (bytes in the log).
+#[derive(Debug, Clone, Serialize)]
+pub struct CodecCost {
+    pub codec: String,
+    pub produce_per_sec: f64,
+    pub stored_bytes_per_event: f64,
+}
+
+/// Produce the same number of sales events once per codec onto fresh topics, then read each log
+/// back to see how many bytes it holds.
+async fn codec_costs(
+    exe: &Path,
+    args: &BenchArgs,
+    admin: &mut Admin,
+    stamp: i64,
+    events: u64,
+) -> Result<Vec<CodecCost>> {
+    let brokers = args.kafka.brokers().join(",");
+    let count = events.to_string();
+    let mut costs = Vec::new();
+    for codec in ["none", "lz4", "zstd", "snappy", "gzip"] {
+        let topic = format!("bench-{stamp}-codec-{codec}");
+        admin.create_topic(&topic, args.partitions, 1, &[]).await?;
+        let run = run_child(
+            exe,
+            &brokers,
+            &[
+                "produce",
+                "--topic",
+                &topic,
+                "--count",
+                &count,
+                "--rate",
+                "0",
+                "--seed",
+                "7",
+                "--compression",
+                codec,
+            ],
+        )
+        .await?;
+        let stored = drain(&args.kafka, &topic).await?;
+        costs.push(CodecCost {
+            codec: codec.into(),
+            produce_per_sec: events as f64 / run.secs,
+            stored_bytes_per_event: stored.batch_bytes as f64 / stored.records.max(1) as f64,
+        });
+    }
+    Ok(costs)
 }
 
 fn remove_sqlite(path: &Path) {
@@ -497,6 +572,23 @@ async fn latency(
     Ok((p50.unwrap_or(f64::NAN), p99.unwrap_or(f64::NAN)))
 }
 
+fn codec_table(costs: &[CodecCost]) -> comfy_table::Table {
+    let mut t = output::table(["--compression", "PRODUCE", "STORED", "VS NONE"]);
+    let none = costs
+        .iter()
+        .find(|c| c.codec == "none")
+        .map_or(f64::NAN, |c| c.stored_bytes_per_event);
+    for c in costs {
+        t.add_row(vec![
+            c.codec.clone(),
+            format!("{:.0} events/s", c.produce_per_sec),
+            format!("{:.1} bytes/event", c.stored_bytes_per_event),
+            format!("{:.0} %", 100.0 * c.stored_bytes_per_event / none),
+        ]);
+    }
+    t
+}
+
 fn print_report(r: &BenchReport) -> Result<()> {
     let mut t = output::table(["MEASURE", "RESULT", "TARGET"]);
     let rate = |x: f64| format!("{:.0} events/s", x);
@@ -563,8 +655,10 @@ fn print_report(r: &BenchReport) -> Result<()> {
         "consume ≤ 64 MiB".into(),
     ]);
     output::line(format!(
-        "streamlab bench · {} events × {} repeats (medians) · {}\n{t}\nwritten to target/bench/latest.json",
+        "streamlab bench · {} events × {} repeats (medians) · {}\n{t}",
         r.events, r.repeats, r.machine
     ))?;
+    output::line(codec_table(&r.codecs))?;
+    output::line("written to target/bench/latest.json")?;
     Ok(())
 }

@@ -4,14 +4,13 @@
 //! fragments where PostgreSQL and SQLite differ (timestamps, casts, placeholders).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::cli::{CheckArgs, DbOpts, Format, SinkKind};
+use crate::cli::{CheckArgs, DbTarget, Format, SinkKind};
 use crate::events::{EventKind, CHANNELS, STATUSES};
 use crate::exit::ExitError;
 use crate::kafka::admin::GroupCoordinator;
@@ -207,41 +206,40 @@ async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
     Ok(row.try_get::<i64, _>(0)?)
 }
 
-/// A read-only pool over either database (exit 2 when it cannot be reached).
-pub(crate) async fn connect(db: &DbOpts, timeout: std::time::Duration) -> Result<AnyPool> {
+/// A read-only pool over either database.
+pub(crate) async fn connect(db: &DbTarget, timeout: std::time::Duration) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
-    let url = db.url();
-    let shown = redact(&url);
-    let unreachable = |e: &dyn std::fmt::Display| ExitError {
-        code: 2,
-        message: format!("cannot reach the database {shown}: {e}"),
-    };
-    if db.sink == SinkKind::Pg {
-        crate::sink::pg::warn_unrecognized_parameters(&url);
+    let url = &db.url;
+    let shown = redact(url);
+    let unreachable =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot reach the database {shown}: {e}");
+    if db.kind == SinkKind::Pg {
+        crate::sink::pg::warn_unrecognized_parameters(url);
     }
-    if db.sink == SinkKind::Sqlite {
+    if db.kind == SinkKind::Sqlite {
         let path = url
             .trim_start_matches("sqlite://")
             .trim_start_matches("sqlite:");
         let path = path.split('?').next().unwrap_or_default();
         if path != ":memory:" && !std::path::Path::new(path).exists() {
-            return Err(unreachable(&"no such file (run `streamlab consume` first)").into());
+            return Err(unreachable(&"no such file (run `streamlab consume` first)"));
         }
     }
     let connecting = AnyPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(timeout)
-        .connect(&url);
+        .connect(url);
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(pool)) => Ok(pool),
-        Ok(Err(e)) => Err(unreachable(&e).into()),
-        Err(_) => Err(unreachable(&"no answer in time").into()),
+        Ok(Err(e)) => Err(unreachable(&e)),
+        Err(_) => Err(unreachable(&"no answer in time")),
     }
 }
 
 pub async fn run(args: CheckArgs) -> Result<()> {
-    let pool = connect(&args.db, args.kafka.timeout).await?;
-    let d = Dialect::of(args.db.sink);
+    let target = args.db.target()?;
+    let pool = connect(&target, args.kafka.timeout).await?;
+    let d = Dialect::of(target.kind);
     let table = args.kind.table();
     let exists: i64 = sqlx::query(&d.table_exists())
         .bind(table)
@@ -251,10 +249,10 @@ pub async fn run(args: CheckArgs) -> Result<()> {
     if exists == 0 {
         anyhow::bail!(
             "table {table} does not exist in {}: run `streamlab consume` or `streamlab migrate` first",
-            redact(&args.db.url())
+            redact(&target.url)
         );
     }
-    let report = build_report(&args, &pool, &d).await?;
+    let report = build_report(&args, &target, &pool, &d).await?;
     match args.format {
         Format::Json => output::json(&report)?,
         Format::Table => print_table(&report)?,
@@ -276,7 +274,12 @@ pub async fn run(args: CheckArgs) -> Result<()> {
     }
 }
 
-async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<Report> {
+async fn build_report(
+    args: &CheckArgs,
+    target: &DbTarget,
+    pool: &AnyPool,
+    d: &Dialect,
+) -> Result<Report> {
     let table = args.kind.table();
     let mut checks = Vec::new();
 
@@ -434,11 +437,6 @@ async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<R
                 None => format!("total lag {total}"),
             },
         });
-    } else if args.max_lag.is_some() {
-        anyhow::bail!(ExitError {
-            code: 2,
-            message: "--max-lag needs --topic".into()
-        });
     }
 
     let columns = newest_columns(args.kind, d);
@@ -486,7 +484,7 @@ async fn build_report(args: &CheckArgs, pool: &AnyPool, d: &Dialect) -> Result<R
     .await?;
 
     Ok(Report {
-        database: redact(&args.db.url()),
+        database: redact(&target.url),
         table: table.to_string(),
         healthy: checks.iter().all(|c| c.ok),
         rows,
@@ -747,13 +745,7 @@ async fn lag(
 }
 
 fn print_table(r: &Report) -> Result<()> {
-    let colour = std::io::stdout().is_terminal();
-    let paint = |ok: bool| match (ok, colour) {
-        (true, true) => "\x1b[32mok\x1b[0m".to_string(),
-        (false, true) => "\x1b[31mFAIL\x1b[0m".to_string(),
-        (true, false) => "ok".to_string(),
-        (false, false) => "FAIL".to_string(),
-    };
+    let paint = |ok: bool| output::verdict(if ok { "ok" } else { "FAIL" }, ok);
     output::line(format!("streamlab check · {} · {}", r.database, r.table))?;
     output::line(format!(
         "rows {} · latest ts {} · verdict {}",

@@ -20,12 +20,56 @@ use crate::events::EventKind;
         streamlab check --sink sqlite --topic sales"
 )]
 pub struct Cli {
+    /// How to reach Kafka: accepted before or after the subcommand, as rpk does.
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+
     /// More log output (-v debug, -vv trace). RUST_LOG overrides it.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(
+        short,
+        long,
+        action = clap::ArgAction::Count,
+        global = true,
+        help_heading = "Global options"
+    )]
     pub verbose: u8,
+
+    /// Print only results, warnings and errors: no progress, no summaries (JSON still prints).
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
+    pub quiet: bool,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The subcommand with the global connection options handed to it.
+    pub fn into_command(self) -> Command {
+        let kafka = self.kafka;
+        let mut command = self.command;
+        match &mut command {
+            Command::Topic(topic) => match topic {
+                TopicCommand::Create(a) => a.kafka = kafka,
+                TopicCommand::Retention(a) => a.kafka = kafka,
+                TopicCommand::List(a) => a.kafka = kafka,
+                TopicCommand::Describe(a) => a.kafka = kafka,
+            },
+            Command::Produce(a) => a.kafka = kafka,
+            Command::Consume(a) => a.kafka = kafka,
+            Command::Check(a) => a.kafka = kafka,
+            Command::Watch(a) => a.kafka = kafka,
+            Command::Bench(a) => a.kafka = kafka,
+            Command::Migrate(a) => a.timeout = kafka.timeout,
+            Command::Completions(_) => {}
+        }
+        command
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,9 +89,19 @@ pub enum Command {
     Watch(WatchArgs),
     /// Measure produce, fetch, database limits, consume, latency and memory on the local stack.
     Bench(BenchArgs),
+    /// Print a shell completion script, e.g. `streamlab completions bash > ~/.local/share/bash-completion/completions/streamlab`.
+    Completions(CompletionsArgs),
 }
 
-/// How to reach Kafka. Shared by every command that talks to a broker.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// How to reach Kafka. Parsed once at the top (global: before or after the subcommand) and
+/// handed to every command that talks to a broker.
 #[derive(Debug, Clone, Args)]
 pub struct KafkaOpts {
     /// Broker addresses, comma separated.
@@ -56,14 +110,33 @@ pub struct KafkaOpts {
         long = "bootstrap-server",
         env = "STREAMLAB_BROKERS",
         hide_env_values = true,
-        default_value = "localhost:9092",
-        value_name = "HOST:PORT[,HOST:PORT…]"
+        default_value = DEFAULT_BROKERS,
+        value_name = "HOST:PORT[,HOST:PORT…]",
+        global = true,
+        help_heading = "Global options"
     )]
     pub bootstrap_server: String,
 
-    /// Give up on an unreachable broker after this long (e.g. 10s, 2m).
-    #[arg(long = "timeout", default_value = "10s", value_parser = crate::duration::parse)]
+    /// Give up on a broker or database that does not answer after this long (e.g. 10s, 2m).
+    #[arg(
+        long = "timeout",
+        default_value = "10s",
+        value_parser = crate::duration::parse,
+        global = true,
+        help_heading = "Global options"
+    )]
     pub timeout: Duration,
+}
+
+const DEFAULT_BROKERS: &str = "localhost:9092";
+
+impl Default for KafkaOpts {
+    fn default() -> Self {
+        Self {
+            bootstrap_server: DEFAULT_BROKERS.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl KafkaOpts {
@@ -86,12 +159,12 @@ pub enum SinkKind {
     Sqlite,
 }
 
-/// How to reach the database. Shared by consume, migrate and check.
+/// How to reach the database. Shared by consume, migrate, check and watch.
 #[derive(Debug, Clone, Args)]
 pub struct DbOpts {
-    /// Database to write to / read from.
+    /// Database to write to / read from. Optional when -D names it (postgres://… or sqlite://…).
     #[arg(long, value_enum)]
-    pub sink: SinkKind,
+    pub sink: Option<SinkKind>,
 
     /// Database URL. Defaults: sqlite://warehouse.db, postgres://postgres:postgres@localhost:5432/streamlab
     #[arg(
@@ -104,19 +177,87 @@ pub struct DbOpts {
 }
 
 impl DbOpts {
-    pub fn url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| match self.sink {
-                SinkKind::Pg => "postgres://postgres:postgres@localhost:5432/streamlab".into(),
-                SinkKind::Sqlite => "sqlite://warehouse.db".into(),
-            })
+    /// Settle which database is meant before anything connects: `--sink` and the URL's scheme
+    /// must agree, either one alone is enough, and a URL of another database is a usage error.
+    pub fn target(&self) -> anyhow::Result<DbTarget> {
+        DbTarget::settle(self.sink, self.database_url.as_deref())
+    }
+
+    /// Like [`DbOpts::target`], for commands where the database is optional.
+    pub fn optional_target(&self) -> anyhow::Result<Option<DbTarget>> {
+        match (self.sink, &self.database_url) {
+            (None, None) => Ok(None),
+            _ => self.target().map(Some),
+        }
     }
 }
 
+/// Which database a command works on, settled once from `--sink` and the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbTarget {
+    pub kind: SinkKind,
+    pub url: String,
+}
+
+impl DbTarget {
+    pub fn settle(sink: Option<SinkKind>, url: Option<&str>) -> anyhow::Result<Self> {
+        use crate::exit::usage;
+        let Some(url) = url else {
+            let kind = sink.ok_or_else(|| {
+                usage("say which database: --sink pg|sqlite, or -D postgres://… | sqlite://…")
+            })?;
+            let url = match kind {
+                SinkKind::Pg => "postgres://postgres:postgres@localhost:5432/streamlab",
+                SinkKind::Sqlite => "sqlite://warehouse.db",
+            };
+            return Ok(Self {
+                kind,
+                url: url.into(),
+            });
+        };
+        let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+        let from_url = match scheme.as_deref() {
+            Some("postgres" | "postgresql") => SinkKind::Pg,
+            Some("sqlite") => SinkKind::Sqlite,
+            _ => {
+                return Err(usage(format!(
+                    "{} is not a database streamlab writes to: use postgres://… or sqlite://…",
+                    crate::sink::redact(url)
+                )))
+            }
+        };
+        match sink {
+            Some(kind) if kind != from_url => Err(usage(format!(
+                "--sink {} does not fit the database URL {} (from -D or DATABASE_URL): \
+                 drop --sink, or give a {} URL",
+                kind.name(),
+                crate::sink::redact(url),
+                kind.name()
+            ))),
+            _ => Ok(Self {
+                kind: from_url,
+                url: url.into(),
+            }),
+        }
+    }
+}
+
+impl SinkKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Pg => "pg",
+            SinkKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// For people: tables and sentences.
+    #[value(alias = "text")]
     Table,
+    /// For scripts: one JSON document on stdout.
     Json,
 }
 
@@ -134,7 +275,7 @@ pub enum TopicCommand {
 
 #[derive(Debug, Args)]
 pub struct TopicCreateArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     /// Topic name: letters, digits, '.', '_' and '-', at most 249 characters.
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
@@ -155,7 +296,7 @@ pub struct TopicCreateArgs {
 
 #[derive(Debug, Args)]
 pub struct TopicRetentionArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
@@ -166,7 +307,7 @@ pub struct TopicRetentionArgs {
 
 #[derive(Debug, Args)]
 pub struct TopicListArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
@@ -174,7 +315,7 @@ pub struct TopicListArgs {
 
 #[derive(Debug, Args)]
 pub struct TopicDescribeArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
@@ -205,7 +346,7 @@ pub enum PartitionerArg {
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     #[command(flatten)]
     pub metrics: crate::metrics::MetricsOpts,
@@ -226,10 +367,17 @@ pub struct ProduceArgs {
     /// Make the stream reproducible: the same seed gives the same events (ids included).
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long, value_enum, default_value = "lz4")]
+    /// Compress each record batch (as Kafka's `compression.type`). `none`, Kafka's default, is
+    /// readable by every client; lz4 or zstd save bandwidth and disk (`streamlab bench` shows
+    /// what each costs and saves) but need the codec in every consumer.
+    #[arg(long, value_enum, default_value = "none")]
     pub compression: CompressionArg,
+    /// How keyed events are spread over partitions.
     #[arg(long, value_enum, default_value = "murmur2")]
     pub partitioner: PartitionerArg,
+    /// `json` prints the summary (events acknowledged, per partition, rate) as one JSON document.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
     /// Largest record batch sent to one partition in one request, in bytes.
     #[arg(long, default_value_t = 1 << 20, hide = true)]
     pub batch_bytes: usize,
@@ -243,7 +391,7 @@ pub enum StartFrom {
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     #[command(flatten)]
     pub db: DbOpts,
@@ -296,6 +444,10 @@ pub struct ConsumeArgs {
     /// Print `Stored: <key> at <ts>` for every stored event.
     #[arg(long)]
     pub print_each: bool,
+    /// `json` prints the summary (consumed, inserted, duplicates, dead letters, per-partition
+    /// offsets and lag) as one JSON document.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
     /// Records larger than this many bytes are dead-lettered unparsed.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_event_bytes: usize,
@@ -307,28 +459,21 @@ pub struct ConsumeArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Keys: q quits, p pauses. Piped (not a terminal), one JSON snapshot per \
+    after_help = "Keys: q, Esc or Ctrl-C quit, p pauses. Piped (not a terminal), one JSON snapshot per \
     interval is printed instead:\n  streamlab watch --topic sales --sink sqlite --count 1 | jq .total"
 )]
 pub struct WatchArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
     /// Consumer group whose position is shown.
     #[arg(short, long, default_value = "streamlab")]
     pub group: String,
-    /// Also show what landed in this database; the group's position is then read from it.
-    #[arg(long, value_enum)]
-    pub sink: Option<SinkKind>,
-    /// Database URL (with --sink). Defaults as for consume.
-    #[arg(
-        short = 'D',
-        long = "database-url",
-        env = "DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
+    /// Also show what landed in this database (--sink and/or -D); the group's position is then
+    /// read from it.
+    #[command(flatten)]
+    pub db: DbOpts,
     /// Which table to count (with --sink).
     #[arg(short, long, value_enum, default_value = "sales")]
     pub kind: EventKind,
@@ -344,6 +489,8 @@ pub struct WatchArgs {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub db: DbOpts,
+    #[arg(skip)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -362,15 +509,15 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// Fail (exit 1) when total lag exceeds this many events.
-    #[arg(long)]
+    #[arg(long, requires = "topic")]
     pub max_lag: Option<i64>,
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    #[command(flatten)]
+    #[arg(skip)]
     pub kafka: KafkaOpts,
     /// Events per measurement.
     #[arg(short = 'n', long, default_value_t = 1_000_000)]

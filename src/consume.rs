@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ConsumeArgs, KafkaOpts, SinkKind, StartFrom};
+use crate::cli::{ConsumeArgs, Format, KafkaOpts, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
 use crate::kafka;
 use crate::kafka::admin::{GroupCoordinator, TopicMetadata};
@@ -36,20 +36,26 @@ use crate::sink::{
     self, Batch, DeadLetter, Deadline, Holding, Landed, MemberRecord, OffsetAdvance, Sink,
     SinkError, Written,
 };
-use crate::{output, shutdown};
+use crate::{exit, output, shutdown};
 
 /// How often the group's offsets are mirrored to Kafka while running (and always at the end).
 const MIRROR_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(args: ConsumeArgs) -> Result<()> {
+    let target = args.db.target()?;
+    if args.print_each && args.format == Format::Json {
+        return Err(exit::usage(
+            "--print-each prints lines for people: it does not mix with --format json",
+        ));
+    }
     crate::metrics::serve(&args.metrics)?;
-    let url = args.db.url();
+    let url = target.url;
     let timeout = args.kafka.timeout;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
     let limit = sink::connect_timeout(timeout);
     let shown = sink::redact(&url);
     let within = |name: &str| (limit, format!("{name} at {shown}"));
-    match args.db.sink {
+    match target.kind {
         SinkKind::Pg => {
             let (limit, database) = within("PostgreSQL");
             let pg = PgSink::connect(&url, timeout).await?;
@@ -1278,11 +1284,14 @@ fn status_line(
 }
 
 fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
+    if args.format == Format::Json {
+        return output::json(summary);
+    }
     let kind = match args.kind {
         EventKind::Sales => "sales",
         EventKind::Sensor => "sensor",
     };
-    output::line(format!(
+    output::note(format!(
         "consumed {} {kind} records from '{}' in {:.2}s ({:.1} events/s): {} inserted, {} duplicates skipped, {} dead-lettered",
         summary.consumed,
         args.topic,
@@ -1293,7 +1302,7 @@ fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
         summary.dead_lettered
     ))?;
     for (p, pos) in &summary.partitions {
-        output::line(format!(
+        output::note(format!(
             "  partition {p}: next offset {}, lag {}",
             pos.next_offset, pos.lag
         ))?;

@@ -25,8 +25,8 @@ use anyhow::Result;
 
 use cli::{Cli, Command};
 
-pub async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+pub async fn run(command: Command) -> Result<()> {
+    match command {
         Command::Topic(cmd) => topic::run(cmd).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
@@ -34,17 +34,27 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(args).await,
         Command::Watch(args) => watch::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Completions(args) => completions(args),
     }
+}
+
+/// `streamlab completions SHELL`: the completion script on stdout.
+fn completions(args: cli::CompletionsArgs) -> Result<()> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "streamlab", &mut script);
+    output::bytes(&script)?;
+    Ok(())
 }
 
 /// `streamlab migrate`: apply the embedded migrations and exit.
 async fn migrate(args: cli::MigrateArgs) -> Result<()> {
-    let url = args.db.url();
-    let timeout = std::time::Duration::from_secs(10);
-    match args.db.sink {
-        cli::SinkKind::Pg => drop(sink::pg::connect(&url, timeout).await?),
-        cli::SinkKind::Sqlite => drop(sink::sqlite::connect(&url, timeout).await?),
+    let target = args.db.target()?;
+    let (url, timeout) = (&target.url, args.timeout);
+    match target.kind {
+        cli::SinkKind::Pg => drop(sink::pg::connect(url, timeout).await?),
+        cli::SinkKind::Sqlite => drop(sink::sqlite::connect(url, timeout).await?),
     }
-    output::line(format!("migrations applied to {}", sink::redact(&url)))?;
+    output::note(format!("migrations applied to {}", sink::redact(url)))?;
     Ok(())
 }

@@ -8,8 +8,10 @@ use tracing_subscriber::EnvFilter;
 /// `RUST_LOG` says; `sink::pg` names such parameters itself, without their values.
 const SQLX_URL_PARAMETERS: &str = "sqlx_postgres::options::parse=off";
 
-pub fn init(verbosity: u8) {
+/// `quiet` (`-q`) keeps warnings and errors only.
+pub fn init(verbosity: u8, quiet: bool) {
     let default = match verbosity {
+        _ if quiet => "streamlab=warn,rskafka=error,sqlx=error",
         0 => "streamlab=info,rskafka=error,sqlx=warn",
         1 => "streamlab=debug,rskafka=warn,sqlx=warn",
         _ => "streamlab=trace,rskafka=debug,sqlx=info",
@@ -24,6 +26,7 @@ pub fn init(verbosity: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(crate::output::stderr_colour())
         .with_target(false)
         .try_init();
 }

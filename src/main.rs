@@ -8,7 +8,9 @@ use streamlab::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    streamlab::logging::init(cli.verbose);
+    streamlab::logging::init(cli.verbose, cli.quiet);
+    streamlab::output::set_quiet(cli.quiet);
+    let command = cli.into_command();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -16,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(streamlab::run(cli)) {
+    match runtime.block_on(streamlab::run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => streamlab::exit::report(&err),
     }

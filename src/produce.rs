@@ -12,7 +12,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::cli::{CompressionArg, PartitionerArg, ProduceArgs};
+use crate::cli::{CompressionArg, Format, PartitionerArg, ProduceArgs};
 use crate::events::Generator;
 use crate::kafka::{self, partitioner};
 use crate::progress::Progress;
@@ -162,7 +162,10 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
         elapsed_secs: elapsed,
         rate: sent as f64 / elapsed.max(1e-9),
     };
-    print_summary(&summary, &partitions)?;
+    match args.format {
+        Format::Json => output::json(&summary)?,
+        Format::Table => print_summary(&summary, &partitions)?,
+    }
     match failure {
         Some(e) => Err(e.context(format!(
             "stopped after {} acknowledged events",
@@ -174,12 +177,12 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
 }
 
 fn print_summary(summary: &ProduceSummary, partitions: &[i32]) -> Result<()> {
-    output::line(format!(
+    output::note(format!(
         "produced {} events to '{}' in {:.2}s ({:.1} events/s)",
         summary.sent, summary.topic, summary.elapsed_secs, summary.rate
     ))?;
     for (p, n) in partitions.iter().zip(&summary.per_partition) {
-        output::line(format!("  partition {p}: {n}"))?;
+        output::note(format!("  partition {p}: {n}"))?;
     }
     Ok(())
 }

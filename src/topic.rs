@@ -68,14 +68,14 @@ async fn create(args: TopicCreateArgs) -> Result<()> {
             } else {
                 format!(" with {}", configs.join(", "))
             };
-            output::line(format!(
+            output::note(format!(
                 "created topic '{}': {} partition(s), replication factor {}{configs}",
                 args.topic, args.partitions, args.replication_factor
             ))?;
             Ok(())
         }
         Created::AlreadyExists if args.if_not_exists => {
-            output::line(format!("topic '{}' already exists", args.topic))?;
+            output::note(format!("topic '{}' already exists", args.topic))?;
             Ok(())
         }
         Created::AlreadyExists => anyhow::bail!(

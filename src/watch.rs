@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -21,7 +21,7 @@ use sqlx::{AnyPool, Row as _};
 use time::OffsetDateTime;
 
 use crate::check::{self, Dialect};
-use crate::cli::{DbOpts, WatchArgs};
+use crate::cli::WatchArgs;
 use crate::events::ts_millis;
 use crate::kafka::fetch::PartitionReader;
 use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
@@ -85,6 +85,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let mut history = History::default();
     let json = !std::io::stdout().is_terminal();
     let mut terminal = (!json).then(ratatui::init);
+    // NO_COLOR (or CLICOLOR=0): the same dashboard in the terminal's own colours.
+    let colour = output::stdout_colour();
     let mut paused = false;
     let mut taken = 0u64;
     let result = async {
@@ -94,7 +96,12 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 taken += 1;
                 match terminal.as_mut() {
                     Some(t) => {
-                        t.draw(|f| draw(f, &snapshot, &history, paused))?;
+                        t.draw(|f| {
+                            draw(f, &snapshot, &history, paused);
+                            if !colour {
+                                uncolour(f.buffer_mut());
+                            }
+                        })?;
                     }
                     None => output::line(serde_json::to_string(&snapshot)?)?,
                 }
@@ -107,9 +114,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 let wait = args.interval;
                 let key = tokio::task::spawn_blocking(move || read_key(wait)).await??;
                 match key {
-                    Some(KeyCode::Char('q')) | Some(KeyCode::Esc) => return Ok(()),
-                    Some(KeyCode::Char('p')) => paused = !paused,
-                    _ => {}
+                    Some(Key::Quit) => return Ok(()),
+                    Some(Key::Pause) => paused = !paused,
+                    None => {}
                 }
             } else {
                 tokio::select! {
@@ -126,14 +133,44 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     result
 }
 
-/// A key pressed within `wait`, if any.
-fn read_key(wait: Duration) -> Result<Option<KeyCode>> {
+/// Drop every colour from a drawn frame, keeping text and emphasis (bold, reversed).
+fn uncolour(buffer: &mut ratatui::buffer::Buffer) {
+    for cell in &mut buffer.content {
+        cell.set_fg(ratatui::style::Color::Reset);
+        cell.set_bg(ratatui::style::Color::Reset);
+    }
+}
+
+/// What a key asks of the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Quit,
+    Pause,
+}
+
+impl Key {
+    /// q, Esc, and Ctrl-C (which raw mode delivers as a key, not as SIGINT) quit; p pauses.
+    fn of(key: KeyEvent) -> Option<Self> {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('c') | KeyCode::Char('d') if ctrl => Some(Key::Quit),
+            KeyCode::Char('q') | KeyCode::Esc => Some(Key::Quit),
+            KeyCode::Char('p') => Some(Key::Pause),
+            _ => None,
+        }
+    }
+}
+
+/// A meaningful key pressed within `wait`, if any.
+fn read_key(wait: Duration) -> Result<Option<Key>> {
     let until = Instant::now() + wait;
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         if event::poll(left)? {
             if let Event::Key(key) = event::read()? {
                 if key.kind == KeyEventKind::Press {
-                    return Ok(Some(key.code));
+                    if let Some(key) = Key::of(key) {
+                        return Ok(Some(key));
+                    }
                 }
             }
         } else {
@@ -157,17 +194,11 @@ impl Source {
         let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
         let readers = kafka::fetch::readers(&args.kafka, &topic, &topic.partition_ids());
         let admin = Admin::connect(&args.kafka).await?;
-        let pool = match args.sink {
-            Some(sink) => {
-                let db = DbOpts {
-                    sink,
-                    database_url: args.database_url.clone(),
-                };
-                Some((
-                    check::connect(&db, args.kafka.timeout).await?,
-                    Dialect::of(sink),
-                ))
-            }
+        let pool = match args.db.optional_target()? {
+            Some(target) => Some((
+                check::connect(&target, args.kafka.timeout).await?,
+                Dialect::of(target.kind),
+            )),
             None => None,
         };
         Ok(Self {
@@ -535,6 +566,20 @@ mod tests {
     use ratatui::Terminal;
 
     use super::*;
+
+    #[test]
+    fn ctrl_c_q_and_esc_quit_and_p_pauses() {
+        let key = |code, modifiers| Key::of(KeyEvent::new(code, modifiers));
+        let none = KeyModifiers::NONE;
+        assert_eq!(
+            key(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            Some(Key::Quit)
+        );
+        assert_eq!(key(KeyCode::Char('q'), none), Some(Key::Quit));
+        assert_eq!(key(KeyCode::Esc, none), Some(Key::Quit));
+        assert_eq!(key(KeyCode::Char('p'), none), Some(Key::Pause));
+        assert_eq!(key(KeyCode::Char('c'), none), None);
+    }
 
     fn snapshot() -> Snapshot {
         Snapshot {

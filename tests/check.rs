@@ -189,12 +189,12 @@ fn the_seeds_sql_runs_unchanged_on_postgres() {
 }
 
 #[test]
-fn an_unreachable_database_exits_2_without_the_password() {
+fn an_unreachable_database_exits_1_without_the_password() {
     let db = TestDb::sqlite();
     let missing = format!("{}.missing", db.url);
     fails(
         &["check", "--sink", "sqlite", "-D", &missing],
-        2,
+        1,
         &["no such file"],
         &[],
     );
@@ -209,7 +209,7 @@ fn an_unreachable_database_exits_2_without_the_password() {
             "--timeout",
             "2s",
         ],
-        2,
+        1,
         &["cannot reach the database"],
         &["hunter2"],
     );

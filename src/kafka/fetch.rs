@@ -75,6 +75,8 @@ pub struct Fetch {
     /// A batch that could not be read, with the offsets it covers; `records` holds what came
     /// before it.
     pub corrupt: Option<CorruptBatch>,
+    /// Bytes of the record batches read, as stored (compressed): what the log holds.
+    pub batch_bytes: u64,
 }
 
 /// A record batch that failed its checks: which offsets it covers, why, and its raw bytes.
@@ -393,6 +395,7 @@ pub fn read_partition(data: PartitionData, from: i64) -> Fetch {
             }
         };
         let raw = buf.split_to(header.total_len);
+        out.batch_bytes += header.total_len as u64;
         if header.last_offset < from {
             continue;
         }
