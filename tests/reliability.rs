@@ -313,8 +313,8 @@ fn hostile_configuration_gets_a_clear_error_and_no_password() {
             "-D",
             "mysql://x",
         ],
-        1,
-        &["mysql://x"],
+        2,
+        &["mysql://x is not a database streamlab writes to"],
         &[],
     );
 }

@@ -34,6 +34,9 @@ fn json_snapshots_follow_a_running_consume_to_zero_lag() {
         "1000",
     ]);
 
+    // watch reads a database that exists: wait for the consumer to create it.
+    let file = db.url.trim_start_matches("sqlite://").to_string();
+    assert!(wait_until(10, || std::path::Path::new(&file).exists()));
     // While the throttled consumer works, the group's position moves and lag shrinks.
     let mut watch = command(&[
         "watch",
@@ -61,9 +64,10 @@ fn json_snapshots_follow_a_running_consume_to_zero_lag() {
         assert!(seen.len() < 100, "lag never reached 0: {:?}", seen.last());
     }
     signal(&watch, "TERM");
+    let status = watch.wait().unwrap();
     assert!(
-        watch.wait().unwrap().success(),
-        "Ctrl-C/SIGTERM ends watch cleanly"
+        status.success(),
+        "Ctrl-C/SIGTERM ends watch cleanly: {status:?} after {seen:?}"
     );
     signal(&consumer, "TERM");
     assert!(consumer.wait_with_output().unwrap().status.success());
