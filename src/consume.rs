@@ -1066,6 +1066,7 @@ impl Fetcher {
             Err(FetchError::Fatal(e)) => return Err(Step::Fail(e)),
         };
         let partition = self.reader.partition();
+        let removed = fetch.removed_before(self.offset);
         let mut chunk = Fetched {
             partition,
             records: fetch.records,
@@ -1073,6 +1074,18 @@ impl Fetcher {
             stable_end: fetch.stable_end,
             skipped: None,
         };
+        if let Some(gone) = removed {
+            // The broker deleted them without moving its log start (tansu): same as an
+            // OFFSET_OUT_OF_RANGE below the log start, said the same way.
+            tracing::warn!(
+                "{}/{partition}: offsets {}..{} were removed by retention before they were \
+                 consumed",
+                self.reader.topic(),
+                gone.start,
+                gone.end
+            );
+            chunk.next_offset = chunk.next_offset.max(gone.end);
+        }
         if let Some(corrupt) = fetch.corrupt {
             if !chunk.records.is_empty() || chunk.next_offset > self.offset {
                 // Deliver what came before it; the next fetch starts at the bad batch.

@@ -77,6 +77,25 @@ pub struct Fetch {
     pub corrupt: Option<CorruptBatch>,
     /// Bytes of the record batches read, as stored (compressed): what the log holds.
     pub batch_bytes: u64,
+    /// The first offset at or after the requested one that the log still holds (any batch,
+    /// control batches included); `None` when the answer held no batch. Above the requested
+    /// offset, the records in between are gone: removed by retention on a broker that does
+    /// not move its log start (tansu), or by compaction.
+    pub first_offset: Option<i64>,
+}
+
+impl Fetch {
+    /// Offsets from the requested one up to the first the log still holds: records that were
+    /// removed, though the broker's log start (or the lack of an OFFSET_OUT_OF_RANGE) did not
+    /// say so. An answer holding nothing below the stable end means all of them are gone.
+    pub fn removed_before(&self, requested: i64) -> Option<std::ops::Range<i64>> {
+        let first = match self.first_offset {
+            Some(first) => first,
+            None if self.corrupt.is_none() && requested < self.stable_end => self.stable_end,
+            None => return None,
+        };
+        (first > requested).then_some(requested..first)
+    }
 }
 
 /// A record batch that failed its checks: which offsets it covers, why, and its raw bytes.
@@ -110,6 +129,12 @@ pub enum FetchError {
     #[error("{0:#}")]
     Fatal(anyhow::Error),
 }
+
+/// What [`PartitionReader::fetch`] asks for when an answer held no batch below the stable end.
+const GAP_PROBE_BYTES: i32 = 16 << 20;
+
+/// What [`PartitionReader::range`] reads at the listed log start to see where records begin.
+const START_PROBE_BYTES: i32 = 64 << 10;
 
 /// One partition's reader: its own connection to the partition's leader, looked up (again)
 /// whenever the connection is missing or was abandoned half way.
@@ -168,7 +193,28 @@ impl PartitionReader {
 
     /// Fetch from `offset`: at most `max_bytes` (at least one whole batch), waiting up to
     /// `max_wait_ms` for records to arrive.
+    ///
+    /// Kafka always answers with at least one batch when there is one; tansu answers nothing
+    /// when the first record is larger than `max_bytes`. So an answer without a batch below
+    /// the stable end is asked again once with [`GAP_PROBE_BYTES`]: still nothing means the
+    /// records there are gone ([`Fetch::removed_before`]), not that they were too big.
     pub async fn fetch(
+        &mut self,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<Fetch, FetchError> {
+        let fetch = self.fetch_once(offset, max_bytes, max_wait_ms).await?;
+        if fetch.first_offset.is_some()
+            || offset >= fetch.stable_end
+            || max_bytes >= GAP_PROBE_BYTES
+        {
+            return Ok(fetch);
+        }
+        self.fetch_once(offset, GAP_PROBE_BYTES, 0).await
+    }
+
+    async fn fetch_once(
         &mut self,
         offset: i64,
         max_bytes: i32,
@@ -242,7 +288,8 @@ impl PartitionReader {
     pub async fn end_offset(&mut self) -> Result<i64> {
         let listed = self.list_offset(LATEST).await?;
         let at = listed.max(0);
-        match self.fetch(at, 1, 0).await {
+        // Only the answer's offsets matter here, not its records.
+        match self.fetch_once(at, 1, 0).await {
             Ok(fetch) => Ok(fetch.stable_end.max(listed)),
             Err(FetchError::OffsetOutOfRange) => Ok(listed),
             Err(e) => {
@@ -256,10 +303,28 @@ impl PartitionReader {
     }
 
     /// The first offset still in the log and the end a consumer can reach.
+    ///
+    /// The start is read, not only listed: a broker that deletes old records without moving
+    /// its log start (tansu) still lists the old start, and only a fetch there shows where the
+    /// records it kept begin.
     pub async fn range(&mut self) -> Result<(i64, i64)> {
-        let earliest = self.list_offset(EARLIEST).await?;
-        let end = self.end_offset().await?;
-        Ok((earliest, end.max(earliest)))
+        let listed = self.list_offset(EARLIEST).await?;
+        let end = self.end_offset().await?.max(listed);
+        if listed >= end {
+            return Ok((listed, end));
+        }
+        let start = match self.fetch(listed, START_PROBE_BYTES, 0).await {
+            Ok(fetch) => fetch.removed_before(listed).map_or(listed, |gone| gone.end),
+            Err(FetchError::OffsetOutOfRange) => listed,
+            Err(e) => {
+                self.conn = None;
+                return Err(anyhow!(e).context(format!(
+                    "reading the start of {}/{}",
+                    self.topic, self.partition
+                )));
+            }
+        };
+        Ok((start.min(end), end))
     }
 }
 
@@ -385,6 +450,7 @@ pub fn read_partition(data: PartitionData, from: i64) -> Fetch {
             // A batch cut short by the size limit: the next fetch starts there.
             Ok(None) => break,
             Err(reason) => {
+                out.first_offset.get_or_insert(peek_i64(&buf, 0).max(from));
                 out.corrupt = Some(CorruptBatch {
                     first_offset: peek_i64(&buf, 0).max(from),
                     last_offset: peek_i64(&buf, 0).max(from),
@@ -399,6 +465,7 @@ pub fn read_partition(data: PartitionData, from: i64) -> Fetch {
         if header.last_offset < from {
             continue;
         }
+        out.first_offset.get_or_insert(header.base_offset.max(from));
         while let Some(&(first, producer)) = pending_aborts.peek() {
             if first > header.last_offset {
                 break;
