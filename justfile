@@ -16,17 +16,21 @@ default:
 build:
     cargo build --release
 
-# Install the tansu broker once (≈12 minutes the first time, then cached in ~/.cargo/bin).
+# Install the tansu broker once (≈15 minutes the first time, then cached in ~/.cargo/bin).
 install-broker:
-    @command -v tansu >/dev/null || cargo install tansu --locked --features dynostore,postgres
+    scripts/broker install
 
-# Start a local in-memory tansu broker on 127.0.0.1:{{broker_port}} (no Docker needed).
+# Start tansu on 127.0.0.1:{{broker_port}}: durable, its log in .tansu/ (STREAMLAB_BROKER_STORAGE=memory: faster, forgets on stop).
 broker: install-broker
     scripts/broker start
 
-# Stop the broker `just broker` started.
+# Stop the broker `just broker` started (its topics, records and group offsets stay on disk).
 broker-stop:
     scripts/broker stop
+
+# Stop the broker and delete its log: the next `just broker` starts with nothing.
+broker-reset:
+    scripts/broker reset
 
 # Start Apache Kafka 4 and PostgreSQL with Docker (docker-compose.yaml).
 up:

@@ -182,6 +182,23 @@ impl Plan {
             .iter()
             .all(|(p, pos)| pos.next_offset >= self.ends[p])
     }
+    /// An empty chunk for each partition whose start is past its stored offset (the records
+    /// between were removed by retention): writing it moves the stored offset to the start.
+    fn overtaken_by_retention(&self) -> Vec<Fetched> {
+        self.positions
+            .iter()
+            .filter(|(p, pos)| {
+                matches!(self.committed.get(p), Some(Some(stored)) if *stored < pos.next_offset)
+            })
+            .map(|(&partition, pos)| Fetched {
+                partition,
+                records: Vec::new(),
+                next_offset: pos.next_offset,
+                stable_end: self.ends[&partition],
+                skipped: None,
+            })
+            .collect()
+    }
 }
 
 impl<S: Sink> Consumer<'_, S> {
@@ -553,6 +570,12 @@ impl<S: Sink> Consumer<'_, S> {
         let Some(mut plan) = self.plan(partitions, stop).await? else {
             return Ok(ended_early());
         };
+        // Stored positions that retention overtook move up to the log start now, fenced like
+        // any advance: said once, and `check` no longer counts them as unread.
+        let overtaken = plan.overtaken_by_retention();
+        if !overtaken.is_empty() {
+            self.write_chunks(&overtaken, &mut plan, stop).await?;
+        }
 
         let (tx, mut rx) = mpsc::channel::<Result<Fetched>>(plan.readers.len().max(1));
         let stop_fetching = stop.child_token();

@@ -116,6 +116,34 @@ fn plain_batches_are_read_from_the_requested_offset() {
 }
 
 #[test]
+fn records_the_broker_deleted_without_moving_its_log_start_show_as_removed() {
+    // Asked for 10, the log holds 40.. (tansu after retention): 10..40 are gone.
+    let fetch = read_partition(
+        answer(&[batch(40, 5, PLAIN, Compression::None)], &[], 45, 45),
+        10,
+    );
+    assert_eq!(fetch.first_offset, Some(40));
+    assert_eq!(fetch.removed_before(10), Some(10..40));
+    assert_eq!(offsets(&fetch), vec![40, 41, 42, 43, 44]);
+    // Nothing at all below the stable end: everything up to it is gone.
+    let empty = read_partition(answer(&[], &[], 45, 45), 10);
+    assert_eq!(empty.removed_before(10), Some(10..45));
+    // At the end, or from inside the first batch, nothing was removed.
+    assert_eq!(
+        read_partition(answer(&[], &[], 45, 45), 45).removed_before(45),
+        None
+    );
+    let inside = read_partition(
+        answer(&[batch(40, 5, PLAIN, Compression::None)], &[], 45, 45),
+        42,
+    );
+    assert_eq!(inside.removed_before(42), None);
+    // A control batch first is still a batch the log holds.
+    let control = read_partition(answer(&[marker(10, 7, true)], &[], 11, 11), 10);
+    assert_eq!(control.removed_before(10), None);
+}
+
+#[test]
 fn aborted_transactions_are_dropped_and_committed_ones_kept() {
     // Producer 7's transaction (offsets 0..=2) is aborted at 5; producer 8's (3..=4) commits
     // at 6; 7..=8 are plain; producer 7 aborts again (9..=10, marker 11) after a committed
