@@ -42,6 +42,9 @@ pub struct BenchReport {
     pub consume_peak_rss_mib: f64,
     /// `produce --compression`: speed and stored size per codec.
     pub codecs: Vec<CodecCost>,
+    /// The same produce and fetch on the durable broker (`--durable-broker`).
+    pub durable_produce_per_sec: Option<f64>,
+    pub durable_fetch_per_sec: Option<f64>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -268,6 +271,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     report.produce_peak_rss_mib = rss_produce as f64 / 1024.0;
     report.consume_peak_rss_mib = rss_consume as f64 / 1024.0;
 
+    if let Some(durable) = &args.durable_broker {
+        let (produce, fetch) = durable_engine(&exe, &args, durable, stamp, n).await?;
+        report.durable_produce_per_sec = Some(produce);
+        report.durable_fetch_per_sec = Some(fetch);
+    }
+
     // 5. What each compression codec costs and saves, on a quarter of the events.
     report.codecs = codec_costs(&exe, &args, &mut admin, stamp, (n / 4).max(10_000)).await?;
 
@@ -331,6 +340,42 @@ async fn drain(opts: &crate::cli::KafkaOpts, topic: &str) -> Result<Drained> {
         payload_bytes: a.payload_bytes + b.payload_bytes,
         batch_bytes: a.batch_bytes + b.batch_bytes,
     }))
+}
+
+/// Produce (unlimited) and read back a quarter of the events on the durable broker: medians over
+/// the repeats, as for the in-memory figures.
+async fn durable_engine(
+    exe: &Path,
+    args: &BenchArgs,
+    brokers: &str,
+    stamp: i64,
+    n: u64,
+) -> Result<(f64, f64)> {
+    let opts = crate::cli::KafkaOpts {
+        bootstrap_server: brokers.to_string(),
+        timeout: args.kafka.timeout,
+    };
+    let mut admin = Admin::connect(&opts).await?;
+    let events = (n / 4).max(10_000);
+    let count = events.to_string();
+    let (mut produce, mut fetch) = (vec![], vec![]);
+    for round in 0..args.repeats {
+        let topic = format!("bench-{stamp}-{round}-durable");
+        admin.create_topic(&topic, args.partitions, 1, &[]).await?;
+        let run = run_child(
+            exe,
+            brokers,
+            &[
+                "produce", "--topic", &topic, "--count", &count, "--rate", "0",
+            ],
+        )
+        .await?;
+        produce.push(events as f64 / run.secs);
+        let started = Instant::now();
+        let drained = drain(&opts, &topic).await?;
+        fetch.push(drained.records as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok((median(produce), median(fetch)))
 }
 
 /// What one `--compression` codec costs (produce speed) and saves (bytes in the log).
@@ -611,6 +656,13 @@ fn print_report(r: &BenchReport) -> Result<()> {
         rate(r.fetch_limit_per_sec),
         "".into(),
     ]);
+    if let (Some(produce), Some(fetch)) = (r.durable_produce_per_sec, r.durable_fetch_per_sec) {
+        t.add_row(vec![
+            "durable broker: produce / fetch".into(),
+            format!("{} / {}", rate(produce), rate(fetch)),
+            "".into(),
+        ]);
+    }
     t.add_row(vec![
         "PostgreSQL limit (COPY csv)".into(),
         format!("{:.0} rows/s", r.pg_copy_limit_per_sec),

@@ -407,7 +407,7 @@ async fn build_report(
         Some(topic) => {
             let mut admin = kafka::admin::Admin::connect(&args.kafka).await?;
             let mut coordinator = admin.group_coordinator(&args.group).await?;
-            group_view(&mut coordinator, Some((pool, d)), topic).await?
+            group_view_or_none(&mut coordinator, Some((pool, d)), topic).await
         }
         None => None,
     };
@@ -638,20 +638,28 @@ pub struct MemberView {
 /// coordinator when it reports them (Apache Kafka), else from the `streamlab_members` rows the
 /// members wrote (tansu reports member ids only). Rows of members the coordinator no longer
 /// knows are stale and left out. `None` when the group has no members.
+/// [`group_view`] for a report: a group the broker cannot describe is shown without members,
+/// with a warning. (tansu 0.6's SQLite engine fails DescribeGroups for every group it stored:
+/// it cannot read back its own JSON.)
+pub(crate) async fn group_view_or_none(
+    coordinator: &mut GroupCoordinator,
+    recorded_in: Option<(&AnyPool, &Dialect)>,
+    topic: &str,
+) -> Option<GroupView> {
+    group_view(coordinator, recorded_in, topic)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("the broker could not describe the group ({e:#}): members not shown");
+            None
+        })
+}
+
 pub(crate) async fn group_view(
     coordinator: &mut GroupCoordinator,
     recorded_in: Option<(&AnyPool, &Dialect)>,
     topic: &str,
 ) -> Result<Option<GroupView>> {
-    let described = match coordinator.describe().await {
-        Ok(described) => described,
-        // tansu 0.6's SQLite engine fails DescribeGroups for every group it has stored (it
-        // cannot read back its own JSON): the members are then unknown, not a failure.
-        Err(e) => {
-            tracing::warn!("the broker could not describe the group ({e:#}): members not shown");
-            return Ok(None);
-        }
-    };
+    let described = coordinator.describe().await?;
     if described.members.is_empty() {
         return Ok(None);
     }

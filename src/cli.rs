@@ -536,6 +536,10 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub pg_url: String,
+    /// Also measure produce and fetch on this broker (`just bench` passes the durable local
+    /// broker here and runs everything else on an in-memory one).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub durable_broker: Option<String>,
     /// How long to measure end-to-end latency at 10,000 events/s (0 skips it).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub latency: Duration,

@@ -209,7 +209,7 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         Some(group) => {
             let mut coordinator = admin.group_coordinator(group).await?;
             // No database here: partitions are what the broker reports.
-            let view = crate::check::group_view(&mut coordinator, None, &args.topic).await?;
+            let view = crate::check::group_view_or_none(&mut coordinator, None, &args.topic).await;
             Some(view.unwrap_or_else(|| crate::check::GroupView {
                 group: group.clone(),
                 state: "Empty".to_string(),
