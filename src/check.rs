@@ -638,20 +638,62 @@ pub struct MemberView {
 /// coordinator when it reports them (Apache Kafka), else from the `streamlab_members` rows the
 /// members wrote (tansu reports member ids only). Rows of members the coordinator no longer
 /// knows are stale and left out. `None` when the group has no members.
-/// [`group_view`] for a report: a group the broker cannot describe is shown without members,
-/// with a warning. (tansu 0.6's SQLite engine fails DescribeGroups for every group it stored:
-/// it cannot read back its own JSON.)
+/// [`group_view`] for a report: a group the broker cannot describe is shown as the database
+/// last recorded it (the members of the newest generation), or without members, with a
+/// warning. (tansu 0.6's SQLite engine fails DescribeGroups for every group it stored: it
+/// cannot read back its own JSON.)
 pub(crate) async fn group_view_or_none(
     coordinator: &mut GroupCoordinator,
     recorded_in: Option<(&AnyPool, &Dialect)>,
     topic: &str,
 ) -> Option<GroupView> {
-    group_view(coordinator, recorded_in, topic)
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!("the broker could not describe the group ({e:#}): members not shown");
-            None
+    let e = match group_view(coordinator, recorded_in, topic).await {
+        Ok(view) => return view,
+        Err(e) => e,
+    };
+    let recorded = match recorded_in {
+        Some((pool, d)) => recorded_view(pool, d, coordinator.group(), topic).await,
+        None => None,
+    };
+    match &recorded {
+        Some(view) => tracing::warn!(
+            "the broker could not describe the group ({e:#}): members as {}",
+            view.state
+        ),
+        None => {
+            tracing::warn!("the broker could not describe the group ({e:#}): members not shown")
+        }
+    }
+    recorded
+}
+
+/// The members of the newest generation the database recorded for `group` and `topic`.
+pub(crate) async fn recorded_view(
+    pool: &AnyPool,
+    d: &Dialect,
+    group: &str,
+    topic: &str,
+) -> Option<GroupView> {
+    let recorded = recorded_members(pool, d, group, topic).await;
+    let newest = recorded
+        .values()
+        .map(|(generation, _, _)| *generation)
+        .max()?;
+    let members = recorded
+        .into_iter()
+        .filter(|(_, (generation, _, _))| *generation == newest)
+        .map(|(member_id, (generation, list, client))| MemberView {
+            member_id,
+            client,
+            generation: Some(generation),
+            partitions: Some(list.split(',').filter_map(|p| p.parse().ok()).collect()),
         })
+        .collect();
+    Some(GroupView {
+        group: group.to_string(),
+        state: format!("recorded for generation {newest}"),
+        members,
+    })
 }
 
 pub(crate) async fn group_view(

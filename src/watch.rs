@@ -283,7 +283,14 @@ impl Source {
             Ok(view) => view,
             Err(_) => {
                 self.coordinator = None;
-                None
+                // A broker that cannot describe the group (tansu's SQLite engine): as the
+                // database last recorded it.
+                match &self.pool {
+                    Some((pool, d)) => {
+                        check::recorded_view(pool, d, &args.group, &args.topic).await
+                    }
+                    None => None,
+                }
             }
         };
         let mut owners = BTreeMap::new();

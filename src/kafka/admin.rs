@@ -365,6 +365,11 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
+    /// The group this coordinator answers for.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// The coordinator kept in `slot`, found again (FindCoordinator on a new connection) when
     /// there is none yet or its connection can no longer be trusted.
     pub async fn reuse_or_find<'a>(
