@@ -52,9 +52,10 @@ demo: build broker
 demo-groups: build broker
     STREAMLAB={{streamlab}} scripts/group-demo
 
-# Run every test against the real broker and databases (starts the broker if needed).
-test: broker
-    cargo test --all-targets
+# Every test, against the real broker and databases; sets up what they need (scripts/test). ARGS go to cargo test.
+[positional-arguments]
+test *ARGS: broker
+    scripts/test "$@"
 
 # Formatting and lints, as CI wants them.
 lint:

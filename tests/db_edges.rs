@@ -11,20 +11,11 @@ use std::process::{Child, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
 use common::*;
 use streamlab::events::{Event, EventKind, Generator, Sale};
 
 /// `--timeout` of the consumers whose database freezes.
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-/// PostgreSQL of `db`, reached through a proxy the test can freeze.
-fn pg_behind_proxy(db: &TestDb) -> (Proxy, String) {
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap());
-    let url = db.url.replace(":5432/", &format!(":{}/", proxy.port));
-    assert_ne!(url, db.url);
-    (proxy, url)
-}
 
 /// Wait up to `within` for `child` to exit; kill it (and fail) if it does not.
 fn exit_within(mut child: Child, within: Duration, what: &str) -> Output {

@@ -52,14 +52,14 @@ impl Member {
     /// A librdkafka consumer in the same group (it takes part in the protocol, stores nothing).
     fn librdkafka(name: &'static str, topic: &str, group: &str, strategy: &str) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/rdkafka_client.py");
-        let mut child = Command::new("python3")
+        let mut child = Command::new(rdkafka_python())
             .args([script, "member", group, topic, strategy])
             .env("STREAMLAB_BROKERS", brokers())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("python3");
+            .expect("run the test Python");
         let stdin = child.stdin.take();
         Self::collect(name, child, stdin)
     }

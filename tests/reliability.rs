@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::Proxy;
 use common::*;
 
 #[test]
@@ -88,9 +87,7 @@ fn the_broker_lost_for_seconds_mid_stream() {
 #[test]
 fn the_database_lost_for_seconds_mid_stream() {
     let db = TestDb::pg();
-    let pg = Proxy::start("127.0.0.1:5432".parse().unwrap());
-    let via_proxy = db.url.replace(":5432/", &format!(":{}/", pg.port));
-    assert_ne!(via_proxy, db.url);
+    let (pg, via_proxy) = pg_behind_proxy(&db);
     let topic = topic(3);
     let n = 8000;
     ok(&["migrate", "--sink", "pg", "-D", &db.url]);
@@ -156,8 +153,7 @@ fn the_database_lost_for_seconds_mid_stream() {
 #[test]
 fn a_database_that_stays_down_ends_the_run_with_exit_1_and_loses_nothing() {
     let db = TestDb::pg();
-    let pg = Proxy::start("127.0.0.1:5432".parse().unwrap());
-    let via_proxy = db.url.replace(":5432/", &format!(":{}/", pg.port));
+    let (pg, via_proxy) = pg_behind_proxy(&db);
     let topic = topic(1);
     ok(&[
         "produce", "--topic", &topic, "--count", "3000", "--rate", "1000", "--seed", "7",
@@ -199,7 +195,7 @@ fn a_sqlite_file_locked_by_another_writer_makes_consume_wait() {
         "produce", "--topic", &topic, "--count", "4000", "--rate", "0", "--seed", "8",
     ]);
     let path = db.url.trim_start_matches("sqlite://").to_string();
-    let locker = std::process::Command::new("python3")
+    let locker = std::process::Command::new(python_bin())
         .args([
             "-c",
             "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(3)\nc.execute('COMMIT')",
@@ -280,7 +276,11 @@ fn two_consumers_started_by_mistake_on_one_group_never_duplicate() {
 #[test]
 fn hostile_configuration_gets_a_clear_error_and_no_password() {
     let topic = topic(1);
-    let wrong_credentials = "postgres://nobody:s3cr3t-pw@127.0.0.1:5432/streamlab_nobody";
+    let mut wrong_credentials = url::Url::parse(&pg_admin_url()).unwrap();
+    wrong_credentials.set_username("nobody").unwrap();
+    wrong_credentials.set_password(Some("s3cr3t-pw")).unwrap();
+    wrong_credentials.set_path("/streamlab_nobody");
+    let wrong_credentials = wrong_credentials.as_str();
     fails(
         &[
             "consume",

@@ -1,8 +1,9 @@
 //! Shared helpers: run the real `streamlab` binary against the real broker and databases.
 //!
-//! The broker address comes from STREAMLAB_BROKERS (set by `just test` and `.ci/run`), the
-//! PostgreSQL server from STREAMLAB_TEST_PG. Every test works on its own fresh topic and
-//! database, so tests run in parallel.
+//! The broker address comes from STREAMLAB_BROKERS, the PostgreSQL server from
+//! STREAMLAB_TEST_PG and the Python with confluent-kafka from STREAMLAB_TEST_PYTHON (all three
+//! set by `just test`, see scripts/test). Every test works on its own fresh topic and database,
+//! so tests run in parallel.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -18,6 +19,67 @@ pub fn brokers() -> String {
 pub fn pg_admin_url() -> String {
     std::env::var("STREAMLAB_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Where the PostgreSQL server of `pg_admin_url` listens (for a proxy in front of it).
+pub fn pg_address() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = url::Url::parse(&pg_admin_url()).expect("STREAMLAB_TEST_PG is not a URL");
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    (host, url.port().unwrap_or(5432))
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("cannot resolve the host {host} of STREAMLAB_TEST_PG"))
+}
+
+/// `url` (a database of the test server) with its port replaced by `port`.
+pub fn with_port(url: &str, port: u16) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_port(Some(port)).unwrap();
+    url.to_string()
+}
+
+/// The test server's PostgreSQL, reached through a proxy the test can take down or freeze:
+/// the proxy and `db`'s URL through it.
+pub fn pg_behind_proxy(db: &TestDb) -> (proxy::Proxy, String) {
+    let proxy = proxy::Proxy::start(pg_address());
+    let url = with_port(&db.url, proxy.port);
+    assert_ne!(url, db.url);
+    (proxy, url)
+}
+
+/// The Python the tests run: STREAMLAB_TEST_PYTHON (`just test` sets it to target/test-venv's,
+/// which has confluent-kafka), else `python3`.
+pub fn python_bin() -> String {
+    std::env::var("STREAMLAB_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// `python_bin()`, once checked to import confluent-kafka (the independent client): without it,
+/// every cross-check fails with one line that says what to do instead of a traceback.
+pub fn rdkafka_python() -> String {
+    static CHECKED: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let checked = CHECKED.get_or_init(|| {
+        let python = python_bin();
+        match Command::new(&python)
+            .args(["-c", "import confluent_kafka"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => Ok(python),
+            Ok(_) => Err(format!(
+                "{python} cannot import confluent_kafka: run the tests with `just test` (it installs confluent-kafka into target/test-venv)"
+            )),
+            Err(e) => Err(format!(
+                "cannot run {python} ({e}): run the tests with `just test` (it sets up target/test-venv)"
+            )),
+        }
+    });
+    match checked {
+        Ok(python) => python.clone(),
+        Err(message) => panic!("{message}"),
+    }
 }
 
 /// A fresh name, so tests never see each other's data.
@@ -158,12 +220,12 @@ pub fn python(script: &str, args: &[&str]) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(script);
-    let out = Command::new("python3")
+    let out = Command::new(rdkafka_python())
         .arg(path)
         .args(args)
         .env("STREAMLAB_BROKERS", brokers())
         .output()
-        .expect("python3");
+        .expect("run the test Python");
     assert!(
         out.status.success(),
         "{script} failed:\n{}\n{}",
@@ -346,10 +408,10 @@ pub fn psql(url: &str, sql: &str) -> String {
 pub fn sqlite(url: &str, sql: &str) -> String {
     let path = url.trim_start_matches("sqlite://");
     let script = "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]): print('|'.join('' if v is None else str(v) for v in r))\nc.commit()";
-    let out = Command::new("python3")
+    let out = Command::new(python_bin())
         .args(["-c", script, path, sql])
         .output()
-        .expect("python3");
+        .expect("run the test Python");
     assert!(
         out.status.success(),
         "sqlite {sql}: {}",
