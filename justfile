@@ -54,7 +54,7 @@ demo-groups: build broker
 
 # Every test, against the real broker and databases; sets up what they need (scripts/test). ARGS go to cargo test.
 [positional-arguments]
-test *ARGS: broker
+test *ARGS: install-broker
     scripts/test "$@"
 
 # Formatting and lints, as CI wants them.

@@ -227,14 +227,14 @@ fn watch_quits_on_ctrl_c_and_gives_the_terminal_back() {
     let topic = topic(2);
     produce_and_wait(&brokers(), &topic, 20, 5);
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/pty_keys.py");
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python_bin())
         .arg(script)
         .args(["log start", "\\x03", "--"])
         .arg(env!("CARGO_BIN_EXE_streamlab"))
         .args(["watch", "--topic", &topic, "--interval", "200ms"])
         .env("STREAMLAB_BROKERS", brokers())
         .output()
-        .expect("python3");
+        .expect("the test python");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(report["shown"], true, "the dashboard showed: {report}");

@@ -147,3 +147,14 @@ fn sigterm_flushes_and_reports_exactly_what_was_acknowledged() {
     let total: i64 = offsets(&topic).values().map(|(_, l)| l).sum();
     assert_eq!(total, sent, "{stdout}");
 }
+
+/// The sensors seed's own client, kafka-python installed as its README says (no lz4 package),
+/// reads what `produce` sends by default: uncompressed, as Kafka's producer default.
+#[test]
+fn kafka_python_without_compression_extras_reads_the_default_stream() {
+    let topic = topic(2);
+    produce_and_wait(&brokers(), &topic, 60, 77);
+    let ids: std::collections::BTreeSet<String> =
+        serde_json::from_str(&python("kafka_python_read.py", &[&topic, "60"])).unwrap();
+    assert_eq!(ids, seeded_ids(77, 60));
+}
