@@ -14,7 +14,7 @@ fn connection_options_work_before_and_after_the_subcommand() {
     let topic = unique("t");
     let real = brokers();
     // Before the subcommand, with no environment to fall back on.
-    let out = command(&[
+    let mut create = command(&[
         "-b",
         &real,
         "--timeout",
@@ -23,26 +23,13 @@ fn connection_options_work_before_and_after_the_subcommand() {
         "create",
         "--topic",
         &topic,
-    ])
-    .env_remove("STREAMLAB_BROKERS")
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
+    create.env_remove("STREAMLAB_BROKERS");
+    ok_output(create);
     // After it.
-    let out = command(&["topic", "list", "--format", "json", "-b", &real])
-        .env_remove("STREAMLAB_BROKERS")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut list = command(&["topic", "list", "--format", "json", "-b", &real]);
+    list.env_remove("STREAMLAB_BROKERS");
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&ok_output(list)).unwrap();
     assert!(
         listed.iter().any(|t| t["name"] == topic.as_str()),
         "{listed:?}"
@@ -79,17 +66,7 @@ fn quiet_runs_print_nothing_and_json_summaries_carry_the_counts() {
     assert_eq!(per_partition, 60);
 
     let db = TestDb::sqlite();
-    let consumed: serde_json::Value = serde_json::from_str(&ok(&[
-        "consume",
-        "--topic",
-        &topic,
-        "-D",
-        &db.url,
-        "--stop-at-end",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    let consumed = consume_json(&brokers(), &topic, &db.url, &[]);
     assert_eq!(consumed["consumed"], 100);
     assert_eq!(consumed["inserted"], 100);
     assert_eq!(consumed["duplicates"], 0);

@@ -23,41 +23,14 @@ fn kafka_committed(brokers: &str, topic: &str, group: &str) -> BTreeMap<i64, Opt
         .collect()
 }
 
-fn consume_json(brokers: &str, topic: &str, db: &TestDb, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "consume",
-        "-b",
-        brokers,
-        "--topic",
-        topic,
-        "-D",
-        &db.url,
-        "--stop-at-end",
-        "--format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    serde_json::from_str(&ok(&args)).unwrap()
-}
-
 #[test]
 fn a_killed_durable_broker_comes_back_with_records_and_group_offsets() {
     let mut broker = Tansu::durable();
     let b = broker.address();
-    let topic = unique("durable");
-    ok(&[
-        "topic",
-        "create",
-        "-b",
-        &b,
-        "--topic",
-        &topic,
-        "--partitions",
-        "3",
-    ]);
+    let topic = topic_via(&b, "durable", 3, &[]);
     produce_and_wait(&b, &topic, 500, 11);
     let db = TestDb::sqlite();
-    assert_eq!(consume_json(&b, &topic, &db, &[])["inserted"], 500);
+    assert_eq!(consume_json(&b, &topic, &db.url, &[])["inserted"], 500);
     let ends = end_offsets_via(&b, &topic);
     let committed: BTreeMap<i64, Option<i64>> =
         ends.iter().map(|(&p, &end)| (p, Some(end))).collect();
@@ -75,7 +48,7 @@ fn a_killed_durable_broker_comes_back_with_records_and_group_offsets() {
         "the group's offsets too"
     );
     produce_and_wait(&b, &topic, 300, 12);
-    let rest = consume_json(&b, &topic, &db, &[]);
+    let rest = consume_json(&b, &topic, &db.url, &[]);
     assert_eq!(rest["inserted"], 300, "{rest}");
     assert_eq!(rest["duplicates"], 0, "{rest}");
     assert_eq!(db.stored_offsets(&topic), end_offsets_via(&b, &topic));
@@ -88,24 +61,15 @@ fn a_killed_durable_broker_comes_back_with_records_and_group_offsets() {
 fn retention_removes_records_and_every_command_says_so() {
     let broker = Tansu::durable();
     let b = broker.address();
-    let topic = unique("retention");
-    ok(&[
-        "topic",
-        "create",
-        "-b",
+    let topic = topic_via(
         &b,
-        "--topic",
-        &topic,
-        "--partitions",
-        "2",
-        "--config",
-        "retention.ms=3000",
-        "--config",
-        "cleanup.policy=delete",
-    ]);
+        "retention",
+        2,
+        &["retention.ms=3000", "cleanup.policy=delete"],
+    );
     produce_and_wait(&b, &topic, 100, 21);
     let db = TestDb::sqlite();
-    assert_eq!(consume_json(&b, &topic, &db, &[])["inserted"], 100);
+    assert_eq!(consume_json(&b, &topic, &db.url, &[])["inserted"], 100);
     produce_and_wait(&b, &topic, 100, 22);
     let ends = end_offsets_via(&b, &topic);
 
@@ -187,7 +151,7 @@ fn retention_removes_records_and_every_command_says_so() {
 
     // A group that never read the topic finishes at once on the fully expired log too.
     let fresh = TestDb::sqlite();
-    let summary = consume_json(&b, &topic, &fresh, &["--group", "late"]);
+    let summary = consume_json(&b, &topic, &fresh.url, &["--group", "late"]);
     assert_eq!(summary["consumed"], 0, "{summary}");
     let at_end: BTreeMap<String, i64> = summary["partitions"]
         .as_object()

@@ -215,6 +215,56 @@ pub fn topic(partitions: u32) -> String {
     name
 }
 
+/// A fresh topic named `prefix-…` on `brokers`, with topic configs (`key=value`).
+pub fn topic_via(brokers: &str, prefix: &str, partitions: u32, configs: &[&str]) -> String {
+    let name = unique(prefix);
+    let partitions = partitions.to_string();
+    let mut args = vec![
+        "topic",
+        "create",
+        "-b",
+        brokers,
+        "--topic",
+        &name,
+        "--partitions",
+        &partitions,
+    ];
+    for config in configs {
+        args.extend(["--config", config]);
+    }
+    ok(&args);
+    name
+}
+
+/// `consume --stop-at-end --format json` of `topic` on `brokers` into `db_url`: its summary.
+pub fn consume_json(brokers: &str, topic: &str, db_url: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "consume",
+        "-b",
+        brokers,
+        "--topic",
+        topic,
+        "-D",
+        db_url,
+        "--stop-at-end",
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&args)).unwrap()
+}
+
+/// Run `cmd` (built with [`command`]) and require success; returns stdout.
+pub fn ok_output(mut cmd: Command) -> Vec<u8> {
+    let out = cmd.output().expect("run streamlab");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Run a helper script with the independent client (librdkafka via confluent-kafka).
 pub fn python(script: &str, args: &[&str]) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
