@@ -77,6 +77,8 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     let timeout = format!("{}s", TIMEOUT.as_secs());
     let consumer = spawn(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -121,6 +123,8 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     pg.thaw();
     ok(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -238,7 +242,6 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
             url,
             "--group",
             &group,
-            "--join-group",
             // Long: the member must be gone at once because it left, not because it expired.
             "--session-timeout",
             "30s",
@@ -393,6 +396,8 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
 
         let out = ok(&[
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",
@@ -468,6 +473,8 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         // Nothing left to do on a second pass.
         let out = ok(&[
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",
