@@ -389,6 +389,13 @@ pub enum StartFrom {
     Latest,
 }
 
+/// `consume --assign`: the one way to read without the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AssignAll {
+    /// Every partition of the topic, including partitions added while consuming.
+    All,
+}
+
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
     #[arg(skip)]
@@ -399,22 +406,38 @@ pub struct ConsumeArgs {
     pub metrics: crate::metrics::MetricsOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
-    /// Consumer group: where offsets are kept (in the database, mirrored to Kafka).
+    /// Consumer group to join. Every consumer started with the same group is one of its members,
+    /// and the group shares the topic's partitions among them (Kafka's consumer-group protocol;
+    /// librdkafka and Java consumers may join too). Members beyond the partition count idle,
+    /// ready to take over. The group's offsets are kept in the database, mirrored to Kafka.
     #[arg(short, long, default_value = "streamlab")]
     pub group: String,
-    /// Share the topic's partitions with every other consumer that joins the same --group
-    /// (Kafka's consumer-group protocol; librdkafka and Java consumers may join too). Without
-    /// it, this consumer reads every partition on its own. Members beyond the partition count
-    /// idle, ready to take over.
-    #[arg(long)]
+    /// Do not join the group: read every partition of the topic alone.
+    /// The group's stored offsets still fence the writes: a second consumer of the same group
+    /// and database stops instead of writing twice.
+    #[arg(long, value_enum, value_name = "all", conflicts_with_all = ["partitions", "session_timeout", "rebalance_timeout", "join_group"])]
+    pub assign: Option<AssignAll>,
+    /// Do not join the group: read only these partitions, alone (repeatable, or comma
+    /// separated: --partition 0,2). Offsets are still the group's, per partition.
+    #[arg(
+        long = "partition",
+        value_name = "N[,N…]",
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(0..),
+        conflicts_with_all = ["session_timeout", "rebalance_timeout", "join_group"]
+    )]
+    pub partitions: Vec<i32>,
+    /// Deprecated: joining the group is what --group does now.
+    #[arg(long, hide = true)]
     pub join_group: bool,
-    /// With --join-group: a member silent this long is dropped and its partitions move to the
+    /// As a group member: a member silent this long is dropped and its partitions move to the
     /// others. Apache Kafka accepts 6s..30m by default.
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse, requires = "join_group")]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub session_timeout: Duration,
-    /// With --join-group: how long members get to finish their batch and rejoin once the
+    /// As a group member: how long members get to finish their batch and rejoin once the
     /// group rebalances.
-    #[arg(long, default_value = "30s", value_parser = crate::duration::parse, requires = "join_group")]
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub rebalance_timeout: Duration,
     /// Which events the topic carries; anything else is dead-lettered.
     #[arg(short, long, value_enum, default_value = "sales")]
@@ -434,8 +457,9 @@ pub struct ConsumeArgs {
     /// How often to re-read the topic's metadata, to pick up partitions added while consuming.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub metadata_refresh: Duration,
-    /// Exit once every partition reaches the end it had when consume started. With
-    /// --join-group: once the assigned partitions do (a member given none exits at once).
+    /// Exit once the partitions read reach the end they had when they were given to this
+    /// consumer: as a group member, the partitions the group assigned it (a member given none
+    /// exits at once); with --assign all / --partition, those.
     #[arg(long)]
     pub stop_at_end: bool,
     /// Most events written in one database transaction.

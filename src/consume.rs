@@ -5,10 +5,11 @@
 //! letters and new offsets — in one database transaction. Only then are the offsets mirrored to
 //! the Kafka consumer group, so Kafka tooling sees the position; the database stays the truth.
 //!
-//! Alone, a consumer reads every partition. With `--join-group` it is one member of the group
-//! ([`crate::kafka::group`]) and runs the same loop once per generation, over the partitions the
-//! group gave it. Either way it re-reads the topic's metadata every `--metadata-refresh` and
-//! picks up partitions added meanwhile (a group member rejoins, so the leader assigns them).
+//! A consumer is one member of its `--group` ([`crate::kafka::group`]) and runs that loop once
+//! per generation, over the partitions the group gave it. With `--assign all` it reads every
+//! partition alone, with `--partition N…` only those. A member, and a consumer of every
+//! partition, re-reads the topic's metadata every `--metadata-refresh` and picks up partitions
+//! added meanwhile (a member rejoins, so the leader assigns them).
 //!
 //! Before reading, the stored offsets are checked against the log they are applied to: offsets
 //! of an earlier incarnation of the topic (another topic id) are reset per `--from`, offsets
@@ -17,13 +18,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ConsumeArgs, Format, KafkaOpts, SinkKind, StartFrom};
+use crate::cli::{AssignAll, ConsumeArgs, Format, KafkaOpts, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
 use crate::kafka;
 use crate::kafka::admin::{GroupCoordinator, TopicMetadata};
@@ -99,10 +100,78 @@ pub struct PartitionPosition {
     pub lag: i64,
 }
 
+/// How a consumer gets its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reading {
+    /// As a member of `--group`: the partitions the group assigns (the default).
+    Member,
+    /// `--assign all`: every partition, alone.
+    All,
+    /// `--partition N…`: these partitions (sorted, each once), alone.
+    Only(Vec<i32>),
+}
+
+impl Reading {
+    /// What the command line asks for; partitions the topic does not have are an error.
+    fn of(args: &ConsumeArgs, topic: &TopicMetadata) -> Result<Self> {
+        if args.assign == Some(AssignAll::All) {
+            return Ok(Self::All);
+        }
+        if args.partitions.is_empty() {
+            return Ok(Self::Member);
+        }
+        let known = topic.partition_ids();
+        let mut only = args.partitions.clone();
+        only.sort_unstable();
+        only.dedup();
+        let missing: Vec<String> = only
+            .iter()
+            .filter(|p| !known.contains(p))
+            .map(i32::to_string)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "'{}' has no partition{} {} (its partitions are {})",
+                args.topic,
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", "),
+                describe_ids(&known)
+            );
+        }
+        Ok(Self::Only(only))
+    }
+}
+
+/// `0..=5`, or a list when the ids have gaps.
+fn describe_ids(ids: &[i32]) -> String {
+    match (ids.first(), ids.last()) {
+        (Some(&first), Some(&last))
+            if (last - first + 1) as usize == ids.len() && first != last =>
+        {
+            format!("{first} to {last}")
+        }
+        _ => ids
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 async fn consume<S: Sink>(args: &ConsumeArgs, sink: S) -> Result<()> {
     let shutdown = shutdown::on_signal();
+    if args.join_group {
+        tracing::warn!(
+            "--join-group is no longer needed: consume joins its --group unless told --assign \
+             all or --partition"
+        );
+    }
     let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
-    let partitions = topic.partition_ids();
+    let reading = Reading::of(args, &topic)?;
+    let partitions = match &reading {
+        Reading::Only(only) => only.clone(),
+        Reading::Member | Reading::All => topic.partition_ids(),
+    };
     let mut consumer = Consumer {
         args,
         sink,
@@ -114,20 +183,21 @@ async fn consume<S: Sink>(args: &ConsumeArgs, sink: S) -> Result<()> {
         progress: Progress::new(),
         started: Instant::now(),
     };
-    let stored = consumer
+    let mut stored = consumer
         .sink
         .load_offsets(&args.group, &args.topic)
         .await
         .context("reading stored offsets")?;
+    stored.retain(|p, _| partitions.contains(p));
     consumer
         .mirror
         .compare(&args.topic, &partitions, &stored)
         .await;
 
-    let result = if args.join_group {
-        consumer.as_group_member(&shutdown).await
-    } else {
-        consumer.alone(&shutdown).await
+    let result = match &reading {
+        Reading::Member => consumer.as_group_member(&shutdown).await,
+        Reading::All => consumer.alone(&shutdown).await,
+        Reading::Only(only) => consumer.only(only, &shutdown).await,
     };
 
     consumer.progress.finish();
@@ -202,8 +272,19 @@ impl Plan {
 }
 
 impl<S: Sink> Consumer<'_, S> {
-    /// Alone: every partition, for as long as the run lasts; partitions the topic gains
-    /// meanwhile are added.
+    /// `--partition N…`: those partitions alone, for as long as the run lasts.
+    async fn only(&mut self, partitions: &[i32], shutdown: &CancellationToken) -> Result<()> {
+        match self
+            .consume_partitions(partitions, shutdown, shutdown)
+            .await?
+        {
+            Ended::Fenced(e) => Err(e),
+            Ended::Shutdown | Ended::ReachedEnd | Ended::Revoked => Ok(()),
+        }
+    }
+
+    /// `--assign all`: every partition alone, for as long as the run lasts; partitions the
+    /// topic gains meanwhile are added.
     async fn alone(&mut self, shutdown: &CancellationToken) -> Result<()> {
         loop {
             let run = shutdown.child_token();
@@ -268,8 +349,8 @@ impl<S: Sink> Consumer<'_, S> {
         }))
     }
 
-    /// `--join-group`: consume what the group assigns, generation after generation, until
-    /// Ctrl-C (or `--stop-at-end`), then leave so the others take over at once.
+    /// As a member of `--group` (the default): consume what the group assigns, generation after
+    /// generation, until Ctrl-C (or `--stop-at-end`), then leave so the others take over at once.
     async fn as_group_member(&mut self, shutdown: &CancellationToken) -> Result<()> {
         let args = self.args;
         let membership = Membership {
@@ -1194,8 +1275,8 @@ struct GroupMirror {
     last_commit: Option<Instant>,
     last_sent: BTreeMap<i32, i64>,
     warned: bool,
-    /// As a group member (`--join-group`): member id and generation, which Kafka requires on
-    /// the commits of a group that has members.
+    /// As a group member: member id and generation, which Kafka requires on the commits of a
+    /// group that has members.
     member: Option<(String, i32)>,
 }
 

@@ -459,7 +459,8 @@ pub fn draw(frame: &mut Frame, s: &Snapshot, history: &History, paused: bool) {
 }
 
 fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
-    // The owner column only appears for a group with members (`consume --join-group`).
+    // The owner column only appears for a group with members (`consume` without --assign or
+    // --partition).
     let owners = s.partitions.iter().any(|p| p.owner.is_some());
     const OWNER_WIDTH: u16 = 18;
     let fixed = 62 + if owners { OWNER_WIDTH + 1 } else { 0 };

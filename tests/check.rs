@@ -38,6 +38,8 @@ fn a_healthy_pipeline_passes_and_each_fault_fails_its_check() {
         ]);
         ok(&[
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",
@@ -115,6 +117,8 @@ fn dead_letters_fail_the_check_with_the_newest_reason() {
         // Sensor events read as sales: every one is the wrong kind.
         ok(&[
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",
@@ -127,6 +131,8 @@ fn dead_letters_fail_the_check_with_the_newest_reason() {
         ]);
         ok(&[
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",
@@ -168,6 +174,8 @@ fn the_seeds_sql_runs_unchanged_on_postgres() {
     ok(&["produce", "--topic", &topic, "--count", "25", "--rate", "0"]);
     ok(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",

@@ -1,18 +1,30 @@
 //! `streamlab consume` into both sinks: exactly once, across re-runs, replays, poison records
 //! and SIGKILL, with offsets in the database and mirrored to the Kafka group.
+//!
+//! Each test's consumers are members of a group of its own (`group_of`), as `consume` is by
+//! default; tests run in parallel, and members of one group share it whatever their topic.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
 
+/// The group this test's consumers of `topic` belong to.
+fn group_of(topic: &str) -> String {
+    format!("g-{topic}")
+}
+
+/// `consume --stop-at-end` as the one member of `topic`'s group.
 fn consume(db: &TestDb, topic: &str, extra: &[&str]) -> String {
+    let group = group_of(topic);
     let mut args = vec![
         "consume",
         "--topic",
         topic,
+        "--group",
+        &group,
         "--sink",
         db.sink,
         "-D",
@@ -65,7 +77,7 @@ fn every_event_lands_exactly_once_across_reruns_and_replays() {
         // Ordinary Kafka tooling sees the group's position: librdkafka reads the commit.
         let committed: BTreeMap<String, i64> = serde_json::from_str(&python(
             "rdkafka_client.py",
-            &["committed", "streamlab", &topic],
+            &["committed", &group_of(&topic), &topic],
         ))
         .unwrap();
         let expected: BTreeMap<String, i64> = end_offsets(&topic)
@@ -136,9 +148,16 @@ fn a_consumer_killed_with_sigkill_resumes_without_loss_or_duplicates() {
             "11",
         ]);
         migrate(&db);
+        let group = group_of(&topic);
         for _ in 0..4 {
+            // Alone: a SIGKILLed group member stays in the group until its session expires, and
+            // the next one would wait for that (tests/group.rs kills members).
             let child = spawn(&[
                 "consume",
+                "--assign",
+                "all",
+                "--group",
+                &group,
                 "--topic",
                 &topic,
                 "--sink",
@@ -183,8 +202,9 @@ fn sigterm_finishes_the_batch_commits_and_exits_zero() {
     for db in TestDb::both() {
         let topic = topic(2);
         let producer = spawn(&["produce", "--topic", &topic, "--rate", "500"]);
+        let group = group_of(&topic);
         let consumer = spawn(&[
-            "consume", "--topic", &topic, "--sink", db.sink, "-D", &db.url,
+            "consume", "--topic", &topic, "--group", &group, "--sink", db.sink, "-D", &db.url,
         ]);
         std::thread::sleep(Duration::from_secs(2));
         signal(&producer, "TERM");
@@ -255,4 +275,87 @@ fn database_problems_are_clear_and_never_print_the_password() {
         &["/proc/nope/x.db"],
         &[],
     );
+}
+
+#[test]
+fn partition_reads_only_that_partition_alone_and_assign_all_reads_every_partition() {
+    let db = TestDb::sqlite();
+    let topic = topic(3);
+    let group = group_of(&topic);
+    // Known events written straight to each partition: partition → their ids.
+    let mut generator =
+        streamlab::events::Generator::new(streamlab::events::EventKind::Sales, Some(28));
+    let mut ids: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for p in 0..3 {
+        let events: Vec<_> = (0..200 + 100 * p)
+            .map(|_| generator.next_event(time::OffsetDateTime::now_utc()))
+            .collect();
+        ids.insert(
+            i64::from(p),
+            events.iter().map(|e| e.id().to_string()).collect(),
+        );
+        produce_raw(
+            &topic,
+            p,
+            b"k",
+            events.iter().map(|e| Some(e.to_json())).collect(),
+        );
+    }
+    let ends = end_offsets(&topic);
+    let base = [
+        "consume",
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--sink",
+        db.sink,
+        "-D",
+        &db.url,
+        "--stop-at-end",
+    ];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = streamlab(&args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+        // Alone: the group was not joined.
+        assert!(!stderr.contains(" generation "), "{stderr}");
+        stdout
+    };
+
+    // Partition 1 only (named twice: once is enough): its events, its offset, nothing else.
+    let out = run(&["--partition", "1", "--partition", "1"]);
+    assert!(
+        out.contains("consumed 300 ") && out.contains("300 inserted"),
+        "{out}"
+    );
+    assert_eq!(db.sales_ids(), ids[&1]);
+    assert_eq!(db.stored_offsets(&topic), BTreeMap::from([(1, ends[&1])]));
+
+    // Every partition alone: the other two from their start, partition 1 from where it is.
+    let out = run(&["--assign", "all"]);
+    assert!(
+        out.contains("consumed 600 ") && out.contains("600 inserted"),
+        "{out}"
+    );
+    let all: BTreeSet<String> = ids.values().flatten().cloned().collect();
+    assert_eq!(db.sales_ids(), all);
+    assert_eq!(db.stored_offsets(&topic), ends);
+
+    // A partition the topic does not have is one line, not a panic; flags only a group member
+    // has are usage errors next to --partition.
+    let mut args = base.to_vec();
+    args.extend(["--partition", "0,3"]);
+    let stderr = fails(&args, 1, &["has no partition 3", "0 to 2"], &["panicked"]);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let mut args = base.to_vec();
+    args.extend(["--partition", "1", "--session-timeout", "6s"]);
+    fails(&args, 2, &["--session-timeout"], &["panicked"]);
+    let mut args = base.to_vec();
+    args.extend(["--partition", "1", "--assign", "all"]);
+    fails(&args, 2, &["--assign"], &["panicked"]);
 }

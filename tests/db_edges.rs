@@ -68,6 +68,8 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     let timeout = format!("{}s", TIMEOUT.as_secs());
     let consumer = spawn(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -112,6 +114,8 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     pg.thaw();
     ok(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -229,7 +233,6 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
             url,
             "--group",
             &group,
-            "--join-group",
             // Long: the member must be gone at once because it left, not because it expired.
             "--session-timeout",
             "30s",
@@ -384,6 +387,8 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
 
         let out = ok(&[
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",
@@ -459,6 +464,8 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         // Nothing left to do on a second pass.
         let out = ok(&[
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",

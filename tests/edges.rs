@@ -21,6 +21,8 @@ use streamlab::kafka::wire::WireConnection;
 fn consume_args<'a>(db: &'a TestDb, brokers: &'a str, topic: &'a str) -> Vec<&'a str> {
     vec![
         "consume",
+        "--assign",
+        "all",
         "-b",
         brokers,
         "--topic",

@@ -1,6 +1,6 @@
-//! `consume --join-group`: several consumers share a topic's partitions through Kafka's
-//! consumer-group protocol, hand them over when one joins, leaves or dies, and together store
-//! every event exactly once.
+//! `consume --group`: consumers of one group are its members and share the topic's partitions
+//! through Kafka's consumer-group protocol, hand them over when one joins, leaves or dies, and
+//! together store every event exactly once.
 
 mod common;
 
@@ -36,7 +36,6 @@ impl Member {
             &db.url,
             "--group",
             group,
-            "--join-group",
             "--session-timeout",
             "6s",
             "--batch-size",
@@ -418,7 +417,6 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
         &db.url,
         "--group",
         &group,
-        "--join-group",
         "--stop-at-end",
     ];
     let members: Vec<Child> = (0..4).map(|_| spawn(&args)).collect();
@@ -441,6 +439,92 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
 }
 
+/// Each member's assignments as it logged them: generation → partitions.
+fn generations(stderr: &str) -> BTreeMap<i32, BTreeSet<i32>> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split_once(" generation ")?.1;
+            let (generation, rest) = rest.split_once(": partitions [")?;
+            let (list, _) = rest.split_once(']')?;
+            Some((generation.parse().ok()?, parse_list(list)))
+        })
+        .collect()
+}
+
+#[test]
+fn three_consumers_of_one_group_started_together_share_the_partitions() {
+    // What `kafka-console-consumer --group` users expect: the same command three times, and the
+    // three processes split the topic between them instead of fencing each other off.
+    let db = TestDb::sqlite();
+    let topic = topic(3);
+    let group = unique("g");
+    let n = 9_000;
+    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+    ok(&[
+        "produce",
+        "--topic",
+        &topic,
+        "--count",
+        &n.to_string(),
+        "--rate",
+        "0",
+        "--seed",
+        "27",
+    ]);
+    // Throttled: alone, one member would need 9 s for the backlog, so the others join (tansu
+    // holds a follower's JoinGroup 3 s) long before the first could finish without them.
+    let args = [
+        "consume",
+        "--group",
+        &group,
+        "--topic",
+        &topic,
+        "--sink",
+        db.sink,
+        "-D",
+        &db.url,
+        "--stop-at-end",
+        "--throttle",
+        "1000",
+    ];
+    let members: Vec<Child> = (0..3).map(|_| spawn(&args)).collect();
+    let (mut inserted_by, mut assignments, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
+    for member in members {
+        let out = member.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            !stderr.contains("another consumer"),
+            "no member ran into the fence: {stderr}"
+        );
+        inserted_by.push(summary_count(&stdout, "inserted"));
+        assignments.push(generations(&stderr));
+        outputs.push(stderr);
+    }
+    // Shared: every member was given partitions, and more than one stored events. (Which
+    // generation each one synced in varies: tansu answers followers late, and a member whose
+    // partitions reach their end leaves, which starts another generation.)
+    assert!(
+        assignments
+            .iter()
+            .all(|a| a.values().any(|ps| !ps.is_empty())),
+        "{assignments:?}\n{outputs:#?}"
+    );
+    assert!(
+        inserted_by.iter().filter(|&&i| i > 0).count() >= 2,
+        "{inserted_by:?} {assignments:?}\n{outputs:#?}"
+    );
+    assert_eq!(
+        inserted_by.iter().sum::<u64>(),
+        n as u64,
+        "each event inserted by exactly one member"
+    );
+    assert_eq!(db.sales_ids(), seeded_ids(27, n));
+    assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
+}
+
 #[test]
 fn a_group_that_speaks_another_assignor_is_a_clear_error() {
     let topic = topic(2);
@@ -454,16 +538,7 @@ fn a_group_that_speaks_another_assignor_is_a_clear_error() {
     let db = TestDb::sqlite();
     fails(
         &[
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--group",
-            &group,
-            "--join-group",
+            "consume", "--topic", &topic, "--sink", db.sink, "-D", &db.url, "--group", &group,
         ],
         1,
         &[&group, "roundrobin", "use another --group"],

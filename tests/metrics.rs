@@ -47,6 +47,8 @@ fn consume_serves_its_counters_lag_and_write_latency() {
     let addr = format!("127.0.0.1:{port}");
     let consumer = spawn(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",

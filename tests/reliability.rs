@@ -41,6 +41,8 @@ fn the_broker_lost_for_seconds_mid_stream() {
     ]);
     let consumer = spawn(&[
         "consume",
+        "--assign",
+        "all",
         "-b",
         &b,
         "--topic",
@@ -104,6 +106,8 @@ fn the_database_lost_for_seconds_mid_stream() {
     ]);
     let consumer = spawn(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -162,6 +166,8 @@ fn a_database_that_stays_down_ends_the_run_with_exit_1_and_loses_nothing() {
     pg.down();
     let out = streamlab(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -175,6 +181,8 @@ fn a_database_that_stays_down_ends_the_run_with_exit_1_and_loses_nothing() {
     pg.up();
     ok(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -207,6 +215,8 @@ fn a_sqlite_file_locked_by_another_writer_makes_consume_wait() {
     std::thread::sleep(Duration::from_millis(500));
     let out = ok(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -222,8 +232,11 @@ fn a_sqlite_file_locked_by_another_writer_makes_consume_wait() {
     assert_eq!(db.sales_ids(), seeded_ids(8, 4000));
 }
 
+/// Two consumers that each read every partition alone (`--assign all`) on one group and database
+/// do not share: the offset fence stops one of them, and nothing is written twice. (Without
+/// `--assign` they would be members of the group and share the partitions: `tests/group.rs`.)
 #[test]
-fn two_consumers_started_by_mistake_on_one_group_never_duplicate() {
+fn two_consumers_reading_every_partition_alone_on_one_group_never_duplicate() {
     for db in TestDb::both() {
         let topic = topic(3);
         let n = 20_000;
@@ -241,6 +254,8 @@ fn two_consumers_started_by_mistake_on_one_group_never_duplicate() {
         ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
         let args = [
             "consume",
+            "--assign",
+            "all",
             "--topic",
             &topic,
             "--sink",

@@ -24,6 +24,8 @@ fn json_snapshots_follow_a_running_consume_to_zero_lag() {
     ]);
     let consumer = spawn(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -112,6 +114,8 @@ fn without_a_sink_the_position_is_the_kafka_groups() {
 
     ok(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",
@@ -146,6 +150,8 @@ fn throttle_paces_the_sink() {
     let started = Instant::now();
     let out = ok(&[
         "consume",
+        "--assign",
+        "all",
         "--topic",
         &topic,
         "--sink",

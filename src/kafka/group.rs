@@ -4,7 +4,7 @@
 //! One member is the group's leader; it computes every member's partitions (here with the
 //! range assignor, which every Kafka client also offers) and the coordinator hands them out.
 //! The subscription and assignment bytes use Kafka's consumer protocol, so librdkafka and Java
-//! consumers can share a group with `streamlab consume --join-group`.
+//! consumers can share a group with `streamlab consume --group`.
 //!
 //! The coordinator only decides who owns what. Which offset a partition resumes from is still the
 //! sink's business: the database is the source of truth, and its offset update is conditional on
@@ -64,6 +64,15 @@ pub struct Assignment {
     pub leader: bool,
     /// Partitions of the subscribed topic, sorted.
     pub partitions: Vec<i32>,
+}
+
+/// How one JoinGroup + SyncGroup round ended.
+enum Round {
+    Assigned(Assignment),
+    /// Not assigned yet: try again after a short pause.
+    Again,
+    /// Not assigned yet, and the next request can go at once.
+    AgainAtOnce,
 }
 
 /// How a heartbeat went.
@@ -159,6 +168,7 @@ impl GroupMember {
             -1
         };
         let mut first_attempt = true;
+        let mut rejoined_at_once = false;
         let mut last_error: Option<anyhow::Error> = None;
         loop {
             if Instant::now() >= deadline {
@@ -172,8 +182,13 @@ impl GroupMember {
                 );
             }
             match self.join_once(previous_generation, first_attempt).await {
-                Ok(Some(assignment)) => return Ok(assignment),
-                Ok(None) => {}
+                Ok(Round::Assigned(assignment)) => return Ok(assignment),
+                // Once per join: a broker that keeps asking must not make this a busy loop.
+                Ok(Round::AgainAtOnce) if !std::mem::replace(&mut rejoined_at_once, true) => {
+                    continue
+                }
+                Ok(Round::AgainAtOnce) => {}
+                Ok(Round::Again) => {}
                 Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
                 Err(e) => {
                     tracing::debug!("joining group '{}': {e:#}", self.group);
@@ -187,12 +202,8 @@ impl GroupMember {
         }
     }
 
-    /// One JoinGroup + SyncGroup round. `Ok(None)`: not assigned yet, try again.
-    async fn join_once(
-        &mut self,
-        previous_generation: i32,
-        first_attempt: bool,
-    ) -> Result<Option<Assignment>> {
+    /// One JoinGroup + SyncGroup round.
+    async fn join_once(&mut self, previous_generation: i32, first_attempt: bool) -> Result<Round> {
         let metadata = encode_subscription(&self.topic);
         let request = JoinGroupRequest::default()
             .with_group_id(GroupId(str_bytes(&self.group)))
@@ -221,13 +232,14 @@ impl GroupMember {
         match ResponseError::try_from_code(joined.error_code) {
             None => {}
             Some(ResponseError::MemberIdRequired) => {
-                // Kafka hands out the member id first and expects the same request again with it.
+                // Kafka hands out the member id first and expects the same request again with it:
+                // part of every first join, so at once (a pause here would delay every start).
                 self.member_id = joined.member_id.to_string();
-                return Ok(None);
+                return Ok(Round::AgainAtOnce);
             }
             Some(ResponseError::UnknownMemberId) => {
                 self.member_id.clear();
-                return Ok(None);
+                return Ok(Round::Again);
             }
             Some(ResponseError::InconsistentGroupProtocol) => {
                 return Err(anyhow!(Fatal(format!(
@@ -251,7 +263,7 @@ impl GroupMember {
                 if coordinator_moved(e) {
                     self.coordinator = None;
                 }
-                return Ok(None);
+                return Ok(Round::Again);
             }
             // Nothing a retry changes: a session timeout outside the broker's range, a full
             // group, a protocol error.
@@ -277,7 +289,7 @@ impl GroupMember {
                 self.group
             );
             self.leave().await;
-            return Ok(None);
+            return Ok(Round::Again);
         }
         self.generation = joined.generation_id;
         if let Some(name) = &joined.protocol_name {
@@ -316,7 +328,7 @@ impl GroupMember {
             None => {}
             Some(ResponseError::UnknownMemberId) => {
                 self.member_id.clear();
-                return Ok(None);
+                return Ok(Round::Again);
             }
             Some(e) if e.is_retriable() || is_rejoin(e) => {
                 // tansu answers followers with REBALANCE_IN_PROGRESS until the leader has sent
@@ -328,7 +340,7 @@ impl GroupMember {
                 } else {
                     let _ = self.heartbeat().await;
                 }
-                return Ok(None);
+                return Ok(Round::Again);
             }
             Some(e) => {
                 return Err(anyhow!(Fatal(format!(
@@ -352,14 +364,14 @@ impl GroupMember {
             );
             self.got_no_assignment = true;
             self.leave().await;
-            return Ok(None);
+            return Ok(Round::Again);
         }
         self.got_no_assignment = synced.assignment.is_empty();
         let partitions = decode_assignment(&synced.assignment)
             .with_context(|| format!("the assignment from group '{}'", self.group))?
             .remove(&self.topic)
             .unwrap_or_default();
-        Ok(Some(Assignment {
+        Ok(Round::Assigned(Assignment {
             generation: self.generation,
             member_id: self.member_id.clone(),
             leader,

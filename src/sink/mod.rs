@@ -78,7 +78,8 @@ pub enum SinkError {
     #[error(
         "the stored offset of {topic}/{partition} for group '{group}' is no longer {expected}: \
          another consumer is writing this group into the same database; stopping without writing \
-         (to share a topic's partitions between consumers, start each with --join-group)"
+         (--assign all and --partition read alone; without them, the members of a --group share \
+         its partitions)"
     )]
     Fenced {
         group: String,
