@@ -36,6 +36,9 @@ pub struct BenchReport {
     pub consume_pg_ratio: f64,
     pub consume_sqlite_per_sec: f64,
     pub consume_sqlite_ratio: f64,
+    /// The same consumes reading alone (`--assign all`) instead of as the group's one member.
+    pub consume_pg_alone_per_sec: f64,
+    pub consume_sqlite_alone_per_sec: f64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub produce_peak_rss_mib: f64,
@@ -155,6 +158,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let (mut produce_sales, mut produce_sensor, mut fetch, mut copy, mut bulk) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut consume_pg, mut consume_sqlite) = (vec![], vec![]);
+    let (mut alone_pg, mut alone_sqlite) = (vec![], vec![]);
     let (mut rss_produce, mut rss_consume) = (0u64, 0u64);
     let mut mb_per_sec = vec![];
     let count = n.to_string();
@@ -210,47 +214,27 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bulk.push(sqlite_bulk_limit(&workdir, &rows).await?);
         drop(rows);
 
-        // 4. consume --stop-at-end from the backlog into each database.
-        let pg_db = pg_database_url(&pg_admin, &format!("streamlab_bench_{stamp}_{round}"))?;
-        let run = run_child(
-            &exe,
-            &brokers,
-            &[
-                "consume",
-                "--topic",
-                &topic,
-                "--sink",
-                "pg",
-                "-D",
-                &pg_db,
-                "--stop-at-end",
-            ],
-        )
-        .await?;
-        consume_pg.push(n as f64 / run.secs);
-        rss_consume = rss_consume.max(run.peak_rss_kib);
-        let sqlite_path = workdir.join(format!("consume-{round}.db"));
-        remove_sqlite(&sqlite_path);
-        let sqlite_url = format!("sqlite://{}", sqlite_path.display());
-        let run = run_child(
-            &exe,
-            &brokers,
-            &[
-                "consume",
-                "--topic",
-                &topic,
-                "--sink",
-                "sqlite",
-                "-D",
-                &sqlite_url,
-                "--stop-at-end",
-            ],
-        )
-        .await?;
-        consume_sqlite.push(n as f64 / run.secs);
-        rss_consume = rss_consume.max(run.peak_rss_kib);
-        remove_sqlite(&sqlite_path);
-        drop_database(&pg_admin, &format!("streamlab_bench_{stamp}_{round}")).await;
+        // 4. consume --stop-at-end from the backlog into each database: as the group's one
+        // member (the default), and alone (`--assign all`), each into a fresh database.
+        for (alone, pg_rates, sqlite_rates) in [
+            (false, &mut consume_pg, &mut consume_sqlite),
+            (true, &mut alone_pg, &mut alone_sqlite),
+        ] {
+            let name = format!("streamlab_bench_{stamp}_{round}_{}", u8::from(alone));
+            let pg_db = pg_database_url(&pg_admin, &name)?;
+            let how: &[&str] = if alone { &["--assign", "all"] } else { &[] };
+            let run = consume_child(&exe, &brokers, &topic, "pg", &pg_db, how).await?;
+            pg_rates.push(n as f64 / run.secs);
+            rss_consume = rss_consume.max(run.peak_rss_kib);
+            drop_database(&pg_admin, &name).await;
+            let sqlite_path = workdir.join(format!("consume-{round}.db"));
+            remove_sqlite(&sqlite_path);
+            let sqlite_url = format!("sqlite://{}", sqlite_path.display());
+            let run = consume_child(&exe, &brokers, &topic, "sqlite", &sqlite_url, how).await?;
+            sqlite_rates.push(n as f64 / run.secs);
+            rss_consume = rss_consume.max(run.peak_rss_kib);
+            remove_sqlite(&sqlite_path);
+        }
         tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
     }
 
@@ -262,6 +246,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     report.sqlite_bulk_limit_per_sec = median(bulk);
     report.consume_pg_per_sec = median(consume_pg);
     report.consume_sqlite_per_sec = median(consume_sqlite);
+    report.consume_pg_alone_per_sec = median(alone_pg);
+    report.consume_sqlite_alone_per_sec = median(alone_sqlite);
     report.consume_pg_ratio =
         report.consume_pg_per_sec / report.fetch_limit_per_sec.min(report.pg_copy_limit_per_sec);
     report.consume_sqlite_ratio = report.consume_sqlite_per_sec
@@ -294,6 +280,29 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     )?;
     print_report(&report)?;
     Ok(())
+}
+
+/// `consume --stop-at-end` of `topic` into `url` as a child process, with `how` (how it reads).
+async fn consume_child(
+    exe: &Path,
+    brokers: &str,
+    topic: &str,
+    sink: &str,
+    url: &str,
+    how: &[&str],
+) -> Result<ChildRun> {
+    let mut args = vec![
+        "consume",
+        "--topic",
+        topic,
+        "--sink",
+        sink,
+        "-D",
+        url,
+        "--stop-at-end",
+    ];
+    args.extend_from_slice(how);
+    run_child(exe, brokers, &args).await
 }
 
 /// What reading a whole topic found.
@@ -690,6 +699,17 @@ fn print_report(r: &BenchReport) -> Result<()> {
             r.consume_sqlite_ratio
         ),
         "≥ 300000 and ≥ 0.7 ×".into(),
+    ]);
+    t.add_row(vec![
+        "consume alone (--assign all) → PostgreSQL / SQLite".into(),
+        format!(
+            "{} / {} · {:.2} × / {:.2} × the member",
+            rate(r.consume_pg_alone_per_sec),
+            rate(r.consume_sqlite_alone_per_sec),
+            r.consume_pg_alone_per_sec / r.consume_pg_per_sec,
+            r.consume_sqlite_alone_per_sec / r.consume_sqlite_per_sec
+        ),
+        "member ≈ alone".into(),
     ]);
     if let (Some(p50), Some(p99)) = (r.latency_p50_ms, r.latency_p99_ms) {
         t.add_row(vec![
