@@ -138,7 +138,7 @@ fn machine() -> String {
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let brokers = args.kafka.brokers().join(",");
+    let brokers = args.kafka.brokers.join(",");
     let n = args.events;
     let mut report = BenchReport {
         machine: machine(),
@@ -316,7 +316,7 @@ struct Drained {
 }
 
 /// Read every partition of `topic` to its end with consume's reader, keeping nothing.
-async fn drain(opts: &crate::cli::KafkaOpts, topic: &str) -> Result<Drained> {
+async fn drain(opts: &kafka::Config, topic: &str) -> Result<Drained> {
     let metadata = kafka::topic_metadata(opts, topic).await?;
     let mut readers = kafka::fetch::readers(opts, &metadata, &metadata.partition_ids());
     let reads = readers.iter_mut().map(|reader| async move {
@@ -360,8 +360,8 @@ async fn durable_engine(
     stamp: i64,
     n: u64,
 ) -> Result<(f64, f64)> {
-    let opts = crate::cli::KafkaOpts {
-        bootstrap_server: brokers.to_string(),
+    let opts = kafka::Config {
+        brokers: vec![brokers.to_string()],
         timeout: args.kafka.timeout,
     };
     let mut admin = Admin::connect(&opts).await?;
@@ -404,7 +404,7 @@ async fn codec_costs(
     stamp: i64,
     events: u64,
 ) -> Result<Vec<CodecCost>> {
-    let brokers = args.kafka.brokers().join(",");
+    let brokers = args.kafka.brokers.join(",");
     let count = events.to_string();
     let mut costs = Vec::new();
     for codec in ["none", "lz4", "zstd", "snappy", "gzip"] {

@@ -1,6 +1,7 @@
 //! Every command-line option, in one place (the sqlx-cli `opt.rs` pattern). Connection options are
 //! defined once and flattened into the commands that need them.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -49,9 +50,15 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The subcommand with the global connection options handed to it.
-    pub fn into_command(self) -> Command {
-        let kafka = self.kafka;
+    /// The subcommand with the global connection options handed to it; usage errors in them
+    /// end the run here, before anything connects.
+    pub fn into_command(self) -> anyhow::Result<Command> {
+        let kafka = self.kafka.config();
+        if kafka.brokers.is_empty() {
+            return Err(crate::exit::usage(
+                "--bootstrap-server names no broker (expected HOST:PORT[,HOST:PORT…])",
+            ));
+        }
         let mut command = self.command;
         match &mut command {
             Command::Topic(topic) => match topic {
@@ -68,7 +75,7 @@ impl Cli {
             Command::Migrate(a) => a.timeout = kafka.timeout,
             Command::Completions(_) => {}
         }
-        command
+        Ok(command)
     }
 }
 
@@ -130,23 +137,19 @@ pub struct KafkaOpts {
 
 const DEFAULT_BROKERS: &str = "localhost:9092";
 
-impl Default for KafkaOpts {
-    fn default() -> Self {
-        Self {
-            bootstrap_server: DEFAULT_BROKERS.into(),
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 impl KafkaOpts {
-    pub fn brokers(&self) -> Vec<String> {
-        self.bootstrap_server
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
+    /// What the kafka layer needs from these flags.
+    pub fn config(&self) -> crate::kafka::Config {
+        crate::kafka::Config {
+            brokers: self
+                .bootstrap_server
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -226,6 +229,17 @@ impl DbTarget {
                 )))
             }
         };
+        // A URL sqlx cannot read (a bad port, say) is the user's to fix: say so before connecting.
+        let readable = match from_url {
+            SinkKind::Pg => sqlx::postgres::PgConnectOptions::from_str(url).map(drop),
+            SinkKind::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(url).map(drop),
+        };
+        if let Err(e) = readable {
+            return Err(usage(format!(
+                "invalid database URL {}: {e}",
+                crate::sink::redact(url)
+            )));
+        }
         match sink {
             Some(kind) if kind != from_url => Err(usage(format!(
                 "--sink {} does not fit the database URL {} (from -D or DATABASE_URL): \
@@ -276,9 +290,9 @@ pub enum TopicCommand {
 #[derive(Debug, Args)]
 pub struct TopicCreateArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
+    pub kafka: crate::kafka::Config,
     /// Topic name: letters, digits, '.', '_' and '-', at most 249 characters.
-    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Number of partitions (the unit of parallelism and ordering).
     #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
@@ -297,8 +311,8 @@ pub struct TopicCreateArgs {
 #[derive(Debug, Args)]
 pub struct TopicRetentionArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
-    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub kafka: crate::kafka::Config,
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// New retention: 1d, 36h, 90m, 500ms, or milliseconds. Without it, show the current value.
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
@@ -308,7 +322,7 @@ pub struct TopicRetentionArgs {
 #[derive(Debug, Args)]
 pub struct TopicListArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
+    pub kafka: crate::kafka::Config,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -316,8 +330,8 @@ pub struct TopicListArgs {
 #[derive(Debug, Args)]
 pub struct TopicDescribeArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
-    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub kafka: crate::kafka::Config,
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Also show this consumer group's members and the partitions each holds (brokers that do
     /// not report assignments, like tansu, show them in `streamlab check --topic` instead).
@@ -347,10 +361,10 @@ pub enum PartitionerArg {
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
+    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub metrics: crate::metrics::MetricsOpts,
-    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Which events to generate.
     #[arg(short, long, value_enum, default_value = "sales")]
@@ -399,12 +413,12 @@ pub enum AssignAll {
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
+    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub db: DbOpts,
     #[command(flatten)]
     pub metrics: crate::metrics::MetricsOpts,
-    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Consumer group to join. Every consumer started with the same group is one of its members,
     /// and the group shares the topic's partitions among them (Kafka's consumer-group protocol;
@@ -488,8 +502,8 @@ pub struct ConsumeArgs {
 )]
 pub struct WatchArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
-    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    pub kafka: crate::kafka::Config,
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Consumer group whose position is shown.
     #[arg(short, long, default_value = "streamlab")]
@@ -525,7 +539,7 @@ pub struct CheckArgs {
     #[arg(short, long, value_enum, default_value = "sales")]
     pub kind: EventKind,
     /// Also compare the sink's offsets with the broker's latest offsets for this topic.
-    #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: Option<String>,
     /// Consumer group whose stored offsets are compared.
     #[arg(short, long, default_value = "streamlab")]
@@ -536,13 +550,13 @@ pub struct CheckArgs {
     #[arg(long, requires = "topic")]
     pub max_lag: Option<i64>,
     #[arg(skip)]
-    pub kafka: KafkaOpts,
+    pub kafka: crate::kafka::Config,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[arg(skip)]
-    pub kafka: KafkaOpts,
+    pub kafka: crate::kafka::Config,
     /// Events per measurement.
     #[arg(short = 'n', long, default_value_t = 1_000_000)]
     pub events: u64,

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AssignAll, ConsumeArgs, Format, KafkaOpts, SinkKind, StartFrom};
+use crate::cli::{AssignAll, ConsumeArgs, Format, SinkKind, StartFrom};
 use crate::events::{self, ts_millis, EventKind};
 use crate::kafka;
 use crate::kafka::admin::{GroupCoordinator, TopicMetadata};
@@ -1269,7 +1269,7 @@ enum Step {
 /// Mirrors the database's offsets to the Kafka consumer group, best effort: a broker that
 /// refuses costs a warning, never a row.
 struct GroupMirror {
-    opts: KafkaOpts,
+    opts: kafka::Config,
     group: String,
     coordinator: Option<GroupCoordinator>,
     last_commit: Option<Instant>,
@@ -1281,7 +1281,7 @@ struct GroupMirror {
 }
 
 impl GroupMirror {
-    fn new(opts: &KafkaOpts, group: &str) -> Self {
+    fn new(opts: &kafka::Config, group: &str) -> Self {
         Self {
             opts: opts.clone(),
             group: group.to_string(),

@@ -10,7 +10,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     streamlab::logging::init(cli.verbose, cli.quiet);
     streamlab::output::set_quiet(cli.quiet);
-    let command = cli.into_command();
+    let command = match cli.into_command() {
+        Ok(command) => command,
+        Err(err) => return streamlab::exit::report(&err),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

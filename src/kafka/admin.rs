@@ -25,7 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
 use super::wire::WireConnection;
-use crate::cli::KafkaOpts;
+use super::Config;
 
 const RESOURCE_TOPIC: i8 = 2;
 const CONFIG_OP_SET: i8 = 0;
@@ -35,7 +35,7 @@ const SOURCE_TOPIC: i8 = 1;
 
 pub struct Admin {
     conn: WireConnection,
-    opts: KafkaOpts,
+    opts: Config,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -109,10 +109,10 @@ fn check(code: i16, message: Option<&StrBytes>, what: impl FnOnce() -> String) -
 
 impl Admin {
     /// Connect to the first bootstrap broker that answers.
-    pub async fn connect(opts: &KafkaOpts) -> Result<Self> {
-        let brokers = opts.brokers();
+    pub async fn connect(opts: &Config) -> Result<Self> {
+        let brokers = opts.brokers.clone();
         if brokers.is_empty() {
-            return Err(crate::exit::usage("--bootstrap-server is empty"));
+            bail!("no broker address to connect to");
         }
         let mut last_error = None;
         for addr in &brokers {
@@ -374,7 +374,7 @@ impl GroupCoordinator {
     /// there is none yet or its connection can no longer be trusted.
     pub async fn reuse_or_find<'a>(
         slot: &'a mut Option<GroupCoordinator>,
-        opts: &KafkaOpts,
+        opts: &Config,
         group: &str,
     ) -> Result<&'a mut GroupCoordinator> {
         if !slot.as_ref().is_some_and(GroupCoordinator::is_usable) {

@@ -31,7 +31,7 @@ use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 use super::admin::{Admin, TopicMetadata};
 use super::wire::WireConnection;
-use crate::cli::KafkaOpts;
+use super::Config;
 
 /// Fetch v11: names topics (v13+ wants topic ids) and carries everything read_committed needs
 /// (aborted transactions, last stable offset, log start). Apache Kafka 4 accepts 4..=17. Not
@@ -139,7 +139,7 @@ const START_PROBE_BYTES: i32 = 64 << 10;
 /// One partition's reader: its own connection to the partition's leader, looked up (again)
 /// whenever the connection is missing or was abandoned half way.
 pub struct PartitionReader {
-    opts: KafkaOpts,
+    opts: Config,
     topic: String,
     partition: i32,
     /// The leader's address from metadata the caller already holds: used for the first
@@ -149,7 +149,7 @@ pub struct PartitionReader {
 }
 
 impl PartitionReader {
-    pub fn new(opts: &KafkaOpts, topic: &str, partition: i32) -> Self {
+    pub fn new(opts: &Config, topic: &str, partition: i32) -> Self {
         Self {
             opts: opts.clone(),
             topic: topic.to_string(),
@@ -339,11 +339,7 @@ fn leader_of(topics: &[TopicMetadata], partition: i32) -> Option<String> {
 
 /// One reader for each of `partitions` of `topic`, each first connecting to the leader that
 /// `topic` names (no further metadata request).
-pub fn readers(
-    opts: &KafkaOpts,
-    topic: &TopicMetadata,
-    partitions: &[i32],
-) -> Vec<PartitionReader> {
+pub fn readers(opts: &Config, topic: &TopicMetadata, partitions: &[i32]) -> Vec<PartitionReader> {
     let known = std::slice::from_ref(topic);
     partitions
         .iter()

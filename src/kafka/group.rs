@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin::{Admin, GroupCoordinator};
 use super::bounds;
-use crate::cli::KafkaOpts;
+use super::Config;
 
 /// The protocol type of consumer groups; other group kinds (Kafka Connect, …) use their own.
 pub const PROTOCOL_TYPE: &str = "consumer";
@@ -88,7 +88,7 @@ pub enum Beat {
 
 /// One member of a consumer group, subscribed to one topic.
 pub struct GroupMember {
-    opts: KafkaOpts,
+    opts: Config,
     group: String,
     topic: String,
     membership: Membership,
@@ -107,7 +107,7 @@ pub struct GroupMember {
 }
 
 impl GroupMember {
-    pub fn new(opts: &KafkaOpts, group: &str, topic: &str, membership: Membership) -> Self {
+    pub fn new(opts: &Config, group: &str, topic: &str, membership: Membership) -> Self {
         Self {
             opts: opts.clone(),
             group: group.to_string(),
@@ -414,7 +414,7 @@ impl GroupMember {
         let names: Vec<&str> = members
             .iter()
             .flat_map(|(_, s)| s.topics.iter().map(String::as_str))
-            .filter(|t| crate::topic::parse_topic_name(t).is_ok())
+            .filter(|t| crate::kafka::names::parse_topic_name(t).is_ok())
             .collect::<BTreeSet<&str>>()
             .into_iter()
             .collect();

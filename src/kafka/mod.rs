@@ -8,6 +8,7 @@ pub mod admin;
 pub mod bounds;
 pub mod fetch;
 pub mod group;
+pub mod names;
 pub mod partitioner;
 pub mod wire;
 
@@ -19,7 +20,24 @@ use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
-use crate::cli::KafkaOpts;
+/// How to reach Kafka. The command line (`cli::KafkaOpts`) is turned into this once; nothing
+/// below the commands sees clap's types.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bootstrap addresses, `host:port`.
+    pub brokers: Vec<String>,
+    /// How long a broker may stay silent before an operation gives up.
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["localhost:9092".into()],
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Bytes asked for per fetch request and partition. Also bounds consume's memory: at most a few
 /// of these are in flight or queued per partition.
@@ -42,10 +60,10 @@ pub fn backoff(deadline: Duration) -> BackoffConfig {
 }
 
 /// Connect the data-path client, failing within `--timeout` with the address in the message.
-pub async fn connect(opts: &KafkaOpts) -> Result<Client> {
-    let brokers = opts.brokers();
+pub async fn connect(opts: &Config) -> Result<Client> {
+    let brokers = opts.brokers.clone();
     if brokers.is_empty() {
-        return Err(crate::exit::usage("--bootstrap-server is empty"));
+        anyhow::bail!("no broker address to connect to");
     }
     let build = ClientBuilder::new(brokers.clone())
         .client_id("streamlab")
@@ -94,7 +112,7 @@ pub async fn partition_clients(
 }
 
 /// The topic's metadata (partitions, leaders, id), or [`admin::UnknownTopic`].
-pub async fn topic_metadata(opts: &KafkaOpts, topic: &str) -> Result<admin::TopicMetadata> {
+pub async fn topic_metadata(opts: &Config, topic: &str) -> Result<admin::TopicMetadata> {
     let mut admin = admin::Admin::connect(opts).await?;
     let topics = admin.metadata(Some(&[topic])).await?;
     topics

@@ -17,7 +17,6 @@ use super::{
     OffsetAdvance, SaleRow, Savepoint, SensorRow, Sink, SinkError, SinkTx,
 };
 use crate::events::cents;
-use crate::exit;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -30,7 +29,7 @@ pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<PgPool> {
     // the ids it must insert — until TCP notices, which it may never do.
     let idle_limit = super::connect_timeout(timeout).as_millis().to_string();
     let options = PgConnectOptions::from_str(url)
-        .map_err(|e| exit::usage(format!("invalid PostgreSQL URL {shown}: {e}")))?
+        .with_context(|| format!("invalid PostgreSQL URL {shown}"))?
         .options([("idle_in_transaction_session_timeout", idle_limit)]);
     warn_unrecognized_parameters(url);
     let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))

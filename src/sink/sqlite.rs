@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -14,7 +16,6 @@ use super::{
     OffsetAdvance, SaleRow, Savepoint, SensorRow, Sink, SinkError, SinkTx,
 };
 use crate::events::{cents, ts_millis};
-use crate::exit;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -27,7 +28,7 @@ const ROWS_PER_STATEMENT: usize = 1000;
 pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<SqlitePool> {
     let shown = redact(url);
     let options = SqliteConnectOptions::from_str(url)
-        .map_err(|e| exit::usage(format!("invalid SQLite URL {shown}: {e}")))?
+        .with_context(|| format!("invalid SQLite URL {shown}"))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
