@@ -317,9 +317,8 @@ struct Drained {
 
 /// Read every partition of `topic` to its end with consume's reader, keeping nothing.
 async fn drain(opts: &kafka::Config, topic: &str) -> Result<Drained> {
-    let metadata = kafka::topic_metadata(opts, topic).await?;
-    let mut readers = kafka::fetch::readers(opts, &metadata, &metadata.partition_ids());
-    let reads = readers.iter_mut().map(|reader| async move {
+    let mut topic = kafka::fetch::TopicReaders::open(opts, topic).await?;
+    let reads = topic.readers.iter_mut().map(|reader| async move {
         let end = reader.end_offset().await?;
         let (mut offset, mut d) = (0i64, Drained::default());
         while offset < end {

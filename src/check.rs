@@ -813,12 +813,13 @@ async fn lag(
         return Ok((partitions, None));
     };
 
-    let metadata = kafka::topic_metadata(&args.kafka, topic).await?;
-    let mut readers = kafka::fetch::readers(&args.kafka, &metadata, &metadata.partition_ids());
     let by_partition: BTreeMap<i64, i64> = stored.iter().map(|(_, p, n)| (*p, *n)).collect();
     let mut partitions = Vec::new();
     let mut total = 0;
-    let ranges = kafka::fetch::offset_ranges(&mut readers).await?;
+    let ranges = kafka::fetch::TopicReaders::open(&args.kafka, topic)
+        .await?
+        .ranges()
+        .await?;
     for (&partition, &(earliest, latest)) in &ranges {
         let stored_offset = by_partition.get(&i64::from(partition)).copied();
         let lag = kafka::Lag::of(earliest, latest, stored_offset);

@@ -170,16 +170,11 @@ struct TopicDescription {
 }
 
 async fn describe(args: TopicDescribeArgs) -> Result<()> {
+    let mut topic = kafka::fetch::TopicReaders::open(&args.kafka, &args.topic).await?;
     let mut admin = Admin::connect(&args.kafka).await?;
-    let metadata = admin
-        .metadata(Some(&[args.topic.as_str()]))
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("topic '{}' does not exist", args.topic))?;
     let retention = current_retention(&mut admin, &args.topic).await?;
-    let mut readers = kafka::fetch::readers(&args.kafka, &metadata, &metadata.partition_ids());
-    let ranges = kafka::fetch::offset_ranges(&mut readers).await?;
+    let ranges = topic.ranges().await?;
+    let metadata = topic.metadata;
     let group = match &args.group {
         Some(group) => {
             let mut coordinator = admin.group_coordinator(group).await?;

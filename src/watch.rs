@@ -23,8 +23,8 @@ use time::OffsetDateTime;
 use crate::check::{self, Dialect};
 use crate::cli::WatchArgs;
 use crate::events::ts_millis;
-use crate::kafka::fetch::PartitionReader;
-use crate::kafka::{self, admin::Admin, admin::GroupCoordinator};
+use crate::kafka::fetch::TopicReaders;
+use crate::kafka::{self, admin::GroupCoordinator};
 use crate::{output, shutdown};
 
 /// Rate samples kept for the sparklines (at 1 s, two minutes).
@@ -182,8 +182,7 @@ fn read_key(wait: Duration) -> Result<Option<Key>> {
 
 /// What a snapshot is read from: the broker, and the database when given.
 struct Source {
-    readers: Vec<PartitionReader>,
-    admin: Admin,
+    topic: TopicReaders,
     /// Kept between snapshots; dropped on an error so the next one asks FindCoordinator again.
     coordinator: Option<GroupCoordinator>,
     pool: Option<(AnyPool, Dialect)>,
@@ -191,9 +190,7 @@ struct Source {
 
 impl Source {
     async fn connect(args: &WatchArgs) -> Result<Self> {
-        let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
-        let readers = kafka::fetch::readers(&args.kafka, &topic, &topic.partition_ids());
-        let admin = Admin::connect(&args.kafka).await?;
+        let topic = TopicReaders::open(&args.kafka, &args.topic).await?;
         let pool = match args.db.optional_target()? {
             Some(target) => Some((
                 check::connect(&target, args.kafka.timeout).await?,
@@ -202,15 +199,14 @@ impl Source {
             None => None,
         };
         Ok(Self {
-            readers,
-            admin,
+            topic,
             coordinator: None,
             pool,
         })
     }
 
     async fn snapshot(&mut self, args: &WatchArgs) -> Result<Snapshot> {
-        let ranges = kafka::fetch::offset_ranges(&mut self.readers).await?;
+        let ranges = self.topic.ranges().await?;
         let ids: Vec<i32> = ranges.keys().copied().collect();
         let (committed, position_source) = match &self.pool {
             Some((pool, d)) => (db_offsets(pool, d, args).await?, "database"),
@@ -254,14 +250,7 @@ impl Source {
     }
 
     async fn coordinator(&mut self, args: &WatchArgs) -> Result<&mut GroupCoordinator> {
-        if !self
-            .coordinator
-            .as_ref()
-            .is_some_and(GroupCoordinator::is_usable)
-        {
-            self.coordinator = Some(self.admin.group_coordinator(&args.group).await?);
-        }
-        Ok(self.coordinator.as_mut().expect("just set"))
+        GroupCoordinator::reuse_or_find(&mut self.coordinator, &args.kafka, &args.group).await
     }
 
     async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {

@@ -350,6 +350,26 @@ pub fn readers(opts: &Config, topic: &TopicMetadata, partitions: &[i32]) -> Vec<
         .collect()
 }
 
+/// A topic opened for reading: its metadata and one reader per partition, each first connecting
+/// to the leader the metadata names. Where every command that reads offsets or records starts.
+pub struct TopicReaders {
+    pub metadata: TopicMetadata,
+    pub readers: Vec<PartitionReader>,
+}
+
+impl TopicReaders {
+    pub async fn open(opts: &Config, topic: &str) -> Result<Self> {
+        let metadata = super::topic_metadata(opts, topic).await?;
+        let readers = readers(opts, &metadata, &metadata.partition_ids());
+        Ok(Self { metadata, readers })
+    }
+
+    /// Earliest and end offset of every partition, asked concurrently.
+    pub async fn ranges(&mut self) -> Result<BTreeMap<i32, (i64, i64)>> {
+        offset_ranges(&mut self.readers).await
+    }
+}
+
 /// Earliest and end offset of every partition, asked concurrently.
 pub async fn offset_ranges(readers: &mut [PartitionReader]) -> Result<BTreeMap<i32, (i64, i64)>> {
     let lookups = readers.iter_mut().map(|r| async move {
