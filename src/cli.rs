@@ -339,7 +339,7 @@ pub struct WatchArgs {
     pub kafka: KafkaOpts,
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: String,
-    /// Consumer group whose position is shown.
+    /// Consumer group whose position is shown, and which of its members holds each partition.
     #[arg(short, long, default_value = "streamlab")]
     pub group: String,
     /// Also show what landed in this database; the group's position is then read from it.
@@ -380,7 +380,8 @@ pub struct CheckArgs {
     /// Also compare the sink's offsets with the broker's latest offsets for this topic.
     #[arg(short, long, value_parser = crate::topic::parse_topic_name)]
     pub topic: Option<String>,
-    /// Consumer group whose stored offsets are compared.
+    /// Consumer group whose stored offsets are compared (with --topic, its live members and the
+    /// partitions each holds are listed too).
     #[arg(short, long, default_value = "streamlab")]
     pub group: String,
     #[arg(long, value_enum, default_value = "table")]
