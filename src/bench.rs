@@ -3,6 +3,10 @@
 //! Every figure is the median of `--repeats` runs. `produce` and `consume` run as child processes
 //! (this same binary), so their peak RSS is their own. Ratios within one run matter more than
 //! absolute numbers on a shared, noisy machine.
+//!
+//! `consume` is measured both ways it reads: as the one member of a group of its own (what
+//! `consume` does by default: it joins, waits for its assignment, and leaves at the end) and
+//! with `--assign all` (every partition alone), on the same backlog, in alternating order.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,13 +36,20 @@ pub struct BenchReport {
     pub fetch_limit_per_sec: f64,
     pub pg_copy_limit_per_sec: f64,
     pub sqlite_bulk_limit_per_sec: f64,
+    /// As a lone group member (the default).
     pub consume_pg_per_sec: f64,
     pub consume_pg_ratio: f64,
+    /// With `--assign all`, on the same backlog.
+    pub consume_pg_assign_all_per_sec: f64,
+    pub consume_pg_assign_all_ratio: f64,
     pub consume_sqlite_per_sec: f64,
     pub consume_sqlite_ratio: f64,
-    /// The same consumes reading alone (`--assign all`) instead of as the group's one member.
-    pub consume_pg_alone_per_sec: f64,
-    pub consume_sqlite_alone_per_sec: f64,
+    pub consume_sqlite_assign_all_per_sec: f64,
+    pub consume_sqlite_assign_all_ratio: f64,
+    /// `consume --stop-at-end` of an empty topic, start to exit: as a lone group member (join,
+    /// assignment, leave) and with `--assign all`.
+    pub startup_member_ms: f64,
+    pub startup_assign_all_ms: f64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub produce_peak_rss_mib: f64,
@@ -158,7 +169,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let (mut produce_sales, mut produce_sensor, mut fetch, mut copy, mut bulk) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut consume_pg, mut consume_sqlite) = (vec![], vec![]);
-    let (mut alone_pg, mut alone_sqlite) = (vec![], vec![]);
+    let (mut consume_pg_alone, mut consume_sqlite_alone) = (vec![], vec![]);
+    let (mut startup_member, mut startup_alone) = (vec![], vec![]);
     let (mut rss_produce, mut rss_consume) = (0u64, 0u64);
     let mut mb_per_sec = vec![];
     let count = n.to_string();
@@ -214,25 +226,93 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bulk.push(sqlite_bulk_limit(&workdir, &rows).await?);
         drop(rows);
 
-        // 4. consume --stop-at-end from the backlog into each database: as the group's one
-        // member (the default), and alone (`--assign all`), each into a fresh database.
-        for (alone, pg_rates, sqlite_rates) in [
-            (false, &mut consume_pg, &mut consume_sqlite),
-            (true, &mut alone_pg, &mut alone_sqlite),
-        ] {
-            let name = format!("streamlab_bench_{stamp}_{round}_{}", u8::from(alone));
+        // 4. consume --stop-at-end from the backlog into each database, as a lone group member
+        //    and with --assign all, each into a fresh database; which goes first alternates.
+        let modes = if round % 2 == 0 {
+            [Reading::Member, Reading::Alone]
+        } else {
+            [Reading::Alone, Reading::Member]
+        };
+        for mode in modes {
+            let name = format!("streamlab_bench_{stamp}_{round}_{}", mode.label());
             let pg_db = pg_database_url(&pg_admin, &name)?;
-            let how: &[&str] = if alone { &["--assign", "all"] } else { &[] };
-            let run = consume_child(&exe, &brokers, &topic, "pg", &pg_db, how).await?;
-            pg_rates.push(n as f64 / run.secs);
+            let group = format!("bench-{stamp}-{round}-pg-{}", mode.label());
+            let mut consume = vec![
+                "consume",
+                "--topic",
+                &topic,
+                "--sink",
+                "pg",
+                "-D",
+                &pg_db,
+                "--group",
+                &group,
+                "--stop-at-end",
+            ];
+            consume.extend(mode.flags());
+            let run = run_child(&exe, &brokers, &consume).await?;
+            match mode {
+                Reading::Member => consume_pg.push(n as f64 / run.secs),
+                Reading::Alone => consume_pg_alone.push(n as f64 / run.secs),
+            }
             rss_consume = rss_consume.max(run.peak_rss_kib);
             drop_database(&pg_admin, &name).await;
-            let sqlite_path = workdir.join(format!("consume-{round}.db"));
+        }
+        for mode in modes {
+            let sqlite_path = workdir.join(format!("consume-{round}-{}.db", mode.label()));
             remove_sqlite(&sqlite_path);
             let sqlite_url = format!("sqlite://{}", sqlite_path.display());
-            let run = consume_child(&exe, &brokers, &topic, "sqlite", &sqlite_url, how).await?;
-            sqlite_rates.push(n as f64 / run.secs);
+            let group = format!("bench-{stamp}-{round}-sqlite-{}", mode.label());
+            let mut consume = vec![
+                "consume",
+                "--topic",
+                &topic,
+                "--sink",
+                "sqlite",
+                "-D",
+                &sqlite_url,
+                "--group",
+                &group,
+                "--stop-at-end",
+            ];
+            consume.extend(mode.flags());
+            let run = run_child(&exe, &brokers, &consume).await?;
+            match mode {
+                Reading::Member => consume_sqlite.push(n as f64 / run.secs),
+                Reading::Alone => consume_sqlite_alone.push(n as f64 / run.secs),
+            }
             rss_consume = rss_consume.max(run.peak_rss_kib);
+            remove_sqlite(&sqlite_path);
+        }
+
+        // 5. What joining costs at start: consume an empty topic to its end, both ways.
+        let empty = format!("bench-{stamp}-{round}-empty");
+        admin.create_topic(&empty, args.partitions, 1, &[]).await?;
+        for mode in modes {
+            let sqlite_path = workdir.join(format!("startup-{round}-{}.db", mode.label()));
+            remove_sqlite(&sqlite_path);
+            let sqlite_url = format!("sqlite://{}", sqlite_path.display());
+            let migrate = ["migrate", "--sink", "sqlite", "-D", &sqlite_url];
+            run_child(&exe, &brokers, &migrate).await?;
+            let group = format!("bench-{stamp}-{round}-startup-{}", mode.label());
+            let mut consume = vec![
+                "consume",
+                "--topic",
+                &empty,
+                "--sink",
+                "sqlite",
+                "-D",
+                &sqlite_url,
+                "--group",
+                &group,
+                "--stop-at-end",
+            ];
+            consume.extend(mode.flags());
+            let ms = exact_ms(&exe, &brokers, &consume).await?;
+            match mode {
+                Reading::Member => startup_member.push(ms),
+                Reading::Alone => startup_alone.push(ms),
+            }
             remove_sqlite(&sqlite_path);
         }
         tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
@@ -245,15 +325,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     report.pg_copy_limit_per_sec = median(copy);
     report.sqlite_bulk_limit_per_sec = median(bulk);
     report.consume_pg_per_sec = median(consume_pg);
+    report.consume_pg_assign_all_per_sec = median(consume_pg_alone);
     report.consume_sqlite_per_sec = median(consume_sqlite);
-    report.consume_pg_alone_per_sec = median(alone_pg);
-    report.consume_sqlite_alone_per_sec = median(alone_sqlite);
-    report.consume_pg_ratio =
-        report.consume_pg_per_sec / report.fetch_limit_per_sec.min(report.pg_copy_limit_per_sec);
-    report.consume_sqlite_ratio = report.consume_sqlite_per_sec
-        / report
-            .fetch_limit_per_sec
-            .min(report.sqlite_bulk_limit_per_sec);
+    report.consume_sqlite_assign_all_per_sec = median(consume_sqlite_alone);
+    let pg_limit = report.fetch_limit_per_sec.min(report.pg_copy_limit_per_sec);
+    let sqlite_limit = report
+        .fetch_limit_per_sec
+        .min(report.sqlite_bulk_limit_per_sec);
+    report.consume_pg_ratio = report.consume_pg_per_sec / pg_limit;
+    report.consume_pg_assign_all_ratio = report.consume_pg_assign_all_per_sec / pg_limit;
+    report.consume_sqlite_ratio = report.consume_sqlite_per_sec / sqlite_limit;
+    report.consume_sqlite_assign_all_ratio =
+        report.consume_sqlite_assign_all_per_sec / sqlite_limit;
+    report.startup_member_ms = median(startup_member);
+    report.startup_assign_all_ms = median(startup_alone);
     report.produce_peak_rss_mib = rss_produce as f64 / 1024.0;
     report.consume_peak_rss_mib = rss_consume as f64 / 1024.0;
 
@@ -263,10 +348,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         report.durable_fetch_per_sec = Some(fetch);
     }
 
-    // 5. What each compression codec costs and saves, on a quarter of the events.
+    // 6. What each compression codec costs and saves, on a quarter of the events.
     report.codecs = codec_costs(&exe, &args, &mut admin, stamp, (n / 4).max(10_000)).await?;
 
-    // 6. Steady-state latency at 10,000 events/s.
+    // 7. Steady-state latency at 10,000 events/s.
     if !args.latency.is_zero() {
         let (p50, p99) =
             latency(&exe, &brokers, &mut admin, &pg_admin, stamp, args.latency).await?;
@@ -282,27 +367,55 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `consume --stop-at-end` of `topic` into `url` as a child process, with `how` (how it reads).
-async fn consume_child(
-    exe: &Path,
-    brokers: &str,
-    topic: &str,
-    sink: &str,
-    url: &str,
-    how: &[&str],
-) -> Result<ChildRun> {
-    let mut args = vec![
-        "consume",
-        "--topic",
-        topic,
-        "--sink",
-        sink,
-        "-D",
-        url,
-        "--stop-at-end",
-    ];
-    args.extend_from_slice(how);
-    run_child(exe, brokers, &args).await
+/// The two ways `consume` reads.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// The default: the one member of a group of its own.
+    Member,
+    /// `--assign all`.
+    Alone,
+}
+
+impl Reading {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Alone => "alone",
+        }
+    }
+
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Member => &[],
+            Self::Alone => &["--assign", "all"],
+        }
+    }
+}
+
+/// Wall time of a short child run in milliseconds, waited for directly (no polling interval).
+async fn exact_ms(exe: &Path, brokers: &str, args: &[&str]) -> Result<f64> {
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .env("STREAMLAB_BROKERS", brokers)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let shown = args.join(" ");
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let out = command.output().context("starting a streamlab child")?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if !out.status.success() {
+            bail!(
+                "streamlab {shown} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(ms)
+    })
+    .await
+    .context("timing a streamlab child")?
 }
 
 /// What reading a whole topic found.
@@ -586,7 +699,17 @@ async fn latency(
         .close()
         .await;
     let mut consumer = Command::new(exe)
-        .args(["consume", "--topic", &topic, "--sink", "pg", "-D", &db])
+        .args([
+            "consume",
+            "--topic",
+            &topic,
+            "--sink",
+            "pg",
+            "-D",
+            &db,
+            "--group",
+            &format!("bench-{stamp}-latency"),
+        ])
         .env("STREAMLAB_BROKERS", brokers)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -681,34 +804,40 @@ fn print_report(r: &BenchReport) -> Result<()> {
         format!("{:.0} rows/s", r.sqlite_bulk_limit_per_sec),
         "".into(),
     ]);
+    let consume = |per_sec: f64, ratio: f64| format!("{} · {ratio:.2} × limit", rate(per_sec));
     t.add_row(vec![
-        "consume → PostgreSQL".into(),
-        format!(
-            "{} · {:.2} × limit",
-            rate(r.consume_pg_per_sec),
-            r.consume_pg_ratio
-        ),
+        "consume → PostgreSQL (group member)".into(),
+        consume(r.consume_pg_per_sec, r.consume_pg_ratio),
         "≥ 150000 and ≥ 0.7 ×".into(),
     ]);
     t.add_row(vec![
-        "consume → SQLite".into(),
-        format!(
-            "{} · {:.2} × limit",
-            rate(r.consume_sqlite_per_sec),
-            r.consume_sqlite_ratio
+        "consume → PostgreSQL (--assign all)".into(),
+        consume(
+            r.consume_pg_assign_all_per_sec,
+            r.consume_pg_assign_all_ratio,
         ),
+        "= group member".into(),
+    ]);
+    t.add_row(vec![
+        "consume → SQLite (group member)".into(),
+        consume(r.consume_sqlite_per_sec, r.consume_sqlite_ratio),
         "≥ 300000 and ≥ 0.7 ×".into(),
     ]);
     t.add_row(vec![
-        "consume alone (--assign all) → PostgreSQL / SQLite".into(),
-        format!(
-            "{} / {} · {:.2} × / {:.2} × the member",
-            rate(r.consume_pg_alone_per_sec),
-            rate(r.consume_sqlite_alone_per_sec),
-            r.consume_pg_alone_per_sec / r.consume_pg_per_sec,
-            r.consume_sqlite_alone_per_sec / r.consume_sqlite_per_sec
+        "consume → SQLite (--assign all)".into(),
+        consume(
+            r.consume_sqlite_assign_all_per_sec,
+            r.consume_sqlite_assign_all_ratio,
         ),
-        "member ≈ alone".into(),
+        "= group member".into(),
+    ]);
+    t.add_row(vec![
+        "consume start-up, empty topic (member / --assign all)".into(),
+        format!(
+            "{:.0} ms / {:.0} ms",
+            r.startup_member_ms, r.startup_assign_all_ms
+        ),
+        "".into(),
     ]);
     if let (Some(p50), Some(p99)) = (r.latency_p50_ms, r.latency_p99_ms) {
         t.add_row(vec![

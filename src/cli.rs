@@ -505,7 +505,7 @@ pub struct WatchArgs {
     pub kafka: crate::kafka::Config,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
-    /// Consumer group whose position is shown.
+    /// Consumer group whose position is shown, and which of its members holds each partition.
     #[arg(short, long, default_value = "streamlab")]
     pub group: String,
     /// Also show what landed in this database (--sink and/or -D); the group's position is then
@@ -541,7 +541,8 @@ pub struct CheckArgs {
     /// Also compare the sink's offsets with the broker's latest offsets for this topic.
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: Option<String>,
-    /// Consumer group whose stored offsets are compared.
+    /// Consumer group whose stored offsets are compared (with --topic, its live members and the
+    /// partitions each holds are listed too).
     #[arg(short, long, default_value = "streamlab")]
     pub group: String,
     #[arg(long, value_enum, default_value = "table")]

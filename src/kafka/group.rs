@@ -102,6 +102,9 @@ pub struct GroupMember {
     expect_new_generation: bool,
     /// SyncGroup last gave this member no assignment bytes at all (see `join_once`).
     got_no_assignment: bool,
+    /// The leader JoinGroup named when SyncGroup last refused this follower (see
+    /// `take_over_a_departed_leader`).
+    awaited_leader: Option<String>,
     /// Members whose subscription could not be read, already warned about (as leader).
     unreadable_members: BTreeSet<String>,
 }
@@ -120,6 +123,7 @@ impl GroupMember {
             force_new_generation: false,
             expect_new_generation: false,
             got_no_assignment: false,
+            awaited_leader: None,
             unreadable_members: BTreeSet::new(),
         }
     }
@@ -339,6 +343,10 @@ impl GroupMember {
                     self.coordinator = None;
                 } else {
                     let _ = self.heartbeat().await;
+                    if e == ResponseError::RebalanceInProgress && !leader {
+                        self.take_over_a_departed_leader(joined.leader.as_str())
+                            .await;
+                    }
                 }
                 return Ok(Round::Again);
             }
@@ -366,6 +374,7 @@ impl GroupMember {
             self.leave().await;
             return Ok(Round::Again);
         }
+        self.awaited_leader = None;
         self.got_no_assignment = synced.assignment.is_empty();
         let partitions = decode_assignment(&synced.assignment)
             .with_context(|| format!("the assignment from group '{}'", self.group))?
@@ -377,6 +386,43 @@ impl GroupMember {
             leader,
             partitions,
         }))
+    }
+
+    /// tansu 0.6 keeps naming a leader that sent LeaveGroup while the group was forming (a new
+    /// member had joined, or another had left): the group can then never form, and its followers
+    /// are refused by SyncGroup for good — members started together with `--stop-at-end` leave
+    /// like that. When two rounds in a row name the same leader and the coordinator no longer
+    /// lists it among the members, this member leaves and joins again under that leader's id,
+    /// which tansu accepts: it then leads, and the group forms. The departed member never uses
+    /// its id again (a member that leaves rejoins under a new one). Apache Kafka only names a
+    /// current member, so this never triggers there.
+    async fn take_over_a_departed_leader(&mut self, named: &str) {
+        if named.is_empty() || self.awaited_leader.as_deref() != Some(named) {
+            self.awaited_leader = Some(named.to_string());
+            return;
+        }
+        let members = match self.coordinator().await {
+            Ok(c) => c.describe().await,
+            Err(e) => Err(e),
+        };
+        let gone = match members {
+            Ok(g) => g.members.iter().all(|m| m.member_id != named),
+            Err(e) => {
+                tracing::debug!("describing group '{}': {e:#}", self.group);
+                false
+            }
+        };
+        if !gone {
+            return;
+        }
+        tracing::info!(
+            "group '{}' still names {named} its leader, which has left; rejoining under that id \
+             to lead it (tansu 0.6 keeps a leader that leaves while the group forms)",
+            self.group
+        );
+        self.awaited_leader = None;
+        self.leave().await;
+        self.member_id = named.to_string();
     }
 
     /// A member's subscription as the leader reads it. Bytes that cannot be a subscription
