@@ -237,20 +237,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let name = format!("streamlab_bench_{stamp}_{round}_{}", mode.label());
             let pg_db = pg_database_url(&pg_admin, &name)?;
             let group = format!("bench-{stamp}-{round}-pg-{}", mode.label());
-            let mut consume = vec![
-                "consume",
-                "--topic",
-                &topic,
-                "--sink",
-                "pg",
-                "-D",
-                &pg_db,
-                "--group",
-                &group,
-                "--stop-at-end",
-            ];
-            consume.extend(mode.flags());
-            let run = run_child(&exe, &brokers, &consume).await?;
+            let consume = mode.consume(&topic, "pg", &pg_db, &group);
+            let run = run_child(
+                &exe,
+                &brokers,
+                &consume.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await?;
             match mode {
                 Reading::Member => consume_pg.push(n as f64 / run.secs),
                 Reading::Alone => consume_pg_alone.push(n as f64 / run.secs),
@@ -263,20 +256,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             remove_sqlite(&sqlite_path);
             let sqlite_url = format!("sqlite://{}", sqlite_path.display());
             let group = format!("bench-{stamp}-{round}-sqlite-{}", mode.label());
-            let mut consume = vec![
-                "consume",
-                "--topic",
-                &topic,
-                "--sink",
-                "sqlite",
-                "-D",
-                &sqlite_url,
-                "--group",
-                &group,
-                "--stop-at-end",
-            ];
-            consume.extend(mode.flags());
-            let run = run_child(&exe, &brokers, &consume).await?;
+            let consume = mode.consume(&topic, "sqlite", &sqlite_url, &group);
+            let run = run_child(
+                &exe,
+                &brokers,
+                &consume.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await?;
             match mode {
                 Reading::Member => consume_sqlite.push(n as f64 / run.secs),
                 Reading::Alone => consume_sqlite_alone.push(n as f64 / run.secs),
@@ -295,20 +281,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let migrate = ["migrate", "--sink", "sqlite", "-D", &sqlite_url];
             run_child(&exe, &brokers, &migrate).await?;
             let group = format!("bench-{stamp}-{round}-startup-{}", mode.label());
-            let mut consume = vec![
-                "consume",
-                "--topic",
-                &empty,
-                "--sink",
-                "sqlite",
-                "-D",
-                &sqlite_url,
-                "--group",
-                &group,
-                "--stop-at-end",
-            ];
-            consume.extend(mode.flags());
-            let ms = exact_ms(&exe, &brokers, &consume).await?;
+            let consume = mode.consume(&empty, "sqlite", &sqlite_url, &group);
+            let ms = exact_ms(
+                &exe,
+                &brokers,
+                &consume.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await?;
             match mode {
                 Reading::Member => startup_member.push(ms),
                 Reading::Alone => startup_alone.push(ms),
@@ -382,6 +361,26 @@ impl Reading {
             Self::Member => "member",
             Self::Alone => "alone",
         }
+    }
+
+    /// `consume --stop-at-end` of `topic` into `url` as `group`, reading this way.
+    fn consume(self, topic: &str, sink: &str, url: &str, group: &str) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "consume",
+            "--topic",
+            topic,
+            "--sink",
+            sink,
+            "-D",
+            url,
+            "--group",
+            group,
+            "--stop-at-end",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(self.flags().iter().map(|f| f.to_string()));
+        args
     }
 
     fn flags(self) -> &'static [&'static str] {
