@@ -238,16 +238,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let pg_db = pg_database_url(&pg_admin, &name)?;
             let group = format!("bench-{stamp}-{round}-pg-{}", mode.label());
             let consume = mode.consume(&topic, "pg", &pg_db, &group);
-            let run = run_child(
-                &exe,
-                &brokers,
-                &consume.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .await?;
-            match mode {
-                Reading::Member => consume_pg.push(n as f64 / run.secs),
-                Reading::Alone => consume_pg_alone.push(n as f64 / run.secs),
-            }
+            let run = run_child(&exe, &brokers, &consume).await?;
+            mode.pick(&mut consume_pg, &mut consume_pg_alone)
+                .push(n as f64 / run.secs);
             rss_consume = rss_consume.max(run.peak_rss_kib);
             drop_database(&pg_admin, &name).await;
         }
@@ -257,16 +250,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let sqlite_url = format!("sqlite://{}", sqlite_path.display());
             let group = format!("bench-{stamp}-{round}-sqlite-{}", mode.label());
             let consume = mode.consume(&topic, "sqlite", &sqlite_url, &group);
-            let run = run_child(
-                &exe,
-                &brokers,
-                &consume.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .await?;
-            match mode {
-                Reading::Member => consume_sqlite.push(n as f64 / run.secs),
-                Reading::Alone => consume_sqlite_alone.push(n as f64 / run.secs),
-            }
+            let run = run_child(&exe, &brokers, &consume).await?;
+            mode.pick(&mut consume_sqlite, &mut consume_sqlite_alone)
+                .push(n as f64 / run.secs);
             rss_consume = rss_consume.max(run.peak_rss_kib);
             remove_sqlite(&sqlite_path);
         }
@@ -282,16 +268,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             run_child(&exe, &brokers, &migrate).await?;
             let group = format!("bench-{stamp}-{round}-startup-{}", mode.label());
             let consume = mode.consume(&empty, "sqlite", &sqlite_url, &group);
-            let ms = exact_ms(
-                &exe,
-                &brokers,
-                &consume.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .await?;
-            match mode {
-                Reading::Member => startup_member.push(ms),
-                Reading::Alone => startup_alone.push(ms),
-            }
+            let ms = exact_ms(&exe, &brokers, &consume).await?;
+            mode.pick(&mut startup_member, &mut startup_alone).push(ms);
             remove_sqlite(&sqlite_path);
         }
         tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
@@ -364,8 +342,14 @@ impl Reading {
     }
 
     /// `consume --stop-at-end` of `topic` into `url` as `group`, reading this way.
-    fn consume(self, topic: &str, sink: &str, url: &str, group: &str) -> Vec<String> {
-        let mut args: Vec<String> = [
+    fn consume<'a>(
+        self,
+        topic: &'a str,
+        sink: &'a str,
+        url: &'a str,
+        group: &'a str,
+    ) -> Vec<&'a str> {
+        let mut args = vec![
             "consume",
             "--topic",
             topic,
@@ -376,11 +360,17 @@ impl Reading {
             "--group",
             group,
             "--stop-at-end",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(self.flags().iter().map(|f| f.to_string()));
+        ];
+        args.extend(self.flags());
         args
+    }
+
+    /// The one of two figures that belongs to this way of reading.
+    fn pick<'a, T>(self, member: &'a mut T, alone: &'a mut T) -> &'a mut T {
+        match self {
+            Reading::Member => member,
+            Reading::Alone => alone,
+        }
     }
 
     fn flags(self) -> &'static [&'static str] {
