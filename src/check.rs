@@ -11,7 +11,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::cli::{CheckArgs, DbTarget, Format, SinkKind};
-use crate::events::{EventKind, CHANNELS, STATUSES};
+use crate::events::EventKind;
 use crate::exit::ExitError;
 use crate::kafka::admin::GroupCoordinator;
 use crate::sink::redact;
@@ -282,6 +282,82 @@ pub async fn run(args: CheckArgs) -> Result<()> {
     }
 }
 
+/// A check over the rows: its SQL counts what is wrong, and zero is healthy.
+struct RowRule {
+    name: &'static str,
+    sql: String,
+    ok: String,
+    /// What is wrong, with `{n}` for the count.
+    bad: String,
+}
+
+impl RowRule {
+    fn judge(self, offending: i64) -> CheckResult {
+        CheckResult {
+            name: self.name,
+            ok: offending == 0,
+            detail: if offending == 0 {
+                self.ok
+            } else {
+                self.bad.replace("{n}", &offending.to_string())
+            },
+        }
+    }
+}
+
+/// The seeds' checks on what landed, in the order they are reported.
+fn row_rules(kind: EventKind, table: &str, d: &Dialect) -> Vec<RowRule> {
+    let rule = |name, sql: String, ok: String, bad: String| RowRule { name, sql, ok, bad };
+    let mut rules = vec![
+        rule(
+            "primary_key",
+            format!("SELECT 1 - ({})", d.primary_key_on_id(table)),
+            format!("{table}.id is the primary key"),
+            format!("{table} has no primary key on id: duplicates cannot be prevented"),
+        ),
+        rule(
+            "unique_ids",
+            format!(
+                "SELECT COUNT(*) FROM (SELECT id FROM {table} GROUP BY id HAVING COUNT(*) > 1) AS dup"
+            ),
+            "no id appears twice".into(),
+            "{n} ids appear more than once".into(),
+        ),
+        rule(
+            "timestamps",
+            format!(
+                "SELECT COUNT(*) FROM {table} WHERE ts > {}",
+                d.now_plus_minutes(FUTURE_SKEW_MINUTES)
+            ),
+            format!("no ts more than {FUTURE_SKEW_MINUTES} minutes in the future"),
+            format!("{{n}} rows have a ts more than {FUTURE_SKEW_MINUTES} minutes in the future"),
+        ),
+    ];
+    if kind == EventKind::Sales {
+        rules.push(rule(
+            "amounts",
+            format!("SELECT COUNT(*) FROM {table} WHERE amount_usd < 0"),
+            "no negative amounts".into(),
+            "{n} rows have a negative amount_usd".into(),
+        ));
+    }
+    let (category, known) = kind.category();
+    rules.push(rule(
+        if kind == EventKind::Sales {
+            "channels"
+        } else {
+            "statuses"
+        },
+        format!(
+            "SELECT COUNT(*) FROM {table} WHERE {category} NOT IN ({})",
+            sql_list(known)
+        ),
+        format!("every {category} is one of {}", known.join("/")),
+        format!("{{n}} rows have an unknown {category}"),
+    ));
+    rules
+}
+
 async fn build_report(
     args: &CheckArgs,
     target: &DbTarget,
@@ -301,93 +377,10 @@ async fn build_report(
     let rows: i64 = row.try_get(0)?;
     let latest_ts: Option<String> = row.try_get(1)?;
 
-    let pk = count(pool, &d.primary_key_on_id(table)).await?;
-    checks.push(CheckResult {
-        name: "primary_key",
-        ok: pk == 1,
-        detail: if pk == 1 {
-            format!("{table}.id is the primary key")
-        } else {
-            format!("{table} has no primary key on id: duplicates cannot be prevented")
-        },
-    });
-
-    let duplicated = count(
-        pool,
-        &format!(
-            "SELECT COUNT(*) FROM (SELECT id FROM {table} GROUP BY id HAVING COUNT(*) > 1) AS dup"
-        ),
-    )
-    .await?;
-    checks.push(CheckResult {
-        name: "unique_ids",
-        ok: duplicated == 0,
-        detail: if duplicated == 0 {
-            "no id appears twice".into()
-        } else {
-            format!("{duplicated} ids appear more than once")
-        },
-    });
-
-    let future = count(
-        pool,
-        &format!(
-            "SELECT COUNT(*) FROM {table} WHERE ts > {}",
-            d.now_plus_minutes(FUTURE_SKEW_MINUTES)
-        ),
-    )
-    .await?;
-    checks.push(CheckResult {
-        name: "timestamps",
-        ok: future == 0,
-        detail: if future == 0 {
-            format!("no ts more than {FUTURE_SKEW_MINUTES} minutes in the future")
-        } else {
-            format!("{future} rows have a ts more than {FUTURE_SKEW_MINUTES} minutes in the future")
-        },
-    });
-
-    let (category, known) = match args.kind {
-        EventKind::Sales => {
-            let negative = count(
-                pool,
-                &format!("SELECT COUNT(*) FROM {table} WHERE amount_usd < 0"),
-            )
-            .await?;
-            checks.push(CheckResult {
-                name: "amounts",
-                ok: negative == 0,
-                detail: if negative == 0 {
-                    "no negative amounts".into()
-                } else {
-                    format!("{negative} rows have a negative amount_usd")
-                },
-            });
-            ("channel", &CHANNELS)
-        }
-        EventKind::Sensor => ("status", &STATUSES),
-    };
-    let unknown = count(
-        pool,
-        &format!(
-            "SELECT COUNT(*) FROM {table} WHERE {category} NOT IN ({})",
-            sql_list(known)
-        ),
-    )
-    .await?;
-    checks.push(CheckResult {
-        name: if category == "channel" {
-            "channels"
-        } else {
-            "statuses"
-        },
-        ok: unknown == 0,
-        detail: if unknown == 0 {
-            format!("every {category} is one of {}", known.join("/"))
-        } else {
-            format!("{unknown} rows have an unknown {category}")
-        },
-    });
+    for rule in row_rules(args.kind, table, d) {
+        let offending = count(pool, &rule.sql).await?;
+        checks.push(rule.judge(offending));
+    }
 
     let dead_letters = dead_letters(pool, d).await?;
     checks.push(CheckResult {
@@ -502,6 +495,7 @@ async fn build_report(
         last_5m_per_sec: row.try_get::<i64, _>(1)? as f64 / 300.0,
     };
 
+    let (category, _) = args.kind.category();
     let breakdown = shares(
         pool,
         &format!("SELECT {category}, COUNT(*) FROM {table} GROUP BY {category} ORDER BY 2 DESC, 1"),

@@ -37,6 +37,14 @@ impl EventKind {
             EventKind::Sensor => "sensor_id",
         }
     }
+
+    /// The column with a closed set of values (what `check` breaks the rows down by), and the set.
+    pub fn category(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            EventKind::Sales => ("channel", &CHANNELS),
+            EventKind::Sensor => ("status", &STATUSES),
+        }
+    }
 }
 
 pub const CHANNELS: [&str; 3] = ["online", "store", "mobile"];
