@@ -12,7 +12,6 @@ use sqlx::{AnyPool, Row};
 
 use crate::cli::{CheckArgs, DbTarget, Format, SinkKind};
 use crate::events::EventKind;
-use crate::exit::ExitError;
 use crate::kafka::admin::GroupCoordinator;
 use crate::sink::redact;
 use crate::{kafka, output};
@@ -244,7 +243,20 @@ pub(crate) async fn connect(db: &DbTarget, timeout: std::time::Duration) -> Resu
     }
 }
 
-pub async fn run(args: CheckArgs) -> Result<()> {
+/// `check`: the report, then exit 1 when it is unhealthy.
+pub async fn run(args: CheckArgs) -> Result<(), crate::exit::Error> {
+    let report = report(&args).await?;
+    if report.healthy {
+        return Ok(());
+    }
+    let failed = report.checks.iter().filter(|c| !c.ok);
+    Err(crate::exit::Error::Unhealthy(
+        failed.map(|c| c.name.to_string()).collect(),
+    ))
+}
+
+/// Build the report and print it.
+async fn report(args: &CheckArgs) -> Result<Report> {
     let target = args.db.target()?;
     let pool = connect(&target, args.kafka.timeout).await?;
     let d = Dialect::of(target.kind);
@@ -260,26 +272,12 @@ pub async fn run(args: CheckArgs) -> Result<()> {
             redact(&target.url)
         );
     }
-    let report = build_report(&args, &target, &pool, &d).await?;
+    let report = build_report(args, &target, &pool, &d).await?;
     match args.format {
         Format::Json => output::json(&report)?,
         Format::Table => print_table(&report)?,
     }
-    if report.healthy {
-        Ok(())
-    } else {
-        let failed: Vec<&str> = report
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.name)
-            .collect();
-        Err(ExitError {
-            code: 1,
-            message: format!("pipeline unhealthy: failed {}", failed.join(", ")),
-        }
-        .into())
-    }
+    Ok(report)
 }
 
 /// A check over the rows: its SQL counts what is wrong, and zero is healthy.

@@ -52,7 +52,7 @@ pub struct Cli {
 impl Cli {
     /// The subcommand with the global connection options handed to it; usage errors in them
     /// end the run here, before anything connects.
-    pub fn into_command(self) -> anyhow::Result<Command> {
+    pub fn into_command(self) -> Result<Command, crate::exit::Error> {
         let kafka = self.kafka.config();
         if kafka.brokers.is_empty() {
             return Err(crate::exit::usage(
@@ -75,7 +75,34 @@ impl Cli {
             Command::Migrate(a) => a.timeout = kafka.timeout,
             Command::Completions(_) => {}
         }
+        command.settle()?;
         Ok(command)
+    }
+}
+
+impl Command {
+    /// Every usage error clap cannot see by itself, found before anything runs.
+    fn settle(&self) -> Result<(), crate::exit::Error> {
+        use crate::exit::usage;
+        match self {
+            Command::Produce(a) if !a.rate.is_finite() || a.rate < 0.0 => Err(usage(format!(
+                "--rate must be 0 (unlimited) or positive, got {}",
+                a.rate
+            ))),
+            Command::Consume(a) if a.print_each && a.format == Format::Json => Err(usage(
+                "--print-each prints lines for people: it does not mix with --format json",
+            )),
+            Command::Consume(a) => a.db.target().map(drop),
+            Command::Check(a) => a.db.target().map(drop),
+            Command::Migrate(a) => a.db.target().map(drop),
+            Command::Watch(a) => a.db.optional_target().map(drop),
+            Command::Topic(TopicCommand::Retention(a))
+                if a.set.is_some_and(|d| i64::try_from(d.as_millis()).is_err()) =>
+            {
+                Err(usage("--set: retention is too long"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -182,12 +209,12 @@ pub struct DbOpts {
 impl DbOpts {
     /// Settle which database is meant before anything connects: `--sink` and the URL's scheme
     /// must agree, either one alone is enough, and a URL of another database is a usage error.
-    pub fn target(&self) -> anyhow::Result<DbTarget> {
+    pub fn target(&self) -> Result<DbTarget, crate::exit::Error> {
         DbTarget::settle(self.sink, self.database_url.as_deref())
     }
 
     /// Like [`DbOpts::target`], for commands where the database is optional.
-    pub fn optional_target(&self) -> anyhow::Result<Option<DbTarget>> {
+    pub fn optional_target(&self) -> Result<Option<DbTarget>, crate::exit::Error> {
         match (self.sink, &self.database_url) {
             (None, None) => Ok(None),
             _ => self.target().map(Some),
@@ -203,7 +230,7 @@ pub struct DbTarget {
 }
 
 impl DbTarget {
-    pub fn settle(sink: Option<SinkKind>, url: Option<&str>) -> anyhow::Result<Self> {
+    pub fn settle(sink: Option<SinkKind>, url: Option<&str>) -> Result<Self, crate::exit::Error> {
         use crate::exit::usage;
         let Some(url) = url else {
             let kind = sink.ok_or_else(|| {

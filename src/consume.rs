@@ -37,18 +37,13 @@ use crate::sink::{
     self, Batch, DeadLetter, Deadline, Holding, Landed, MemberRecord, OffsetAdvance, Sink,
     SinkError, Written,
 };
-use crate::{exit, output, shutdown};
+use crate::{output, shutdown};
 
 /// How often the group's offsets are mirrored to Kafka while running (and always at the end).
 const MIRROR_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(args: ConsumeArgs) -> Result<()> {
     let target = args.db.target()?;
-    if args.print_each && args.format == Format::Json {
-        return Err(exit::usage(
-            "--print-each prints lines for people: it does not mix with --format json",
-        ));
-    }
     crate::metrics::serve(&args.metrics)?;
     let url = target.url;
     let timeout = args.kafka.timeout;

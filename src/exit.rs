@@ -8,35 +8,44 @@
 
 use std::process::ExitCode;
 
-/// An error that carries its own exit code.
+/// How a run ends when it does not succeed. Every error that reaches `main` is one of these,
+/// and each kind knows its exit code: nothing below the commands picks one.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ExitError {
-    pub code: u8,
-    pub message: String,
+pub enum Error {
+    /// What the user asked for cannot work; found before anything connects. Exit 2, as clap.
+    #[error("{0}")]
+    Usage(String),
+    /// `check` ran and found the pipeline unhealthy (the names of the failed checks). Exit 1.
+    #[error("pipeline unhealthy: failed {}", .0.join(", "))]
+    Unhealthy(Vec<String>),
+    /// The world failed: a broker or database unreachable or refusing, bad data. Exit 1.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
 }
 
-/// A failure caused by what the user asked for rather than by the world: exit code 2.
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    ExitError {
-        code: 2,
-        message: message.into(),
+impl Error {
+    pub fn code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Unhealthy(_) | Error::Failed(_) => 1,
+        }
     }
-    .into()
 }
 
-/// Print the error chain on one line and choose the exit code.
-pub fn report(err: &anyhow::Error) -> ExitCode {
-    if is_broken_pipe(err) {
+/// A usage error (exit 2).
+pub fn usage(message: impl Into<String>) -> Error {
+    Error::Usage(message.into())
+}
+
+/// Print the error on one line and choose the exit code.
+pub fn report(err: &Error) -> ExitCode {
+    match err {
         // `streamlab topic list | head -1` is not an error.
-        return ExitCode::SUCCESS;
+        Error::Failed(e) if is_broken_pipe(e) => return ExitCode::SUCCESS,
+        Error::Failed(e) => eprintln!("error: {}", one_line(e)),
+        other => eprintln!("error: {other}"),
     }
-    eprintln!("error: {}", one_line(err));
-    let code = err
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<ExitError>())
-        .map_or(1, |e| e.code);
-    ExitCode::from(code)
+    ExitCode::from(err.code())
 }
 
 /// The error chain on one line, each cause named once: many errors (sqlx's, say) repeat their

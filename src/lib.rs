@@ -25,17 +25,20 @@ use anyhow::Result;
 
 use cli::{Cli, Command};
 
-pub async fn run(command: Command) -> Result<()> {
+/// Run one command. Usage errors were settled by `Cli::into_command`; what fails here is the
+/// world (exit 1), or an unhealthy `check`.
+pub async fn run(command: Command) -> Result<(), exit::Error> {
     match command {
-        Command::Topic(cmd) => topic::run(cmd).await,
-        Command::Produce(args) => produce::run(args).await,
-        Command::Consume(args) => consume::run(args).await,
-        Command::Migrate(args) => migrate(args).await,
-        Command::Check(args) => check::run(args).await,
-        Command::Watch(args) => watch::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
-        Command::Completions(args) => completions(args),
+        Command::Topic(cmd) => topic::run(cmd).await?,
+        Command::Produce(args) => produce::run(args).await?,
+        Command::Consume(args) => consume::run(args).await?,
+        Command::Migrate(args) => migrate(args).await?,
+        Command::Check(args) => return check::run(args).await,
+        Command::Watch(args) => watch::run(args).await?,
+        Command::Bench(args) => bench::run(args).await?,
+        Command::Completions(args) => completions(args)?,
     }
+    Ok(())
 }
 
 /// `streamlab completions SHELL`: the completion script on stdout.

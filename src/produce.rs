@@ -16,7 +16,7 @@ use crate::cli::{CompressionArg, Format, PartitionerArg, ProduceArgs};
 use crate::events::Generator;
 use crate::kafka::{self, partitioner};
 use crate::progress::Progress;
-use crate::{exit, output, shutdown};
+use crate::{output, shutdown};
 
 /// How long a sender waits for more records before sending a partial batch.
 const LINGER: Duration = Duration::from_millis(5);
@@ -45,12 +45,6 @@ impl From<CompressionArg> for Compression {
 }
 
 pub async fn run(args: ProduceArgs) -> Result<()> {
-    if !args.rate.is_finite() || args.rate < 0.0 {
-        return Err(exit::usage(format!(
-            "--rate must be 0 (unlimited) or positive, got {}",
-            args.rate
-        )));
-    }
     crate::metrics::serve(&args.metrics)?;
     let cancel = shutdown::on_signal();
     let client = kafka::connect(&args.kafka).await?;
