@@ -75,6 +75,12 @@ enum Round {
     AgainAtOnce,
 }
 
+/// A request's answer to go on with, or the round the coordinator asks for instead.
+enum Step<T> {
+    Go(T),
+    Stop(Round),
+}
+
 /// How a heartbeat went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
@@ -207,77 +213,12 @@ impl GroupMember {
     }
 
     /// One JoinGroup + SyncGroup round.
+    /// One JoinGroup + SyncGroup round. The coordinator may ask for another (`Round::Again…`).
     async fn join_once(&mut self, previous_generation: i32, first_attempt: bool) -> Result<Round> {
-        let metadata = encode_subscription(&self.topic);
-        let request = JoinGroupRequest::default()
-            .with_group_id(GroupId(str_bytes(&self.group)))
-            .with_session_timeout_ms(millis(self.membership.session_timeout))
-            .with_rebalance_timeout_ms(millis(self.membership.rebalance_timeout))
-            .with_member_id(str_bytes(&self.member_id))
-            .with_protocol_type(str_bytes(PROTOCOL_TYPE))
-            .with_protocols(vec![JoinGroupRequestProtocol::default()
-                .with_name(str_bytes(RANGE))
-                .with_metadata(metadata)]);
-        // The coordinator holds a JoinGroup until every member has rejoined or the largest
-        // rebalance timeout among them has passed — Java consumers send 5 minutes — so the
-        // answer may take that long without anything being wrong.
-        let join_wait = self
-            .membership
-            .rebalance_timeout
-            .max(JAVA_REBALANCE_TIMEOUT)
-            + self.opts.timeout;
-        let wait = self.membership.rebalance_timeout + self.opts.timeout;
-        let joined = self
-            .coordinator()
-            .await?
-            .conn
-            .call_within(request, 9, join_wait)
-            .await?;
-        match ResponseError::try_from_code(joined.error_code) {
-            None => {}
-            Some(ResponseError::MemberIdRequired) => {
-                // Kafka hands out the member id first and expects the same request again with it:
-                // part of every first join, so at once (a pause here would delay every start).
-                self.member_id = joined.member_id.to_string();
-                return Ok(Round::AgainAtOnce);
-            }
-            Some(ResponseError::UnknownMemberId) => {
-                self.member_id.clear();
-                return Ok(Round::Again);
-            }
-            Some(ResponseError::InconsistentGroupProtocol) => {
-                return Err(anyhow!(Fatal(format!(
-                    "consumer group '{}' is in use by members that do not speak the consumer \
-                     protocol with the range assignor (its protocol is {:?}); use another --group",
-                    self.group,
-                    joined
-                        .protocol_name
-                        .map(|p| p.to_string())
-                        .unwrap_or_default()
-                ))))
-            }
-            Some(ResponseError::GroupAuthorizationFailed) => {
-                return Err(anyhow!(Fatal(format!(
-                    "not authorised to join consumer group '{}'",
-                    self.group
-                ))))
-            }
-            Some(e) if e.is_retriable() || is_rejoin(e) => {
-                tracing::debug!("JoinGroup '{}': {e}; retrying", self.group);
-                if coordinator_moved(e) {
-                    self.coordinator = None;
-                }
-                return Ok(Round::Again);
-            }
-            // Nothing a retry changes: a session timeout outside the broker's range, a full
-            // group, a protocol error.
-            Some(e) => {
-                return Err(anyhow!(Fatal(format!(
-                    "joining consumer group '{}': {e}",
-                    self.group
-                ))))
-            }
-        }
+        let joined = match self.send_join().await? {
+            Step::Go(joined) => joined,
+            Step::Stop(round) => return Ok(round),
+        };
         self.member_id = joined.member_id.to_string();
         let leader = joined.leader.as_str() == self.member_id;
 
@@ -315,6 +256,97 @@ impl GroupMember {
             Vec::new()
         };
 
+        let synced = match self
+            .send_sync(assignments, leader, joined.leader.as_str())
+            .await?
+        {
+            Step::Go(synced) => synced,
+            Step::Stop(round) => return Ok(round),
+        };
+        self.take_assignment(&synced.assignment, leader).await
+    }
+
+    /// JoinGroup: the coordinator's answer, or the round it asks for instead.
+    async fn send_join(&mut self) -> Result<Step<kafka_protocol::messages::JoinGroupResponse>> {
+        let metadata = encode_subscription(&self.topic);
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(str_bytes(&self.group)))
+            .with_session_timeout_ms(millis(self.membership.session_timeout))
+            .with_rebalance_timeout_ms(millis(self.membership.rebalance_timeout))
+            .with_member_id(str_bytes(&self.member_id))
+            .with_protocol_type(str_bytes(PROTOCOL_TYPE))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(str_bytes(RANGE))
+                .with_metadata(metadata)]);
+        // The coordinator holds a JoinGroup until every member has rejoined or the largest
+        // rebalance timeout among them has passed — Java consumers send 5 minutes — so the
+        // answer may take that long without anything being wrong.
+        let join_wait = self
+            .membership
+            .rebalance_timeout
+            .max(JAVA_REBALANCE_TIMEOUT)
+            + self.opts.timeout;
+        let joined = self
+            .coordinator()
+            .await?
+            .conn
+            .call_within(request, 9, join_wait)
+            .await?;
+        match ResponseError::try_from_code(joined.error_code) {
+            None => {}
+            Some(ResponseError::MemberIdRequired) => {
+                // Kafka hands out the member id first and expects the same request again with it:
+                // part of every first join, so at once (a pause here would delay every start).
+                self.member_id = joined.member_id.to_string();
+                return Ok(Step::Stop(Round::AgainAtOnce));
+            }
+            Some(ResponseError::UnknownMemberId) => {
+                self.member_id.clear();
+                return Ok(Step::Stop(Round::Again));
+            }
+            Some(ResponseError::InconsistentGroupProtocol) => {
+                return Err(anyhow!(Fatal(format!(
+                    "consumer group '{}' is in use by members that do not speak the consumer \
+                     protocol with the range assignor (its protocol is {:?}); use another --group",
+                    self.group,
+                    joined
+                        .protocol_name
+                        .map(|p| p.to_string())
+                        .unwrap_or_default()
+                ))))
+            }
+            Some(ResponseError::GroupAuthorizationFailed) => {
+                return Err(anyhow!(Fatal(format!(
+                    "not authorised to join consumer group '{}'",
+                    self.group
+                ))))
+            }
+            Some(e) if e.is_retriable() || is_rejoin(e) => {
+                tracing::debug!("JoinGroup '{}': {e}; retrying", self.group);
+                if coordinator_moved(e) {
+                    self.coordinator = None;
+                }
+                return Ok(Step::Stop(Round::Again));
+            }
+            // Nothing a retry changes: a session timeout outside the broker's range, a full
+            // group, a protocol error.
+            Some(e) => {
+                return Err(anyhow!(Fatal(format!(
+                    "joining consumer group '{}': {e}",
+                    self.group
+                ))))
+            }
+        }
+        Ok(Step::Go(joined))
+    }
+
+    /// SyncGroup: this member's assignment bytes, or the round the coordinator asks for instead.
+    async fn send_sync(
+        &mut self,
+        assignments: Vec<SyncGroupRequestAssignment>,
+        leader: bool,
+        named_leader: &str,
+    ) -> Result<Step<kafka_protocol::messages::SyncGroupResponse>> {
         let request = SyncGroupRequest::default()
             .with_group_id(GroupId(str_bytes(&self.group)))
             .with_generation_id(self.generation)
@@ -322,6 +354,7 @@ impl GroupMember {
             .with_protocol_type(Some(str_bytes(PROTOCOL_TYPE)))
             .with_protocol_name(Some(str_bytes(&self.protocol_name)))
             .with_assignments(assignments);
+        let wait = self.membership.rebalance_timeout + self.opts.timeout;
         let synced = self
             .coordinator()
             .await?
@@ -332,7 +365,7 @@ impl GroupMember {
             None => {}
             Some(ResponseError::UnknownMemberId) => {
                 self.member_id.clear();
-                return Ok(Round::Again);
+                return Ok(Step::Stop(Round::Again));
             }
             Some(e) if e.is_retriable() || is_rejoin(e) => {
                 // tansu answers followers with REBALANCE_IN_PROGRESS until the leader has sent
@@ -344,11 +377,10 @@ impl GroupMember {
                 } else {
                     let _ = self.heartbeat().await;
                     if e == ResponseError::RebalanceInProgress && !leader {
-                        self.take_over_a_departed_leader(joined.leader.as_str())
-                            .await;
+                        self.take_over_a_departed_leader(named_leader).await;
                     }
                 }
-                return Ok(Round::Again);
+                return Ok(Step::Stop(Round::Again));
             }
             Some(e) => {
                 return Err(anyhow!(Fatal(format!(
@@ -357,7 +389,12 @@ impl GroupMember {
                 ))))
             }
         }
-        if synced.assignment.is_empty() && !self.got_no_assignment {
+        Ok(Step::Go(synced))
+    }
+
+    /// What this member holds from a synced generation (or a new round, when it got no bytes).
+    async fn take_assignment(&mut self, assignment: &Bytes, leader: bool) -> Result<Round> {
+        if assignment.is_empty() && !self.got_no_assignment {
             // Java and librdkafka leaders send every member an encoded assignment, even an
             // empty one. No bytes at all usually means the coordinator formed the group without
             // a real leader's plan (tansu 0.6 accepts a follower's SyncGroup once its leader has
@@ -375,8 +412,8 @@ impl GroupMember {
             return Ok(Round::Again);
         }
         self.awaited_leader = None;
-        self.got_no_assignment = synced.assignment.is_empty();
-        let partitions = decode_assignment(&synced.assignment)
+        self.got_no_assignment = assignment.is_empty();
+        let partitions = decode_assignment(assignment)
             .with_context(|| format!("the assignment from group '{}'", self.group))?
             .remove(&self.topic)
             .unwrap_or_default();
