@@ -402,6 +402,56 @@ async fn build_report(
         }
         None => None,
     };
+    checks.extend(offset_checks(&partitions));
+    if let Some(total) = total_lag {
+        let ok = args.max_lag.is_none_or(|max| total <= max);
+        checks.push(CheckResult {
+            name: "lag",
+            ok,
+            detail: match args.max_lag {
+                Some(max) => format!("total lag {total} (max {max})"),
+                None => format!("total lag {total}"),
+            },
+        });
+    }
+
+    let newest = newest_rows(args.kind, table, pool, d).await?;
+    let throughput = throughput(table, pool, d).await?;
+    let (category, _) = args.kind.category();
+    let breakdown = shares(
+        pool,
+        &format!("SELECT {category}, COUNT(*) FROM {table} GROUP BY {category} ORDER BY 2 DESC, 1"),
+    )
+    .await?;
+    let key = args.kind.key_column();
+    let top_keys = shares(
+        pool,
+        &format!("SELECT {key}, COUNT(*) FROM {table} GROUP BY {key} ORDER BY 2 DESC, 1 LIMIT 5"),
+    )
+    .await?;
+
+    Ok(Report {
+        database: redact(&target.url),
+        table: table.to_string(),
+        healthy: checks.iter().all(|c| c.ok),
+        rows,
+        latest_ts,
+        checks,
+        newest,
+        dead_letters,
+        partitions,
+        total_lag,
+        group,
+        throughput,
+        breakdown,
+        top_keys,
+    })
+}
+
+/// Stored offsets the log does not hold: records retention removed before they were read, or
+/// positions past the log end. Either is unhealthy.
+fn offset_checks(partitions: &[PartitionLag]) -> Vec<CheckResult> {
+    let mut checks = Vec::new();
     let ahead: Vec<String> = partitions
         .iter()
         .filter_map(|p| {
@@ -449,19 +499,17 @@ async fn build_report(
             ),
         });
     }
-    if let Some(total) = total_lag {
-        let ok = args.max_lag.is_none_or(|max| total <= max);
-        checks.push(CheckResult {
-            name: "lag",
-            ok,
-            detail: match args.max_lag {
-                Some(max) => format!("total lag {total} (max {max})"),
-                None => format!("total lag {total}"),
-            },
-        });
-    }
+    checks
+}
 
-    let columns = newest_columns(args.kind, d);
+/// The ten newest rows, rendered per column.
+async fn newest_rows(
+    kind: EventKind,
+    table: &str,
+    pool: &AnyPool,
+    d: &Dialect,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let columns = newest_columns(kind, d);
     let select: Vec<&str> = columns.iter().map(|(_, sql, _)| sql.as_str()).collect();
     let newest_rows = sqlx::query(&format!(
         "SELECT {} FROM {table} ORDER BY ts DESC LIMIT 10",
@@ -469,11 +517,14 @@ async fn build_report(
     ))
     .fetch_all(pool)
     .await?;
-    let newest = newest_rows
+    newest_rows
         .iter()
         .map(|row| row_to_map(row, &columns))
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
 
+/// Rows landed over the last minute and the last five, per second.
+async fn throughput(table: &str, pool: &AnyPool, d: &Dialect) -> Result<Throughput> {
     let since = |m: i64| d.now_plus_minutes(-m);
     let row = sqlx::query(&format!(
         "SELECT {}, {} FROM {table}",
@@ -488,39 +539,9 @@ async fn build_report(
     ))
     .fetch_one(pool)
     .await?;
-    let throughput = Throughput {
+    Ok(Throughput {
         last_1m_per_sec: row.try_get::<i64, _>(0)? as f64 / 60.0,
         last_5m_per_sec: row.try_get::<i64, _>(1)? as f64 / 300.0,
-    };
-
-    let (category, _) = args.kind.category();
-    let breakdown = shares(
-        pool,
-        &format!("SELECT {category}, COUNT(*) FROM {table} GROUP BY {category} ORDER BY 2 DESC, 1"),
-    )
-    .await?;
-    let key = args.kind.key_column();
-    let top_keys = shares(
-        pool,
-        &format!("SELECT {key}, COUNT(*) FROM {table} GROUP BY {key} ORDER BY 2 DESC, 1 LIMIT 5"),
-    )
-    .await?;
-
-    Ok(Report {
-        database: redact(&target.url),
-        table: table.to_string(),
-        healthy: checks.iter().all(|c| c.ok),
-        rows,
-        latest_ts,
-        checks,
-        newest,
-        dead_letters,
-        partitions,
-        total_lag,
-        group,
-        throughput,
-        breakdown,
-        top_keys,
     })
 }
 
