@@ -52,43 +52,108 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
     let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
     let acked: Arc<Vec<AtomicU64>> =
         Arc::new(partitions.iter().map(|_| AtomicU64::new(0)).collect());
+    let (queues, senders) = spawn_senders(clients, &args, &acked);
 
+    let start = Instant::now();
+    let mut progress = Progress::new();
+    let stopped_sender = generate(&args, &queues, &acked, &cancel, start, &mut progress).await;
+
+    // Closing the queues tells every sender to flush what it holds and stop.
+    drop(queues);
+    let failure = join_senders(senders).await?;
+    progress.finish();
+
+    let elapsed = start.elapsed().as_secs_f64();
+    let per_partition: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let sent: u64 = per_partition.iter().sum();
+    let summary = ProduceSummary {
+        topic: args.topic.clone(),
+        sent,
+        per_partition,
+        elapsed_secs: elapsed,
+        rate: sent as f64 / elapsed.max(1e-9),
+    };
+    match args.format {
+        Format::Json => output::json(&summary)?,
+        Format::Table => print_summary(&summary, &partitions)?,
+    }
+    match failure {
+        Some(e) => Err(e.context(format!(
+            "stopped after {} acknowledged events",
+            summary.sent
+        ))),
+        None if stopped_sender => anyhow::bail!("a partition sender stopped early"),
+        None => Ok(()),
+    }
+}
+
+type Senders = Vec<tokio::task::JoinHandle<Result<()>>>;
+
+/// One bounded queue and one sender task per partition.
+fn spawn_senders(
+    clients: Vec<Arc<PartitionClient>>,
+    args: &ProduceArgs,
+    acked: &Arc<Vec<AtomicU64>>,
+) -> (Vec<mpsc::Sender<Record>>, Senders) {
     let mut queues = Vec::with_capacity(clients.len());
     let mut senders = Vec::with_capacity(clients.len());
     for (index, pc) in clients.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE_PER_PARTITION);
         queues.push(tx);
-        let acked = Arc::clone(&acked);
+        let acked = Arc::clone(acked);
         let compression = args.compression.into();
         let batch_bytes = args.batch_bytes;
         senders.push(tokio::spawn(async move {
             send_partition(pc, rx, compression, batch_bytes, &acked[index]).await
         }));
     }
+    (queues, senders)
+}
 
-    let start = Instant::now();
-    let mut progress = Progress::new();
+/// The first error of any sender, once all have stopped.
+async fn join_senders(senders: Senders) -> Result<Option<anyhow::Error>> {
+    let mut failure = None;
+    for sender in senders {
+        if let Err(e) = sender.await.context("a partition sender panicked")? {
+            failure = failure.or(Some(e));
+        }
+    }
+    Ok(failure)
+}
+
+/// How many events are due by now: event i is due at start + i/rate, so a run is evenly spread
+/// instead of a second's worth in one burst (`--rate 0`: the next thousand, at once).
+fn due(args: &ProduceArgs, start: Instant, generated: u64, limit: u64) -> u64 {
+    let due = if args.rate == 0.0 {
+        generated + 1024
+    } else {
+        (start.elapsed().as_secs_f64() * args.rate) as u64 + 1
+    };
+    due.min(limit)
+}
+
+/// Generate events into the partitions' queues until the count, the duration or a signal says
+/// stop. `true`: a sender stopped taking records (its join reports why).
+async fn generate(
+    args: &ProduceArgs,
+    queues: &[mpsc::Sender<Record>],
+    acked: &[AtomicU64],
+    cancel: &tokio_util::sync::CancellationToken,
+    start: Instant,
+    progress: &mut Progress,
+) -> bool {
     let mut generator = Generator::new(args.kind, args.seed);
     let mut generated: u64 = 0;
     let mut round_robin = 0usize;
     let limit = args.count.unwrap_or(u64::MAX);
-    let mut generation_error = None;
-
-    'produce: loop {
+    loop {
         if cancel.is_cancelled() || generated >= limit {
-            break;
+            return false;
         }
         if args.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
+            return false;
         }
-        // Events due by now: event i is due at start + i/rate, so a run is evenly spread
-        // instead of a second's worth in one burst.
-        let due = if args.rate == 0.0 {
-            generated + 1024
-        } else {
-            (start.elapsed().as_secs_f64() * args.rate) as u64 + 1
-        }
-        .min(limit);
+        let due = due(args, start, generated, limit);
         if generated >= due {
             let next_at = start + Duration::from_secs_f64(generated as f64 / args.rate);
             let next_at = match args.duration {
@@ -118,9 +183,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
                 timestamp: chrono_ts(event.ts()),
             };
             if queues[index].send(record).await.is_err() {
-                // The sender for this partition stopped on an error; its join below reports it.
-                generation_error = Some(index);
-                break 'produce;
+                return true;
             }
             generated += 1;
         }
@@ -133,40 +196,6 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
                 generated - sent
             )
         });
-    }
-
-    // Closing the queues tells every sender to flush what it holds and stop.
-    drop(queues);
-    let mut failure = None;
-    for sender in senders {
-        match sender.await.context("a partition sender panicked")? {
-            Ok(()) => {}
-            Err(e) => failure = failure.or(Some(e)),
-        }
-    }
-    progress.finish();
-
-    let elapsed = start.elapsed().as_secs_f64();
-    let per_partition: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-    let sent: u64 = per_partition.iter().sum();
-    let summary = ProduceSummary {
-        topic: args.topic.clone(),
-        sent,
-        per_partition,
-        elapsed_secs: elapsed,
-        rate: sent as f64 / elapsed.max(1e-9),
-    };
-    match args.format {
-        Format::Json => output::json(&summary)?,
-        Format::Table => print_summary(&summary, &partitions)?,
-    }
-    match failure {
-        Some(e) => Err(e.context(format!(
-            "stopped after {} acknowledged events",
-            summary.sent
-        ))),
-        None if generation_error.is_some() => anyhow::bail!("a partition sender stopped early"),
-        None => Ok(()),
     }
 }
 
