@@ -147,180 +147,240 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem_gib:.0} GiB")
 }
 
+/// What a bench run needs at every step.
+struct Ctx {
+    exe: PathBuf,
+    brokers: String,
+    stamp: i64,
+    pg_admin: String,
+    workdir: PathBuf,
+    /// Events per measurement.
+    n: u64,
+}
+
+/// Every round's figures, before medians.
+#[derive(Default)]
+struct Samples {
+    produce_sales: Vec<f64>,
+    produce_sensor: Vec<f64>,
+    mb_per_sec: Vec<f64>,
+    fetch: Vec<f64>,
+    copy: Vec<f64>,
+    bulk: Vec<f64>,
+    consume_pg: Vec<f64>,
+    consume_pg_alone: Vec<f64>,
+    consume_sqlite: Vec<f64>,
+    consume_sqlite_alone: Vec<f64>,
+    startup_member: Vec<f64>,
+    startup_alone: Vec<f64>,
+    rss_produce: u64,
+    rss_consume: u64,
+}
+
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let brokers = args.kafka.brokers.join(",");
-    let n = args.events;
-    let mut report = BenchReport {
-        machine: machine(),
-        events: n,
-        repeats: args.repeats,
-        ..BenchReport::default()
+    let ctx = Ctx {
+        exe: std::env::current_exe()?,
+        brokers: args.kafka.brokers.join(","),
+        stamp: OffsetDateTime::now_utc().unix_timestamp(),
+        pg_admin: args.pg_url.clone(),
+        workdir: PathBuf::from("target/bench"),
+        n: args.events,
     };
+    std::fs::create_dir_all(&ctx.workdir)?;
     let mut admin = Admin::connect(&args.kafka).await?;
-    let stamp = OffsetDateTime::now_utc().unix_timestamp();
-    let pg_admin = args.pg_url.clone();
     tracing::info!(
-        "bench: {n} events, {} repeats, PostgreSQL {}",
+        "bench: {} events, {} repeats, PostgreSQL {}",
+        ctx.n,
         args.repeats,
-        redact(&pg_admin)
+        redact(&ctx.pg_admin)
     );
-
-    let (mut produce_sales, mut produce_sensor, mut fetch, mut copy, mut bulk) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let (mut consume_pg, mut consume_sqlite) = (vec![], vec![]);
-    let (mut consume_pg_alone, mut consume_sqlite_alone) = (vec![], vec![]);
-    let (mut startup_member, mut startup_alone) = (vec![], vec![]);
-    let (mut rss_produce, mut rss_consume) = (0u64, 0u64);
-    let mut mb_per_sec = vec![];
-    let count = n.to_string();
-    let workdir = PathBuf::from("target/bench");
-    std::fs::create_dir_all(&workdir)?;
-
+    let mut samples = Samples::default();
     for round in 0..args.repeats {
-        // 1. produce, unlimited, each kind onto its own fresh topic.
-        let topic = format!("bench-{stamp}-{round}");
-        let sensor_topic = format!("bench-{stamp}-{round}-sensor");
-        for t in [&topic, &sensor_topic] {
-            admin.create_topic(t, args.partitions, 1, &[]).await?;
-        }
-        let run = run_child(
-            &exe,
-            &brokers,
-            &[
-                "produce", "--topic", &topic, "--count", &count, "--rate", "0",
-            ],
-        )
-        .await?;
-        produce_sales.push(n as f64 / run.secs);
-        rss_produce = rss_produce.max(run.peak_rss_kib);
-        let run = run_child(
-            &exe,
-            &brokers,
-            &[
-                "produce",
-                "--topic",
-                &sensor_topic,
-                "--kind",
-                "sensor",
-                "--count",
-                &count,
-                "--rate",
-                "0",
-            ],
-        )
-        .await?;
-        produce_sensor.push(n as f64 / run.secs);
-
-        // 2. The fetch limit: read everything with consume's reader and discard it.
-        let started = Instant::now();
-        let drained = drain(&args.kafka, &topic).await?;
-        let secs = started.elapsed().as_secs_f64();
-        fetch.push(drained.records as f64 / secs);
-        let produce_secs = n as f64 / produce_sales[produce_sales.len() - 1];
-        mb_per_sec.push(drained.payload_bytes as f64 / 1e6 / produce_secs);
-
-        // 3. The database limits, on the same kind of rows.
-        let rows = generate(n);
-        copy.push(pg_copy_limit(&pg_admin, &rows).await?);
-        bulk.push(sqlite_bulk_limit(&workdir, &rows).await?);
+        let topic = produce_and_fetch(&ctx, &args, &mut admin, round, &mut samples).await?;
+        // The database limits, on the same kind of rows.
+        let rows = generate(ctx.n);
+        samples
+            .copy
+            .push(pg_copy_limit(&ctx.pg_admin, &rows).await?);
+        samples
+            .bulk
+            .push(sqlite_bulk_limit(&ctx.workdir, &rows).await?);
         drop(rows);
-
-        // 4. consume --stop-at-end from the backlog into each database, as a lone group member
-        //    and with --assign all, each into a fresh database; which goes first alternates.
+        // Which way of reading goes first alternates.
         let modes = if round % 2 == 0 {
             [Reading::Member, Reading::Alone]
         } else {
             [Reading::Alone, Reading::Member]
         };
-        for mode in modes {
-            let name = format!("streamlab_bench_{stamp}_{round}_{}", mode.label());
-            let pg_db = pg_database_url(&pg_admin, &name)?;
-            let group = format!("bench-{stamp}-{round}-pg-{}", mode.label());
-            let consume = mode.consume(&topic, "pg", &pg_db, &group);
-            let run = run_child(&exe, &brokers, &consume).await?;
-            mode.pick(&mut consume_pg, &mut consume_pg_alone)
-                .push(n as f64 / run.secs);
-            rss_consume = rss_consume.max(run.peak_rss_kib);
-            drop_database(&pg_admin, &name).await;
-        }
-        for mode in modes {
-            let sqlite_path = workdir.join(format!("consume-{round}-{}.db", mode.label()));
-            remove_sqlite(&sqlite_path);
-            let sqlite_url = format!("sqlite://{}", sqlite_path.display());
-            let group = format!("bench-{stamp}-{round}-sqlite-{}", mode.label());
-            let consume = mode.consume(&topic, "sqlite", &sqlite_url, &group);
-            let run = run_child(&exe, &brokers, &consume).await?;
-            mode.pick(&mut consume_sqlite, &mut consume_sqlite_alone)
-                .push(n as f64 / run.secs);
-            rss_consume = rss_consume.max(run.peak_rss_kib);
-            remove_sqlite(&sqlite_path);
-        }
-
-        // 5. What joining costs at start: consume an empty topic to its end, both ways.
-        let empty = format!("bench-{stamp}-{round}-empty");
-        admin.create_topic(&empty, args.partitions, 1, &[]).await?;
-        for mode in modes {
-            let sqlite_path = workdir.join(format!("startup-{round}-{}.db", mode.label()));
-            remove_sqlite(&sqlite_path);
-            let sqlite_url = format!("sqlite://{}", sqlite_path.display());
-            let migrate = ["migrate", "--sink", "sqlite", "-D", &sqlite_url];
-            run_child(&exe, &brokers, &migrate).await?;
-            let group = format!("bench-{stamp}-{round}-startup-{}", mode.label());
-            let consume = mode.consume(&empty, "sqlite", &sqlite_url, &group);
-            let ms = exact_ms(&exe, &brokers, &consume).await?;
-            mode.pick(&mut startup_member, &mut startup_alone).push(ms);
-            remove_sqlite(&sqlite_path);
-        }
+        consume_both_ways(&ctx, &topic, round, modes, &mut samples).await?;
+        startup_both_ways(&ctx, &args, &mut admin, round, modes, &mut samples).await?;
         tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
     }
+    let mut report = samples.report(&ctx, &args);
 
-    report.produce_sales_per_sec = median(produce_sales);
-    report.produce_sensor_per_sec = median(produce_sensor);
-    report.produce_sales_mb_per_sec = median(mb_per_sec);
-    report.fetch_limit_per_sec = median(fetch);
-    report.pg_copy_limit_per_sec = median(copy);
-    report.sqlite_bulk_limit_per_sec = median(bulk);
-    report.consume_pg_per_sec = median(consume_pg);
-    report.consume_pg_assign_all_per_sec = median(consume_pg_alone);
-    report.consume_sqlite_per_sec = median(consume_sqlite);
-    report.consume_sqlite_assign_all_per_sec = median(consume_sqlite_alone);
-    let pg_limit = report.fetch_limit_per_sec.min(report.pg_copy_limit_per_sec);
-    let sqlite_limit = report
-        .fetch_limit_per_sec
-        .min(report.sqlite_bulk_limit_per_sec);
-    report.consume_pg_ratio = report.consume_pg_per_sec / pg_limit;
-    report.consume_pg_assign_all_ratio = report.consume_pg_assign_all_per_sec / pg_limit;
-    report.consume_sqlite_ratio = report.consume_sqlite_per_sec / sqlite_limit;
-    report.consume_sqlite_assign_all_ratio =
-        report.consume_sqlite_assign_all_per_sec / sqlite_limit;
-    report.startup_member_ms = median(startup_member);
-    report.startup_assign_all_ms = median(startup_alone);
-    report.produce_peak_rss_mib = rss_produce as f64 / 1024.0;
-    report.consume_peak_rss_mib = rss_consume as f64 / 1024.0;
-
+    let (exe, stamp, n) = (&ctx.exe, ctx.stamp, ctx.n);
     if let Some(durable) = &args.durable_broker {
-        let (produce, fetch) = durable_engine(&exe, &args, durable, stamp, n).await?;
+        let (produce, fetch) = durable_engine(exe, &args, durable, stamp, n).await?;
         report.durable_produce_per_sec = Some(produce);
         report.durable_fetch_per_sec = Some(fetch);
     }
-
-    // 6. What each compression codec costs and saves, on a quarter of the events.
-    report.codecs = codec_costs(&exe, &args, &mut admin, stamp, (n / 4).max(10_000)).await?;
-
-    // 7. Steady-state latency at 10,000 events/s.
+    // What each compression codec costs and saves, on a quarter of the events.
+    report.codecs = codec_costs(exe, &args, &mut admin, stamp, (n / 4).max(10_000)).await?;
+    // Steady-state latency at 10,000 events/s.
     if !args.latency.is_zero() {
-        let (p50, p99) =
-            latency(&exe, &brokers, &mut admin, &pg_admin, stamp, args.latency).await?;
+        let (brokers, pg) = (&ctx.brokers, &ctx.pg_admin);
+        let (p50, p99) = latency(exe, brokers, &mut admin, pg, stamp, args.latency).await?;
         report.latency_p50_ms = Some(p50);
         report.latency_p99_ms = Some(p99);
     }
 
     std::fs::write(
-        workdir.join("latest.json"),
+        ctx.workdir.join("latest.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
     print_report(&report)?;
+    Ok(())
+}
+
+impl Samples {
+    /// Medians, ratios to the limits, peak memory.
+    fn report(self, ctx: &Ctx, args: &BenchArgs) -> BenchReport {
+        let mut r = BenchReport {
+            machine: machine(),
+            events: ctx.n,
+            repeats: args.repeats,
+            produce_sales_per_sec: median(self.produce_sales),
+            produce_sensor_per_sec: median(self.produce_sensor),
+            produce_sales_mb_per_sec: median(self.mb_per_sec),
+            fetch_limit_per_sec: median(self.fetch),
+            pg_copy_limit_per_sec: median(self.copy),
+            sqlite_bulk_limit_per_sec: median(self.bulk),
+            consume_pg_per_sec: median(self.consume_pg),
+            consume_pg_assign_all_per_sec: median(self.consume_pg_alone),
+            consume_sqlite_per_sec: median(self.consume_sqlite),
+            consume_sqlite_assign_all_per_sec: median(self.consume_sqlite_alone),
+            startup_member_ms: median(self.startup_member),
+            startup_assign_all_ms: median(self.startup_alone),
+            produce_peak_rss_mib: self.rss_produce as f64 / 1024.0,
+            consume_peak_rss_mib: self.rss_consume as f64 / 1024.0,
+            ..BenchReport::default()
+        };
+        let pg_limit = r.fetch_limit_per_sec.min(r.pg_copy_limit_per_sec);
+        let sqlite_limit = r.fetch_limit_per_sec.min(r.sqlite_bulk_limit_per_sec);
+        r.consume_pg_ratio = r.consume_pg_per_sec / pg_limit;
+        r.consume_pg_assign_all_ratio = r.consume_pg_assign_all_per_sec / pg_limit;
+        r.consume_sqlite_ratio = r.consume_sqlite_per_sec / sqlite_limit;
+        r.consume_sqlite_assign_all_ratio = r.consume_sqlite_assign_all_per_sec / sqlite_limit;
+        r
+    }
+}
+
+/// Produce, unlimited, each kind onto a fresh topic of its own; then read the sales topic with
+/// consume's reader and discard it (the fetch limit). The sales topic is the round's backlog.
+async fn produce_and_fetch(
+    ctx: &Ctx,
+    args: &BenchArgs,
+    admin: &mut Admin,
+    round: u32,
+    samples: &mut Samples,
+) -> Result<String> {
+    let (stamp, n) = (ctx.stamp, ctx.n);
+    let count = n.to_string();
+    let topic = format!("bench-{stamp}-{round}");
+    let sensor_topic = format!("bench-{stamp}-{round}-sensor");
+    for (t, kind) in [(&topic, "sales"), (&sensor_topic, "sensor")] {
+        admin.create_topic(t, args.partitions, 1, &[]).await?;
+        let produce = [
+            "produce", "--topic", t, "--kind", kind, "--count", &count, "--rate", "0",
+        ];
+        let run = run_child(&ctx.exe, &ctx.brokers, &produce).await?;
+        if kind == "sales" {
+            samples.produce_sales.push(n as f64 / run.secs);
+            samples.rss_produce = samples.rss_produce.max(run.peak_rss_kib);
+        } else {
+            samples.produce_sensor.push(n as f64 / run.secs);
+        }
+    }
+    let started = Instant::now();
+    let drained = drain(&args.kafka, &topic).await?;
+    samples
+        .fetch
+        .push(drained.records as f64 / started.elapsed().as_secs_f64());
+    let produce_secs = n as f64 / samples.produce_sales[samples.produce_sales.len() - 1];
+    samples
+        .mb_per_sec
+        .push(drained.payload_bytes as f64 / 1e6 / produce_secs);
+    Ok(topic)
+}
+
+/// `consume --stop-at-end` of the backlog into each database, as a lone group member and with
+/// `--assign all`, each into a fresh database.
+async fn consume_both_ways(
+    ctx: &Ctx,
+    topic: &str,
+    round: u32,
+    modes: [Reading; 2],
+    samples: &mut Samples,
+) -> Result<()> {
+    let (stamp, n) = (ctx.stamp, ctx.n as f64);
+    for mode in modes {
+        let name = format!("streamlab_bench_{stamp}_{round}_{}", mode.label());
+        let pg_db = pg_database_url(&ctx.pg_admin, &name)?;
+        let group = format!("bench-{stamp}-{round}-pg-{}", mode.label());
+        let consume = mode.consume(topic, "pg", &pg_db, &group);
+        let run = run_child(&ctx.exe, &ctx.brokers, &consume).await?;
+        let rates = mode.pick(&mut samples.consume_pg, &mut samples.consume_pg_alone);
+        rates.push(n / run.secs);
+        samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+        drop_database(&ctx.pg_admin, &name).await;
+    }
+    for mode in modes {
+        let sqlite_path = ctx
+            .workdir
+            .join(format!("consume-{round}-{}.db", mode.label()));
+        remove_sqlite(&sqlite_path);
+        let sqlite_url = format!("sqlite://{}", sqlite_path.display());
+        let group = format!("bench-{stamp}-{round}-sqlite-{}", mode.label());
+        let consume = mode.consume(topic, "sqlite", &sqlite_url, &group);
+        let run = run_child(&ctx.exe, &ctx.brokers, &consume).await?;
+        let rates = mode.pick(
+            &mut samples.consume_sqlite,
+            &mut samples.consume_sqlite_alone,
+        );
+        rates.push(n / run.secs);
+        samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+        remove_sqlite(&sqlite_path);
+    }
+    Ok(())
+}
+
+/// What joining costs at start: consume an empty topic to its end, both ways.
+async fn startup_both_ways(
+    ctx: &Ctx,
+    args: &BenchArgs,
+    admin: &mut Admin,
+    round: u32,
+    modes: [Reading; 2],
+    samples: &mut Samples,
+) -> Result<()> {
+    let stamp = ctx.stamp;
+    let empty = format!("bench-{stamp}-{round}-empty");
+    admin.create_topic(&empty, args.partitions, 1, &[]).await?;
+    for mode in modes {
+        let sqlite_path = ctx
+            .workdir
+            .join(format!("startup-{round}-{}.db", mode.label()));
+        remove_sqlite(&sqlite_path);
+        let sqlite_url = format!("sqlite://{}", sqlite_path.display());
+        let migrate = ["migrate", "--sink", "sqlite", "-D", &sqlite_url];
+        run_child(&ctx.exe, &ctx.brokers, &migrate).await?;
+        let group = format!("bench-{stamp}-{round}-startup-{}", mode.label());
+        let consume = mode.consume(&empty, "sqlite", &sqlite_url, &group);
+        let ms = exact_ms(&ctx.exe, &ctx.brokers, &consume).await?;
+        mode.pick(&mut samples.startup_member, &mut samples.startup_alone)
+            .push(ms);
+        remove_sqlite(&sqlite_path);
+    }
     Ok(())
 }
 
