@@ -451,55 +451,56 @@ async fn build_report(
 /// Stored offsets the log does not hold: records retention removed before they were read, or
 /// positions past the log end. Either is unhealthy.
 fn offset_checks(partitions: &[PartitionLag]) -> Vec<CheckResult> {
-    let mut checks = Vec::new();
-    let ahead: Vec<String> = partitions
-        .iter()
-        .filter_map(|p| {
-            p.ahead.map(|n| {
-                format!(
-                    "partition {} stored at {} is {n} past the log end {}",
-                    p.partition,
-                    p.stored_offset.unwrap_or_default(),
-                    p.latest_offset.unwrap_or_default()
-                )
-            })
+    let removed = partitions.iter().filter_map(|p| {
+        p.removed_unread.map(|n| {
+            format!(
+                "partition {}: {n} records (offsets {}..{}) removed before they were consumed",
+                p.partition,
+                p.stored_offset.unwrap_or_default(),
+                p.earliest_offset.unwrap_or_default()
+            )
         })
-        .collect();
-    let removed: Vec<String> = partitions
-        .iter()
-        .filter_map(|p| {
-            p.removed_unread.map(|n| {
-                format!(
-                    "partition {}: {n} records (offsets {}..{}) removed before they were consumed",
-                    p.partition,
-                    p.stored_offset.unwrap_or_default(),
-                    p.earliest_offset.unwrap_or_default()
-                )
-            })
+    });
+    let ahead = partitions.iter().filter_map(|p| {
+        p.ahead.map(|n| {
+            format!(
+                "partition {} stored at {} is {n} past the log end {}",
+                p.partition,
+                p.stored_offset.unwrap_or_default(),
+                p.latest_offset.unwrap_or_default()
+            )
         })
-        .collect();
-    if !removed.is_empty() {
-        checks.push(CheckResult {
-            name: "retention",
-            ok: false,
-            detail: format!(
-                "{} (consume more often, or keep records longer: `topic retention --set`)",
-                removed.join("; ")
-            ),
-        });
-    }
-    if !ahead.is_empty() {
-        checks.push(CheckResult {
-            name: "offsets within the log",
-            ok: false,
-            detail: format!(
-                "{} (the topic was re-created or the broker lost data; `consume` resets them \
-                 for a new topic, or with --reset-offsets-ahead)",
-                ahead.join("; ")
-            ),
-        });
-    }
-    checks
+    });
+    [
+        failing(
+            "retention",
+            removed,
+            "consume more often, or keep records longer: `topic retention --set`",
+        ),
+        failing(
+            "offsets within the log",
+            ahead,
+            "the topic was re-created or the broker lost data; `consume` resets them for a new \
+             topic, or with --reset-offsets-ahead",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// A failed check naming every finding and what to do, or nothing when there are none.
+fn failing(
+    name: &'static str,
+    findings: impl Iterator<Item = String>,
+    advice: &str,
+) -> Option<CheckResult> {
+    let findings: Vec<String> = findings.collect();
+    (!findings.is_empty()).then(|| CheckResult {
+        name,
+        ok: false,
+        detail: format!("{} ({advice})", findings.join("; ")),
+    })
 }
 
 /// The ten newest rows, rendered per column.
@@ -647,46 +648,50 @@ pub struct MemberView {
     pub partitions: Option<Vec<i32>>,
 }
 
-/// Live members come from the coordinator (DescribeGroups). Their partitions come from the
-/// coordinator when it reports them (Apache Kafka), else from the `streamlab_members` rows the
-/// members wrote (tansu reports member ids only). Rows of members the coordinator no longer
-/// knows are stale and left out. `None` when the group has no members.
 /// [`group_view`] for a report: a group the broker cannot describe is shown as the database
-/// last recorded it (the members of the newest generation), or without members, with a
-/// warning. (tansu 0.6's SQLite engine fails DescribeGroups for every group it stored: it
-/// cannot read back its own JSON.)
+/// last recorded it, or without members, with a warning.
 pub(crate) async fn group_view_or_none(
     coordinator: &mut GroupCoordinator,
     recorded_in: Option<(&AnyPool, &Dialect)>,
     topic: &str,
 ) -> Option<GroupView> {
+    let (view, failed) = described_or_recorded(coordinator, recorded_in, topic).await;
+    if let Some(e) = failed {
+        match &view {
+            Some(v) => tracing::warn!(
+                "the broker could not describe the group ({e:#}): members as {}",
+                v.state
+            ),
+            None => {
+                tracing::warn!("the broker could not describe the group ({e:#}): members not shown")
+            }
+        }
+    }
+    view
+}
+
+/// The group as the coordinator describes it ([`group_view`]); when it cannot — tansu 0.6's
+/// SQLite engine fails DescribeGroups for every group it stored, unable to read back its own
+/// JSON — the members of the newest generation the database recorded. The error, when there
+/// was one, comes back beside the view, for the caller to report or not.
+pub(crate) async fn described_or_recorded(
+    coordinator: &mut GroupCoordinator,
+    recorded_in: Option<(&AnyPool, &Dialect)>,
+    topic: &str,
+) -> (Option<GroupView>, Option<anyhow::Error>) {
     let e = match group_view(coordinator, recorded_in, topic).await {
-        Ok(view) => return view,
+        Ok(view) => return (view, None),
         Err(e) => e,
     };
     let recorded = match recorded_in {
         Some((pool, d)) => recorded_view(pool, d, coordinator.group(), topic).await,
         None => None,
     };
-    match &recorded {
-        Some(view) => tracing::warn!(
-            "the broker could not describe the group ({e:#}): members as {}",
-            view.state
-        ),
-        None => {
-            tracing::warn!("the broker could not describe the group ({e:#}): members not shown")
-        }
-    }
-    recorded
+    (recorded, Some(e))
 }
 
 /// The members of the newest generation the database recorded for `group` and `topic`.
-pub(crate) async fn recorded_view(
-    pool: &AnyPool,
-    d: &Dialect,
-    group: &str,
-    topic: &str,
-) -> Option<GroupView> {
+async fn recorded_view(pool: &AnyPool, d: &Dialect, group: &str, topic: &str) -> Option<GroupView> {
     let recorded = recorded_members(pool, d, group, topic).await;
     let newest = recorded
         .values()
@@ -695,11 +700,11 @@ pub(crate) async fn recorded_view(
     let members = recorded
         .into_iter()
         .filter(|(_, (generation, _, _))| *generation == newest)
-        .map(|(member_id, (generation, list, client))| MemberView {
+        .map(|(member_id, (generation, partitions, client))| MemberView {
             member_id,
             client,
             generation: Some(generation),
-            partitions: Some(list.split(',').filter_map(|p| p.parse().ok()).collect()),
+            partitions: Some(partitions),
         })
         .collect();
     Some(GroupView {
@@ -709,7 +714,11 @@ pub(crate) async fn recorded_view(
     })
 }
 
-pub(crate) async fn group_view(
+/// Live members come from the coordinator (DescribeGroups). Their partitions come from the
+/// coordinator when it reports them (Apache Kafka), else from the `streamlab_members` rows the
+/// members wrote (tansu reports member ids only). Rows of members the coordinator no longer
+/// knows are stale and left out. `None` when the group has no members.
+async fn group_view(
     coordinator: &mut GroupCoordinator,
     recorded_in: Option<(&AnyPool, &Dialect)>,
     topic: &str,
@@ -735,9 +744,7 @@ pub(crate) async fn group_view(
                     .map(|(_, _, client)| client.clone())
                     .unwrap_or(m.client_id),
                 generation: row.map(|(generation, _, _)| *generation),
-                partitions: from_broker.or_else(|| {
-                    row.map(|(_, list, _)| list.split(',').filter_map(|p| p.parse().ok()).collect())
-                }),
+                partitions: from_broker.or_else(|| row.map(|(_, list, _)| list.clone())),
                 member_id: m.member_id,
             }
         })
@@ -756,7 +763,7 @@ async fn recorded_members(
     d: &Dialect,
     group: &str,
     topic: &str,
-) -> BTreeMap<String, (i32, String, String)> {
+) -> BTreeMap<String, (i32, Vec<i32>, String)> {
     let sql = format!(
         "SELECT member_id, generation, partitions, client FROM streamlab_members \
          WHERE consumer_group = {} AND topic = {}",
@@ -771,9 +778,12 @@ async fn recorded_members(
         .unwrap_or_default()
         .iter()
         .filter_map(|r| {
+            // Partitions are stored comma-separated, '' for none.
+            let list: String = r.try_get(2).ok()?;
+            let partitions = list.split(',').filter_map(|p| p.parse().ok()).collect();
             Some((
                 r.try_get(0).ok()?,
-                (r.try_get(1).ok()?, r.try_get(2).ok()?, r.try_get(3).ok()?),
+                (r.try_get(1).ok()?, partitions, r.try_get(3).ok()?),
             ))
         })
         .collect()

@@ -144,7 +144,7 @@ pub struct KafkaOpts {
         long = "bootstrap-server",
         env = "STREAMLAB_BROKERS",
         hide_env_values = true,
-        default_value = DEFAULT_BROKERS,
+        default_value = crate::kafka::DEFAULT_BROKERS,
         value_name = "HOST:PORT[,HOST:PORT…]",
         global = true,
         help_heading = "Global options"
@@ -161,8 +161,6 @@ pub struct KafkaOpts {
     )]
     pub timeout: Duration,
 }
-
-const DEFAULT_BROKERS: &str = "localhost:9092";
 
 impl KafkaOpts {
     /// What the kafka layer needs from these flags.

@@ -1151,6 +1151,17 @@ impl Fetcher {
         }
     }
 
+    /// Records between `gone` were deleted before this consumer read them: one warning.
+    fn say_removed(&self, gone: std::ops::Range<i64>) {
+        tracing::warn!(
+            "{}/{}: offsets {}..{} were removed by retention before they were consumed",
+            self.reader.topic(),
+            self.reader.partition(),
+            gone.start,
+            gone.end
+        );
+    }
+
     /// One fetch. `Ok(None)`: nothing new yet.
     async fn step(&mut self) -> Result<Option<Fetched>, Step> {
         let wait = kafka::FETCH_MAX_WAIT_MS;
@@ -1176,13 +1187,7 @@ impl Fetcher {
         if let Some(gone) = removed {
             // The broker deleted them without moving its log start (tansu): same as an
             // OFFSET_OUT_OF_RANGE below the log start, said the same way.
-            tracing::warn!(
-                "{}/{partition}: offsets {}..{} were removed by retention before they were \
-                 consumed",
-                self.reader.topic(),
-                gone.start,
-                gone.end
-            );
+            self.say_removed(gone.clone());
             chunk.next_offset = chunk.next_offset.max(gone.end);
         }
         if let Some(corrupt) = fetch.corrupt {
@@ -1213,7 +1218,7 @@ impl Fetcher {
     /// The broker says `offset` is outside the log: retention removed what we had not read
     /// (move to the log start, and say so), or the log is shorter than our position (stop).
     async fn out_of_range(&mut self) -> Result<Option<Fetched>, Step> {
-        let (topic, partition) = (self.reader.topic().to_string(), self.reader.partition());
+        let partition = self.reader.partition();
         let range = tokio::time::timeout(self.timeout, self.reader.range()).await;
         let (earliest, end) = match range {
             Ok(Ok(r)) => r,
@@ -1226,11 +1231,7 @@ impl Fetcher {
             }
         };
         if self.offset < earliest {
-            tracing::warn!(
-                "{topic}/{partition}: offsets {}..{earliest} were removed by retention before \
-                 they were consumed",
-                self.offset
-            );
+            self.say_removed(self.offset..earliest);
             return Ok(Some(Fetched {
                 partition,
                 records: Vec::new(),

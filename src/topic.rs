@@ -170,8 +170,9 @@ struct TopicDescription {
 }
 
 async fn describe(args: TopicDescribeArgs) -> Result<()> {
-    let mut topic = kafka::fetch::TopicReaders::open(&args.kafka, &args.topic).await?;
     let mut admin = Admin::connect(&args.kafka).await?;
+    let metadata = admin.topic(&args.topic).await?;
+    let mut topic = kafka::fetch::TopicReaders::of(&args.kafka, metadata);
     let retention = current_retention(&mut admin, &args.topic).await?;
     let ranges = topic.ranges().await?;
     let metadata = topic.metadata;

@@ -268,20 +268,11 @@ impl Source {
         }
         let coordinator = self.coordinator.as_mut().expect("just connected");
         let recorded_in = self.pool.as_ref().map(|(pool, d)| (pool, d));
-        let view = match check::group_view(coordinator, recorded_in, &args.topic).await {
-            Ok(view) => view,
-            Err(_) => {
-                self.coordinator = None;
-                // A broker that cannot describe the group (tansu's SQLite engine): as the
-                // database last recorded it.
-                match &self.pool {
-                    Some((pool, d)) => {
-                        check::recorded_view(pool, d, &args.group, &args.topic).await
-                    }
-                    None => None,
-                }
-            }
-        };
+        let (view, failed) =
+            check::described_or_recorded(coordinator, recorded_in, &args.topic).await;
+        if failed.is_some() {
+            self.coordinator = None;
+        }
         let mut owners = BTreeMap::new();
         for member in view.map(|v| v.members).unwrap_or_default() {
             let who = if member.client.is_empty() {

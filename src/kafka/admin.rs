@@ -211,6 +211,15 @@ impl Admin {
         Ok(out)
     }
 
+    /// One topic's metadata, or [`UnknownTopic`].
+    pub async fn topic(&mut self, name: &str) -> Result<TopicMetadata> {
+        self.metadata(Some(&[name]))
+            .await?
+            .into_iter()
+            .find(|t| t.name == name && !t.partitions.is_empty())
+            .ok_or_else(|| UnknownTopic(name.to_string()).into())
+    }
+
     /// The partition ids of each of `names` that is a topic, in one request. Names that are not
     /// (unknown, invalid, not visible to us) are left out; any other error fails.
     pub async fn partitions_of(&mut self, names: &[&str]) -> Result<BTreeMap<String, Vec<i32>>> {

@@ -359,9 +359,13 @@ pub struct TopicReaders {
 
 impl TopicReaders {
     pub async fn open(opts: &Config, topic: &str) -> Result<Self> {
-        let metadata = super::topic_metadata(opts, topic).await?;
+        Ok(Self::of(opts, super::topic_metadata(opts, topic).await?))
+    }
+
+    /// Readers for a topic whose metadata is already at hand.
+    pub fn of(opts: &Config, metadata: TopicMetadata) -> Self {
         let readers = readers(opts, &metadata, &metadata.partition_ids());
-        Ok(Self { metadata, readers })
+        Self { metadata, readers }
     }
 
     /// Earliest and end offset of every partition, asked concurrently.
@@ -466,10 +470,11 @@ pub fn read_partition(data: PartitionData, from: i64) -> Fetch {
             // A batch cut short by the size limit: the next fetch starts there.
             Ok(None) => break,
             Err(reason) => {
-                out.first_offset.get_or_insert(peek_i64(&buf, 0).max(from));
+                let at = peek_i64(&buf, 0).max(from);
+                out.first_offset.get_or_insert(at);
                 out.corrupt = Some(CorruptBatch {
-                    first_offset: peek_i64(&buf, 0).max(from),
-                    last_offset: peek_i64(&buf, 0).max(from),
+                    first_offset: at,
+                    last_offset: at,
                     reason,
                     raw: buf.clone(),
                 });

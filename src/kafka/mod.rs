@@ -30,10 +30,13 @@ pub struct Config {
     pub timeout: Duration,
 }
 
+/// Where a broker is looked for when nothing says otherwise.
+pub const DEFAULT_BROKERS: &str = "localhost:9092";
+
 impl Default for Config {
     fn default() -> Self {
         Self {
-            brokers: vec!["localhost:9092".into()],
+            brokers: vec![DEFAULT_BROKERS.into()],
             timeout: Duration::from_secs(10),
         }
     }
@@ -113,12 +116,7 @@ pub async fn partition_clients(
 
 /// The topic's metadata (partitions, leaders, id), or [`admin::UnknownTopic`].
 pub async fn topic_metadata(opts: &Config, topic: &str) -> Result<admin::TopicMetadata> {
-    let mut admin = admin::Admin::connect(opts).await?;
-    let topics = admin.metadata(Some(&[topic])).await?;
-    topics
-        .into_iter()
-        .find(|t| t.name == topic && !t.partitions.is_empty())
-        .ok_or_else(|| admin::UnknownTopic(topic.to_string()).into())
+    admin::Admin::connect(opts).await?.topic(topic).await
 }
 
 /// How far a consumer's position is from the end of a partition. The one definition `consume`,
