@@ -250,7 +250,7 @@ impl DbTarget {
             _ => {
                 return Err(usage(format!(
                     "{} is not a database streamlab writes to: use postgres://… or sqlite://…",
-                    crate::sink::redact(url)
+                    crate::db::redact(url)
                 )))
             }
         };
@@ -262,7 +262,7 @@ impl DbTarget {
         if let Err(e) = readable {
             return Err(usage(format!(
                 "invalid database URL {}: {e}",
-                crate::sink::redact(url)
+                crate::db::redact(url)
             )));
         }
         match sink {
@@ -270,7 +270,7 @@ impl DbTarget {
                 "--sink {} does not fit the database URL {} (from -D or DATABASE_URL): \
                  drop --sink, or give a {} URL",
                 kind.name(),
-                crate::sink::redact(url),
+                crate::db::redact(url),
                 kind.name()
             ))),
             _ => Ok(Self {

@@ -5,7 +5,7 @@ use tracing_subscriber::EnvFilter;
 
 /// sqlx warns about a PostgreSQL URL parameter it does not know *with its value* — an
 /// `sslpassword=` (which it does not read) or a `Password=` would be printed. Off whatever
-/// `RUST_LOG` says; `sink::pg` names such parameters itself, without their values.
+/// `RUST_LOG` says; `db::pg` names such parameters itself, without their values.
 const SQLX_URL_PARAMETERS: &str = "sqlx_postgres::options::parse=off";
 
 /// `quiet` (`-q`) keeps warnings and errors only.
@@ -26,7 +26,7 @@ pub fn init(verbosity: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(crate::output::stderr_colour())
+        .with_ansi(crate::render::stderr_colour())
         .with_target(false)
         .try_init();
 }

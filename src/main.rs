@@ -9,7 +9,7 @@ use streamlab::cli::Cli;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     streamlab::logging::init(cli.verbose, cli.quiet);
-    streamlab::output::set_quiet(cli.quiet);
+    streamlab::render::set_quiet(cli.quiet);
     let command = match cli.into_command() {
         Ok(command) => command,
         Err(err) => return streamlab::exit::report(&err),

@@ -15,7 +15,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Self {
-        let shown = std::io::stderr().is_terminal() && !crate::output::quiet();
+        let shown = std::io::stderr().is_terminal() && !crate::render::quiet();
         let bar = shown.then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
             bar.set_style(
@@ -35,7 +35,7 @@ impl Progress {
     pub fn update(&mut self, status: impl FnOnce() -> String) {
         match &self.bar {
             Some(bar) => bar.set_message(status()),
-            None if self.last_log.elapsed() >= LOG_EVERY && !crate::output::quiet() => {
+            None if self.last_log.elapsed() >= LOG_EVERY && !crate::render::quiet() => {
                 self.last_log = Instant::now();
                 tracing::info!("{}", status());
             }

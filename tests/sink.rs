@@ -3,11 +3,11 @@
 mod common;
 
 use common::TestDb;
+use streamlab::db::pg::PgSink;
+use streamlab::db::sqlite::SqliteSink;
+use streamlab::db::{self, Batch, DeadLetter, Deadline, Landed, OffsetAdvance, Sink, SinkError};
 use streamlab::events::Event;
 use streamlab::events::{EventKind, Generator};
-use streamlab::sink::pg::PgSink;
-use streamlab::sink::sqlite::SqliteSink;
-use streamlab::sink::{self, Batch, DeadLetter, Deadline, Landed, OffsetAdvance, Sink, SinkError};
 use time::OffsetDateTime;
 
 fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
@@ -45,9 +45,7 @@ fn landed(event: Event, offset: i64) -> Landed {
 }
 
 async fn exercise<S: Sink>(mut sink: S, db: &TestDb) {
-    let first = sink::write(&mut sink, &batch(10, None, 11, 1))
-        .await
-        .unwrap();
+    let first = db::write(&mut sink, &batch(10, None, 11, 1)).await.unwrap();
     assert_eq!(
         (first.inserted, first.duplicates, first.dead_lettered),
         (10, 0, 1)
@@ -60,7 +58,7 @@ async fn exercise<S: Sink>(mut sink: S, db: &TestDb) {
     // A writer that believes the partition is fresh, or at another offset, is fenced, and
     // nothing of its batch is kept.
     for stale in [None, Some(5)] {
-        let err = sink::write(&mut sink, &batch(10, stale, 21, 2))
+        let err = db::write(&mut sink, &batch(10, stale, 21, 2))
             .await
             .unwrap_err();
         assert!(matches!(err, SinkError::Fenced { .. }), "{err}");
@@ -69,11 +67,11 @@ async fn exercise<S: Sink>(mut sink: S, db: &TestDb) {
     assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 10);
 
     // The rightful writer goes on; replayed events are duplicates, not rows.
-    let again = sink::write(&mut sink, &batch(10, Some(11), 21, 1))
+    let again = db::write(&mut sink, &batch(10, Some(11), 21, 1))
         .await
         .unwrap();
     assert_eq!((again.inserted, again.duplicates), (0, 10));
-    let new = sink::write(&mut sink, &batch(10, Some(21), 31, 3))
+    let new = db::write(&mut sink, &batch(10, Some(21), 31, 3))
         .await
         .unwrap();
     assert_eq!(new.inserted, 10);
@@ -151,12 +149,12 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
         }],
     };
 
-    let err = sink::write(&mut sink, &batch).await.unwrap_err();
+    let err = db::write(&mut sink, &batch).await.unwrap_err();
     assert!(err.refusal().is_some(), "{err}");
     assert!(!err.is_transient(), "{err}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 0);
 
-    let written = sink::write_isolating(&mut sink, &batch).await.unwrap();
+    let written = db::write_isolating(&mut sink, &batch).await.unwrap();
     let n = (300 - refused.len()) as u64;
     assert_eq!(
         (written.inserted, written.duplicates),

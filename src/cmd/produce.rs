@@ -16,7 +16,7 @@ use crate::cli::{CompressionArg, Format, PartitionerArg, ProduceArgs};
 use crate::events::Generator;
 use crate::kafka::{self, partitioner};
 use crate::progress::Progress;
-use crate::{output, shutdown};
+use crate::{render, shutdown};
 
 /// How long a sender waits for more records before sending a partial batch.
 const LINGER: Duration = Duration::from_millis(5);
@@ -74,7 +74,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
         rate: sent as f64 / elapsed.max(1e-9),
     };
     match args.format {
-        Format::Json => output::json(&summary)?,
+        Format::Json => render::json(&summary)?,
         Format::Table => print_summary(&summary, &partitions)?,
     }
     match failure {
@@ -200,12 +200,12 @@ async fn generate(
 }
 
 fn print_summary(summary: &ProduceSummary, partitions: &[i32]) -> Result<()> {
-    output::note(format!(
+    render::note(format!(
         "produced {} events to '{}' in {:.2}s ({:.1} events/s)",
         summary.sent, summary.topic, summary.elapsed_secs, summary.rate
     ))?;
     for (p, n) in partitions.iter().zip(&summary.per_partition) {
-        output::note(format!("  partition {p}: {n}"))?;
+        render::note(format!("  partition {p}: {n}"))?;
     }
     Ok(())
 }

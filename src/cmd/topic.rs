@@ -8,7 +8,7 @@ use crate::cli::{
 };
 use crate::duration::human_ms;
 use crate::kafka::{self, admin::Admin, admin::Created};
-use crate::output;
+use crate::render;
 
 const RETENTION_MS: &str = "retention.ms";
 
@@ -43,14 +43,14 @@ async fn create(args: TopicCreateArgs) -> Result<()> {
             } else {
                 format!(" with {}", configs.join(", "))
             };
-            output::note(format!(
+            render::note(format!(
                 "created topic '{}': {} partition(s), replication factor {}{configs}",
                 args.topic, args.partitions, args.replication_factor
             ))?;
             Ok(())
         }
         Created::AlreadyExists if args.if_not_exists => {
-            output::note(format!("topic '{}' already exists", args.topic))?;
+            render::note(format!("topic '{}' already exists", args.topic))?;
             Ok(())
         }
         Created::AlreadyExists => anyhow::bail!(
@@ -103,7 +103,7 @@ async fn retention(args: TopicRetentionArgs) -> Result<()> {
     admin.metadata(Some(&[args.topic.as_str()])).await?;
     let old = current_retention(&mut admin, &args.topic).await?;
     match args.set {
-        None => output::line(format!("{RETENTION_MS} of '{}': {old}", args.topic))?,
+        None => render::line(format!("{RETENTION_MS} of '{}': {old}", args.topic))?,
         Some(new) => {
             // Settled by the command line: it fits.
             let new_ms = i64::try_from(new.as_millis()).unwrap_or(i64::MAX);
@@ -111,7 +111,7 @@ async fn retention(args: TopicRetentionArgs) -> Result<()> {
                 .set_topic_config(&args.topic, RETENTION_MS, &new_ms.to_string())
                 .await?;
             let now = current_retention(&mut admin, &args.topic).await?;
-            output::line(format!("{RETENTION_MS} of '{}': {old} → {now}", args.topic))?;
+            render::line(format!("{RETENTION_MS} of '{}': {old} → {now}", args.topic))?;
         }
     }
     Ok(())
@@ -136,13 +136,13 @@ async fn list(args: TopicListArgs) -> Result<()> {
         })
         .collect();
     match args.format {
-        Format::Json => output::json(&topics),
+        Format::Json => render::json(&topics),
         Format::Table => {
-            let mut table = output::table(["TOPIC", "PARTITIONS"]);
+            let mut table = render::table(["TOPIC", "PARTITIONS"]);
             for t in &topics {
                 table.add_row(vec![t.name.clone(), t.partitions.to_string()]);
             }
-            output::line(table)?;
+            render::line(table)?;
             Ok(())
         }
     }
@@ -166,7 +166,7 @@ struct TopicDescription {
     partitions: Vec<PartitionDescription>,
     /// With --group: its members and their partitions of this topic.
     #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<crate::check::GroupView>,
+    group: Option<crate::cmd::check::GroupView>,
 }
 
 async fn describe(args: TopicDescribeArgs) -> Result<()> {
@@ -180,8 +180,9 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         Some(group) => {
             let mut coordinator = admin.group_coordinator(group).await?;
             // No database here: partitions are what the broker reports.
-            let view = crate::check::group_view_or_none(&mut coordinator, None, &args.topic).await;
-            Some(view.unwrap_or_else(|| crate::check::GroupView {
+            let view =
+                crate::cmd::check::group_view_or_none(&mut coordinator, None, &args.topic).await;
+            Some(view.unwrap_or_else(|| crate::cmd::check::GroupView {
                 group: group.clone(),
                 state: "Empty".to_string(),
                 members: Vec::new(),
@@ -210,14 +211,14 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         group,
     };
     match args.format {
-        Format::Json => output::json(&description),
+        Format::Json => render::json(&description),
         Format::Table => {
-            output::line(format!(
+            render::line(format!(
                 "topic '{}' · {} partition(s) · retention {retention}",
                 description.topic,
                 description.partitions.len(),
             ))?;
-            let mut table = output::table(["PARTITION", "LEADER", "EARLIEST", "LATEST", "RECORDS"]);
+            let mut table = render::table(["PARTITION", "LEADER", "EARLIEST", "LATEST", "RECORDS"]);
             for p in &description.partitions {
                 table.add_row(vec![
                     p.partition.to_string(),
@@ -227,16 +228,16 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                     (p.latest_offset - p.earliest_offset).to_string(),
                 ]);
             }
-            output::line(table)?;
+            render::line(table)?;
             if let Some(g) = &description.group {
-                output::line(format!(
+                render::line(format!(
                     "\ngroup '{}' · {} · {} member(s)",
                     g.group,
                     g.state,
                     g.members.len()
                 ))?;
                 if !g.members.is_empty() {
-                    output::line(crate::check::members_table(&g.members))?;
+                    render::line(crate::cmd::check::members_table(&g.members))?;
                 }
             }
             Ok(())

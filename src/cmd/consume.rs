@@ -25,19 +25,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AssignAll, ConsumeArgs, Format, SinkKind, StartFrom};
+use crate::db::pg::PgSink;
+use crate::db::sqlite::SqliteSink;
+use crate::db::{
+    self, Batch, DeadLetter, Deadline, Holding, Landed, MemberRecord, OffsetAdvance, Sink,
+    SinkError, Written,
+};
 use crate::events::{self, ts_millis, EventKind};
 use crate::kafka;
 use crate::kafka::admin::{GroupCoordinator, TopicMetadata};
 use crate::kafka::fetch::{CorruptBatch, FetchError, FetchedRecord, PartitionReader};
 use crate::kafka::group::{Assignment, GroupMember, Membership};
 use crate::progress::Progress;
-use crate::sink::pg::PgSink;
-use crate::sink::sqlite::SqliteSink;
-use crate::sink::{
-    self, Batch, DeadLetter, Deadline, Holding, Landed, MemberRecord, OffsetAdvance, Sink,
-    SinkError, Written,
-};
-use crate::{output, shutdown};
+use crate::{render, shutdown};
 
 /// How often the group's offsets are mirrored to Kafka while running (and always at the end).
 const MIRROR_EVERY: Duration = Duration::from_millis(500);
@@ -48,8 +48,8 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     let url = target.url;
     let timeout = args.kafka.timeout;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
-    let limit = sink::connect_timeout(timeout);
-    let shown = sink::redact(&url);
+    let limit = db::connect_timeout(timeout);
+    let shown = db::redact(&url);
     let within = |name: &str| (limit, format!("{name} at {shown}"));
     match target.kind {
         SinkKind::Pg => {
@@ -972,7 +972,7 @@ fn build_batch(
 /// nor duplicate anything.
 ///
 /// Events the database refuses (a data exception, a constraint) do not stop the stream: the
-/// batch is written again with them set aside as dead letters ([`sink::write_isolating`]).
+/// batch is written again with them set aside as dead letters ([`db::write_isolating`]).
 async fn write_with_retry<S: Sink>(
     sink: &mut S,
     batch: &Batch,
@@ -986,9 +986,9 @@ async fn write_with_retry<S: Sink>(
     let mut isolate = false;
     loop {
         let attempt = if isolate {
-            sink::write_isolating(sink, batch).await
+            db::write_isolating(sink, batch).await
         } else {
-            sink::write(sink, batch).await
+            db::write(sink, batch).await
         };
         let e = match attempt {
             Ok(w) => {
@@ -1366,7 +1366,7 @@ fn print_each(batch: &Batch, written: &Written) -> Result<()> {
             .any(|(p, o, _)| (*p, *o) == (l.partition, l.offset))
     };
     for landed in batch.events.iter().filter(|l| !refused(l)) {
-        output::line(format!(
+        render::line(format!(
             "Stored: {} at {}",
             landed.event.key(),
             ts_millis::format(landed.event.ts())
@@ -1398,13 +1398,13 @@ fn status_line(
 
 fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
     if args.format == Format::Json {
-        return output::json(summary);
+        return render::json(summary);
     }
     let kind = match args.kind {
         EventKind::Sales => "sales",
         EventKind::Sensor => "sensor",
     };
-    output::note(format!(
+    render::note(format!(
         "consumed {} {kind} records from '{}' in {:.2}s ({:.1} events/s): {} inserted, {} duplicates skipped, {} dead-lettered",
         summary.consumed,
         args.topic,
@@ -1415,7 +1415,7 @@ fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
         summary.dead_lettered
     ))?;
     for (p, pos) in &summary.partitions {
-        output::note(format!(
+        render::note(format!(
             "  partition {p}: next offset {}, lag {}",
             pos.next_offset, pos.lag
         ))?;
@@ -1426,7 +1426,7 @@ fn print_summary(args: &ConsumeArgs, summary: &ConsumeSummary) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::OffsetAdvance;
+    use crate::db::OffsetAdvance;
     use std::sync::Arc;
 
     /// A sink in memory. `lose_first_reply`: the first COMMIT commits and then loses its
@@ -1492,7 +1492,7 @@ mod tests {
         }
     }
 
-    impl sink::SinkTx for MemTx {
+    impl db::SinkTx for MemTx {
         async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
             self.answer().await;
             Ok(events.len() as u64)
@@ -1518,7 +1518,7 @@ mod tests {
             Ok(stored == advance.from)
         }
 
-        async fn savepoint(&mut self, _: sink::Savepoint) -> Result<(), SinkError> {
+        async fn savepoint(&mut self, _: db::Savepoint) -> Result<(), SinkError> {
             Ok(())
         }
 

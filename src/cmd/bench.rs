@@ -20,10 +20,10 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use time::OffsetDateTime;
 
 use crate::cli::BenchArgs;
+use crate::db::redact;
 use crate::events::{cents, ts_millis, Event, EventKind, Generator};
 use crate::kafka::{self, admin::Admin};
-use crate::output;
-use crate::sink::redact;
+use crate::render;
 
 #[derive(Debug, Default, Serialize)]
 pub struct BenchReport {
@@ -693,7 +693,7 @@ async fn pg_copy_limit(admin_url: &str, rows: &[crate::events::Sale]) -> Result<
 async fn sqlite_bulk_limit(workdir: &Path, rows: &[crate::events::Sale]) -> Result<f64> {
     let path = workdir.join("limit.db");
     remove_sqlite(&path);
-    let pool = crate::sink::sqlite::connect(
+    let pool = crate::db::sqlite::connect(
         &format!("sqlite://{}", path.display()),
         Duration::from_secs(10),
     )
@@ -743,7 +743,7 @@ async fn latency(
     let name = format!("streamlab_bench_{stamp}_latency");
     let db = pg_database_url(pg_admin, &name)?;
     // Migrate first so the consumer is reading before the first event is produced.
-    crate::sink::pg::connect(&db, Duration::from_secs(10))
+    crate::db::pg::connect(&db, Duration::from_secs(10))
         .await?
         .close()
         .await;
@@ -798,7 +798,7 @@ async fn latency(
 }
 
 fn codec_table(costs: &[CodecCost]) -> comfy_table::Table {
-    let mut t = output::table(["--compression", "PRODUCE", "STORED", "VS NONE"]);
+    let mut t = render::table(["--compression", "PRODUCE", "STORED", "VS NONE"]);
     let none = costs
         .iter()
         .find(|c| c.codec == "none")
@@ -815,7 +815,7 @@ fn codec_table(costs: &[CodecCost]) -> comfy_table::Table {
 }
 
 fn print_report(r: &BenchReport) -> Result<()> {
-    let mut t = output::table(["MEASURE", "RESULT", "TARGET"]);
+    let mut t = render::table(["MEASURE", "RESULT", "TARGET"]);
     let rate = |x: f64| format!("{:.0} events/s", x);
     t.add_row(vec![
         "produce sales (unlimited)".into(),
@@ -903,11 +903,11 @@ fn print_report(r: &BenchReport) -> Result<()> {
         ),
         "consume ≤ 64 MiB".into(),
     ]);
-    output::line(format!(
+    render::line(format!(
         "streamlab bench · {} events × {} repeats (medians) · {}\n{t}",
         r.events, r.repeats, r.machine
     ))?;
-    output::line(codec_table(&r.codecs))?;
-    output::line("written to target/bench/latest.json")?;
+    render::line(codec_table(&r.codecs))?;
+    render::line("written to target/bench/latest.json")?;
     Ok(())
 }

@@ -20,12 +20,12 @@ use serde::Serialize;
 use sqlx::{AnyPool, Row as _};
 use time::OffsetDateTime;
 
-use crate::check::{self, Dialect};
 use crate::cli::WatchArgs;
+use crate::cmd::check::{self, Dialect};
 use crate::events::ts_millis;
 use crate::kafka::fetch::TopicReaders;
 use crate::kafka::{self, admin::GroupCoordinator};
-use crate::{output, shutdown};
+use crate::{render, shutdown};
 
 /// Rate samples kept for the sparklines (at 1 s, two minutes).
 const HISTORY: usize = 120;
@@ -86,7 +86,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let json = !std::io::stdout().is_terminal();
     let mut terminal = (!json).then(ratatui::init);
     // NO_COLOR (or CLICOLOR=0): the same dashboard in the terminal's own colours.
-    let colour = output::stdout_colour();
+    let colour = render::stdout_colour();
     let mut paused = false;
     let mut taken = 0u64;
     let result = async {
@@ -103,7 +103,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                             }
                         })?;
                     }
-                    None => output::line(serde_json::to_string(&snapshot)?)?,
+                    None => render::line(serde_json::to_string(&snapshot)?)?,
                 }
             }
             if args.count.is_some_and(|n| taken >= n) || cancel.is_cancelled() {

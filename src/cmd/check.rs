@@ -11,10 +11,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::cli::{CheckArgs, DbTarget, Format, SinkKind};
+use crate::db::redact;
 use crate::events::EventKind;
 use crate::kafka::admin::GroupCoordinator;
-use crate::sink::redact;
-use crate::{kafka, output};
+use crate::{kafka, render};
 
 /// How far in the future a `ts` may be before it counts as impossible (clock skew allowance).
 const FUTURE_SKEW_MINUTES: i64 = 5;
@@ -221,7 +221,7 @@ pub(crate) async fn connect(db: &DbTarget, timeout: std::time::Duration) -> Resu
     let unreachable =
         |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot reach the database {shown}: {e}");
     if db.kind == SinkKind::Pg {
-        crate::sink::pg::warn_unrecognized_parameters(url);
+        crate::db::pg::warn_unrecognized_parameters(url);
     }
     if db.kind == SinkKind::Sqlite {
         let path = url
@@ -274,7 +274,7 @@ async fn report(args: &CheckArgs) -> Result<Report> {
     }
     let report = build_report(args, &target, &pool, &d).await?;
     match args.format {
-        Format::Json => output::json(&report)?,
+        Format::Json => render::json(&report)?,
         Format::Table => print_table(&report)?,
     }
     Ok(report)
@@ -791,7 +791,7 @@ async fn recorded_members(
 
 /// The members table shared by `check` and `topic describe`.
 pub(crate) fn members_table(members: &[MemberView]) -> comfy_table::Table {
-    let mut t = output::table(["MEMBER", "CLIENT", "GENERATION", "PARTITIONS"]);
+    let mut t = render::table(["MEMBER", "CLIENT", "GENERATION", "PARTITIONS"]);
     for m in members {
         t.add_row(vec![
             m.member_id.clone(),
@@ -864,22 +864,22 @@ async fn lag(
 }
 
 fn print_table(r: &Report) -> Result<()> {
-    let paint = |ok: bool| output::verdict(if ok { "ok" } else { "FAIL" }, ok);
-    output::line(format!("streamlab check · {} · {}", r.database, r.table))?;
-    output::line(format!(
+    let paint = |ok: bool| render::verdict(if ok { "ok" } else { "FAIL" }, ok);
+    render::line(format!("streamlab check · {} · {}", r.database, r.table))?;
+    render::line(format!(
         "rows {} · latest ts {} · verdict {}",
         r.rows,
         r.latest_ts.as_deref().unwrap_or("-"),
         if r.healthy { paint(true) } else { paint(false) }
     ))?;
-    let mut checks = output::table(["CHECK", "STATUS", "DETAIL"]);
+    let mut checks = render::table(["CHECK", "STATUS", "DETAIL"]);
     for c in &r.checks {
         checks.add_row(vec![c.name.to_string(), paint(c.ok), c.detail.clone()]);
     }
-    output::line(format!("\n{checks}"))?;
+    render::line(format!("\n{checks}"))?;
 
     if !r.partitions.is_empty() {
-        let mut t = output::table(["TOPIC", "PARTITION", "EARLIEST", "STORED", "LATEST", "LAG"]);
+        let mut t = render::table(["TOPIC", "PARTITION", "EARLIEST", "STORED", "LATEST", "LAG"]);
         let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
         for p in &r.partitions {
             t.add_row(vec![
@@ -891,11 +891,11 @@ fn print_table(r: &Report) -> Result<()> {
                 show(p.lag),
             ]);
         }
-        output::line(format!("\n{t}"))?;
+        render::line(format!("\n{t}"))?;
     }
 
     if let Some(g) = &r.group {
-        output::line(format!(
+        render::line(format!(
             "\ngroup '{}' · {} · {} member(s)\n{}",
             g.group,
             g.state,
@@ -904,7 +904,7 @@ fn print_table(r: &Report) -> Result<()> {
         ))?;
     }
 
-    output::line(format!(
+    render::line(format!(
         "\nlanded: {:.1} rows/s over the last minute, {:.1} rows/s over five minutes",
         r.throughput.last_1m_per_sec, r.throughput.last_5m_per_sec
     ))?;
@@ -921,13 +921,13 @@ fn print_table(r: &Report) -> Result<()> {
             )
         })
         .collect();
-    output::line(format!("breakdown: {}", shares.join(" · ")))?;
+    render::line(format!("breakdown: {}", shares.join(" · ")))?;
     let top: Vec<String> = r
         .top_keys
         .iter()
         .map(|s| format!("{} {}", s.value, s.rows))
         .collect();
-    output::line(format!("top: {}", top.join(" · ")))?;
+    render::line(format!("top: {}", top.join(" · ")))?;
 
     if let Some(first) = r.newest.first() {
         let names: Vec<&String> = first.keys().collect();
@@ -940,7 +940,7 @@ fn print_table(r: &Report) -> Result<()> {
                 other => other.to_string(),
             }));
         }
-        output::line(format!("\nnewest rows:\n{t}"))?;
+        render::line(format!("\nnewest rows:\n{t}"))?;
     }
     Ok(())
 }

@@ -1,0 +1,34 @@
+//! The command layer: one module per subcommand, each turning its parsed arguments into the
+//! configuration the layers below take, doing the work, and rendering the outcome.
+//!
+//! This is the only layer that sees `cli`'s types below `Cli::into_command` and the only one that
+//! decides an exit code (through [`exit::Error`]); `kafka`, `db`, `events` and `render` know
+//! nothing of the command line.
+
+pub mod bench;
+pub mod check;
+pub mod completions;
+pub mod consume;
+pub mod migrate;
+pub mod produce;
+pub mod topic;
+pub mod watch;
+
+use crate::cli::Command;
+use crate::exit;
+
+/// Run one command. Usage errors were settled by `Cli::into_command`; what fails here is the
+/// world (exit 1), or an unhealthy `check`.
+pub async fn run(command: Command) -> Result<(), exit::Error> {
+    match command {
+        Command::Topic(cmd) => topic::run(cmd).await?,
+        Command::Produce(args) => produce::run(args).await?,
+        Command::Consume(args) => consume::run(args).await?,
+        Command::Migrate(args) => migrate::run(args).await?,
+        Command::Check(args) => return check::run(args).await,
+        Command::Watch(args) => watch::run(args).await?,
+        Command::Bench(args) => bench::run(args).await?,
+        Command::Completions(args) => completions::run(args)?,
+    }
+    Ok(())
+}
