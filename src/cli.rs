@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::events::EventKind;
+pub use crate::kafka::StartFrom;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -388,7 +389,7 @@ pub struct ProduceArgs {
     #[arg(skip)]
     pub kafka: crate::kafka::Config,
     #[command(flatten)]
-    pub metrics: crate::metrics::MetricsOpts,
+    pub metrics: MetricsOpts,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Which events to generate.
@@ -422,10 +423,32 @@ pub struct ProduceArgs {
     pub batch_bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StartFrom {
-    Earliest,
-    Latest,
+/// `--kind`: clap's face of [`EventKind`] (the events module knows nothing of the command line).
+impl ValueEnum for EventKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &EventKind::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.shape()))
+    }
+}
+
+/// `--from`, `--reset-offsets-ahead`: clap's face of [`StartFrom`].
+impl ValueEnum for StartFrom {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[StartFrom::Earliest, StartFrom::Latest]
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+/// Shared by `produce` and `consume`.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsOpts {
+    /// Serve Prometheus metrics on this address while running (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `consume --assign`: the one way to read without the group.
@@ -442,7 +465,7 @@ pub struct ConsumeArgs {
     #[command(flatten)]
     pub db: DbOpts,
     #[command(flatten)]
-    pub metrics: crate::metrics::MetricsOpts,
+    pub metrics: MetricsOpts,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Consumer group to join. Every consumer started with the same group is one of its members,

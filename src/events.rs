@@ -3,7 +3,6 @@
 //! One home for their wire format: how they are generated (`Generator`), encoded (JSON, one per
 //! Kafka record) and decoded and validated on the way into a database (`decode`).
 
-use clap::ValueEnum;
 use fake::faker::address::en::CityName;
 use fake::Fake;
 use rand::rngs::StdRng;
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// `{id, ts, store_id, amount_usd, channel}`, keyed by store_id.
@@ -22,6 +21,24 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 2] = [EventKind::Sales, EventKind::Sensor];
+
+    /// As the command line and JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Sales => "sales",
+            EventKind::Sensor => "sensor",
+        }
+    }
+
+    /// The fields an event of this kind has, and its key.
+    pub fn shape(self) -> &'static str {
+        match self {
+            EventKind::Sales => "{id, ts, store_id, amount_usd, channel}, keyed by store_id",
+            EventKind::Sensor => "{id, sensor_id, val, unit, status, ts}, keyed by sensor_id",
+        }
+    }
+
     /// The table events of this kind land in.
     pub fn table(self) -> &'static str {
         match self {

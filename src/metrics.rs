@@ -7,16 +7,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use clap::Args;
 use metrics_exporter_prometheus::PrometheusBuilder;
-
-/// Shared by `produce` and `consume`.
-#[derive(Debug, Clone, Args)]
-pub struct MetricsOpts {
-    /// Serve Prometheus metrics on this address while running (e.g. 127.0.0.1:9464).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub metrics_addr: Option<SocketAddr>,
-}
 
 /// Batch write durations, in seconds: from a few milliseconds (SQLite, small batch) to the
 /// retry horizon of an unavailable database.
@@ -25,8 +16,8 @@ const WRITE_SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Start serving when asked to. Must be called inside the Tokio runtime.
-pub fn serve(opts: &MetricsOpts) -> Result<()> {
-    let Some(addr) = opts.metrics_addr else {
+pub fn serve(addr: Option<SocketAddr>) -> Result<()> {
+    let Some(addr) = addr else {
         return Ok(());
     };
     PrometheusBuilder::new()

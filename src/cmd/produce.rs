@@ -45,7 +45,7 @@ impl From<CompressionArg> for Compression {
 }
 
 pub async fn run(args: ProduceArgs) -> Result<()> {
-    crate::metrics::serve(&args.metrics)?;
+    crate::metrics::serve(args.metrics.metrics_addr)?;
     let cancel = shutdown::on_signal();
     let client = kafka::connect(&args.kafka).await?;
     let partitions = kafka::partitions_of(&client, &args.topic).await?;

@@ -119,6 +119,31 @@ pub async fn topic_metadata(opts: &Config, topic: &str) -> Result<admin::TopicMe
     admin::Admin::connect(opts).await?.topic(topic).await
 }
 
+/// Where a reader with no usable stored position starts: Kafka's `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+impl StartFrom {
+    /// The offset this means in a log spanning `earliest..end`.
+    pub fn offset(self, earliest: i64, end: i64) -> i64 {
+        match self {
+            StartFrom::Earliest => earliest,
+            StartFrom::Latest => end,
+        }
+    }
+
+    /// As the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        }
+    }
+}
+
 /// How far a consumer's position is from the end of a partition. The one definition `consume`,
 /// `check` and `watch` share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,351 @@
+//! The batch loop: fetched chunks become one transaction each.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::fetcher::Fetcher;
+use super::plan::Plan;
+use super::show;
+use super::write::write_with_retry;
+use super::{Config, Consumer, Ended, Fetched, PartitionPosition};
+use crate::db::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError, Written};
+use crate::events::{self, EventKind};
+use crate::kafka;
+use crate::kafka::admin::TopicMetadata;
+
+impl<S: Sink> Consumer<'_, S> {
+    /// Consume `partitions` from the sink's stored offsets until `stop` (or `--stop-at-end`).
+    ///
+    /// One fetch task per partition feeds a bounded channel; each batch — rows, dead letters and
+    /// new offsets — is written in one transaction before the next is taken, so stopping between
+    /// batches leaves nothing half done.
+    pub(super) async fn consume_partitions(
+        &mut self,
+        partitions: &[i32],
+        stop: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<Ended> {
+        let ended_early = || {
+            if shutdown.is_cancelled() {
+                Ended::Shutdown
+            } else {
+                Ended::Revoked
+            }
+        };
+        if partitions.is_empty() && !self.args.stop_at_end {
+            // A group with more members than partitions: this one idles, still a member, ready
+            // to take over when another leaves.
+            stop.cancelled().await;
+            return Ok(ended_early());
+        }
+        let Some(mut plan) = self.plan(partitions, stop).await? else {
+            return Ok(ended_early());
+        };
+        // Stored positions that retention overtook move up to the log start now, fenced like
+        // any advance: said once, and `check` no longer counts them as unread.
+        let overtaken = plan.overtaken_by_retention();
+        if !overtaken.is_empty() {
+            self.write_chunks(&overtaken, &mut plan, stop).await?;
+        }
+        let mut fetchers = Fetchers::spawn(self.args, &mut plan, stop);
+        let outcome = self.batches(&mut fetchers, &mut plan, stop).await;
+        fetchers.stop().await;
+        self.mirror
+            .maybe_commit(&self.args.topic, &plan.committed, true)
+            .await;
+        self.summary.partitions.extend(plan.positions);
+        Ok(match outcome {
+            Err(e) if e.downcast_ref::<SinkError>().is_some_and(SinkError::is_fenced) => {
+                Ended::Fenced(e)
+            }
+            Err(e) => return Err(e),
+            Ok(()) if shutdown.is_cancelled() => Ended::Shutdown,
+            Ok(()) if fetchers.at_end => Ended::ReachedEnd,
+            Ok(()) => Ended::Revoked,
+        })
+    }
+
+    /// Take what the fetchers deliver, a batch at a time, until the end, `stop`, or a failure.
+    async fn batches(
+        &mut self,
+        fetchers: &mut Fetchers,
+        plan: &mut Plan,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let args = self.args;
+        // Throttled, batches stay small (a quarter second's worth) so the pace is even.
+        let batch_limit = match args.throttle {
+            Some(t) => args.batch_size.min((t as usize / 4).max(1)),
+            None => args.batch_size,
+        };
+        loop {
+            if args.stop_at_end && plan.reached_end() {
+                fetchers.at_end = true;
+                return Ok(());
+            }
+            let Some(first) = next_fetched(&mut fetchers.rx, stop).await else {
+                fetchers.at_end = !stop.is_cancelled();
+                return Ok(());
+            };
+            let (chunks, failure) = fetchers.fill(first?, batch_limit);
+            self.write_chunks(&chunks, plan, stop).await?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Write one batch made of `chunks`, then move the positions, totals, metrics and mirror.
+    pub(super) async fn write_chunks(
+        &mut self,
+        chunks: &[Fetched],
+        plan: &mut Plan,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let args = self.args;
+        let batch = build_batch(&self.rules, chunks, &plan.committed);
+        let write_started = Instant::now();
+        let written = write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await?;
+        for advance in &batch.offsets {
+            plan.committed.insert(advance.partition, Some(advance.to));
+        }
+        for chunk in chunks {
+            let pos = plan
+                .positions
+                .get_mut(&chunk.partition)
+                .expect("known partition");
+            pos.next_offset = pos.next_offset.max(chunk.next_offset);
+            pos.lag = kafka::Lag::of(0, chunk.stable_end, Some(pos.next_offset)).behind();
+        }
+        record_metrics(
+            &args.topic,
+            &batch,
+            &written,
+            write_started,
+            &plan.positions,
+        );
+        let summary = &mut self.summary;
+        summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
+        summary.inserted += written.inserted;
+        summary.duplicates += written.duplicates;
+        summary.dead_lettered += (batch.dead_letters.len() + written.refused.len()) as u64;
+        if args.print_each {
+            show::each(&batch, &written)?;
+        }
+        self.mirror
+            .maybe_commit(&args.topic, &plan.committed, false)
+            .await;
+        let started = self.started;
+        self.progress
+            .update(|| show::status_line(summary, &plan.positions, started));
+        if let Some(throttle) = args.throttle {
+            // A deliberately slow sink: event i may be written no sooner than i/throttle.
+            let due = self.started
+                + Duration::from_secs_f64(summary.consumed as f64 / f64::from(throttle));
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fetch tasks of one set of partitions, and the channel they feed.
+struct Fetchers {
+    rx: mpsc::Receiver<Result<Fetched>>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    /// Whether the loop ended because the partitions reached their end (or had none to read).
+    at_end: bool,
+}
+
+impl Fetchers {
+    /// One task per reader of `plan`, from its start (none when `--stop-at-end` is already met).
+    fn spawn(args: &Config, plan: &mut Plan, stop: &CancellationToken) -> Self {
+        let readers = std::mem::take(&mut plan.readers);
+        let (tx, rx) = mpsc::channel::<Result<Fetched>>(readers.len().max(1));
+        let stop = stop.child_token();
+        let mut tasks = Vec::new();
+        if !(args.stop_at_end && plan.reached_end()) {
+            for (reader, start) in readers {
+                let end = args.stop_at_end.then(|| plan.ends[&reader.partition()]);
+                let fetcher = Fetcher {
+                    reader,
+                    offset: start,
+                    end,
+                    timeout: args.kafka.timeout,
+                    skip_corrupt: args.skip_corrupt_batches,
+                };
+                tasks.push(tokio::spawn(fetcher.run(tx.clone(), stop.clone())));
+            }
+        }
+        Self {
+            rx,
+            stop,
+            tasks,
+            at_end: false,
+        }
+    }
+
+    /// Fill a batch with what is already fetched, without waiting: under a backlog the channel
+    /// is full and batches fill up; when caught up, each event is written at once. A failure
+    /// met on the way comes back beside the chunks before it.
+    fn fill(&mut self, first: Fetched, limit: usize) -> (Vec<Fetched>, Option<anyhow::Error>) {
+        let mut pending = first.records.len();
+        let mut chunks = vec![first];
+        while pending < limit {
+            match self.rx.try_recv() {
+                Ok(Ok(f)) => {
+                    pending += f.records.len();
+                    chunks.push(f);
+                }
+                Ok(Err(e)) => return (chunks, Some(e)),
+                Err(_) => break,
+            }
+        }
+        (chunks, None)
+    }
+
+    /// Stop the tasks and drop what they hold: one blocked on a full channel would otherwise
+    /// wait forever for the loop to receive again.
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Counters, the write-time histogram and lag gauges for `--metrics-addr` (no-ops without it).
+fn record_metrics(
+    topic: &str,
+    batch: &Batch,
+    written: &Written,
+    write_started: Instant,
+    positions: &BTreeMap<i32, PartitionPosition>,
+) {
+    use crate::metrics as m;
+    let topic_label = [("topic", topic.to_string())];
+    let consumed = (batch.events.len() + batch.dead_letters.len()) as u64;
+    metrics::counter!(m::CONSUMED, &topic_label).increment(consumed);
+    metrics::counter!(m::INSERTED, &topic_label).increment(written.inserted);
+    metrics::counter!(m::DUPLICATES, &topic_label).increment(written.duplicates);
+    let dead_lettered = batch.dead_letters.len() + written.refused.len();
+    metrics::counter!(m::DEAD_LETTERED, &topic_label).increment(dead_lettered as u64);
+    metrics::histogram!(m::BATCH_WRITE_SECONDS, &topic_label)
+        .record(write_started.elapsed().as_secs_f64());
+    for (partition, position) in positions {
+        let labels = [
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ];
+        metrics::gauge!(m::LAG, &labels).set(position.lag as f64);
+    }
+}
+
+/// The next fetched chunk, or None when every fetcher is done or Ctrl-C was pressed.
+async fn next_fetched(
+    rx: &mut mpsc::Receiver<Result<Fetched>>,
+    cancel: &CancellationToken,
+) -> Option<Result<Fetched>> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        item = rx.recv() => item,
+    }
+}
+
+/// What `build_batch` needs of the command line, and the id of the topic the offsets belong
+/// to (None: the broker reports no ids). Made once per run.
+pub(super) struct BatchRules {
+    group: String,
+    topic: String,
+    pub(super) topic_id: Option<String>,
+    kind: EventKind,
+    max_event_bytes: usize,
+}
+
+impl BatchRules {
+    pub(super) fn of(args: &Config, topic: &TopicMetadata) -> Self {
+        Self {
+            group: args.group.clone(),
+            topic: args.topic.clone(),
+            topic_id: topic.topic_id.map(|id| id.to_string()),
+            kind: args.kind,
+            max_event_bytes: args.max_event_bytes,
+        }
+    }
+}
+
+/// Decode every record; what cannot be stored becomes a dead letter. Offsets advance past both,
+/// and past whatever else each chunk stepped over.
+pub(super) fn build_batch(
+    rules: &BatchRules,
+    chunks: &[Fetched],
+    committed: &BTreeMap<i32, Option<i64>>,
+) -> Batch {
+    let mut batch = Batch {
+        group: rules.group.clone(),
+        topic: rules.topic.clone(),
+        topic_id: rules.topic_id.clone(),
+        ..Batch::default()
+    };
+    let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
+    for chunk in chunks {
+        for r in &chunk.records {
+            let value = r.value.as_deref();
+            let decoded = match value {
+                Some(v) if v.len() > rules.max_event_bytes => Err(format!(
+                    "record value is {} bytes, larger than --max-event-bytes {}",
+                    v.len(),
+                    rules.max_event_bytes
+                )),
+                _ => events::decode(rules.kind, value),
+            };
+            match decoded {
+                Ok(event) => batch.events.push(Landed {
+                    event,
+                    partition: chunk.partition,
+                    offset: r.offset,
+                    key: r.key.clone(),
+                    value: r.value.clone().unwrap_or_default(),
+                }),
+                Err(error) => batch.dead_letters.push(DeadLetter {
+                    partition: chunk.partition,
+                    offset: r.offset,
+                    key: r.key.as_ref().map(|k| k.to_vec()),
+                    payload: value.map(<[u8]>::to_vec),
+                    error,
+                }),
+            }
+        }
+        if let Some(corrupt) = &chunk.skipped {
+            batch.dead_letters.push(DeadLetter {
+                partition: chunk.partition,
+                offset: corrupt.first_offset,
+                key: None,
+                payload: Some(corrupt.raw.to_vec()),
+                error: format!("skipped with --skip-corrupt-batches: {corrupt}"),
+            });
+        }
+        let advance = advances.entry(chunk.partition).or_insert(OffsetAdvance {
+            partition: chunk.partition,
+            from: committed.get(&chunk.partition).copied().flatten(),
+            to: 0,
+        });
+        advance.to = advance.to.max(chunk.next_offset);
+    }
+    batch.offsets = advances
+        .into_values()
+        .filter(|a| a.from != Some(a.to))
+        .collect();
+    batch
+}

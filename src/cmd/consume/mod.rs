@@ -1,0 +1,288 @@
+//! `streamlab consume`: every partition of a topic into a database, exactly once per event.
+//!
+//! One fetch task per partition feeds a bounded channel (backpressure: memory does not grow with
+//! the backlog); this task turns what arrives into batches and writes each batch — rows, dead
+//! letters and new offsets — in one database transaction. Only then are the offsets mirrored to
+//! the Kafka consumer group, so Kafka tooling sees the position; the database stays the truth.
+//!
+//! A consumer is one member of its `--group` ([`crate::kafka::group`]) and runs that loop once
+//! per generation, over the partitions the group gave it. With `--assign all` it reads every
+//! partition alone, with `--partition N…` only those. A member, and a consumer of every
+//! partition, re-reads the topic's metadata every `--metadata-refresh` and picks up partitions
+//! added meanwhile (a member rejoins, so the leader assigns them).
+//!
+//! Before reading, the stored offsets are checked against the log they are applied to: offsets
+//! of an earlier incarnation of the topic (another topic id) are reset per `--from`, offsets
+//! past the log end stop the run unless `--reset-offsets-ahead` says where to go.
+
+mod batches;
+mod fetcher;
+mod member;
+mod mirror;
+mod plan;
+mod show;
+mod write;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cli::{AssignAll, ConsumeArgs, Format, SinkKind};
+use crate::db::pg::PgSink;
+use crate::db::sqlite::SqliteSink;
+use crate::db::{self, Deadline, Sink};
+use crate::events::EventKind;
+use crate::kafka::admin::TopicMetadata;
+use crate::kafka::fetch::{CorruptBatch, FetchedRecord};
+use crate::kafka::group::Membership;
+use crate::kafka::{self, StartFrom};
+use crate::progress::Progress;
+use crate::shutdown;
+use batches::BatchRules;
+use mirror::GroupMirror;
+
+pub async fn run(args: ConsumeArgs) -> Result<()> {
+    let target = args.db.target()?;
+    crate::metrics::serve(args.metrics.metrics_addr)?;
+    let args = Config::from(args);
+    let url = target.url;
+    let timeout = args.kafka.timeout;
+    // Every statement gets --timeout: a database that stops answering must not hang the run.
+    let limit = db::connect_timeout(timeout);
+    let shown = db::redact(&url);
+    let within = |name: &str| (limit, format!("{name} at {shown}"));
+    match target.kind {
+        SinkKind::Pg => {
+            let (limit, database) = within("PostgreSQL");
+            let pg = PgSink::connect(&url, timeout).await?;
+            consume(&args, Deadline::new(pg, limit, database)).await
+        }
+        SinkKind::Sqlite => {
+            let (limit, database) = within("SQLite");
+            let sqlite = SqliteSink::connect(&url, timeout).await?;
+            consume(&args, Deadline::new(sqlite, limit, database)).await
+        }
+    }
+}
+
+/// What a consume run is asked to do: the command line, settled. The loop below `run` reads
+/// this, never clap's arguments.
+pub struct Config {
+    pub kafka: kafka::Config,
+    pub topic: String,
+    pub group: String,
+    /// As a member, every partition alone, or the named ones (checked against the topic later).
+    pub reading: Reading,
+    pub membership: Membership,
+    pub kind: EventKind,
+    /// Where a partition with no stored offset starts.
+    pub from: StartFrom,
+    /// Where offsets stored past the log end move to; `None` stops the run instead.
+    pub reset_offsets_ahead: Option<StartFrom>,
+    pub skip_corrupt_batches: bool,
+    pub metadata_refresh: Duration,
+    pub stop_at_end: bool,
+    /// Most events in one transaction.
+    pub batch_size: usize,
+    pub print_each: bool,
+    pub json: bool,
+    pub max_event_bytes: usize,
+    /// Events per second at most (a deliberately slow sink).
+    pub throttle: Option<u32>,
+}
+
+impl From<ConsumeArgs> for Config {
+    fn from(args: ConsumeArgs) -> Self {
+        if args.join_group {
+            tracing::warn!(
+                "--join-group is no longer needed: consume joins its --group unless told \
+                 --assign all or --partition"
+            );
+        }
+        let reading = match (args.assign, args.partitions) {
+            (Some(AssignAll::All), _) => Reading::All,
+            (None, only) if only.is_empty() => Reading::Member,
+            (None, only) => Reading::Only(only),
+        };
+        Self {
+            kafka: args.kafka,
+            topic: args.topic,
+            group: args.group,
+            reading,
+            membership: Membership {
+                session_timeout: args.session_timeout,
+                rebalance_timeout: args.rebalance_timeout,
+            },
+            kind: args.kind,
+            from: args.from,
+            reset_offsets_ahead: args.reset_offsets_ahead,
+            skip_corrupt_batches: args.skip_corrupt_batches,
+            metadata_refresh: args.metadata_refresh,
+            stop_at_end: args.stop_at_end,
+            batch_size: args.batch_size as usize,
+            print_each: args.print_each,
+            json: args.format == Format::Json,
+            max_event_bytes: args.max_event_bytes,
+            throttle: args.throttle,
+        }
+    }
+}
+
+/// What one fetch of one partition moves forward.
+struct Fetched {
+    partition: i32,
+    records: Vec<FetchedRecord>,
+    /// Where the partition's position moves once this is written: past control batches,
+    /// aborted transactions, records retention removed, or a skipped corrupt batch.
+    next_offset: i64,
+    /// The end a `read_committed` reader can reach, as the broker last reported it.
+    stable_end: i64,
+    /// A corrupt batch skipped with `--skip-corrupt-batches`: stored as a dead letter.
+    skipped: Option<CorruptBatch>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConsumeSummary {
+    pub consumed: u64,
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub elapsed_secs: f64,
+    /// Per partition: stored next offset and lag behind the latest high watermark seen.
+    pub partitions: BTreeMap<i32, PartitionPosition>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct PartitionPosition {
+    pub next_offset: i64,
+    pub lag: i64,
+}
+
+/// How a consumer gets its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// As a member of `--group`: the partitions the group assigns (the default).
+    Member,
+    /// `--assign all`: every partition, alone.
+    All,
+    /// `--partition N…`: these partitions (sorted, each once), alone.
+    Only(Vec<i32>),
+}
+
+impl Reading {
+    /// What was asked, checked against the topic: partitions it does not have are an error.
+    fn checked(&self, topic: &TopicMetadata) -> Result<Self> {
+        let Self::Only(asked) = self else {
+            return Ok(self.clone());
+        };
+        let known = topic.partition_ids();
+        let mut only = asked.clone();
+        only.sort_unstable();
+        only.dedup();
+        let missing: Vec<String> = only
+            .iter()
+            .filter(|p| !known.contains(p))
+            .map(i32::to_string)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "'{}' has no partition{} {} (its partitions are {})",
+                topic.name,
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", "),
+                describe_ids(&known)
+            );
+        }
+        Ok(Self::Only(only))
+    }
+}
+
+/// `0..=5`, or a list when the ids have gaps.
+fn describe_ids(ids: &[i32]) -> String {
+    match (ids.first(), ids.last()) {
+        (Some(&first), Some(&last))
+            if (last - first + 1) as usize == ids.len() && first != last =>
+        {
+            format!("{first} to {last}")
+        }
+        _ => ids
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+async fn consume<S: Sink>(args: &Config, sink: S) -> Result<()> {
+    let shutdown = shutdown::on_signal();
+    let topic = kafka::topic_metadata(&args.kafka, &args.topic).await?;
+    let reading = args.reading.checked(&topic)?;
+    let partitions = match &reading {
+        Reading::Only(only) => only.clone(),
+        Reading::Member | Reading::All => topic.partition_ids(),
+    };
+    let mut consumer = Consumer {
+        args,
+        sink,
+        rules: BatchRules::of(args, &topic),
+        topic,
+        added: BTreeSet::new(),
+        mirror: GroupMirror::new(&args.kafka, &args.group),
+        summary: ConsumeSummary::default(),
+        progress: Progress::new(),
+        started: Instant::now(),
+    };
+    let mut stored = consumer
+        .sink
+        .load_offsets(&args.group, &args.topic)
+        .await
+        .context("reading stored offsets")?;
+    stored.retain(|p, _| partitions.contains(p));
+    consumer
+        .mirror
+        .compare(&args.topic, &partitions, &stored)
+        .await;
+
+    let result = match &reading {
+        Reading::Member => consumer.as_group_member(&shutdown).await,
+        Reading::All => consumer.alone(&shutdown).await,
+        Reading::Only(only) => consumer.only(only, &shutdown).await,
+    };
+
+    consumer.progress.finish();
+    consumer.summary.elapsed_secs = consumer.started.elapsed().as_secs_f64();
+    show::summary(args, &consumer.summary)?;
+    result
+}
+
+/// Why consuming a set of partitions ended.
+enum Ended {
+    /// Ctrl-C or SIGTERM.
+    Shutdown,
+    /// `--stop-at-end` reached, or there was nothing to read.
+    ReachedEnd,
+    /// The group took the partitions back (rebalance, or this member was dropped), or the
+    /// topic gained partitions.
+    Revoked,
+    /// The database's offset fence refused a batch: someone else wrote one of these partitions.
+    Fenced(anyhow::Error),
+}
+
+/// One consume run: the sink and the running totals, across generations.
+struct Consumer<'a, S> {
+    args: &'a Config,
+    sink: S,
+    /// What `build_batch` needs of the command line and the topic.
+    rules: BatchRules,
+    /// The topic as the broker last described it: partitions, their leaders, its id.
+    topic: TopicMetadata,
+    /// Partitions that appeared while this run went on: read from their start, whatever
+    /// `--from` says (they were created after the run began, so all of them is new).
+    added: BTreeSet<i32>,
+    mirror: GroupMirror,
+    summary: ConsumeSummary,
+    progress: Progress,
+    started: Instant,
+}

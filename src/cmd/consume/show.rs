@@ -1,0 +1,73 @@
+//! What consume prints: each stored event, the status line, the summary.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::{Config, ConsumeSummary, PartitionPosition};
+use crate::db::{Batch, Landed, Written};
+use crate::events::ts_millis;
+use crate::render;
+
+pub(super) fn each(batch: &Batch, written: &Written) -> Result<()> {
+    let refused = |l: &&Landed| {
+        written
+            .refused
+            .iter()
+            .any(|(p, o, _)| (*p, *o) == (l.partition, l.offset))
+    };
+    for landed in batch.events.iter().filter(|l| !refused(l)) {
+        render::line(format!(
+            "Stored: {} at {}",
+            landed.event.key(),
+            ts_millis::format(landed.event.ts())
+        ))?;
+    }
+    Ok(())
+}
+
+pub(super) fn status_line(
+    summary: &ConsumeSummary,
+    positions: &BTreeMap<i32, PartitionPosition>,
+    started: Instant,
+) -> String {
+    let rate = summary.consumed as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let lags: Vec<String> = positions
+        .iter()
+        .map(|(p, pos)| format!("{p}:{}", pos.lag))
+        .collect();
+    format!(
+        "consumed {} · inserted {} · duplicates {} · dead letters {} · {:.0} events/s · lag {}",
+        summary.consumed,
+        summary.inserted,
+        summary.duplicates,
+        summary.dead_lettered,
+        rate,
+        lags.join(" ")
+    )
+}
+
+pub(super) fn summary(args: &Config, summary: &ConsumeSummary) -> Result<()> {
+    if args.json {
+        return render::json(summary);
+    }
+    let kind = args.kind.name();
+    render::note(format!(
+        "consumed {} {kind} records from '{}' in {:.2}s ({:.1} events/s): {} inserted, {} duplicates skipped, {} dead-lettered",
+        summary.consumed,
+        args.topic,
+        summary.elapsed_secs,
+        summary.consumed as f64 / summary.elapsed_secs.max(1e-9),
+        summary.inserted,
+        summary.duplicates,
+        summary.dead_lettered
+    ))?;
+    for (p, pos) in &summary.partitions {
+        render::note(format!(
+            "  partition {p}: next offset {}, lag {}",
+            pos.next_offset, pos.lag
+        ))?;
+    }
+    Ok(())
+}
