@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
@@ -182,7 +181,7 @@ fn produce_batch(topic: &str, first_value: usize, count: usize, corrupt: bool) {
                 .with_records(Some(batch.freeze()))])]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut conn = WireConnection::connect(&brokers(), Duration::from_secs(10))
+        let mut conn = WireConnection::connect(&brokers(), &streamlab::kafka::Config::default())
             .await
             .unwrap();
         let response = conn.call_capped(request, 9).await.unwrap();

@@ -60,7 +60,10 @@ impl<S: Sink> Consumer<'_, S> {
             .await;
         self.summary.partitions.extend(plan.positions);
         Ok(match outcome {
-            Err(e) if e.downcast_ref::<SinkError>().is_some_and(SinkError::is_fenced) => {
+            Err(e)
+                if e.downcast_ref::<SinkError>()
+                    .is_some_and(SinkError::is_fenced) =>
+            {
                 Ended::Fenced(e)
             }
             Err(e) => return Err(e),
