@@ -472,6 +472,7 @@ pub fn sqlite(url: &str, sql: &str) -> String {
 
 pub mod front;
 pub mod proxy;
+pub mod secure;
 
 /// A tansu broker of a test's own, reachable only through `proxy` (it advertises the proxy's
 /// port, so every client connection — bootstrap and leader alike — goes through it).
