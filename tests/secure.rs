@@ -496,10 +496,12 @@ fn postgres_over_tls_verifies_as_libpq_does() {
         limit,
         &["no encryption"],
     );
-    // TLS required of a server without it (the plain test server), when it has none.
-    let plain_ssl = psql(&pg_admin_url(), "SHOW ssl");
-    if plain_ssl.trim() == "off" {
-        let url = format!("{}?sslmode=require", pg_admin_url());
-        refused(migrate(url), PASSWORD, limit, &["TLS"]);
-    }
+    // TLS required of a server that has none.
+    pg.without_tls();
+    refused(
+        migrate(pg.url(db, "sslmode=require")),
+        PASSWORD,
+        limit,
+        &["server does not support TLS"],
+    );
 }

@@ -587,6 +587,30 @@ impl TlsPostgres {
         tls
     }
 
+    /// Turn TLS off (and allow plaintext connections): the server a client that requires TLS
+    /// must refuse.
+    pub fn without_tls(&self) {
+        let data = self.dir.join("data");
+        append(&data.join("postgresql.conf"), "ssl = off\n");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "host all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-w", "reload"]);
+        // A reload is signalled, not waited for: wait until plaintext is let in.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let url = self.url("postgres", "sslmode=disable");
+        while !Command::new("psql")
+            .args([url.as_str(), "-qAtc", "SELECT 1"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(std::time::Instant::now() < deadline, "TLS did not turn off");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn run(&self, program: &str, args: &[&str]) {
         let program = self.bin.join(program);
         let mut command = match &self.user {
