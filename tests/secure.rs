@@ -2,18 +2,16 @@
 //! failures (wrong password, untrusted certificate, plaintext against TLS and the reverse) as one
 //! line within --timeout, librdkafka through the same front, and PostgreSQL over TLS.
 //!
-//! The brokers are tansu instances of the tests' own behind [`secure::SecureFront`] (TLS and
+//! The brokers are tansu instances of the tests' own behind [`SecureFront`](crate::support::secure::SecureFront) (TLS and
 //! SASL terminated in front of the broker, real PLAIN/SCRAM server side from rsasl); the TLS
-//! PostgreSQL is a throwaway cluster ([`secure::TlsPostgres`]).
-
-mod common;
+//! PostgreSQL is a throwaway cluster ([`TlsPostgres`]).
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::secure::{Certs, Guard, SecureTansu, PASSWORD, USER};
-use common::*;
+use crate::support::secure::{Certs, Guard, SecureTansu, TlsPostgres, PASSWORD, USER};
+use crate::support::*;
 
 /// A properties file for `protocol` and `mechanism`, trusting `ca`; the password is not in it
 /// (it comes from STREAMLAB_SASL_PASSWORD).
@@ -40,51 +38,56 @@ fn properties(
     path
 }
 
-/// `streamlab -b BROKER --command-config FILE ARGS…` with `password` in the environment.
-fn secured(broker: &str, config: &PathBuf, password: &str, args: &[&str]) -> Command {
-    let mut cmd = command(args);
-    cmd.env("STREAMLAB_BROKERS", broker)
-        .env("STREAMLAB_COMMAND_CONFIG", config)
-        .env("STREAMLAB_SASL_PASSWORD", password);
-    cmd
+/// `streamlab ARGS… -b BROKER --command-config FILE` with `password` in the environment.
+fn secured(args: &[&str], broker: &str, config: &std::path::Path, password: &str) -> Cmd {
+    streamlab("")
+        .args(args)
+        .brokers(broker)
+        .command_config(config)
+        .env("STREAMLAB_SASL_PASSWORD", password)
 }
 
 /// Run to completion; stdout and stderr must never show `secret`.
-fn run(mut cmd: Command, secret: &str) -> Output {
-    let out = cmd.output().expect("run streamlab");
-    for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-        let text = String::from_utf8_lossy(text);
-        assert!(!text.contains(secret), "{name} shows the password:\n{text}");
-    }
-    out
+/// `streamlab ARGS…` as they are.
+fn raw(args: &[&str]) -> Cmd {
+    streamlab("").args(args)
 }
 
-fn succeeded(out: &Output, what: &str) -> String {
+/// Require exit 0; stdout.
+fn succeeded(run: &Run, what: &str) -> String {
     assert!(
-        out.status.success(),
+        run.succeeded(),
         "{what} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        run.code,
+        run.stdout,
+        run.stderr
     );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    run.stdout.clone()
+}
+
+fn run(cmd: impl std::borrow::Borrow<Cmd>, secret: &str) -> Run {
+    let run = cmd.borrow().run();
+    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        assert!(!text.contains(secret), "{name} shows the password:\n{text}");
+    }
+    run
 }
 
 /// Exit 1 with one line on stderr naming every one of `says`, within `limit`.
-fn refused(cmd: Command, secret: &str, limit: Duration, says: &[&str]) -> String {
+fn refused(
+    cmd: impl std::borrow::Borrow<Cmd>,
+    secret: &str,
+    limit: Duration,
+    says: &[&str],
+) -> String {
     let started = Instant::now();
     let out = run(cmd, secret);
     let took = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = out.fails(1, says, &[secret]);
     assert!(took < limit, "took {took:?} (limit {limit:?}): {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line, got:\n{stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    for text in says {
-        assert!(stderr.contains(text), "stderr lacks {text:?}: {stderr}");
-    }
-    eprint!("refused as expected in {took:?}: {stderr}");
     stderr
 }
 
@@ -95,7 +98,7 @@ fn every_subcommand_runs_through_sasl_ssl() {
     let broker = kafka.address();
     let config = properties(&certs, "SASL_SSL", Some("SCRAM-SHA-512"), Some(&certs.ca));
     let sl = |args: &[&str]| {
-        let out = run(secured(&broker, &config, PASSWORD, args), PASSWORD);
+        let out = run(secured(args, &broker, &config, PASSWORD), PASSWORD);
         succeeded(&out, &format!("{args:?}"))
     };
     let topic = unique("secure");
@@ -171,7 +174,7 @@ fn each_mechanism_and_tls_alone_carry_a_pipeline() {
         let ca = protocol.ends_with("SSL").then_some(&certs.ca);
         let config = properties(&certs, protocol, mechanism, ca);
         let sl = |args: &[&str]| {
-            let out = run(secured(&broker, &config, PASSWORD, args), PASSWORD);
+            let out = run(secured(args, &broker, &config, PASSWORD), PASSWORD);
             succeeded(&out, &format!("{protocol} {mechanism:?} {args:?}"))
         };
         let topic = unique("mech");
@@ -198,7 +201,7 @@ fn settings_given_with_x_work_and_hostname_checks_can_be_relaxed() {
     let ca = format!("ssl.ca.location={}", certs.ca.display());
     let password = format!("sasl.password={PASSWORD}");
     let out = run(
-        command(&[
+        raw(&[
             "topic",
             "list",
             "-b",
@@ -246,7 +249,7 @@ fn wrong_credentials_end_in_one_line_naming_the_user_within_the_timeout() {
             let mut full = vec!["--timeout", "3s"];
             full.extend(&args);
             refused(
-                secured(&broker, &config, wrong, &full),
+                secured(&full, &broker, &config, wrong),
                 wrong,
                 limit,
                 &["authentication failed", USER, mechanism],
@@ -262,10 +265,9 @@ fn untrusted_certificates_and_tls_mismatches_end_in_one_line_within_the_timeout(
     let limit = Duration::from_secs(5);
     let timeout = ["--timeout", "3s"];
     let with = |broker: &str, props: &[String], args: &[&str]| {
-        let mut cmd = command(&timeout);
-        cmd.args(args).env("STREAMLAB_BROKERS", broker);
+        let mut cmd = raw(&timeout).args(args).brokers(broker);
         for p in props {
-            cmd.args(["-X", p]);
+            cmd = cmd.setting(p);
         }
         cmd
     };
@@ -353,7 +355,7 @@ fn bad_settings_are_usage_errors_that_name_the_key_and_never_the_password() {
     for (flags, says) in cases {
         let mut args: Vec<&str> = vec!["topic", "list"];
         args.extend(flags.iter().map(String::as_str));
-        fails(&args, 2, &[says], &[secret]);
+        raw(&args).fails(2, &[says], &[secret]);
     }
 }
 
@@ -372,7 +374,7 @@ fn librdkafka_speaks_through_the_same_sasl_ssl_front() {
     })
     .to_string();
     let rdkafka = |args: &[&str]| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/rdkafka_secure.py");
+        let script = py_script("rdkafka_secure.py");
         let out = Command::new(rdkafka_python())
             .arg(script)
             .args(args)
@@ -380,11 +382,16 @@ fn librdkafka_speaks_through_the_same_sasl_ssl_front() {
             .env("STREAMLAB_RDKAFKA_SECURITY", &security)
             .output()
             .unwrap();
-        succeeded(&out, &format!("rdkafka_secure.py {args:?}"))
+        assert!(
+            out.status.success(),
+            "rdkafka_secure.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     };
     let sl = |args: &[&str]| {
         succeeded(
-            &run(secured(&broker, &config, PASSWORD, args), PASSWORD),
+            &run(secured(args, &broker, &config, PASSWORD), PASSWORD),
             "streamlab",
         )
     };
@@ -427,7 +434,7 @@ fn librdkafka_speaks_through_the_same_sasl_ssl_front() {
 #[test]
 fn postgres_over_tls_verifies_as_libpq_does() {
     let certs = Certs::new();
-    let pg = common::secure::TlsPostgres::start(&certs);
+    let pg = TlsPostgres::start(&certs);
     let ca = certs.ca.display().to_string();
     let db = "streamlab_tls";
     let limit = Duration::from_secs(8);
@@ -438,14 +445,14 @@ fn postgres_over_tls_verifies_as_libpq_does() {
     produce_and_wait(&brokers(), &topic, 30, 3);
     succeeded(
         &run(
-            command(&["consume", "--topic", &topic, "-D", &full, "--stop-at-end"]),
+            raw(&["consume", "--topic", &topic, "-D", &full, "--stop-at-end"]),
             PASSWORD,
         ),
         "consume",
     );
     let check: serde_json::Value = serde_json::from_str(&succeeded(
         &run(
-            command(&["check", "-D", &full, "--topic", &topic, "--format", "json"]),
+            raw(&["check", "-D", &full, "--topic", &topic, "--format", "json"]),
             PASSWORD,
         ),
         "check",
@@ -459,12 +466,12 @@ fn postgres_over_tls_verifies_as_libpq_does() {
         &format!("sslmode=verify-ca&sslrootcert={ca}"),
     ] {
         succeeded(
-            &run(command(&["migrate", "-D", &pg.url(db, query)]), PASSWORD),
+            &run(raw(&["migrate", "-D", &pg.url(db, query)]), PASSWORD),
             query,
         );
     }
 
-    let migrate = |url: String| command(&["migrate", "--timeout", "5s", "-D", &url]);
+    let migrate = |url: String| raw(&["migrate", "--timeout", "5s", "-D", &url]);
     // Without the CA, or with another one, the certificate is not trusted.
     refused(
         migrate(pg.url(db, "sslmode=verify-full")),
