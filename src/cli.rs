@@ -169,6 +169,7 @@ pub struct KafkaOpts {
     #[arg(
         long = "command-config",
         env = "STREAMLAB_COMMAND_CONFIG",
+        hide_env_values = true,
         value_name = "FILE",
         global = true,
         help_heading = "Global options"

@@ -407,14 +407,7 @@ fn librdkafka_speaks_through_the_same_sasl_ssl_front() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(read.len(), 100);
-    let ids: std::collections::BTreeSet<String> = read
-        .iter()
-        .map(|r| {
-            let value: serde_json::Value =
-                serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
-            value["id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let ids: std::collections::BTreeSet<String> = event_ids(&read).into_iter().collect();
     assert_eq!(ids, seeded_ids(9, 100));
 
     // librdkafka writes, streamlab's topic describe sees every record.

@@ -497,6 +497,17 @@ pub struct TlsPostgres {
     pub port: u16,
 }
 
+/// A cluster as scripts/test makes one: user postgres, trust, no fsync, UTF-8.
+const INITDB_ARGS: &[&str] = &[
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "--no-sync",
+    "--no-locale",
+    "-E",
+    "UTF8",
+];
+
 impl TlsPostgres {
     pub fn start(certs: &Certs) -> Self {
         let bin = pg_bin();
@@ -543,20 +554,8 @@ impl TlsPostgres {
             assert!(status.success());
         }
         let data = tls.dir.join("data");
-        tls.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "--no-locale",
-                "-E",
-                "UTF8",
-            ],
-        );
+        let d = data.to_str().unwrap();
+        tls.run("initdb", &[&["-D", d][..], INITDB_ARGS].concat());
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\nfsync = off\n\
              ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
@@ -571,19 +570,8 @@ impl TlsPostgres {
         )
         .unwrap();
         let log = tls.dir.join("server.log");
-        tls.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
+        let l = log.to_str().unwrap();
+        tls.run("pg_ctl", &["-D", d, "-l", l, "-w", "-t", "60", "start"]);
         tls
     }
 
