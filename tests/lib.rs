@@ -17,6 +17,7 @@ mod group;
 mod metrics;
 mod produce;
 mod reliability;
+mod secure;
 mod sink;
 mod topic;
 mod watch;

@@ -116,7 +116,7 @@ impl Admin {
         }
         let mut last_error = None;
         for addr in &brokers {
-            match WireConnection::connect(addr, opts.timeout).await {
+            match WireConnection::connect(addr, opts).await {
                 Ok(conn) => {
                     return Ok(Self {
                         conn,
@@ -336,7 +336,7 @@ impl Admin {
             format!("cannot find the coordinator of group '{group}'")
         })?;
         let addr = format!("{}:{}", host.as_str(), port);
-        let conn = WireConnection::connect(&addr, self.opts.timeout)
+        let conn = WireConnection::connect(&addr, &self.opts)
             .await
             .with_context(|| format!("connecting to the coordinator of group '{group}'"))?;
         Ok(GroupCoordinator {

@@ -16,6 +16,7 @@ mod cmd;
 mod db;
 pub mod front;
 pub mod proxy;
+pub mod secure;
 mod tansu;
 
 pub use cmd::{assignment, streamlab, Cmd, Run, Running};
@@ -294,6 +295,18 @@ pub fn python(script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The event ids in records read back by the Python clients (their `value` is an event's JSON).
+pub fn event_ids(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value =
+                serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            value["id"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 /// Every record's JSON value in `topic`, read with librdkafka (a client nobody here wrote).
