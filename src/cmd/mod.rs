@@ -55,3 +55,21 @@ fn members_table(members: &[MemberView]) -> comfy_table::Table {
     }
     t
 }
+
+/// Partitions and a group's positions in them, as `check` and `group describe` print them.
+fn positions_table(positions: &[crate::kafka::Position]) -> comfy_table::Table {
+    let mut t = render::table(["PARTITION", "LOG START", "COMMITTED", "LOG END", "LAG"]);
+    for p in positions {
+        t.add_row(vec![
+            p.partition.to_string(),
+            p.log_start.to_string(),
+            p.committed.map_or("-".to_string(), |c| c.to_string()),
+            p.log_end.to_string(),
+            match p.ahead {
+                Some(n) => format!("{n} ahead"),
+                None => p.lag.to_string(),
+            },
+        ]);
+    }
+    t
+}

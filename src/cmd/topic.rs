@@ -154,8 +154,9 @@ struct PartitionDescription {
     partition: i32,
     leader: i32,
     replicas: Vec<i32>,
-    earliest_offset: i64,
-    latest_offset: i64,
+    /// The first offset the log still holds, and the next one to be written.
+    log_start: i64,
+    log_end: i64,
 }
 
 #[derive(Serialize)]
@@ -203,8 +204,8 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                     partition: p.partition,
                     leader: p.leader,
                     replicas: p.replicas,
-                    earliest_offset: earliest,
-                    latest_offset: latest,
+                    log_start: earliest,
+                    log_end: latest,
                 }
             })
             .collect(),
@@ -218,14 +219,15 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                 description.topic,
                 description.partitions.len(),
             ))?;
-            let mut table = render::table(["PARTITION", "LEADER", "EARLIEST", "LATEST", "RECORDS"]);
+            let mut table =
+                render::table(["PARTITION", "LEADER", "LOG START", "LOG END", "RECORDS"]);
             for p in &description.partitions {
                 table.add_row(vec![
                     p.partition.to_string(),
                     p.leader.to_string(),
-                    p.earliest_offset.to_string(),
-                    p.latest_offset.to_string(),
-                    (p.latest_offset - p.earliest_offset).to_string(),
+                    p.log_start.to_string(),
+                    p.log_end.to_string(),
+                    (p.log_end - p.log_start).to_string(),
                 ]);
             }
             render::line(table)?;

@@ -183,8 +183,8 @@ pub fn offsets_via(brokers: &str, topic: &str) -> BTreeMap<i64, (i64, i64)> {
             (
                 p["partition"].as_i64().unwrap(),
                 (
-                    p["earliest_offset"].as_i64().unwrap(),
-                    p["latest_offset"].as_i64().unwrap(),
+                    p["log_start"].as_i64().unwrap(),
+                    p["log_end"].as_i64().unwrap(),
                 ),
             )
         })
@@ -214,7 +214,7 @@ pub fn next_offsets(summary: &serde_json::Value) -> BTreeMap<i64, i64> {
         .as_object()
         .unwrap_or_else(|| panic!("not a consume summary: {summary}"))
         .iter()
-        .map(|(p, pos)| (p.parse().unwrap(), pos["next_offset"].as_i64().unwrap()))
+        .map(|(p, pos)| (p.parse().unwrap(), pos["committed"].as_i64().unwrap()))
         .collect()
 }
 

@@ -12,11 +12,11 @@ use super::fetcher::Fetcher;
 use super::plan::Plan;
 use super::show;
 use super::write::write_with_retry;
-use super::{Config, Consumer, Ended, Fetched, PartitionPosition};
+use super::{Config, Consumer, Ended, Fetched};
 use crate::db::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError, Written};
 use crate::events::{self, EventKind};
-use crate::kafka;
 use crate::kafka::admin::TopicMetadata;
+use crate::kafka::Position;
 
 impl<S: Sink> Consumer<'_, S> {
     /// Consume `partitions` from the sink's stored offsets until `stop` (or `--stop-at-end`).
@@ -122,8 +122,7 @@ impl<S: Sink> Consumer<'_, S> {
                 .positions
                 .get_mut(&chunk.partition)
                 .expect("known partition");
-            pos.next_offset = pos.next_offset.max(chunk.next_offset);
-            pos.lag = kafka::Lag::of(0, chunk.stable_end, Some(pos.next_offset)).behind();
+            *pos = pos.moved(pos.next_offset().max(chunk.next_offset), chunk.stable_end);
         }
         record_metrics(
             &args.topic,
@@ -233,7 +232,7 @@ fn record_metrics(
     batch: &Batch,
     written: &Written,
     write_started: Instant,
-    positions: &BTreeMap<i32, PartitionPosition>,
+    positions: &BTreeMap<i32, Position>,
 ) {
     use crate::metrics as m;
     let topic_label = [("topic", topic.to_string())];

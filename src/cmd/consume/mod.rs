@@ -35,7 +35,7 @@ use crate::events::EventKind;
 use crate::kafka::admin::TopicMetadata;
 use crate::kafka::fetch::{CorruptBatch, FetchedRecord};
 use crate::kafka::group::Membership;
-use crate::kafka::{self, StartFrom};
+use crate::kafka::{self, Position, StartFrom};
 use crate::progress::Progress;
 use crate::shutdown;
 use batches::BatchRules;
@@ -135,14 +135,9 @@ pub struct ConsumeSummary {
     pub duplicates: u64,
     pub dead_lettered: u64,
     pub elapsed_secs: f64,
-    /// Per partition: stored next offset and lag behind the latest high watermark seen.
-    pub partitions: BTreeMap<i32, PartitionPosition>,
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct PartitionPosition {
-    pub next_offset: i64,
-    pub lag: i64,
+    /// Per partition: where the run left it (`committed`: the next offset to read) and the lag
+    /// behind the last stable end it saw.
+    pub partitions: BTreeMap<i32, Position>,
 }
 
 /// How a consumer gets its partitions.
