@@ -148,6 +148,15 @@ impl Dialect {
         format!("CAST({expr} AS BIGINT)")
     }
 
+    /// Whether the text `haystack` contains the text `needle` (case-sensitive, no wildcards).
+    pub(crate) fn contains(&self, haystack: &str, needle: &str) -> String {
+        if self.sqlite {
+            format!("instr({haystack}, {needle}) > 0")
+        } else {
+            format!("strpos({haystack}, {needle}) > 0")
+        }
+    }
+
     fn table_exists(&self) -> String {
         if self.sqlite {
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1".into()
@@ -758,7 +767,7 @@ async fn group_view(
 
 /// `streamlab_members` rows of a group and topic: member id → (generation, partitions, client).
 /// A database from before the table existed simply has no rows to offer.
-async fn recorded_members(
+pub(crate) async fn recorded_members(
     pool: &AnyPool,
     d: &Dialect,
     group: &str,

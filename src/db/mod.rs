@@ -6,7 +6,9 @@
 //! database refuses ([`write_isolating`]) — is written once, here. [`Deadline`] gives every
 //! statement of any sink a deadline.
 
+pub mod dlq;
 pub mod pg;
+pub mod sinks;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

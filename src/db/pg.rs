@@ -109,7 +109,7 @@ impl PgSink {
 }
 
 /// A batch's transaction.
-pub struct PgTx(Transaction<'static, Postgres>);
+pub struct PgTx(pub(super) Transaction<'static, Postgres>);
 
 impl SinkTx for PgTx {
     async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {

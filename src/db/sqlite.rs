@@ -88,7 +88,7 @@ impl SqliteSink {
 }
 
 /// A batch's transaction.
-pub struct SqliteTx(Transaction<'static, Sqlite>);
+pub struct SqliteTx(pub(super) Transaction<'static, Sqlite>);
 
 impl SinkTx for SqliteTx {
     async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {

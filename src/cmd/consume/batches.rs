@@ -60,7 +60,10 @@ impl<S: Sink> Consumer<'_, S> {
             .await;
         self.summary.partitions.extend(plan.positions);
         Ok(match outcome {
-            Err(e) if e.downcast_ref::<SinkError>().is_some_and(SinkError::is_fenced) => {
+            Err(e)
+                if e.downcast_ref::<SinkError>()
+                    .is_some_and(SinkError::is_fenced) =>
+            {
                 Ended::Fenced(e)
             }
             Err(e) => return Err(e),
@@ -302,15 +305,7 @@ pub(super) fn build_batch(
     for chunk in chunks {
         for r in &chunk.records {
             let value = r.value.as_deref();
-            let decoded = match value {
-                Some(v) if v.len() > rules.max_event_bytes => Err(format!(
-                    "record value is {} bytes, larger than --max-event-bytes {}",
-                    v.len(),
-                    rules.max_event_bytes
-                )),
-                _ => events::decode(rules.kind, value),
-            };
-            match decoded {
+            match events::decode_record(rules.kind, value, rules.max_event_bytes) {
                 Ok(event) => batch.events.push(Landed {
                     event,
                     partition: chunk.partition,

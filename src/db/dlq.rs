@@ -1,0 +1,248 @@
+//! The `dead_letters` table, for `streamlab dlq`: reading it with filters, purging it, and taking
+//! letters out — into the event tables (replay), or after they were produced again — in one
+//! transaction that removes exactly the letters it was given, or nothing.
+//!
+//! Reads and purges go through sqlx's `Any` driver with [`Dialect`] (the read side `check`
+//! uses); taking letters out goes through the write side, so replayed events are inserted by
+//! the same statements (and `ON CONFLICT (id) DO NOTHING`) as consumed ones.
+
+use std::future::Future;
+
+use anyhow::Result;
+use serde::Serialize;
+use sqlx::{AnyPool, Row};
+use time::OffsetDateTime;
+
+use super::pg::PgTx;
+use super::sqlite::SqliteTx;
+use super::{within, Deadline, Landed, Sink, SinkError, SinkTx};
+use crate::cmd::check::Dialect;
+use crate::events::ts_millis;
+
+/// Which dead letters; every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub topic: Option<String>,
+    /// Failed at or after this.
+    pub since: Option<OffsetDateTime>,
+    /// Failed before this.
+    pub before: Option<OffsetDateTime>,
+    /// The reason contains this text.
+    pub reason: Option<String>,
+    /// Only these ids (empty: any).
+    pub ids: Vec<i64>,
+}
+
+impl Filter {
+    /// ` WHERE …` (or nothing) and the text values it binds, in order.
+    fn sql(&self, d: &Dialect) -> (String, Vec<String>) {
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        let mut bind = |value: String| {
+            binds.push(value);
+            d.param(binds.len())
+        };
+        if let Some(topic) = &self.topic {
+            conditions.push(format!("topic = {}", bind(topic.clone())));
+        }
+        let failed_at = d.ts_text("failed_at");
+        if let Some(since) = self.since {
+            conditions.push(format!("{failed_at} >= {}", bind(ts_millis::format(since))));
+        }
+        if let Some(before) = self.before {
+            conditions.push(format!("{failed_at} < {}", bind(ts_millis::format(before))));
+        }
+        if let Some(reason) = &self.reason {
+            conditions.push(d.contains("error", &bind(reason.clone())));
+        }
+        if !self.ids.is_empty() {
+            conditions.push(format!("id IN ({})", id_list(&self.ids)));
+        }
+        if conditions.is_empty() {
+            (String::new(), binds)
+        } else {
+            (format!(" WHERE {}", conditions.join(" AND ")), binds)
+        }
+    }
+}
+
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// A row of `dead_letters`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Letter {
+    pub id: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    /// Only read when asked for ([`select`]'s `payloads`).
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
+    /// The payload's size (`None`: the record had no value).
+    pub payload_bytes: Option<i64>,
+    pub error: String,
+    pub failed_at: String,
+}
+
+/// Which end of the table [`select`] starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    NewestFirst,
+    OldestFirst,
+}
+
+/// The dead letters `filter` matches, at most `limit`, with their key and payload bytes when
+/// `payloads` (else without: listing a table of large payloads stays cheap).
+pub(crate) async fn select(
+    pool: &AnyPool,
+    d: &Dialect,
+    filter: &Filter,
+    order: Order,
+    limit: Option<u32>,
+    payloads: bool,
+) -> Result<Vec<Letter>> {
+    let (conditions, binds) = filter.sql(d);
+    let bytes = if payloads {
+        "record_key, payload"
+    } else {
+        "NULL, NULL"
+    };
+    let mut sql = format!(
+        "SELECT {}, topic, {}, {}, {bytes}, {}, error, {} FROM dead_letters{conditions} ORDER BY id {}",
+        d.int("id"),
+        d.int("kafka_partition"),
+        d.int("kafka_offset"),
+        d.int("length(payload)"),
+        d.ts_text("failed_at"),
+        if order == Order::NewestFirst { "DESC" } else { "ASC" }
+    );
+    if let Some(limit) = limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    let mut query = sqlx::query(&sql);
+    for value in binds {
+        query = query.bind(value);
+    }
+    let rows = query.fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Letter {
+                id: r.try_get(0)?,
+                topic: r.try_get(1)?,
+                partition: i32::try_from(r.try_get::<i64, _>(2)?)?,
+                offset: r.try_get(3)?,
+                key: r.try_get(4)?,
+                payload: r.try_get(5)?,
+                payload_bytes: r.try_get(6)?,
+                error: r.try_get(7)?,
+                failed_at: r.try_get(8)?,
+            })
+        })
+        .collect()
+}
+
+/// Delete the dead letters `filter` matches; their ids, in order.
+pub(crate) async fn purge(pool: &AnyPool, d: &Dialect, filter: &Filter) -> Result<Vec<i64>> {
+    let (conditions, binds) = filter.sql(d);
+    let sql = format!(
+        "DELETE FROM dead_letters{conditions} RETURNING {}",
+        d.int("id")
+    );
+    let mut query = sqlx::query(&sql);
+    for value in binds {
+        query = query.bind(value);
+    }
+    let mut ids: Vec<i64> = query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Why letters could not be taken out.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    /// Some of the letters were no longer there when the transaction removed them: another
+    /// replay or purge took them first. Nothing was changed.
+    #[error(
+        "{missing} of the {asked} dead letters were taken meanwhile (another replay or purge?); \
+         nothing was changed: run it again"
+    )]
+    Changed { asked: usize, missing: usize },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// What [`take`] did with the events it was given.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Taken {
+    pub inserted: u64,
+    /// Events whose id was already stored.
+    pub duplicates: u64,
+}
+
+/// In one transaction: remove the letters `ids` from `dead_letters` and insert `events`. Either
+/// all of it or nothing: if any of the letters is already gone, nothing is changed
+/// ([`TakeError::Changed`]), so no letter is replayed twice.
+pub async fn take<S: Sink>(sink: &mut S, events: &[Landed], ids: &[i64]) -> Result<Taken, TakeError>
+where
+    S::Tx: Statements,
+{
+    let mut tx = sink.begin().await?;
+    let mut removed = 0;
+    for chunk in ids.chunks(1000) {
+        let sql = format!("DELETE FROM dead_letters WHERE id IN ({})", id_list(chunk));
+        removed += tx.execute(&sql).await?;
+    }
+    if removed != ids.len() as u64 {
+        // Dropping the transaction rolls it back.
+        return Err(TakeError::Changed {
+            asked: ids.len(),
+            missing: ids.len() - removed as usize,
+        });
+    }
+    let inserted = tx.insert_events(events).await?;
+    tx.commit().await?;
+    Ok(Taken {
+        inserted,
+        duplicates: events.len() as u64 - inserted,
+    })
+}
+
+/// A statement of our own inside a sink's transaction.
+pub trait Statements: SinkTx {
+    /// Run `sql` (no parameters); the rows it affected.
+    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<u64, SinkError>> + Send;
+}
+
+impl Statements for PgTx {
+    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
+        Ok(sqlx::query(sql)
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected())
+    }
+}
+
+impl Statements for SqliteTx {
+    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
+        Ok(sqlx::query(sql)
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected())
+    }
+}
+
+impl<T: Statements> Statements for Deadline<T> {
+    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
+        let operation = self.inner.execute(sql);
+        within(self.limit, &self.database, operation).await
+    }
+}
