@@ -252,7 +252,14 @@ async fn plan(
         }
     }
     if !refused.is_empty() {
-        bail!("cannot reset: {}; nothing was changed", refused.join("; "));
+        let hint = match to {
+            Target::Datetime(_) => " (--to-earliest replays all the log holds)",
+            _ => "",
+        };
+        bail!(
+            "cannot reset: {}; nothing was changed{hint}",
+            refused.join("; ")
+        );
     }
     Ok(moves)
 }
@@ -298,7 +305,7 @@ async fn new_offset(
                     if ms < first {
                         return Ok(Err(format!(
                             "{} is before its log start (its first record, offset {start}, is \
-                             from {}): use --to-earliest to replay all it holds",
+                             from {})",
                             ts_millis::format(at),
                             millis_text(first)
                         )));
