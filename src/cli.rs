@@ -444,7 +444,8 @@ pub struct OffsetsResetArgs {
     #[arg(long)]
     pub to_latest: bool,
     /// To the first record written at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z);
-    /// the end where none is that recent. A time older than a partition's first record is refused.
+    /// the end where none is that recent. Refused for a partition whose older records were
+    /// removed (retention) when the time is before the first record it still holds.
     #[arg(long, value_name = "DATETIME", value_parser = parse_datetime)]
     pub to_datetime: Option<time::OffsetDateTime>,
     /// To this offset; it must lie in each partition's log (earliest..=end).

@@ -11,7 +11,7 @@ use sqlx::AnyPool;
 use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
 use crate::cmd::check::{self, Dialect};
 use crate::db::redact;
-use crate::kafka::admin::{Admin, UnknownTopic};
+use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
 use crate::kafka::group::GroupDescription;
 use crate::kafka::{self, Lag};
 use crate::render;
@@ -143,9 +143,13 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         None => None,
     };
     let mut admin = Admin::connect(&args.kafka).await?;
-    let mut coordinator = admin.group_coordinator(&args.group).await?;
-    let described = coordinator.describe().await;
-    let committed = coordinator.fetch_all().await?;
+    let mut coordinator = Some(admin.group_coordinator(&args.group).await?);
+    let described = coordinator.as_mut().expect("just set").describe().await;
+    // A broker that failed DescribeGroups may have dropped the connection: find it again.
+    let committed = GroupCoordinator::reuse_or_find(&mut coordinator, &args.kafka, &args.group)
+        .await?
+        .fetch_all()
+        .await?;
     let stored: BTreeMap<(String, i32), i64> = match &db {
         Some((pool, d, _)) => check::stored_offsets(pool, d, &args.group, args.topic.as_deref())
             .await?

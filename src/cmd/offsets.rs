@@ -114,8 +114,8 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
              stores them)"
         );
     }
-    let mut coordinator = admin.group_coordinator(group).await?;
-    refuse_live_members(&mut coordinator, &pool, &d, topic).await?;
+    let mut coordinator = Some(admin.group_coordinator(group).await?);
+    refuse_live_members(coordinator.as_mut().expect("just set"), &pool, &d, topic).await?;
 
     let mut readers = fetch::readers(&args.kafka, &metadata, &partitions);
     let ranges = fetch::offset_ranges(&mut readers).await?;
@@ -160,7 +160,9 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
             .iter()
             .map(|m| (m.partition, m.new))
             .collect();
-        coordinator
+        // A broker that failed DescribeGroups may have dropped the connection: find it again.
+        GroupCoordinator::reuse_or_find(&mut coordinator, &args.kafka, group)
+            .await?
             .commit(topic, &offsets, None)
             .await
             .with_context(|| {
@@ -240,14 +242,24 @@ async fn plan(
         let (start, end) = ranges[&partition];
         let current = stored.get(&partition).copied();
         match new_offset(to, current, start, end, reader).await? {
-            Ok((new, note)) => moves.push(Move {
-                partition,
-                current,
-                new,
-                log_start: start,
-                log_end: end,
-                note,
-            }),
+            Ok((new, mut note)) => {
+                if new < end
+                    && matches!(
+                        to,
+                        Target::Offset(_) | Target::Shift(_) | Target::Datetime(_)
+                    )
+                {
+                    note = note.or(skipped_from(reader, new).await?);
+                }
+                moves.push(Move {
+                    partition,
+                    current,
+                    new,
+                    log_start: start,
+                    log_end: end,
+                    note,
+                })
+            }
             Err(why) => refused.push(format!("partition {partition}: {why}")),
         }
     }
@@ -300,12 +312,14 @@ async fn new_offset(
         },
         Target::Datetime(at) => {
             let ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000)?;
-            if start < end {
+            // Records before the log start were removed (retention): a time older than the first
+            // record left asks for records that are gone.
+            if start > 0 && start < end {
                 if let Some(first) = reader.timestamp_at(start).await? {
                     if ms < first {
                         return Ok(Err(format!(
-                            "{} is before its log start (its first record, offset {start}, is \
-                             from {})",
+                            "{} is before its log start (records before offset {start} were \
+                             removed; the first left is from {})",
                             ts_millis::format(at),
                             millis_text(first)
                         )));
@@ -319,6 +333,31 @@ async fn new_offset(
             }
         }
     })
+}
+
+/// A note when a read from `offset` would not start there: the broker answers a fetch inside a
+/// record batch with the batches after it (tansu 0.6's in-memory engine; Kafka and tansu's
+/// SQLite engine return the batch that holds the offset).
+async fn skipped_from(reader: &mut PartitionReader, offset: i64) -> Result<Option<String>> {
+    let fetch = reader
+        .fetch(offset, 1, 0)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| {
+            format!(
+                "reading {}/{} at {offset}",
+                reader.topic(),
+                reader.partition()
+            )
+        })?;
+    Ok(fetch.removed_before(offset).map(|gone| {
+        format!(
+            "the broker serves it from {} only ({offset} is inside a record batch): {} \
+             record(s) skipped",
+            gone.end,
+            gone.end - gone.start
+        )
+    }))
 }
 
 fn millis_text(ms: i64) -> String {
