@@ -52,6 +52,7 @@ demo: build broker
 demo-groups: build broker
     STREAMLAB={{streamlab}} scripts/group-demo
 
+# Integration tests are one binary of a module per command (tests/lib.rs): `just test -- consume::` runs one.
 # Every test, against the real broker and databases; sets up what they need (scripts/test). ARGS go to cargo test.
 [positional-arguments]
 test *ARGS: install-broker

@@ -1,22 +1,17 @@
 //! `streamlab check` against both sinks: each check passing and failing, JSON, exit codes.
 
-mod common;
+use crate::support::*;
 
-use common::*;
+/// `check --sink S -D URL` of `db`.
+fn check(db: &TestDb) -> Cmd {
+    streamlab("check").db(db)
+}
 
-fn check(db: &TestDb, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
-    let mut args = vec![
-        "check", "--sink", db.sink, "-D", &db.url, "--format", "json",
-    ];
-    args.extend_from_slice(extra);
-    let out = streamlab(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let json = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
-    (
-        out.status.code(),
-        json,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+/// Run `check` with `--format json`: its exit code, report (Null if none) and stderr.
+fn verdict(check: Cmd) -> (Option<i32>, serde_json::Value, String) {
+    let run = check.json().run();
+    let json = serde_json::from_str(&run.stdout).unwrap_or(serde_json::Value::Null);
+    (run.code, json, run.stderr)
 }
 
 fn failed(report: &serde_json::Value) -> Vec<String> {
@@ -33,23 +28,10 @@ fn failed(report: &serde_json::Value) -> Vec<String> {
 fn a_healthy_pipeline_passes_and_each_fault_fails_its_check() {
     for db in TestDb::both() {
         let topic = topic(3);
-        ok(&[
-            "produce", "--topic", &topic, "--count", "200", "--rate", "0",
-        ]);
-        ok(&[
-            "consume",
-            "--assign",
-            "all",
-            "--topic",
-            &topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--stop-at-end",
-        ]);
+        produce(&topic, 200).ok();
+        drain(&topic, &db).ok();
 
-        let (code, report, stderr) = check(&db, &["--topic", &topic, "--max-lag", "0"]);
+        let (code, report, stderr) = verdict(check(&db).topic(&topic).max_lag(0));
         assert_eq!(code, Some(0), "{}: {stderr} {report}", db.sink);
         assert_eq!(report["healthy"], true);
         assert_eq!(report["rows"], 200);
@@ -66,19 +48,19 @@ fn a_healthy_pipeline_passes_and_each_fault_fails_its_check() {
         assert_eq!(shares, 200);
 
         // Table output for people, same verdict.
-        let table = ok(&["check", "--sink", db.sink, "-D", &db.url, "--topic", &topic]);
+        let table = check(&db).topic(&topic).ok();
         assert!(
             table.contains("primary_key") && table.contains("verdict ok"),
             "{table}"
         );
 
         // Lag: more events than the sink has seen.
-        ok(&["produce", "--topic", &topic, "--count", "7", "--rate", "0"]);
-        let (code, report, _) = check(&db, &["--topic", &topic, "--max-lag", "5"]);
+        produce(&topic, 7).ok();
+        let (code, report, _) = verdict(check(&db).topic(&topic).max_lag(5));
         assert_eq!(code, Some(1));
         assert_eq!(failed(&report), ["lag"]);
         assert_eq!(report["total_lag"], 7);
-        let (code, _, _) = check(&db, &["--topic", &topic, "--max-lag", "7"]);
+        let (code, _, _) = verdict(check(&db).topic(&topic).max_lag(7));
         assert_eq!(code, Some(0));
 
         // Impossible values, crafted the way the schema allows.
@@ -93,14 +75,14 @@ fn a_healthy_pipeline_passes_and_each_fault_fails_its_check() {
             ),
         };
         db.exec(future);
-        let (code, report, _) = check(&db, &[]);
+        let (code, report, _) = verdict(check(&db));
         assert_eq!(
             (code, failed(&report)),
             (Some(1), vec!["timestamps".to_string()])
         );
         db.exec(negative);
         db.exec("UPDATE sales_events SET channel = 'fax' WHERE id = (SELECT id FROM sales_events ORDER BY id LIMIT 1 OFFSET 5)");
-        let (code, report, stderr) = check(&db, &[]);
+        let (code, report, stderr) = verdict(check(&db));
         assert_eq!(code, Some(1));
         assert_eq!(failed(&report), ["timestamps", "amounts", "channels"]);
         assert!(stderr.contains("timestamps, amounts, channels"), "{stderr}");
@@ -111,44 +93,11 @@ fn a_healthy_pipeline_passes_and_each_fault_fails_its_check() {
 fn dead_letters_fail_the_check_with_the_newest_reason() {
     for db in TestDb::both() {
         let topic = topic(1);
-        ok(&[
-            "produce", "--topic", &topic, "--count", "10", "--rate", "0", "--kind", "sensor",
-        ]);
+        produce(&topic, 10).kind("sensor").ok();
         // Sensor events read as sales: every one is the wrong kind.
-        ok(&[
-            "consume",
-            "--assign",
-            "all",
-            "--topic",
-            &topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--stop-at-end",
-            "--kind",
-            "sales",
-        ]);
-        ok(&[
-            "consume",
-            "--assign",
-            "all",
-            "--topic",
-            &topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--stop-at-end",
-            "--kind",
-            "sensor",
-            "--group",
-            "sensors",
-        ]);
-        let (code, report, _) = check(
-            &db,
-            &["--kind", "sensor", "--group", "sensors", "--topic", &topic],
-        );
+        drain(&topic, &db).kind("sales").ok();
+        drain(&topic, &db).kind("sensor").group("sensors").ok();
+        let (code, report, _) = verdict(check(&db).kind("sensor").group("sensors").topic(&topic));
         assert_eq!(code, Some(1));
         assert_eq!(failed(&report), ["dead_letters"]);
         assert_eq!(report["dead_letters"]["count"], 10);
@@ -171,19 +120,8 @@ fn dead_letters_fail_the_check_with_the_newest_reason() {
 fn the_seeds_sql_runs_unchanged_on_postgres() {
     let db = TestDb::pg();
     let topic = topic(3);
-    ok(&["produce", "--topic", &topic, "--count", "25", "--rate", "0"]);
-    ok(&[
-        "consume",
-        "--assign",
-        "all",
-        "--topic",
-        &topic,
-        "--sink",
-        "pg",
-        "-D",
-        &db.url,
-        "--stop-at-end",
-    ]);
+    produce(&topic, 25).ok();
+    drain(&topic, &db).ok();
     let out = psql(
         &db.url,
         "SELECT COUNT(*) AS rows, MAX(ts) AS latest_ts FROM public.sales_events;",
@@ -200,25 +138,13 @@ fn the_seeds_sql_runs_unchanged_on_postgres() {
 fn an_unreachable_database_exits_1_without_the_password() {
     let db = TestDb::sqlite();
     let missing = format!("{}.missing", db.url);
-    fails(
-        &["check", "--sink", "sqlite", "-D", &missing],
-        1,
-        &["no such file"],
-        &[],
-    );
-    let unreachable = "postgres://u:hunter2@127.0.0.1:1/x";
-    fails(
-        &[
-            "check",
-            "--sink",
-            "pg",
-            "-D",
-            unreachable,
-            "--timeout",
-            "2s",
-        ],
-        1,
-        &["cannot reach the database"],
-        &["hunter2"],
-    );
+    streamlab("check")
+        .sink("sqlite")
+        .url(&missing)
+        .fails(1, &["no such file"], &[]);
+    streamlab("check")
+        .sink("pg")
+        .url("postgres://u:hunter2@127.0.0.1:1/x")
+        .timeout("2s")
+        .fails(1, &["cannot reach the database"], &["hunter2"]);
 }

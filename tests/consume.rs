@@ -4,70 +4,62 @@
 //! Each test's consumers are members of a group of its own (`group_of`), as `consume` is by
 //! default; tests run in parallel, and members of one group share it whatever their topic.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 /// The group this test's consumers of `topic` belong to.
 fn group_of(topic: &str) -> String {
     format!("g-{topic}")
 }
 
-/// `consume --stop-at-end` as the one member of `topic`'s group.
-fn consume(db: &TestDb, topic: &str, extra: &[&str]) -> String {
-    let group = group_of(topic);
-    let mut args = vec![
-        "consume",
-        "--topic",
-        topic,
-        "--group",
-        &group,
-        "--sink",
-        db.sink,
-        "-D",
-        &db.url,
-        "--stop-at-end",
-    ];
-    args.extend_from_slice(extra);
-    ok(&args)
+/// `consume --topic T --group G --sink S -D URL`: a member of `topic`'s group, into `db`.
+fn member(db: &TestDb, topic: &str) -> Cmd {
+    streamlab("consume")
+        .topic(topic)
+        .group(&group_of(topic))
+        .db(db)
+}
+
+/// `consume --stop-at-end --format json` as the one member of `topic`'s group: its summary.
+fn consume(db: &TestDb, topic: &str) -> Cmd {
+    member(db, topic).stop_at_end().json()
 }
 
 #[test]
 fn every_event_lands_exactly_once_across_reruns_and_replays() {
     for db in TestDb::both() {
         let topic = topic(3);
-        ok(&[
-            "produce", "--topic", &topic, "--count", "500", "--rate", "0", "--seed", "11",
-        ]);
+        produce(&topic, 500).seed(11).ok();
 
-        let out = consume(&db, &topic, &[]);
-        assert!(
-            out.contains("consumed 500") && out.contains("500 inserted"),
+        let out = consume(&db, &topic).ok_json();
+        assert_eq!(
+            (counted(&out, "consumed"), counted(&out, "inserted")),
+            (500, 500),
             "{}: {out}",
             db.sink
         );
-        assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 500);
+        assert_eq!(db.count("sales_events"), 500);
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 
         // Nothing new: nothing consumed, nothing inserted.
-        let out = consume(&db, &topic, &[]);
-        assert!(out.contains("consumed 0"), "{out}");
+        let out = consume(&db, &topic).ok_json();
+        assert_eq!(counted(&out, "consumed"), 0, "{out}");
 
         // The same events produced again (same seed → same ids): consumed, none inserted.
-        ok(&[
-            "produce", "--topic", &topic, "--count", "500", "--rate", "0", "--seed", "11",
-        ]);
-        let out = consume(&db, &topic, &[]);
-        assert!(
-            out.contains("consumed 500")
-                && out.contains("0 inserted")
-                && out.contains("500 duplicates"),
+        produce(&topic, 500).seed(11).ok();
+        let out = consume(&db, &topic).ok_json();
+        assert_eq!(
+            (
+                counted(&out, "consumed"),
+                counted(&out, "inserted"),
+                counted(&out, "duplicates")
+            ),
+            (500, 0, 500),
             "{out}"
         );
-        assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 500);
+        assert_eq!(db.count("sales_events"), 500);
         assert_eq!(
             db.scalar("SELECT COUNT(DISTINCT id) FROM sales_events"),
             500
@@ -92,9 +84,7 @@ fn every_event_lands_exactly_once_across_reruns_and_replays() {
 fn poison_records_become_dead_letters_and_the_stream_goes_on() {
     for db in TestDb::both() {
         let topic = topic(1);
-        ok(&[
-            "produce", "--topic", &topic, "--count", "20", "--rate", "0", "--kind", "sensor",
-        ]);
+        produce(&topic, 20).kind("sensor").ok();
         let poison: Vec<Option<Vec<u8>>> = vec![
             None,
             Some(vec![]),
@@ -107,14 +97,12 @@ fn poison_records_become_dead_letters_and_the_stream_goes_on() {
         ];
         let n_poison = poison.len() as i64;
         produce_raw(&topic, 0, b"poison", poison);
-        ok(&[
-            "produce", "--topic", &topic, "--count", "20", "--rate", "0", "--kind", "sensor",
-        ]);
+        produce(&topic, 20).kind("sensor").ok();
 
-        let out = consume(&db, &topic, &["--kind", "sensor"]);
-        assert!(out.contains(&format!("{n_poison} dead-lettered")), "{out}");
-        assert_eq!(db.scalar("SELECT COUNT(*) FROM sensor_logs"), 40);
-        assert_eq!(db.scalar("SELECT COUNT(*) FROM dead_letters"), n_poison);
+        let out = consume(&db, &topic).kind("sensor").ok_json();
+        assert_eq!(counted(&out, "dead_lettered"), n_poison as u64, "{out}");
+        assert_eq!(db.count("sensor_logs"), 40);
+        assert_eq!(db.count("dead_letters"), n_poison);
         assert_eq!(
             db.scalar("SELECT COUNT(*) FROM dead_letters WHERE error = ''"),
             0
@@ -126,8 +114,8 @@ fn poison_records_become_dead_letters_and_the_stream_goes_on() {
         );
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
         // A second pass does not dead-letter them again.
-        consume(&db, &topic, &["--kind", "sensor"]);
-        assert_eq!(db.scalar("SELECT COUNT(*) FROM dead_letters"), n_poison);
+        consume(&db, &topic).kind("sensor").ok();
+        assert_eq!(db.count("dead_letters"), n_poison);
     }
 }
 
@@ -136,54 +124,21 @@ fn a_consumer_killed_with_sigkill_resumes_without_loss_or_duplicates() {
     for db in TestDb::both() {
         let topic = topic(3);
         let n = 30_000;
-        ok(&[
-            "produce",
-            "--topic",
-            &topic,
-            "--count",
-            &n.to_string(),
-            "--rate",
-            "0",
-            "--seed",
-            "11",
-        ]);
-        migrate(&db);
-        let group = group_of(&topic);
+        produce(&topic, n).seed(11).ok();
+        streamlab("migrate").db(&db).ok();
         for _ in 0..4 {
             // Alone: a SIGKILLed group member stays in the group until its session expires, and
             // the next one would wait for that (tests/group.rs kills members).
-            let child = spawn(&[
-                "consume",
-                "--assign",
-                "all",
-                "--group",
-                &group,
-                "--topic",
-                &topic,
-                "--sink",
-                db.sink,
-                "-D",
-                &db.url,
-                "--batch-size",
-                "300",
-            ]);
+            let child = member(&db, &topic).assign_all().batch_size(300).spawn();
             // Kill it at a random moment once it is writing (or has finished).
-            let before = db.scalar("SELECT COUNT(*) FROM sales_events");
-            wait_until(20, || {
-                db.scalar("SELECT COUNT(*) FROM sales_events") != before
-            });
+            let before = db.count("sales_events");
+            wait_until(20, || db.count("sales_events") != before);
             std::thread::sleep(Duration::from_millis(rand::random_range(0..200)));
-            signal(&child, "KILL");
-            let _ = child.wait_with_output();
+            child.kill();
         }
-        consume(&db, &topic, &[]);
+        consume(&db, &topic).ok();
         assert_eq!(db.sales_ids(), seeded_ids(11, n), "{}", db.sink);
-        assert_eq!(
-            db.scalar("SELECT COUNT(*) FROM sales_events"),
-            n as i64,
-            "{}",
-            db.sink
-        );
+        assert_eq!(db.count("sales_events"), n as i64, "{}", db.sink);
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
         // Every row's provenance matches a distinct Kafka position.
         assert_eq!(
@@ -193,38 +148,24 @@ fn a_consumer_killed_with_sigkill_resumes_without_loss_or_duplicates() {
     }
 }
 
-fn migrate(db: &TestDb) {
-    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
-}
-
 #[test]
 fn sigterm_finishes_the_batch_commits_and_exits_zero() {
     for db in TestDb::both() {
         let topic = topic(2);
-        let producer = spawn(&["produce", "--topic", &topic, "--rate", "500"]);
-        let group = group_of(&topic);
-        let consumer = spawn(&[
-            "consume", "--topic", &topic, "--group", &group, "--sink", db.sink, "-D", &db.url,
-        ]);
+        let producer = streamlab("produce").topic(&topic).rate(500).spawn();
+        let consumer = member(&db, &topic).json().spawn();
         std::thread::sleep(Duration::from_secs(2));
-        signal(&producer, "TERM");
-        assert!(producer.wait_with_output().unwrap().status.success());
+        assert!(producer.terminate().succeeded());
         std::thread::sleep(Duration::from_millis(500));
-        signal(&consumer, "TERM");
-        let out = consumer.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("consumed"));
+        let out = consumer.terminate();
+        assert!(out.succeeded(), "{}", out.stderr);
+        assert!(out.json()["consumed"].is_u64(), "{}", out.stdout);
         // Whatever it committed is consistent: rows = stored offsets, and a resume completes it.
-        let rows = db.scalar("SELECT COUNT(*) FROM sales_events");
+        let rows = db.count("sales_events");
         let stored: i64 = db.stored_offsets(&topic).values().sum();
         assert_eq!(rows, stored, "{}", db.sink);
-        consume(&db, &topic, &[]);
-        let total: i64 = end_offsets(&topic).values().sum();
-        assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), total);
+        consume(&db, &topic).ok();
+        assert_eq!(db.count("sales_events"), total_records(&topic));
     }
 }
 
@@ -232,10 +173,13 @@ fn sigterm_finishes_the_batch_commits_and_exits_zero() {
 fn print_each_prints_the_seed_line() {
     let db = TestDb::sqlite();
     let topic = topic(1);
-    ok(&[
-        "produce", "--topic", &topic, "--count", "5", "--rate", "0", "--kind", "sensor",
-    ]);
-    let out = consume(&db, &topic, &["--kind", "sensor", "--print-each"]);
+    produce(&topic, 5).kind("sensor").ok();
+    // For people (no --format json): a line per stored event, then the summary.
+    let out = member(&db, &topic)
+        .stop_at_end()
+        .kind("sensor")
+        .arg("--print-each")
+        .ok();
     let stored: Vec<&str> = out.lines().filter(|l| l.starts_with("Stored: ")).collect();
     assert_eq!(stored.len(), 5, "{out}");
     assert!(
@@ -244,44 +188,34 @@ fn print_each_prints_the_seed_line() {
             .all(|l| l.contains(" at 20") && l.ends_with('Z')),
         "{out}"
     );
+    assert!(
+        out.contains(&format!("consumed 5 sensor records from '{topic}'"))
+            && out.contains("5 inserted, 0 duplicates skipped, 0 dead-lettered")
+            && out.contains("  partition 0: next offset 5, lag 0"),
+        "{out}"
+    );
 }
 
 #[test]
 fn database_problems_are_clear_and_never_print_the_password() {
     let topic = topic(1);
-    let unreachable = "postgres://streamlab:hunter2@127.0.0.1:1/streamlab";
-    fails(
-        &[
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            "pg",
-            "-D",
-            unreachable,
-            "--timeout",
-            "2s",
-        ],
-        1,
-        &["127.0.0.1:1"],
-        &["hunter2"],
-    );
-    let unwritable = "sqlite:///proc/nope/x.db";
-    fails(
-        &[
-            "consume", "--topic", &topic, "--sink", "sqlite", "-D", unwritable,
-        ],
-        1,
-        &["/proc/nope/x.db"],
-        &[],
-    );
+    streamlab("consume")
+        .topic(&topic)
+        .sink("pg")
+        .url("postgres://streamlab:hunter2@127.0.0.1:1/streamlab")
+        .timeout("2s")
+        .fails(1, &["127.0.0.1:1"], &["hunter2"]);
+    streamlab("consume")
+        .topic(&topic)
+        .sink("sqlite")
+        .url("sqlite:///proc/nope/x.db")
+        .fails(1, &["/proc/nope/x.db"], &[]);
 }
 
 #[test]
 fn partition_reads_only_that_partition_alone_and_assign_all_reads_every_partition() {
     let db = TestDb::sqlite();
     let topic = topic(3);
-    let group = group_of(&topic);
     // Known events written straight to each partition: partition → their ids.
     let mut generator =
         streamlab::events::Generator::new(streamlab::events::EventKind::Sales, Some(28));
@@ -302,44 +236,29 @@ fn partition_reads_only_that_partition_alone_and_assign_all_reads_every_partitio
         );
     }
     let ends = end_offsets(&topic);
-    let base = [
-        "consume",
-        "--topic",
-        &topic,
-        "--group",
-        &group,
-        "--sink",
-        db.sink,
-        "-D",
-        &db.url,
-        "--stop-at-end",
-    ];
-    let run = |extra: &[&str]| {
-        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-        let out = streamlab(&args);
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+    let base = || member(&db, &topic).stop_at_end();
+    let run = |cmd: Cmd| {
+        let out = cmd.json().run().success();
         // Alone: the group was not joined.
-        assert!(!stderr.contains(" generation "), "{stderr}");
-        stdout
+        assert!(!out.stderr.contains(" generation "), "{}", out.stderr);
+        out.json()
     };
 
     // Partition 1 only (named twice: once is enough): its events, its offset, nothing else.
-    let out = run(&["--partition", "1", "--partition", "1"]);
-    assert!(
-        out.contains("consumed 300 ") && out.contains("300 inserted"),
+    let out = run(base().args(["--partition", "1", "--partition", "1"]));
+    assert_eq!(
+        (counted(&out, "consumed"), counted(&out, "inserted")),
+        (300, 300),
         "{out}"
     );
     assert_eq!(db.sales_ids(), ids[&1]);
     assert_eq!(db.stored_offsets(&topic), BTreeMap::from([(1, ends[&1])]));
 
     // Every partition alone: the other two from their start, partition 1 from where it is.
-    let out = run(&["--assign", "all"]);
-    assert!(
-        out.contains("consumed 600 ") && out.contains("600 inserted"),
+    let out = run(base().assign_all());
+    assert_eq!(
+        (counted(&out, "consumed"), counted(&out, "inserted")),
+        (600, 600),
         "{out}"
     );
     let all: BTreeSet<String> = ids.values().flatten().cloned().collect();
@@ -348,14 +267,18 @@ fn partition_reads_only_that_partition_alone_and_assign_all_reads_every_partitio
 
     // A partition the topic does not have is one line, not a panic; flags only a group member
     // has are usage errors next to --partition.
-    let mut args = base.to_vec();
-    args.extend(["--partition", "0,3"]);
-    let stderr = fails(&args, 1, &["has no partition 3", "0 to 2"], &["panicked"]);
+    let stderr = base().args(["--partition", "0,3"]).fails(
+        1,
+        &["has no partition 3", "0 to 2"],
+        &["panicked"],
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    let mut args = base.to_vec();
-    args.extend(["--partition", "1", "--session-timeout", "6s"]);
-    fails(&args, 2, &["--session-timeout"], &["panicked"]);
-    let mut args = base.to_vec();
-    args.extend(["--partition", "1", "--assign", "all"]);
-    fails(&args, 2, &["--assign"], &["panicked"]);
+    base()
+        .args(["--partition", "1"])
+        .session_timeout("6s")
+        .fails(2, &["--session-timeout"], &["panicked"]);
+    base()
+        .args(["--partition", "1"])
+        .assign_all()
+        .fails(2, &["--assign"], &["panicked"]);
 }

@@ -2,60 +2,51 @@
 //! `-q`, `--format json` summaries, completions, colour rules, exit codes, one-line errors, the
 //! database settled before anything connects, and `watch` giving the terminal back on Ctrl-C.
 
-mod common;
-
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 #[test]
 fn connection_options_work_before_and_after_the_subcommand() {
     let topic = unique("t");
     let real = brokers();
     // Before the subcommand, with no environment to fall back on.
-    let mut create = command(&[
-        "-b",
-        &real,
-        "--timeout",
-        "5s",
-        "topic",
-        "create",
-        "--topic",
-        &topic,
-    ]);
-    create.env_remove("STREAMLAB_BROKERS");
-    ok_output(create);
+    streamlab("")
+        .brokers(&real)
+        .timeout("5s")
+        .args(["topic", "create"])
+        .topic(&topic)
+        .env_remove("STREAMLAB_BROKERS")
+        .ok();
     // After it.
-    let mut list = command(&["topic", "list", "--format", "json", "-b", &real]);
-    list.env_remove("STREAMLAB_BROKERS");
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&ok_output(list)).unwrap();
+    let listed = streamlab("topic list")
+        .json()
+        .brokers(&real)
+        .env_remove("STREAMLAB_BROKERS")
+        .ok_json();
+    let listed = listed.as_array().unwrap();
     assert!(
         listed.iter().any(|t| t["name"] == topic.as_str()),
         "{listed:?}"
     );
     // The flag wins over the environment, on either side, and --timeout bounds the wait.
-    for args in [
-        vec!["-b", "127.0.0.1:1", "--timeout", "1s", "topic", "list"],
-        vec!["topic", "list", "-b", "127.0.0.1:1", "--timeout", "1s"],
+    let unreachable = || streamlab("").brokers("127.0.0.1:1").timeout("1s");
+    for cmd in [
+        unreachable().args(["topic", "list"]),
+        streamlab("topic list").args(unreachable().argv()),
     ] {
         let started = Instant::now();
-        fails(&args, 1, &["127.0.0.1:1"], &[]);
-        assert!(started.elapsed() < Duration::from_secs(5), "{args:?}");
+        cmd.fails(1, &["127.0.0.1:1"], &[]);
+        assert!(started.elapsed() < Duration::from_secs(5), "{cmd:?}");
     }
 }
 
 #[test]
 fn quiet_runs_print_nothing_and_json_summaries_carry_the_counts() {
     let topic = topic(3);
-    let quiet = ok(&[
-        "-q", "produce", "--topic", &topic, "--count", "40", "--rate", "0",
-    ]);
+    let quiet = streamlab("").quiet().args(produce(&topic, 40).argv()).ok();
     assert_eq!(quiet, "", "-q prints no summary");
-    let produced: serde_json::Value = serde_json::from_str(&ok(&[
-        "produce", "--topic", &topic, "--count", "60", "--rate", "0", "--format", "json",
-    ]))
-    .unwrap();
+    let produced = produce(&topic, 60).json().ok_json();
     assert_eq!(produced["sent"], 60);
     let per_partition: u64 = produced["per_partition"]
         .as_array()
@@ -66,33 +57,27 @@ fn quiet_runs_print_nothing_and_json_summaries_carry_the_counts() {
     assert_eq!(per_partition, 60);
 
     let db = TestDb::sqlite();
-    let consumed = consume_json(&brokers(), &topic, &db.url, &[]);
+    let consumed = consume_json(&brokers(), &topic, &db.url).ok_json();
     assert_eq!(consumed["consumed"], 100);
     assert_eq!(consumed["inserted"], 100);
     assert_eq!(consumed["duplicates"], 0);
-    let positions: BTreeMap<i64, i64> = consumed["partitions"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(p, pos)| (p.parse().unwrap(), pos["next_offset"].as_i64().unwrap()))
-        .collect();
     assert_eq!(
-        positions,
+        next_offsets(&consumed),
         end_offsets(&topic),
         "next offsets are the log ends"
     );
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 100);
+    assert_eq!(db.count("sales_events"), 100);
 }
 
 #[test]
 fn completion_scripts_for_every_shell_know_the_commands_and_global_flags() {
     for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
-        let script = ok(&["completions", shell]);
+        let script = streamlab("completions").arg(shell).ok();
         for word in ["consume", "topic", "bootstrap-server"] {
             assert!(script.contains(word), "{shell} script lacks {word}");
         }
     }
-    fails(&["completions", "tcsh"], 2, &["tcsh"], &[]);
+    streamlab("completions tcsh").fails(2, &["tcsh"], &[]);
 }
 
 #[test]
@@ -100,20 +85,17 @@ fn colour_only_on_request_and_never_with_no_color() {
     let db = TestDb::sqlite();
     let topic = topic(1);
     produce_and_wait(&brokers(), &topic, 10, 3);
-    ok(&["consume", "--topic", &topic, "-D", &db.url, "--stop-at-end"]);
+    streamlab("consume")
+        .topic(&topic)
+        .url(&db.url)
+        .stop_at_end()
+        .ok();
     let check = |env: &[(&str, &str)]| {
-        let mut cmd = command(&["check", "-D", &db.url]);
-        cmd.env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let check = streamlab("check")
+            .url(&db.url)
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        env.iter().fold(check, |check, (k, v)| check.env(k, v)).ok()
     };
     assert!(!check(&[]).contains('\x1b'), "piped output has no escapes");
     assert!(
@@ -128,37 +110,32 @@ fn colour_only_on_request_and_never_with_no_color() {
 fn the_database_is_settled_from_sink_and_url_before_anything_connects() {
     // 10.255.255.1 never answers: a usage error must come before any attempt to connect.
     let unanswering = "postgres://u:hunter2@10.255.255.1:5432/x";
-    for (args, says) in [
+    for (cmd, says) in [
         (
-            vec![
-                "consume",
-                "--topic",
-                "t",
-                "--sink",
-                "sqlite",
-                "-D",
-                unanswering,
-            ],
+            streamlab("consume")
+                .topic("t")
+                .sink("sqlite")
+                .url(unanswering),
             "--sink sqlite does not fit",
         ),
         (
-            vec!["check", "--sink", "sqlite", "-D", unanswering],
+            streamlab("check").sink("sqlite").url(unanswering),
             "--sink sqlite does not fit",
         ),
         (
-            vec!["migrate", "-D", "mysql://u:hunter2@10.255.255.1/x"],
+            streamlab("migrate").url("mysql://u:hunter2@10.255.255.1/x"),
             "is not a database streamlab writes to",
         ),
-        (vec!["consume", "--topic", "t"], "say which database"),
+        (streamlab("consume").topic("t"), "say which database"),
     ] {
         let started = Instant::now();
-        let stderr = fails(&args, 2, &[says], &["hunter2"]);
+        let stderr = cmd.fails(2, &[says], &["hunter2"]);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{args:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{cmd:?}");
     }
     // The URL alone is enough.
     let db = TestDb::sqlite();
-    let out = ok(&["migrate", "-D", &db.url]);
+    let out = streamlab("migrate").url(&db.url).ok();
     assert!(out.contains("migrations applied"), "{out}");
 }
 
@@ -166,12 +143,10 @@ fn the_database_is_settled_from_sink_and_url_before_anything_connects() {
 fn errors_name_each_cause_once_on_one_line_with_documented_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let unopenable = format!("sqlite://{}/no/such/dir/w.db", dir.path().display());
-    let stderr = fails(
-        &["migrate", "-D", &unopenable],
-        1,
-        &["cannot open SQLite database"],
-        &[],
-    );
+    let stderr =
+        streamlab("migrate")
+            .url(&unopenable)
+            .fails(1, &["cannot open SQLite database"], &[]);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_eq!(
         stderr.matches("unable to open database file").count(),
@@ -179,36 +154,25 @@ fn errors_name_each_cause_once_on_one_line_with_documented_exit_codes() {
         "{stderr}"
     );
     // A database that cannot be reached is a runtime failure (1), not a usage error (2).
-    fails(
-        &[
-            "check",
-            "-D",
-            "postgres://u:hunter2@127.0.0.1:1/x",
-            "--timeout",
-            "2s",
-        ],
-        1,
-        &["cannot reach the database"],
-        &["hunter2"],
-    );
-    fails(
-        &["topic", "create", "--topic", "bad name!"],
-        2,
-        &["bad name!"],
-        &[],
-    );
+    streamlab("check")
+        .url("postgres://u:hunter2@127.0.0.1:1/x")
+        .timeout("2s")
+        .fails(1, &["cannot reach the database"], &["hunter2"]);
+    streamlab("topic create")
+        .topic("bad name!")
+        .fails(2, &["bad name!"], &[]);
 }
 
 #[test]
 fn watch_quits_on_ctrl_c_and_gives_the_terminal_back() {
     let topic = topic(2);
     produce_and_wait(&brokers(), &topic, 20, 5);
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/pty_keys.py");
+    let watch = streamlab("watch").topic(&topic).interval("200ms");
     let out = std::process::Command::new(python_bin())
-        .arg(script)
+        .arg(py_script("pty_keys.py"))
         .args(["log start", "\\x03", "--"])
         .arg(env!("CARGO_BIN_EXE_streamlab"))
-        .args(["watch", "--topic", &topic, "--interval", "200ms"])
+        .args(watch.argv())
         .env("STREAMLAB_BROKERS", brokers())
         .output()
         .expect("the test python");

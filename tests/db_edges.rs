@@ -3,36 +3,14 @@
 //! and requires exactly that in the sink — no loss, no duplicate — with the stored offsets equal
 //! to the end offsets.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use streamlab::events::{Event, EventKind, Generator, Sale};
 
 /// `--timeout` of the consumers whose database freezes.
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Wait up to `within` for `child` to exit; kill it (and fail) if it does not.
-fn exit_within(mut child: Child, within: Duration, what: &str) -> Output {
-    let deadline = Instant::now() + within;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            signal(&child, "KILL");
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what} still running {within:?} later:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// The one line a consumer whose database froze ends with.
 fn frozen_line(url: &str) -> String {
@@ -53,56 +31,34 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     let (pg, via_proxy) = pg_behind_proxy(&db);
     let topic = topic(3);
     let n = 6000;
-    ok(&["migrate", "--sink", "pg", "-D", &db.url]);
-    let producer = spawn(&[
-        "produce",
-        "--topic",
-        &topic,
-        "--count",
-        &n.to_string(),
-        "--rate",
-        "1500",
-        "--seed",
-        "41",
-    ]);
-    let timeout = format!("{}s", TIMEOUT.as_secs());
-    let consumer = spawn(&[
-        "consume",
-        "--assign",
-        "all",
-        "--topic",
-        &topic,
-        "--sink",
-        "pg",
-        "-D",
-        &via_proxy,
-        "--timeout",
-        &timeout,
-        "--batch-size",
-        "200",
-    ]);
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let producer = produce(&topic, n).rate(1500).seed(41).spawn();
+    let consume = || streamlab("consume").assign_all().topic(&topic).sink("pg");
+    let consumer = consume()
+        .url(&via_proxy)
+        .timeout(&format!("{}s", TIMEOUT.as_secs()))
+        .batch_size(200)
+        .spawn();
     // Freeze once the consumer writes (so it holds connections, and is writing, when it hits).
-    assert!(wait_until(30, || db
-        .scalar("SELECT COUNT(*) FROM sales_events")
-        > 0));
+    assert!(wait_until(30, || db.count("sales_events") > 0));
     pg.freeze();
     let frozen = Instant::now();
-    let out = exit_within(consumer, TIMEOUT * 4, "consume after the freeze");
+    let out = consumer.exit_within(TIMEOUT * 4, "consume after the freeze");
     let took = frozen.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     eprintln!("consume exited {took:?} after the freeze:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.code, Some(1), "{stderr}");
     // One deadline, one retry on a new connection with another, then out.
     assert!(
         took < TIMEOUT * 2 + Duration::from_secs(3),
         "took {took:?}: {stderr}"
     );
     assert_eq!(
-        error_lines(&stderr),
+        error_lines(stderr),
         vec![frozen_line(&via_proxy)],
         "{stderr}"
     );
-    let stored = db.scalar("SELECT COUNT(*) FROM sales_events");
+    let stored = db.count("sales_events");
     assert!(
         stored < n as i64,
         "the freeze came too late to test anything"
@@ -110,94 +66,19 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
 
     // Bytes flow again (the frozen sessions see their client gone and roll back); a rerun
     // resumes from the last committed batch.
-    assert!(producer.wait_with_output().unwrap().status.success());
+    assert!(producer.wait().succeeded());
     pg.thaw();
-    ok(&[
-        "consume",
-        "--assign",
-        "all",
-        "--topic",
-        &topic,
-        "--sink",
-        "pg",
-        "-D",
-        &via_proxy,
-        "--stop-at-end",
-    ]);
+    consume().url(&via_proxy).stop_at_end().ok();
     assert_eq!(db.sales_ids(), seeded_ids(41, n));
     assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 }
 
-/// A consumer running in the background, its output collected line by line.
-struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Self {
-        let mut child = command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn streamlab");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let streams: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for stream in streams {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Self { child, lines }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// The latest "generation N: partitions [...]" this member logged.
-    fn assignment(&self) -> Option<(i32, BTreeSet<i32>)> {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().rev().find_map(|line| {
-            let rest = line.split_once(" generation ")?.1;
-            let (generation, rest) = rest.split_once(": partitions [")?;
-            let list = rest.split_once(']')?.0;
-            let partitions = list
-                .split(',')
-                .filter_map(|p| p.trim().parse().ok())
-                .collect();
-            Some((generation.parse().ok()?, partitions))
-        })
-    }
-
-    /// Wait up to `within` for the exit; kill (and fail) otherwise. Returns code and output.
-    fn exit_within(mut self, within: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + within;
-        while self.child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                signal(&self.child, "KILL");
-                let _ = self.child.wait();
-                panic!("still running {within:?} later:\n{}", self.output());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(200)); // let the readers drain the pipes
-        (status.code(), self.output())
-    }
-}
-
 fn group_members(topic: &str, group: &str) -> usize {
-    let described: serde_json::Value = serde_json::from_str(&ok(&[
-        "topic", "describe", "--topic", topic, "--group", group, "--format", "json",
-    ]))
-    .unwrap();
+    let described = streamlab("topic describe")
+        .topic(topic)
+        .group(group)
+        .json()
+        .ok_json();
     described["group"]["members"]
         .as_array()
         .map_or(0, |members| members.len())
@@ -210,37 +91,19 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
     let topic = topic(2);
     let group = unique("g");
     let n = 8000;
-    ok(&["migrate", "--sink", "pg", "-D", &db.url]);
-    let producer = spawn(&[
-        "produce",
-        "--topic",
-        &topic,
-        "--count",
-        &n.to_string(),
-        "--rate",
-        "800",
-        "--seed",
-        "42",
-    ]);
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let producer = produce(&topic, n).rate(800).seed(42).spawn();
     let member = |url: &str, timeout: &str| {
-        Running::start(&[
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            "pg",
-            "-D",
-            url,
-            "--group",
-            &group,
+        streamlab("consume")
+            .topic(&topic)
+            .sink("pg")
+            .url(url)
+            .group(&group)
             // Long: the member must be gone at once because it left, not because it expired.
-            "--session-timeout",
-            "30s",
-            "--timeout",
-            timeout,
-            "--batch-size",
-            "200",
-        ])
+            .session_timeout("30s")
+            .timeout(timeout)
+            .batch_size(200)
+            .spawn()
     };
     let a = member(&via_proxy, &format!("{}s", TIMEOUT.as_secs()));
     assert!(
@@ -272,8 +135,9 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
 
     pg.freeze();
     let frozen = Instant::now();
-    let (code, out) = a.exit_within(TIMEOUT * 4);
+    let exited = a.exit_within(TIMEOUT * 4, "member a after the freeze");
     let took = frozen.elapsed();
+    let (code, out) = (exited.code, format!("{}{}", exited.stdout, exited.stderr));
     eprintln!("member a exited {took:?} after the freeze:\n{out}");
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -300,18 +164,16 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
     );
 
     pg.thaw();
-    assert!(producer.wait_with_output().unwrap().status.success());
+    assert!(producer.wait().succeeded());
     assert!(
-        wait_until(60, || db.scalar("SELECT COUNT(*) FROM sales_events")
-            as usize
-            >= n),
+        wait_until(60, || db.count("sales_events") as usize >= n),
         "b stored {} of {n}:\n{}",
-        db.scalar("SELECT COUNT(*) FROM sales_events"),
+        db.count("sales_events"),
         b.output()
     );
-    signal(&b.child, "TERM");
-    let (code, out) = b.exit_within(Duration::from_secs(30));
-    assert_eq!(code, Some(0), "{out}");
+    b.signal("TERM");
+    let out = b.exit_within(Duration::from_secs(30), "member b after SIGTERM");
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     assert_eq!(db.sales_ids(), seeded_ids(42, n));
     let written: BTreeMap<i64, i64> = end_offsets(&topic)
         .into_iter()
@@ -366,7 +228,7 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
                 Some(raw_sale(nul_id, "nul\0store")),
             ],
         );
-        ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
+        streamlab("migrate").db(&db).ok();
         let reason = match db.sink {
             "pg" => {
                 db.exec(&format!(
@@ -385,20 +247,7 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
             }
         };
 
-        let out = ok(&[
-            "consume",
-            "--assign",
-            "all",
-            "--topic",
-            &topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--stop-at-end",
-            "--batch-size",
-            "500",
-        ]);
+        let out = drain(&topic, &db).batch_size(500).json().ok_json();
 
         let mut refused: BTreeSet<String> = sales
             .iter()
@@ -413,10 +262,13 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         all.extend([closed_id.to_string(), nul_id.to_string()]);
         let stored: BTreeSet<String> = all.difference(&refused).cloned().collect();
         assert!(refused.len() > 100, "{}", refused.len());
-        assert!(
-            out.contains(&format!("consumed {} ", n + 2))
-                && out.contains(&format!("{} inserted", stored.len()))
-                && out.contains(&format!("{} dead-lettered", refused.len())),
+        assert_eq!(
+            (
+                counted(&out, "consumed"),
+                counted(&out, "inserted"),
+                counted(&out, "dead_lettered")
+            ),
+            (n as u64 + 2, stored.len() as u64, refused.len() as u64),
             "{}: {out}",
             db.sink
         );
@@ -462,18 +314,7 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         );
 
         // Nothing left to do on a second pass.
-        let out = ok(&[
-            "consume",
-            "--assign",
-            "all",
-            "--topic",
-            &topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--stop-at-end",
-        ]);
-        assert!(out.contains("consumed 0 "), "{out}");
+        let out = drain(&topic, &db).json().ok_json();
+        assert_eq!(counted(&out, "consumed"), 0, "{out}");
     }
 }

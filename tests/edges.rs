@@ -2,13 +2,11 @@
 //! nothing under stored offsets, offsets past the log end, a corrupt record batch, partitions
 //! added while consuming.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::{Bytes, BytesMut};
-use common::*;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
@@ -18,34 +16,17 @@ use kafka_protocol::records::{
 };
 use streamlab::kafka::wire::WireConnection;
 
-fn consume_args<'a>(db: &'a TestDb, brokers: &'a str, topic: &'a str) -> Vec<&'a str> {
-    vec![
-        "consume",
-        "--assign",
-        "all",
-        "-b",
-        brokers,
-        "--topic",
-        topic,
-        "--sink",
-        db.sink,
-        "-D",
-        &db.url,
-        "--stop-at-end",
-    ]
+/// `consume --assign all -b BROKERS --topic T --sink S -D URL --stop-at-end`.
+fn consume_via(db: &TestDb, brokers: &str, topic: &str) -> Cmd {
+    drain(topic, db).brokers(brokers)
 }
 
 fn create(brokers: &str, topic: &str, partitions: u32) {
-    ok(&[
-        "topic",
-        "create",
-        "-b",
-        brokers,
-        "--topic",
-        topic,
-        "--partitions",
-        &partitions.to_string(),
-    ]);
+    streamlab("topic create")
+        .brokers(brokers)
+        .topic(topic)
+        .partitions(partitions)
+        .ok();
 }
 
 fn union(a: BTreeSet<String>, b: BTreeSet<String>) -> BTreeSet<String> {
@@ -59,35 +40,30 @@ fn a_broker_that_comes_back_empty_is_a_new_topic_not_a_silent_stall() {
     for db in TestDb::both() {
         create(&b, "reborn", 3);
         produce_and_wait(&b, "reborn", 1000, 41);
-        ok(&consume_args(&db, &b, "reborn"));
+        consume_via(&db, &b, "reborn").ok();
         assert_eq!(db.sales_ids(), seeded_ids(41, 1000));
 
         broker.restart(); // in memory: every topic and record is gone
         create(&b, "reborn", 3);
         produce_and_wait(&b, "reborn", 500, 42);
-        let out = streamlab(&consume_args(&db, &b, "reborn"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        assert!(stderr.contains("is a new topic"), "one WARN line: {stderr}");
+        let out = consume_via(&db, &b, "reborn").run().success();
+        assert!(
+            out.stderr.contains("is a new topic"),
+            "one WARN line: {}",
+            out.stderr
+        );
         assert_eq!(
             db.sales_ids(),
             union(seeded_ids(41, 1000), seeded_ids(42, 500)),
             "the new log's 500 are stored, the first 1000 kept"
         );
         assert_eq!(db.stored_offsets("reborn"), end_offsets_via(&b, "reborn"));
-        ok(&[
-            "check",
-            "-b",
-            &b,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--topic",
-            "reborn",
-            "--max-lag",
-            "0",
-        ]);
+        streamlab("check")
+            .brokers(&b)
+            .db(&db)
+            .topic("reborn")
+            .max_lag(0)
+            .ok();
         broker.restart(); // the next database starts from an empty broker too
     }
 }
@@ -98,15 +74,14 @@ fn offsets_past_the_log_end_stop_the_run_until_the_operator_says_where_to_go() {
         let b = brokers();
         let topic = topic(2);
         produce_and_wait(&b, &topic, 300, 43);
-        ok(&consume_args(&db, &b, &topic));
+        consume_via(&db, &b, &topic).ok();
         let ends = end_offsets(&topic);
         // The broker "lost" 1000 offsets of each partition: the stored positions are past its end.
         db.exec(&format!(
             "UPDATE streamlab_offsets SET next_offset = next_offset + 1000 WHERE topic = '{topic}'"
         ));
 
-        let stderr = fails(
-            &consume_args(&db, &b, &topic),
+        let stderr = consume_via(&db, &b, &topic).fails(
             1,
             &["past the end of", "--reset-offsets-ahead"],
             &[],
@@ -114,29 +89,29 @@ fn offsets_past_the_log_end_stop_the_run_until_the_operator_says_where_to_go() {
         let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "one line: {stderr}");
         assert!(errors[0].contains("stored at 1150, 1150"), "{}", errors[0]);
-        let check = streamlab(&[
-            "check", "--sink", db.sink, "-D", &db.url, "--topic", &topic, "--format", "json",
-        ]);
-        assert_eq!(check.status.code(), Some(1), "never healthy");
-        let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+        let check = streamlab("check").db(&db).topic(&topic).json().run();
+        assert_eq!(check.code, Some(1), "never healthy");
+        let report = check.json();
         for p in report["partitions"].as_array().unwrap() {
             assert_eq!(p["ahead"].as_i64(), Some(1000), "{p}");
             assert_eq!(p["lag"].as_i64(), Some(0), "{p}");
         }
-        let watch = ok(&[
-            "watch", "--topic", &topic, "--sink", db.sink, "-D", &db.url, "--count", "1",
-        ]);
-        let snapshot: serde_json::Value = serde_json::from_str(watch.trim()).unwrap();
+        let snapshot = streamlab("watch").topic(&topic).db(&db).count(1).ok_json();
         assert!(snapshot["partitions"]
             .as_array()
             .unwrap()
             .iter()
             .all(|p| p["ahead"].as_i64() == Some(1000)));
 
-        let mut args = consume_args(&db, &b, &topic);
-        args.extend(["--reset-offsets-ahead", "earliest"]);
-        let out = ok(&args);
-        assert!(out.contains("0 inserted, 300 duplicates skipped"), "{out}");
+        let out = consume_via(&db, &b, &topic)
+            .args(["--reset-offsets-ahead", "earliest"])
+            .json()
+            .ok_json();
+        assert_eq!(
+            (counted(&out, "inserted"), counted(&out, "duplicates")),
+            (0, 300),
+            "{out}"
+        );
         assert_eq!(db.sales_ids(), seeded_ids(43, 300));
         assert_eq!(db.stored_offsets(&topic), ends);
     }
@@ -199,8 +174,7 @@ fn a_corrupt_record_batch_stops_the_run_by_name_or_is_dead_lettered_on_request()
         produce_batch(&topic, 3, 4, true); // offsets 3..=6, CRC no longer matches
         produce_batch(&topic, 7, 2, false); // offsets 7..=8
         let b = brokers();
-        let stderr = fails(
-            &consume_args(&db, &b, &topic),
+        let stderr = consume_via(&db, &b, &topic).fails(
             1,
             &[
                 &format!("{topic}/0"),
@@ -224,9 +198,9 @@ fn a_corrupt_record_batch_stops_the_run_by_name_or_is_dead_lettered_on_request()
             Some(&first),
             "everything before the bad batch is stored (as dead letters: these are not events)"
         );
-        let mut args = consume_args(&db, &b, &topic);
-        args.push("--skip-corrupt-batches");
-        ok(&args);
+        consume_via(&db, &b, &topic)
+            .arg("--skip-corrupt-batches")
+            .ok();
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
         let dead = db.lines(&format!(
             "SELECT kafka_offset || ':' || substr(error, 1, 40) FROM dead_letters \
@@ -249,16 +223,17 @@ fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
     // two of them until the test "adds" the other two.
     let db = TestDb::sqlite();
     let topic = topic(4);
-    let front = common::front::PartitionFront::start(&brokers(), 2);
+    let front = front::PartitionFront::start(&brokers(), 2);
     let f = front.address();
-    let mut args = consume_args(&db, &f, &topic);
-    args.retain(|a| *a != "--stop-at-end");
-    args.extend(["--metadata-refresh", "1s"]);
-    let consumer = spawn(&args);
+    let consumer = streamlab("consume")
+        .assign_all()
+        .brokers(&f)
+        .topic(&topic)
+        .db(&db)
+        .args(["--metadata-refresh", "1s"])
+        .spawn();
     produce_and_wait(&f, &topic, 200, 44); // the producer sees two partitions too
-    assert!(wait_until(30, || db
-        .scalar("SELECT COUNT(*) FROM sales_events")
-        == 200));
+    assert!(wait_until(30, || db.count("sales_events") == 200));
     let before = end_offsets(&topic);
     assert_eq!((before[&2], before[&3]), (0, 0), "{before:?}");
 
@@ -274,11 +249,13 @@ fn partitions_added_while_consuming_are_picked_up_without_a_restart() {
         "the new partitions were consumed: {:?} vs {ends:?}",
         db.stored_offsets(&topic)
     );
-    signal(&consumer, "TERM");
-    let out = consumer.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("now has 4 partitions (was 2)"), "{stderr}");
+    let out = consumer.terminate();
+    assert!(out.succeeded(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("now has 4 partitions (was 2)"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         db.sales_ids(),
         union(seeded_ids(44, 200), seeded_ids(45, 400))

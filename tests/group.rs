@@ -2,15 +2,13 @@
 //! through Kafka's consumer-group protocol, hand them over when one joins, leaves or dies, and
 //! together store every event exactly once.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// Session timeout given to every member here: the shortest Apache Kafka accepts by default.
 const SESSION: Duration = Duration::from_secs(6);
@@ -18,90 +16,52 @@ const SESSION: Duration = Duration::from_secs(6);
 /// A group member running in the background, its output collected line by line.
 struct Member {
     name: &'static str,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    /// librdkafka's member leaves when its stdin closes.
-    stdin: Option<ChildStdin>,
+    process: Running,
 }
 
 impl Member {
+    /// `consume --topic T --sink S -D URL --group G --session-timeout 6s --batch-size 500
+    /// --format json`.
     fn streamlab(name: &'static str, db: &TestDb, topic: &str, group: &str) -> Self {
-        let child = command(&[
-            "consume",
-            "--topic",
-            topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--group",
-            group,
-            "--session-timeout",
-            "6s",
-            "--batch-size",
-            "500",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn streamlab");
-        Self::collect(name, child, None)
+        let process = streamlab("consume")
+            .topic(topic)
+            .db(db)
+            .group(group)
+            .session_timeout("6s")
+            .batch_size(500)
+            .json()
+            .spawn();
+        Self { name, process }
     }
 
-    /// A librdkafka consumer in the same group (it takes part in the protocol, stores nothing).
+    /// A librdkafka consumer in the same group (it takes part in the protocol, stores nothing;
+    /// it leaves when its stdin closes).
     fn librdkafka(name: &'static str, topic: &str, group: &str, strategy: &str) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/rdkafka_client.py");
-        let mut child = Command::new(rdkafka_python())
-            .args([script, "member", group, topic, strategy])
-            .env("STREAMLAB_BROKERS", brokers())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the test Python");
-        let stdin = child.stdin.take();
-        Self::collect(name, child, stdin)
-    }
-
-    fn collect(name: &'static str, mut child: Child, stdin: Option<ChildStdin>) -> Self {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let streams: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for stream in streams {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
+        let mut python = Command::new(rdkafka_python());
+        python
+            .arg(py_script("rdkafka_client.py"))
+            .args(["member", group, topic, strategy])
+            .env("STREAMLAB_BROKERS", brokers());
         Self {
             name,
-            child,
-            lines,
-            stdin,
+            process: Running::start(python, true),
         }
     }
 
     fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.process.output()
     }
 
     /// The latest assignment this member reported: (generation, partitions). librdkafka's
     /// callbacks carry no generation; its assignments count as generation -1.
     fn current(&self) -> Option<(i32, BTreeSet<i32>)> {
-        let lines = self.lines.lock().unwrap();
         let mut current = None;
-        for line in lines.iter() {
-            if let Some(rest) = line.split_once(" generation ").map(|(_, r)| r) {
-                let (generation, rest) = rest.split_once(": partitions [").unwrap_or(("", ""));
-                let (list, _) = rest.split_once(']').unwrap_or(("", ""));
-                if let Ok(generation) = generation.parse() {
-                    current = Some((generation, parse_list(list)));
+        for line in self.process.lines() {
+            if line.contains(" generation ") {
+                if let Some(assigned) = assignment(&line) {
+                    current = Some(assigned);
                 }
-            } else if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+            } else if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                 if let Some(assigned) = event["assigned"].as_array() {
                     let ps = assigned.iter().map(|p| p.as_i64().unwrap() as i32);
                     current = Some((-1, ps.collect()));
@@ -113,24 +73,25 @@ impl Member {
         current
     }
 
-    /// Stop the way an operator does (Ctrl-C / closing the program) and return its output.
-    fn stop(mut self) -> String {
-        match self.stdin.take() {
-            Some(stdin) => drop(stdin),
-            None => signal(&self.child, "TERM"),
-        }
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100)); // let the readers drain the pipes
-        let out = self.output();
-        assert!(status.success(), "{} exited {status}:\n{out}", self.name);
+    /// Stop the way an operator does (Ctrl-C / closing the program) and return what it printed.
+    fn stop(mut self) -> Run {
+        let out = match self.process.stdin.take() {
+            Some(stdin) => {
+                drop(stdin);
+                self.process.wait()
+            }
+            None => self.process.terminate(),
+        };
+        assert!(
+            out.succeeded(),
+            "{} exited {:?}:\n{}{}",
+            self.name,
+            out.code,
+            out.stdout,
+            out.stderr
+        );
         out
     }
-}
-
-fn parse_list(list: &str) -> BTreeSet<i32> {
-    list.split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect()
 }
 
 /// Wait until `members`' current assignments give every partition of `0..partitions` to exactly
@@ -190,50 +151,14 @@ fn written_partitions(topic: &str) -> BTreeMap<i64, i64> {
         .collect()
 }
 
-fn produce_seeded(topic: &str, count: usize, rate: u32, seed: u64) -> Child {
-    spawn(&[
-        "produce",
-        "--topic",
-        topic,
-        "--count",
-        &count.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--seed",
-        &seed.to_string(),
-    ])
-}
-
-/// The number before `word` in consume's summary ("consumed … : N inserted, N duplicates …").
-fn summary_count(output: &str, word: &str) -> u64 {
-    let summary = output
-        .lines()
-        .find(|l| l.starts_with("consumed "))
-        .unwrap_or_else(|| panic!("no summary in {output}"));
-    let head = summary
-        .split(&format!(" {word}"))
-        .next()
-        .expect("split yields one part");
-    let number = head.rsplit(' ').next().expect("rsplit yields one part");
-    number
-        .parse()
-        .unwrap_or_else(|_| panic!("no count before '{word}' in {summary:?}"))
-}
-
 /// Wait for the producer, then until the group has stored all `n` events.
-fn wait_for_everything(producer: Child, db: &TestDb, n: usize) {
-    let out = producer.wait_with_output().unwrap();
+fn wait_for_everything(producer: Running, db: &TestDb, n: usize) {
+    let out = producer.wait();
+    assert!(out.succeeded(), "{}", out.stderr);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        wait_until(60, || db.scalar("SELECT COUNT(*) FROM sales_events")
-            as usize
-            >= n),
+        wait_until(60, || db.count("sales_events") as usize >= n),
         "the group stored {} of {n} events",
-        db.scalar("SELECT COUNT(*) FROM sales_events")
+        db.count("sales_events")
     );
 }
 
@@ -243,7 +168,7 @@ fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
     let topic = topic(6);
     let group = unique("g");
     let n = 40_000;
-    let producer = produce_seeded(&topic, n, 2_000, 21);
+    let producer = produce(&topic, n).rate(2_000).seed(21).spawn();
 
     let a = Member::streamlab("a", &db, &topic, &group);
     let b = Member::streamlab("b", &db, &topic, &group);
@@ -257,11 +182,12 @@ fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
         );
     }
     // `check` shows the same: three live members, each partition held once.
-    let report: serde_json::Value = serde_json::from_str(&ok(&[
-        "check", "--sink", db.sink, "-D", &db.url, "--topic", &topic, "--group", &group,
-        "--format", "json",
-    ]))
-    .unwrap();
+    let report = streamlab("check")
+        .db(&db)
+        .topic(&topic)
+        .group(&group)
+        .json()
+        .ok_json();
     let shown: BTreeSet<BTreeSet<i32>> = report["group"]["members"]
         .as_array()
         .unwrap()
@@ -274,17 +200,19 @@ fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
         })
         .collect();
     assert_eq!(shown, who.values().cloned().collect(), "{report}");
-    let described: serde_json::Value = serde_json::from_str(&ok(&[
-        "topic", "describe", "--topic", &topic, "--group", &group, "--format", "json",
-    ]))
-    .unwrap();
+    let described = streamlab("topic describe")
+        .topic(&topic)
+        .group(&group)
+        .json()
+        .ok_json();
     assert_eq!(described["group"]["members"].as_array().unwrap().len(), 3);
     // So does `watch`: every partition has an owner, three owners in all.
-    let snapshot: serde_json::Value = serde_json::from_str(&ok(&[
-        "watch", "--topic", &topic, "--group", &group, "--sink", db.sink, "-D", &db.url, "--count",
-        "1",
-    ]))
-    .unwrap();
+    let snapshot = streamlab("watch")
+        .topic(&topic)
+        .group(&group)
+        .db(&db)
+        .count(1)
+        .ok_json();
     let owners: Vec<&str> = snapshot["partitions"]
         .as_array()
         .unwrap()
@@ -299,7 +227,7 @@ fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
     );
 
     // b dies without a word: its partitions must move to a and c once its session expires.
-    signal(&b.child, "KILL");
+    b.process.signal("KILL");
     let killed = Instant::now();
     let (second, who) = wait_for_settled(&[&a, &c], 6, first, SESSION * 3);
     let moved_after = killed.elapsed();
@@ -333,8 +261,8 @@ fn a_paused_member_that_lost_its_partitions_never_writes_them_again() {
     let topic = topic(4);
     let group = unique("g");
     let n = 30_000;
-    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
-    let producer = produce_seeded(&topic, n, 2_000, 22);
+    streamlab("migrate").db(&db).ok();
+    let producer = produce(&topic, n).rate(2_000).seed(22).spawn();
 
     let a = Member::streamlab("a", &db, &topic, &group);
     let b = Member::streamlab("b", &db, &topic, &group);
@@ -342,11 +270,11 @@ fn a_paused_member_that_lost_its_partitions_never_writes_them_again() {
 
     // SIGSTOP: b keeps its connections and whatever it fetched but cannot heartbeat. After the
     // session timeout, a owns everything and writes on.
-    signal(&b.child, "STOP");
+    b.process.signal("STOP");
     let (_, who) = wait_for_settled(&[&a], 4, first, SESSION * 3);
     assert_eq!(who["a"].len(), 4);
     std::thread::sleep(Duration::from_secs(2));
-    signal(&b.child, "CONT");
+    b.process.signal("CONT");
 
     wait_for_everything(producer, &db, n);
     let outputs = [a.stop(), b.stop()];
@@ -354,8 +282,9 @@ fn a_paused_member_that_lost_its_partitions_never_writes_them_again() {
     // a's, one of them would have counted them as duplicates.
     let (mut inserted, mut duplicates) = (0, 0);
     for out in &outputs {
-        inserted += summary_count(out, "inserted");
-        duplicates += summary_count(out, "duplicates");
+        let summary = out.json();
+        inserted += counted(&summary, "inserted");
+        duplicates += counted(&summary, "duplicates");
     }
     assert_eq!((inserted, duplicates), (n as u64, 0), "{outputs:#?}");
     assert_eq!(db.sales_ids(), seeded_ids(22, n));
@@ -368,19 +297,18 @@ fn a_librdkafka_consumer_shares_the_group_with_streamlab_members() {
     let topic = topic(6);
     let group = unique("g");
     let n = 6_000;
-    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
-    let producer = produce_seeded(&topic, n, 0, 23);
+    streamlab("migrate").db(&db).ok();
+    let producer = produce(&topic, n).seed(23).spawn();
 
     let a = Member::streamlab("a", &db, &topic, &group);
     let (first, _) = wait_for_settled(&[&a], 6, -1, Duration::from_secs(30));
-    let mut rd = Member::librdkafka("librdkafka", &topic, &group, "range");
+    let rd = Member::librdkafka("librdkafka", &topic, &group, "range");
     let b = Member::streamlab("b", &db, &topic, &group);
     let (_, who) = wait_for_settled(&[&a, &b, &rd], 6, first, Duration::from_secs(45));
     assert!(!who["librdkafka"].is_empty(), "{who:?}");
 
     // librdkafka stored nothing; once it leaves, its partitions are consumed by the others.
-    drop(rd.stdin.take());
-    assert!(rd.child.wait().unwrap().success(), "{}", rd.output());
+    rd.stop();
     wait_for_everything(producer, &db, n);
     let out = [a.stop(), b.stop()];
     assert_eq!(db.sales_ids(), seeded_ids(23, n), "{out:#?}");
@@ -396,40 +324,18 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
     let topic = topic(3);
     let group = unique("g");
     let n = 9_000;
-    ok(&[
-        "produce",
-        "--topic",
-        &topic,
-        "--count",
-        &n.to_string(),
-        "--rate",
-        "0",
-        "--seed",
-        "24",
-    ]);
-    let args = [
-        "consume",
-        "--topic",
-        &topic,
-        "--sink",
-        db.sink,
-        "-D",
-        &db.url,
-        "--group",
-        &group,
-        "--stop-at-end",
-    ];
-    let members: Vec<Child> = (0..4).map(|_| spawn(&args)).collect();
+    produce(&topic, n).seed(24).ok();
+    let member = streamlab("consume")
+        .topic(&topic)
+        .db(&db)
+        .group(&group)
+        .stop_at_end()
+        .json();
+    let members: Vec<Running> = (0..4).map(|_| member.spawn()).collect();
     let mut inserted = 0;
     for member in members {
-        let out = member.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        inserted += summary_count(&stdout, "inserted");
+        let out = member.wait().success();
+        inserted += counted(&out.json(), "inserted");
     }
     assert_eq!(
         inserted, n as u64,
@@ -441,15 +347,7 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
 
 /// Each member's assignments as it logged them: generation → partitions.
 fn generations(stderr: &str) -> BTreeMap<i32, BTreeSet<i32>> {
-    stderr
-        .lines()
-        .filter_map(|line| {
-            let rest = line.split_once(" generation ")?.1;
-            let (generation, rest) = rest.split_once(": partitions [")?;
-            let (list, _) = rest.split_once(']')?;
-            Some((generation.parse().ok()?, parse_list(list)))
-        })
-        .collect()
+    stderr.lines().filter_map(assignment).collect()
 }
 
 #[test]
@@ -460,48 +358,29 @@ fn three_consumers_of_one_group_started_together_share_the_partitions() {
     let topic = topic(3);
     let group = unique("g");
     let n = 9_000;
-    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
-    ok(&[
-        "produce",
-        "--topic",
-        &topic,
-        "--count",
-        &n.to_string(),
-        "--rate",
-        "0",
-        "--seed",
-        "27",
-    ]);
+    streamlab("migrate").db(&db).ok();
+    produce(&topic, n).seed(27).ok();
     // Throttled: alone, one member would need 9 s for the backlog, so the others join (tansu
     // holds a follower's JoinGroup 3 s) long before the first could finish without them.
-    let args = [
-        "consume",
-        "--group",
-        &group,
-        "--topic",
-        &topic,
-        "--sink",
-        db.sink,
-        "-D",
-        &db.url,
-        "--stop-at-end",
-        "--throttle",
-        "1000",
-    ];
-    let members: Vec<Child> = (0..3).map(|_| spawn(&args)).collect();
+    let member = streamlab("consume")
+        .group(&group)
+        .topic(&topic)
+        .db(&db)
+        .stop_at_end()
+        .throttle(1000)
+        .json();
+    let members: Vec<Running> = (0..3).map(|_| member.spawn()).collect();
     let (mut inserted_by, mut assignments, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
     for member in members {
-        let out = member.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let out = member.wait().success();
         assert!(
-            !stderr.contains("another consumer"),
-            "no member ran into the fence: {stderr}"
+            !out.stderr.contains("another consumer"),
+            "no member ran into the fence: {}",
+            out.stderr
         );
-        inserted_by.push(summary_count(&stdout, "inserted"));
-        assignments.push(generations(&stderr));
-        outputs.push(stderr);
+        inserted_by.push(counted(&out.json(), "inserted"));
+        assignments.push(generations(&out.stderr));
+        outputs.push(out.stderr);
     }
     // Shared: every member was given partitions, and more than one stored events. (Which
     // generation each one synced in varies: tansu answers followers late, and a member whose
@@ -529,23 +408,23 @@ fn three_consumers_of_one_group_started_together_share_the_partitions() {
 fn a_group_that_speaks_another_assignor_is_a_clear_error() {
     let topic = topic(2);
     let group = unique("g");
-    let mut rd = Member::librdkafka("librdkafka", &topic, &group, "roundrobin");
+    let rd = Member::librdkafka("librdkafka", &topic, &group, "roundrobin");
     assert!(
         wait_until(30, || rd.current().is_some_and(|(_, ps)| ps.len() == 2)),
         "{}",
         rd.output()
     );
     let db = TestDb::sqlite();
-    fails(
-        &[
-            "consume", "--topic", &topic, "--sink", db.sink, "-D", &db.url, "--group", &group,
-        ],
-        1,
-        &[&group, "roundrobin", "use another --group"],
-        &["panicked"],
-    );
-    drop(rd.stdin.take());
-    assert!(rd.child.wait().unwrap().success(), "{}", rd.output());
+    streamlab("consume")
+        .topic(&topic)
+        .db(&db)
+        .group(&group)
+        .fails(
+            1,
+            &[&group, "roundrobin", "use another --group"],
+            &["panicked"],
+        );
+    rd.stop();
 }
 
 #[test]
@@ -554,7 +433,7 @@ fn a_member_left_without_partitions_stays_in_the_group_and_takes_over_from_a_dea
     let topic = topic(2);
     let group = unique("g");
     let n = 6_000;
-    let producer = produce_seeded(&topic, n, 1_000, 25);
+    let producer = produce(&topic, n).rate(1_000).seed(25).spawn();
 
     let members = [
         Member::streamlab("a", &db, &topic, &group),
@@ -573,7 +452,7 @@ fn a_member_left_without_partitions_stays_in_the_group_and_takes_over_from_a_dea
     let mut members = Vec::from(members);
     for m in &mut members {
         assert!(
-            m.child.try_wait().unwrap().is_none(),
+            m.process.is_running(),
             "{} exited while the group still runs:\n{}",
             m.name,
             m.output()
@@ -586,7 +465,7 @@ fn a_member_left_without_partitions_stays_in_the_group_and_takes_over_from_a_dea
         .position(|m| m.name != idle)
         .expect("a member with partitions");
     let dead = members.remove(victim);
-    signal(&dead.child, "KILL");
+    dead.process.signal("KILL");
     let survivors: Vec<&Member> = members.iter().collect();
     let (_, who) = wait_for_settled(&survivors, 2, first, SESSION * 3);
     assert_eq!(who[idle].len(), 1, "{idle} took over: {who:?}");
@@ -784,8 +663,8 @@ fn members_announcing_impossible_or_absent_subscriptions_get_nothing_and_the_gro
     let topic = topic(4);
     let group = unique("g");
     let n = 8_000;
-    ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
-    let producer = produce_seeded(&topic, n, 1_000, 26);
+    streamlab("migrate").db(&db).ok();
+    let producer = produce(&topic, n).rate(1_000).seed(26).spawn();
 
     // streamlab joins first and leads (tansu keeps the leader of a formed group when others
     // join, as Kafka does).
@@ -828,7 +707,8 @@ fn members_announcing_impossible_or_absent_subscriptions_get_nothing_and_the_gro
     let warned: usize = outputs
         .iter()
         .map(|out| {
-            out.matches("sent a subscription announcing 2147483647 topics in 12 bytes")
+            out.stderr
+                .matches("sent a subscription announcing 2147483647 topics in 12 bytes")
                 .count()
         })
         .sum();

@@ -1,20 +1,23 @@
 //! `streamlab produce` against the real broker; what landed is read back with librdkafka.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use streamlab::kafka::partitioner::partition_for_key;
+
+/// A `produce --format json` summary's count of events the broker acknowledged.
+fn sent(summary: &serde_json::Value) -> u64 {
+    summary["sent"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a produce summary: {summary}"))
+}
 
 #[test]
 fn produced_sales_land_keyed_by_murmur2_with_valid_json() {
     let topic = topic(3);
-    let out = ok(&[
-        "produce", "--topic", &topic, "--count", "300", "--rate", "0",
-    ]);
-    assert!(out.contains("produced 300 events"), "{out}");
+    let summary = produce(&topic, 300).json().ok_json();
+    assert_eq!(sent(&summary), 300, "{summary}");
 
     let records = read_back(&topic);
     assert_eq!(records.len(), 300);
@@ -41,18 +44,20 @@ fn produced_sales_land_keyed_by_murmur2_with_valid_json() {
         );
     }
     // Per-partition counts in the summary match what the broker holds.
-    let offsets = offsets(&topic);
-    for (p, (_, latest)) in offsets {
-        assert!(out.contains(&format!("partition {p}: {latest}")), "{out}");
-    }
+    let per_partition: BTreeMap<i64, i64> = summary["per_partition"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(p, n)| (p as i64, n.as_i64().unwrap()))
+        .collect();
+    assert_eq!(per_partition, end_offsets(&topic), "{summary}");
 }
 
 #[test]
 fn librdkafka_puts_every_key_in_the_same_partition() {
     let ours = topic(6);
-    ok(&[
-        "produce", "--topic", &ours, "--kind", "sensor", "--count", "200", "--rate", "0",
-    ]);
+    produce(&ours, 200).kind("sensor").ok();
     let mut placement: BTreeMap<String, u64> = BTreeMap::new();
     for r in read_back(&ours) {
         placement.insert(
@@ -71,9 +76,7 @@ fn librdkafka_puts_every_key_in_the_same_partition() {
 #[test]
 fn sensor_events_have_the_seed_fields() {
     let topic = topic(2);
-    ok(&[
-        "produce", "--topic", &topic, "--kind", "sensor", "--count", "50", "--rate", "0",
-    ]);
+    produce(&topic, 50).kind("sensor").ok();
     for r in read_back(&topic) {
         let v: serde_json::Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
         let obj = v.as_object().unwrap();
@@ -89,12 +92,13 @@ fn sensor_events_have_the_seed_fields() {
 #[test]
 fn a_seed_reproduces_the_events() {
     let (a, b) = (topic(1), topic(1));
-    ok(&[
-        "produce", "--topic", &a, "--count", "40", "--rate", "0", "--seed", "42",
-    ]);
-    ok(&[
-        "produce", "--topic", &b, "--count", "40", "--rate", "0", "--seed", "42",
-    ]);
+    // For people (no --format json): the summary says what was sent, and where.
+    let out = produce(&a, 40).seed(42).ok();
+    assert!(
+        out.contains(&format!("produced 40 events to '{a}'")) && out.contains("  partition 0: 40"),
+        "{out}"
+    );
+    assert_eq!(sent(&produce(&b, 40).seed(42).json().ok_json()), 40);
     let strip = |records: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
         records
             .into_iter()
@@ -114,38 +118,27 @@ fn a_seed_reproduces_the_events() {
 #[test]
 fn a_rate_limited_run_sends_rate_times_duration() {
     let topic = topic(3);
-    let out = ok(&[
-        "produce",
-        "--topic",
-        &topic,
-        "--rate",
-        "400",
-        "--duration",
-        "2s",
-    ]);
-    let sent = produced_count(out.as_bytes());
-    assert!((792..=808).contains(&sent), "sent {sent}: {out}");
-    let total: i64 = offsets(&topic).values().map(|(_, l)| l).sum();
-    assert_eq!(total as u64, sent);
+    let summary = streamlab("produce")
+        .topic(&topic)
+        .rate(400)
+        .args(["--duration", "2s"])
+        .json()
+        .ok_json();
+    let sent = sent(&summary);
+    assert!((792..=808).contains(&sent), "sent {sent}: {summary}");
+    assert_eq!(total_records(&topic) as u64, sent);
 }
 
 #[test]
 fn sigterm_flushes_and_reports_exactly_what_was_acknowledged() {
     let topic = topic(3);
-    let child = spawn(&["produce", "--topic", &topic, "--rate", "300"]);
+    let child = streamlab("produce").topic(&topic).rate(300).json().spawn();
     std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "TERM");
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let sent = produced_count(&out.stdout) as i64;
-    assert!(sent > 100, "{stdout}");
-    let total: i64 = offsets(&topic).values().map(|(_, l)| l).sum();
-    assert_eq!(total, sent, "{stdout}");
+    let out = child.terminate();
+    assert!(out.succeeded(), "{}", out.stderr);
+    let sent = sent(&out.json()) as i64;
+    assert!(sent > 100, "{}", out.stdout);
+    assert_eq!(total_records(&topic), sent, "{}", out.stdout);
 }
 
 /// The sensors seed's own client, kafka-python installed as its README says (no lz4 package),

@@ -2,11 +2,9 @@
 //! `consume` runs, lets it recover, and requires exactly that id set in the sink — no loss, no
 //! duplicate — with the stored offsets equal to the end offsets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 #[test]
 fn the_broker_lost_for_seconds_mid_stream() {
@@ -14,73 +12,40 @@ fn the_broker_lost_for_seconds_mid_stream() {
     let b = broker.address();
     let db = TestDb::sqlite();
     let n = 9000;
-    ok(&[
-        "topic",
-        "create",
-        "-b",
-        &b,
-        "--topic",
-        "lossy",
-        "--partitions",
-        "3",
-    ]);
-    let producer = spawn(&[
-        "produce",
-        "-b",
-        &b,
-        "--topic",
-        "lossy",
-        "--count",
-        &n.to_string(),
-        "--rate",
-        "3000",
-        "--seed",
-        "5",
-        "--timeout",
-        "30s",
-    ]);
-    let consumer = spawn(&[
-        "consume",
-        "--assign",
-        "all",
-        "-b",
-        &b,
-        "--topic",
-        "lossy",
-        "--sink",
-        db.sink,
-        "-D",
-        &db.url,
-        "--timeout",
-        "30s",
-    ]);
+    streamlab("topic create")
+        .brokers(&b)
+        .topic("lossy")
+        .partitions(3)
+        .ok();
+    let producer = produce("lossy", n)
+        .brokers(&b)
+        .rate(3000)
+        .seed(5)
+        .timeout("30s")
+        .json()
+        .spawn();
+    let consumer = streamlab("consume")
+        .assign_all()
+        .brokers(&b)
+        .topic("lossy")
+        .db(&db)
+        .timeout("30s")
+        .spawn();
     std::thread::sleep(Duration::from_millis(1200));
     broker.proxy.down(); // connections reset, then refused
     std::thread::sleep(Duration::from_secs(6));
     broker.proxy.up();
 
-    let produced = producer.wait_with_output().unwrap();
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    let produced = producer.wait();
+    assert!(produced.succeeded(), "{}", produced.stderr);
     assert_eq!(
-        produced_count(&produced.stdout) as usize,
-        n,
+        produced.json()["sent"].as_u64(),
+        Some(n as u64),
         "the summary counts what the broker acknowledged"
     );
-    assert!(wait_until(
-        60,
-        || db.scalar("SELECT COUNT(*) FROM sales_events") as usize >= n
-    ));
-    signal(&consumer, "TERM");
-    let consumed = consumer.wait_with_output().unwrap();
-    assert!(
-        consumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&consumed.stderr)
-    );
+    assert!(wait_until(60, || db.count("sales_events") as usize >= n));
+    let consumed = consumer.terminate();
+    assert!(consumed.succeeded(), "{}", consumed.stderr);
 
     assert_eq!(db.sales_ids(), seeded_ids(5, n));
     assert_eq!(db.stored_offsets("lossy"), end_offsets_via(&b, "lossy"));
@@ -92,57 +57,31 @@ fn the_database_lost_for_seconds_mid_stream() {
     let (pg, via_proxy) = pg_behind_proxy(&db);
     let topic = topic(3);
     let n = 8000;
-    ok(&["migrate", "--sink", "pg", "-D", &db.url]);
-    let producer = spawn(&[
-        "produce",
-        "--topic",
-        &topic,
-        "--count",
-        &n.to_string(),
-        "--rate",
-        "2000",
-        "--seed",
-        "6",
-    ]);
-    let consumer = spawn(&[
-        "consume",
-        "--assign",
-        "all",
-        "--topic",
-        &topic,
-        "--sink",
-        "pg",
-        "-D",
-        &via_proxy,
-        "--timeout",
-        "30s",
-        "--batch-size",
-        "500",
-    ]);
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let producer = produce(&topic, n).rate(2000).seed(6).spawn();
+    let consumer = streamlab("consume")
+        .assign_all()
+        .topic(&topic)
+        .sink("pg")
+        .url(&via_proxy)
+        .timeout("30s")
+        .batch_size(500)
+        .spawn();
     // Take PostgreSQL away once the consumer has written (so it holds connections to lose).
-    assert!(wait_until(30, || db
-        .scalar("SELECT COUNT(*) FROM sales_events")
-        > 0));
+    assert!(wait_until(30, || db.count("sales_events") > 0));
     let before = pg.accepted();
     pg.down();
     std::thread::sleep(Duration::from_secs(4));
     pg.up();
 
-    assert!(producer.wait_with_output().unwrap().status.success());
-    if !wait_until(60, || {
-        db.scalar("SELECT COUNT(*) FROM sales_events") as usize >= n
-    }) {
-        signal(&consumer, "KILL");
-        let out = consumer.wait_with_output().unwrap();
-        panic!(
-            "consumer stalled:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    assert!(producer.wait().succeeded());
+    if !wait_until(60, || db.count("sales_events") as usize >= n) {
+        let out = consumer.kill();
+        panic!("consumer stalled:\n{}", out.stderr);
     }
-    signal(&consumer, "TERM");
-    let consumed = consumer.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&consumed.stderr);
-    assert!(consumed.status.success(), "{stderr}");
+    let consumed = consumer.terminate();
+    let stderr = &consumed.stderr;
+    assert!(consumed.succeeded(), "{stderr}");
     // Whether the outage hit a query ("retrying") or a connection attempt (the pool waits),
     // the consumer had to reconnect to get its rows in.
     assert!(
@@ -159,38 +98,14 @@ fn a_database_that_stays_down_ends_the_run_with_exit_1_and_loses_nothing() {
     let db = TestDb::pg();
     let (pg, via_proxy) = pg_behind_proxy(&db);
     let topic = topic(1);
-    ok(&[
-        "produce", "--topic", &topic, "--count", "3000", "--rate", "1000", "--seed", "7",
-    ]);
-    ok(&["migrate", "--sink", "pg", "-D", &via_proxy]);
+    produce(&topic, 3000).rate(1000).seed(7).ok();
+    streamlab("migrate").sink("pg").url(&via_proxy).ok();
     pg.down();
-    let out = streamlab(&[
-        "consume",
-        "--assign",
-        "all",
-        "--topic",
-        &topic,
-        "--sink",
-        "pg",
-        "-D",
-        &via_proxy,
-        "--timeout",
-        "2s",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let consume = || streamlab("consume").assign_all().topic(&topic).sink("pg");
+    let out = consume().url(&via_proxy).timeout("2s").run();
+    assert_eq!(out.code, Some(1));
     pg.up();
-    ok(&[
-        "consume",
-        "--assign",
-        "all",
-        "--topic",
-        &topic,
-        "--sink",
-        "pg",
-        "-D",
-        &via_proxy,
-        "--stop-at-end",
-    ]);
+    consume().url(&via_proxy).stop_at_end().ok();
     assert_eq!(db.sales_ids(), seeded_ids(7, 3000));
 }
 
@@ -198,37 +113,21 @@ fn a_database_that_stays_down_ends_the_run_with_exit_1_and_loses_nothing() {
 fn a_sqlite_file_locked_by_another_writer_makes_consume_wait() {
     let db = TestDb::sqlite();
     let topic = topic(2);
-    ok(&["migrate", "--sink", "sqlite", "-D", &db.url]);
-    ok(&[
-        "produce", "--topic", &topic, "--count", "4000", "--rate", "0", "--seed", "8",
-    ]);
-    let path = db.url.trim_start_matches("sqlite://").to_string();
+    streamlab("migrate").sink("sqlite").url(&db.url).ok();
+    produce(&topic, 4000).seed(8).ok();
     let locker = std::process::Command::new(python_bin())
         .args([
             "-c",
             "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(3)\nc.execute('COMMIT')",
-            &path,
+            db.path(),
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let out = ok(&[
-        "consume",
-        "--assign",
-        "all",
-        "--topic",
-        &topic,
-        "--sink",
-        "sqlite",
-        "-D",
-        &db.url,
-        "--stop-at-end",
-        "--timeout",
-        "20s",
-    ]);
+    let out = drain(&topic, &db).timeout("20s").json().ok_json();
     assert!(locker.wait_with_output().unwrap().status.success());
-    assert!(out.contains("4000 inserted"), "{out}");
+    assert_eq!(counted(&out, "inserted"), 4000, "{out}");
     assert_eq!(db.sales_ids(), seeded_ids(8, 4000));
 }
 
@@ -240,49 +139,21 @@ fn two_consumers_reading_every_partition_alone_on_one_group_never_duplicate() {
     for db in TestDb::both() {
         let topic = topic(3);
         let n = 20_000;
-        ok(&[
-            "produce",
-            "--topic",
-            &topic,
-            "--count",
-            &n.to_string(),
-            "--rate",
-            "0",
-            "--seed",
-            "9",
-        ]);
-        ok(&["migrate", "--sink", db.sink, "-D", &db.url]);
-        let args = [
-            "consume",
-            "--assign",
-            "all",
-            "--topic",
-            &topic,
-            "--sink",
-            db.sink,
-            "-D",
-            &db.url,
-            "--stop-at-end",
-            "--batch-size",
-            "500",
-        ];
-        let (a, b) = (spawn(&args), spawn(&args));
-        for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
+        produce(&topic, n).seed(9).ok();
+        streamlab("migrate").db(&db).ok();
+        let consume = drain(&topic, &db).batch_size(500);
+        let (a, b) = (consume.spawn(), consume.spawn());
+        for out in [a.wait(), b.wait()] {
+            if !out.succeeded() {
                 assert!(
-                    stderr.contains("another consumer"),
-                    "only the fence may stop one: {stderr}"
+                    out.stderr.contains("another consumer"),
+                    "only the fence may stop one: {}",
+                    out.stderr
                 );
             }
         }
-        ok(&args);
-        assert_eq!(
-            db.scalar("SELECT COUNT(*) FROM sales_events") as usize,
-            n,
-            "{}",
-            db.sink
-        );
+        consume.ok();
+        assert_eq!(db.count("sales_events") as usize, n, "{}", db.sink);
         assert_eq!(db.sales_ids(), seeded_ids(9, n));
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
     }
@@ -295,43 +166,21 @@ fn hostile_configuration_gets_a_clear_error_and_no_password() {
     wrong_credentials.set_username("nobody").unwrap();
     wrong_credentials.set_password(Some("s3cr3t-pw")).unwrap();
     wrong_credentials.set_path("/streamlab_nobody");
-    let wrong_credentials = wrong_credentials.as_str();
-    fails(
-        &[
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            "pg",
-            "-D",
-            wrong_credentials,
-            "--timeout",
-            "3s",
-        ],
-        1,
-        &["nobody"],
-        &["s3cr3t-pw"],
-    );
-    fails(
-        &["consume", "--topic", "no such topic", "--sink", "sqlite"],
-        2,
-        &[],
-        &[],
-    );
-    fails(
-        &[
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            "pg",
-            "-D",
-            "mysql://x",
-        ],
-        2,
-        &["mysql://x is not a database streamlab writes to"],
-        &[],
-    );
+    streamlab("consume")
+        .topic(&topic)
+        .sink("pg")
+        .url(wrong_credentials.as_str())
+        .timeout("3s")
+        .fails(1, &["nobody"], &["s3cr3t-pw"]);
+    streamlab("consume")
+        .topic("no such topic")
+        .sink("sqlite")
+        .fails(2, &[], &[]);
+    streamlab("consume")
+        .topic(&topic)
+        .sink("pg")
+        .url("mysql://x")
+        .fails(2, &["mysql://x is not a database streamlab writes to"], &[]);
 }
 
 /// A password, wherever a database URL carries it, appears in no output: not in `--help` (which
@@ -342,26 +191,32 @@ fn a_database_password_appears_in_no_output() {
     const SECRET: &str = "s3cr3tpw";
     /// Run with `DATABASE_URL=url` (and `STREAMLAB_TEST_PG`, read by `bench`); `trace` logs
     /// everything of every crate. Fails the test if the secret shows anywhere.
-    fn run(args: &[&str], url: &str, trace: bool) -> std::process::Output {
-        let mut cmd = command(args);
-        cmd.env("DATABASE_URL", url).env("STREAMLAB_TEST_PG", url);
+    fn run(cmd: &Cmd, url: &str, trace: bool) -> Run {
+        let mut cmd = cmd
+            .clone()
+            .env("DATABASE_URL", url)
+            .env("STREAMLAB_TEST_PG", url);
         if trace {
-            cmd.env("RUST_LOG", "trace");
-        } else if args.contains(&"-vv") {
-            cmd.env_remove("RUST_LOG"); // let -vv choose the levels
+            cmd = cmd.env("RUST_LOG", "trace");
+        } else if cmd.argv().iter().any(|a| a == "-vv") {
+            cmd = cmd.env_remove("RUST_LOG"); // let -vv choose the levels
         }
-        let out = cmd.output().expect("run streamlab");
+        let out = cmd.run();
         for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-            let text = String::from_utf8_lossy(text);
             assert!(
                 !text.contains(SECRET),
-                "streamlab {args:?} with DATABASE_URL={url} shows the password on {stream}:\n{text}"
+                "streamlab {:?} with DATABASE_URL={url} shows the password on {stream}:\n{text}",
+                cmd.argv()
             );
         }
         out
     }
-    fn failed(out: &std::process::Output) -> bool {
-        !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("panicked")
+    fn failed(out: &Run) -> bool {
+        !out.succeeded() && !out.stderr.contains("panicked")
+    }
+    /// `-vv` first, then `cmd`'s arguments.
+    fn verbose(cmd: &Cmd) -> Cmd {
+        streamlab("").arg("-vv").args(cmd.argv())
     }
 
     let topic = topic(1);
@@ -376,44 +231,21 @@ fn a_database_password_appears_in_no_output() {
     ];
     for url in &unreachable {
         for command in ["consume", "check", "migrate", "watch", "bench"] {
-            let out = run(&[command, "--help"], url, false);
-            assert!(out.status.success());
-            let help = String::from_utf8_lossy(&out.stdout);
+            let out = run(&streamlab(command).arg("--help"), url, false);
+            assert!(out.succeeded());
             if command != "bench" {
-                assert!(help.contains("[env: DATABASE_URL]"), "{help}");
+                assert!(out.stdout.contains("[env: DATABASE_URL]"), "{}", out.stdout);
             }
         }
-        let consume = [
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            "pg",
-            "--timeout",
-            "2s",
-        ];
+        let consume = streamlab("consume").topic(&topic).sink("pg").timeout("2s");
         assert!(failed(&run(&consume, url, false)));
-        let mut verbose = vec!["-vv"];
-        verbose.extend(consume);
-        verbose.extend(["-D", url.as_str()]);
-        assert!(failed(&run(&verbose, url, false)));
+        assert!(failed(&run(&verbose(&consume).url(url), url, false)));
         assert!(failed(&run(&consume, url, true)));
-        let check = [
-            "check",
-            "--sink",
-            "pg",
-            "--format",
-            "json",
-            "--timeout",
-            "2s",
-        ];
+        let check = streamlab("check").sink("pg").json().timeout("2s");
         assert!(failed(&run(&check, url, false)));
         assert!(failed(&run(&check, url, true)));
-        assert!(failed(&run(
-            &["-vv", "migrate", "--sink", "pg"],
-            url,
-            false
-        )));
+        let migrate = streamlab("migrate").sink("pg");
+        assert!(failed(&run(&verbose(&migrate), url, false)));
     }
 
     // A reachable database: the local server trusts 127.0.0.1 and ignores passwords, so the
@@ -431,40 +263,26 @@ fn a_database_password_appears_in_no_output() {
         format!("{}{separator}password={SECRET}", db.url),
         format!("{}{separator}application_name=x&password={SECRET}", db.url),
     ];
-    ok(&[
-        "produce", "--topic", &topic, "--count", "20", "--rate", "0", "--seed", "31",
-    ]);
+    produce(&topic, 20).seed(31).ok();
     for url in &reachable {
-        let out = run(&["-vv", "migrate", "--sink", "pg"], url, false);
-        assert!(out.status.success(), "{out:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("***"));
-        let consume = [
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            "pg",
-            "--stop-at-end",
-            "--group",
-            "secret",
-        ];
-        let mut verbose = vec!["-vv"];
-        verbose.extend(consume);
-        assert!(run(&verbose, url, false).status.success());
-        assert!(run(&consume, url, true).status.success());
-        let check = [
-            "check", "--sink", "pg", "--format", "json", "--group", "secret",
-        ];
+        let out = run(&verbose(&streamlab("migrate").sink("pg")), url, false);
+        assert!(out.succeeded(), "{out:?}");
+        assert!(out.stdout.contains("***"));
+        let consume = streamlab("consume")
+            .topic(&topic)
+            .sink("pg")
+            .stop_at_end()
+            .group("secret");
+        assert!(run(&verbose(&consume), url, false).succeeded());
+        assert!(run(&consume, url, true).succeeded());
+        let check = streamlab("check").sink("pg").json().group("secret");
         let out = run(&check, url, false);
-        assert!(out.status.success(), "{out:?}");
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.succeeded(), "{out:?}");
+        let report = out.json();
         assert_eq!(report["rows"], 20);
         let shown = report["database"].as_str().unwrap();
         assert!(shown.contains("***"), "{shown}");
-        let mut verbose = vec!["-vv"];
-        verbose.extend(check);
-        verbose.extend(["--topic", &topic]);
-        assert!(run(&verbose, url, true).status.success());
+        assert!(run(&verbose(&check).topic(&topic), url, true).succeeded());
     }
 }
 
@@ -472,20 +290,16 @@ fn a_database_password_appears_in_no_output() {
 fn a_producer_killed_with_sigkill_left_at_least_what_it_reported_and_no_duplicates() {
     let topic = topic(3);
     let rate = 2000;
-    let producer = spawn(&[
-        "produce",
-        "--topic",
-        &topic,
-        "--rate",
-        &rate.to_string(),
-        "--seed",
-        "10",
-    ]);
+    let producer = streamlab("produce")
+        .topic(&topic)
+        .rate(rate)
+        .seed(10)
+        .spawn();
     // Off a terminal, progress ("sent N …", counted on acknowledgement) is logged every 5 s.
+    // Killed, it prints no summary: the progress line is all there is to read.
     std::thread::sleep(Duration::from_millis(6500));
-    signal(&producer, "KILL");
-    let out = producer.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = producer.kill();
+    let stderr = &out.stderr;
     let reported: usize = stderr
         .rsplit("sent ")
         .next()
@@ -515,6 +329,5 @@ fn a_producer_killed_with_sigkill_left_at_least_what_it_reported_and_no_duplicat
     );
     // Nothing beyond what was generated before the kill (7 s at the rate, with slack).
     assert!(distinct.is_subset(&seeded_ids(10, rate * 7)));
-    let total: i64 = offsets(&topic).values().map(|(_, end)| end).sum();
-    assert_eq!(total as usize, on_broker.len());
+    assert_eq!(total_records(&topic) as usize, on_broker.len());
 }

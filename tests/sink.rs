@@ -1,8 +1,6 @@
 //! The `Sink` trait against both real databases: atomic batches, idempotent rows, fenced offsets.
 
-mod common;
-
-use common::TestDb;
+use crate::support::TestDb;
 use streamlab::db::pg::PgSink;
 use streamlab::db::sqlite::SqliteSink;
 use streamlab::db::{self, Batch, DeadLetter, Deadline, Landed, OffsetAdvance, Sink, SinkError};
@@ -64,7 +62,7 @@ async fn exercise<S: Sink>(mut sink: S, db: &TestDb) {
         assert!(matches!(err, SinkError::Fenced { .. }), "{err}");
         assert!(!err.is_transient());
     }
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 10);
+    assert_eq!(db.count("sales_events"), 10);
 
     // The rightful writer goes on; replayed events are duplicates, not rows.
     let again = db::write(&mut sink, &batch(10, Some(11), 21, 1))
@@ -75,12 +73,12 @@ async fn exercise<S: Sink>(mut sink: S, db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(new.inserted, 10);
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 20);
+    assert_eq!(db.count("sales_events"), 20);
     assert_eq!(
         sink.load_offsets("g", "t").await.unwrap().get(&0),
         Some(&31)
     );
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM dead_letters"), 3);
+    assert_eq!(db.count("dead_letters"), 3);
 }
 
 #[tokio::test]
@@ -152,7 +150,7 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
     let err = db::write(&mut sink, &batch).await.unwrap_err();
     assert!(err.refusal().is_some(), "{err}");
     assert!(!err.is_transient(), "{err}");
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events"), 0);
+    assert_eq!(db.count("sales_events"), 0);
 
     let written = db::write_isolating(&mut sink, &batch).await.unwrap();
     let n = (300 - refused.len()) as u64;
@@ -184,7 +182,7 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
     }
 
     // Stored: everything else once; refused: each in dead_letters with the record's own bytes.
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM sales_events") as u64, n);
+    assert_eq!(db.count("sales_events") as u64, n);
     let ids: std::collections::BTreeSet<String> = batch
         .events
         .iter()
@@ -208,10 +206,7 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
         ));
         assert_eq!(stored, vec![original]);
     }
-    assert_eq!(
-        db.scalar("SELECT COUNT(*) FROM dead_letters") as usize,
-        refused.len() + 1
-    );
+    assert_eq!(db.count("dead_letters") as usize, refused.len() + 1);
     assert_eq!(
         sink.load_offsets("g", "t").await.unwrap().get(&0),
         Some(&301)

@@ -1,0 +1,22 @@
+//! The integration tests: one binary, one module per command or area, every one against the
+//! real broker and databases (`just test` sets them up: scripts/test). Run one module with
+//! `just test -- consume::`, one test with `just test -- consume::print_each`.
+//!
+//! Every streamlab command line goes through [`support::streamlab`], a builder that reads like
+//! the command line; numbers and sets come from `--format json`.
+
+mod support;
+
+mod check;
+mod consume;
+mod conventions;
+mod db_edges;
+mod durable;
+mod edges;
+mod group;
+mod metrics;
+mod produce;
+mod reliability;
+mod sink;
+mod topic;
+mod watch;
