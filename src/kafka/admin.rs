@@ -194,6 +194,24 @@ fn check(code: i16, message: Option<&StrBytes>, what: impl FnOnce() -> String) -
     }
 }
 
+/// A topic's answer (error code and message): `done` on success, `expected.1` when the broker
+/// answers `expected.0`, else the error with the broker's message.
+fn outcome<T>(
+    (code, message): (i16, Option<&StrBytes>),
+    done: T,
+    expected: (ResponseError, T),
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    match ResponseError::try_from_code(code) {
+        None => Ok(done),
+        Some(e) if e == expected.0 => Ok(expected.1),
+        Some(_) => {
+            check(code, message, what)?;
+            unreachable!("check returns Err for every error code")
+        }
+    }
+}
+
 impl Admin {
     /// Connect to the first bootstrap broker that answers.
     pub async fn connect(opts: &Config) -> Result<Self> {
@@ -245,16 +263,12 @@ impl Admin {
             .topics
             .first()
             .ok_or_else(|| anyhow!("CreateTopics answered with no topic"))?;
-        match ResponseError::try_from_code(result.error_code) {
-            None => Ok(Created::Created),
-            Some(ResponseError::TopicAlreadyExists) => Ok(Created::AlreadyExists),
-            Some(_) => {
-                check(result.error_code, result.error_message.as_ref(), || {
-                    format!("cannot create topic '{name}'")
-                })?;
-                unreachable!("check returns Err for every error code")
-            }
-        }
+        outcome(
+            (result.error_code, result.error_message.as_ref()),
+            Created::Created,
+            (ResponseError::TopicAlreadyExists, Created::AlreadyExists),
+            || format!("cannot create topic '{name}'"),
+        )
     }
 
     /// Topics with their partitions and leaders; `None` lists every topic.
@@ -439,16 +453,12 @@ impl Admin {
             .responses
             .first()
             .ok_or_else(|| anyhow!("DeleteTopics answered with no topic"))?;
-        match ResponseError::try_from_code(result.error_code) {
-            None => Ok(Deleted::Deleted),
-            Some(ResponseError::UnknownTopicOrPartition) => Ok(Deleted::Unknown),
-            Some(_) => {
-                check(result.error_code, result.error_message.as_ref(), || {
-                    format!("cannot delete topic '{name}'")
-                })?;
-                unreachable!("check returns Err for every error code")
-            }
-        }
+        outcome(
+            (result.error_code, result.error_message.as_ref()),
+            Deleted::Deleted,
+            (ResponseError::UnknownTopicOrPartition, Deleted::Unknown),
+            || format!("cannot delete topic '{name}'"),
+        )
     }
 
     /// Every consumer group the cluster knows (ListGroups), sorted by name. Each broker lists
@@ -639,106 +649,84 @@ impl GroupCoordinator {
 
     /// The group's committed `partition → next offset` for `topic` (absent when none).
     pub async fn fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
-        let version = self.conn.version_for::<OffsetFetchRequest>(9)?;
-        let mut request = OffsetFetchRequest::default();
-        if version >= 8 {
-            request.groups = vec![OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(str_bytes(&self.group)))
-                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
-                    .with_name(TopicName(str_bytes(topic)))
-                    .with_partition_indexes(partitions.to_vec())]))];
-        } else {
-            request.group_id = GroupId(str_bytes(&self.group));
-            request.topics = Some(vec![OffsetFetchRequestTopic::default()
-                .with_name(TopicName(str_bytes(topic)))
-                .with_partition_indexes(partitions.to_vec())]);
-        }
-        let response = self.conn.call_capped(request, 9).await?;
-        let mut out = BTreeMap::new();
-        let what = || format!("fetching offsets of group '{}'", self.group);
-        if version >= 8 {
-            for g in response.groups {
-                check(g.error_code, None, what)?;
-                for t in g.topics {
-                    for p in t.partitions {
-                        check(p.error_code, None, what)?;
-                        if p.committed_offset >= 0 {
-                            out.insert(p.partition_index, p.committed_offset);
-                        }
-                    }
-                }
-            }
-        } else {
-            check(response.error_code, None, what)?;
-            for t in response.topics {
-                for p in t.partitions {
-                    check(p.error_code, None, what)?;
-                    if p.committed_offset >= 0 {
-                        out.insert(p.partition_index, p.committed_offset);
-                    }
-                }
-            }
+        let rows = self.offset_fetch(Some((topic, partitions))).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(t, _, _)| t == topic)
+            .map(|(_, partition, offset)| (partition, offset))
+            .collect())
+    }
+
+    /// Every committed offset of the group: topic → partition → next offset.
+    pub async fn fetch_all(&mut self) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+        let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        for (topic, partition, offset) in self.offset_fetch(None).await? {
+            out.entry(topic).or_default().insert(partition, offset);
         }
         Ok(out)
     }
 
-    /// Every committed offset of the group: topic → partition → next offset (OffsetFetch of all
-    /// topics).
-    pub async fn fetch_all(&mut self) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+    /// OffsetFetch of one topic's partitions, or of every topic (`None`): each committed
+    /// `(topic, partition, next offset)` (partitions without one left out).
+    async fn offset_fetch(
+        &mut self,
+        topic: Option<(&str, &[i32])>,
+    ) -> Result<Vec<(String, i32, i64)>> {
         let version = self.conn.version_for::<OffsetFetchRequest>(9)?;
+        let name = |topic: &str| TopicName(str_bytes(topic));
         let mut request = OffsetFetchRequest::default();
         if version >= 8 {
             request.groups = vec![OffsetFetchRequestGroup::default()
                 .with_group_id(GroupId(str_bytes(&self.group)))
-                .with_topics(None)];
+                .with_topics(topic.map(|(topic, partitions)| {
+                    vec![OffsetFetchRequestTopics::default()
+                        .with_name(name(topic))
+                        .with_partition_indexes(partitions.to_vec())]
+                }))];
         } else {
             request.group_id = GroupId(str_bytes(&self.group));
-            request.topics = None;
+            request.topics = topic.map(|(topic, partitions)| {
+                vec![OffsetFetchRequestTopic::default()
+                    .with_name(name(topic))
+                    .with_partition_indexes(partitions.to_vec())]
+            });
         }
         let response = self.conn.call_capped(request, 9).await?;
         let what = || format!("fetching offsets of group '{}'", self.group);
-        let (code, topics) = if version >= 8 {
-            let g = response
-                .groups
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow!("OffsetFetch answered with no group"))?;
-            let topics = g
-                .topics
-                .into_iter()
-                .map(|t| {
-                    let partitions = t
-                        .partitions
-                        .into_iter()
-                        .map(|p| (p.partition_index, p.committed_offset, p.error_code));
-                    (t.name.0.to_string(), partitions.collect::<Vec<_>>())
-                })
-                .collect::<Vec<_>>();
-            (g.error_code, topics)
+        // The same fields at every version, in a type of their own before v8.
+        macro_rules! rows {
+            ($topics:expr) => {
+                $topics
+                    .into_iter()
+                    .flat_map(|t| {
+                        let topic = t.name.0.to_string();
+                        t.partitions.into_iter().map(move |p| {
+                            (
+                                topic.clone(),
+                                p.partition_index,
+                                p.committed_offset,
+                                p.error_code,
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
+        }
+        let mut rows = Vec::new();
+        if version >= 8 {
+            for g in response.groups {
+                check(g.error_code, None, what)?;
+                rows.extend(rows!(g.topics));
+            }
         } else {
-            let topics = response
-                .topics
-                .into_iter()
-                .map(|t| {
-                    let partitions = t
-                        .partitions
-                        .into_iter()
-                        .map(|p| (p.partition_index, p.committed_offset, p.error_code));
-                    (t.name.0.to_string(), partitions.collect::<Vec<_>>())
-                })
-                .collect::<Vec<_>>();
-            (response.error_code, topics)
-        };
-        check(code, None, what)?;
-        let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-        for (topic, partitions) in topics {
-            for (partition, offset, code) in partitions {
-                check(code, None, what)?;
-                if offset >= 0 {
-                    out.entry(topic.clone())
-                        .or_default()
-                        .insert(partition, offset);
-                }
+            check(response.error_code, None, what)?;
+            rows = rows!(response.topics);
+        }
+        let mut out = Vec::new();
+        for (topic, partition, offset, code) in rows {
+            check(code, None, what)?;
+            if offset >= 0 {
+                out.push((topic, partition, offset));
             }
         }
         Ok(out)
