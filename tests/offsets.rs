@@ -306,7 +306,7 @@ fn what_cannot_be_done_is_refused_and_changes_nothing() {
 
 /// On tansu's durable (SQLite) engine, as `just broker` runs it: retention really removes records,
 /// and the broker cannot describe a group it stored, so the database's record of the members
-/// decides.
+/// decides (for `group describe` too).
 #[test]
 fn a_time_retention_removed_and_members_only_the_database_recorded_are_refused() {
     let broker = Tansu::durable();
@@ -367,6 +367,20 @@ fn a_time_retention_removed_and_members_only_the_database_recorded_are_refused()
     let member_id = recorded()[0].clone();
     let ends = end_offsets_via(&b, &topic);
     assert!(wait_until(30, || db.stored_offsets(&topic) == ends));
+    // group describe shows it as the database recorded it, too.
+    let described = streamlab("group describe")
+        .brokers(&b)
+        .group(&group)
+        .topic(&topic)
+        .db(&db)
+        .json()
+        .ok_json();
+    assert_eq!(described["state"], "unknown");
+    assert_eq!(described["members"][0]["member_id"], member_id.as_str());
+    assert_eq!(
+        described["members"][0]["partitions"][&topic],
+        serde_json::json!([0, 1])
+    );
     reset(&topic).arg("--to-earliest").execute().fails(
         1,
         &["recorded in the database", &member_id, "stop them first"],

@@ -158,15 +158,19 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
             .collect(),
         None => BTreeMap::new(),
     };
-    let (state, mut members) = match described {
-        Ok(d) => (d.state, d.members.into_iter().map(Member::from).collect()),
+    let (state, mut members, described) = match described {
+        Ok(d) => (
+            d.state,
+            d.members.into_iter().map(Member::from).collect(),
+            true,
+        ),
         Err(e) => {
             tracing::warn!(
                 "the broker could not describe group '{}' ({e:#}): members as the database \
                  recorded them, if given one",
                 args.group
             );
-            ("unknown".to_string(), Vec::new())
+            ("unknown".to_string(), Vec::new(), false)
         }
     };
     let mut topics: BTreeSet<String> = committed.keys().cloned().collect();
@@ -189,6 +193,9 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         topics = BTreeSet::from([topic.clone()]);
     }
     if let Some((pool, d, _)) = &db {
+        if !described {
+            members = recorded_members(pool, d, &args.group, &topics).await;
+        }
         recorded_partitions(&mut members, pool, d, &args.group, &topics).await;
     }
     let mut reports = Vec::new();
@@ -234,6 +241,37 @@ impl From<crate::kafka::group::MemberDescription> for Member {
             partitions: m.partitions,
         }
     }
+}
+
+/// The members of the newest generation the database recorded for each of `topics`, for a
+/// broker that cannot describe the group (tansu's SQLite engine); their partitions are filled in
+/// by [`recorded_partitions`].
+async fn recorded_members(
+    pool: &AnyPool,
+    d: &Dialect,
+    group: &str,
+    topics: &BTreeSet<String>,
+) -> Vec<Member> {
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+    for topic in topics {
+        let recorded = check::recorded_members(pool, d, group, topic).await;
+        let newest = recorded
+            .values()
+            .map(|(generation, _, _)| *generation)
+            .max();
+        for (member_id, (generation, _, _)) in recorded {
+            if Some(generation) == newest {
+                members.entry(member_id.clone()).or_insert(Member {
+                    member_id,
+                    client_id: String::new(),
+                    host: String::new(),
+                    recorded_client: None,
+                    partitions: None,
+                });
+            }
+        }
+    }
+    members.into_values().collect()
 }
 
 /// What the database recorded of the members (`streamlab_members`): their host and process, and
