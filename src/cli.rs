@@ -1,11 +1,11 @@
 //! Every command-line option, in one place (the sqlx-cli `opt.rs` pattern). Connection options are
 //! defined once and flattened into the commands that need them.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::db;
 use crate::events::EventKind;
 pub use crate::kafka::StartFrom;
 
@@ -232,14 +232,16 @@ pub struct DbOpts {
 }
 
 impl DbOpts {
-    /// Settle which database is meant before anything connects: `--sink` and the URL's scheme
-    /// must agree, either one alone is enough, and a URL of another database is a usage error.
-    pub fn target(&self) -> Result<DbTarget, crate::exit::Error> {
-        DbTarget::settle(self.sink, self.database_url.as_deref())
+    /// Settle which database is meant before anything connects ([`db::Target::settle`]):
+    /// `--sink` and the URL's scheme must agree, either one alone is enough, and a URL of
+    /// another database is a usage error.
+    pub fn target(&self) -> Result<db::Target, crate::exit::Error> {
+        let kind = self.sink.map(db::Kind::from);
+        db::Target::settle(kind, self.database_url.as_deref()).map_err(usage_of)
     }
 
     /// Like [`DbOpts::target`], for commands where the database is optional.
-    pub fn optional_target(&self) -> Result<Option<DbTarget>, crate::exit::Error> {
+    pub fn optional_target(&self) -> Result<Option<db::Target>, crate::exit::Error> {
         match (self.sink, &self.database_url) {
             (None, None) => Ok(None),
             _ => self.target().map(Some),
@@ -247,72 +249,28 @@ impl DbOpts {
     }
 }
 
-/// Which database a command works on, settled once from `--sink` and the URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DbTarget {
-    pub kind: SinkKind,
-    pub url: String,
-}
-
-impl DbTarget {
-    pub fn settle(sink: Option<SinkKind>, url: Option<&str>) -> Result<Self, crate::exit::Error> {
-        use crate::exit::usage;
-        let Some(url) = url else {
-            let kind = sink.ok_or_else(|| {
-                usage("say which database: --sink pg|sqlite, or -D postgres://… | sqlite://…")
-            })?;
-            let url = match kind {
-                SinkKind::Pg => "postgres://postgres:postgres@localhost:5432/streamlab",
-                SinkKind::Sqlite => "sqlite://warehouse.db",
-            };
-            return Ok(Self {
-                kind,
-                url: url.into(),
-            });
-        };
-        let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
-        let from_url = match scheme.as_deref() {
-            Some("postgres" | "postgresql") => SinkKind::Pg,
-            Some("sqlite") => SinkKind::Sqlite,
-            _ => {
-                return Err(usage(format!(
-                    "{} is not a database streamlab writes to: use postgres://… or sqlite://…",
-                    crate::db::redact(url)
-                )))
-            }
-        };
-        // A URL sqlx cannot read (a bad port, say) is the user's to fix: say so before connecting.
-        let readable = match from_url {
-            SinkKind::Pg => sqlx::postgres::PgConnectOptions::from_str(url).map(drop),
-            SinkKind::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(url).map(drop),
-        };
-        if let Err(e) = readable {
-            return Err(usage(format!(
-                "invalid database URL {}: {e}",
-                crate::db::redact(url)
-            )));
+/// A database that cannot be used, in the words of the command line (exit 2).
+fn usage_of(e: db::TargetError) -> crate::exit::Error {
+    use crate::exit::usage;
+    match e {
+        db::TargetError::Unnamed => {
+            usage("say which database: --sink pg|sqlite, or -D postgres://… | sqlite://…")
         }
-        match sink {
-            Some(kind) if kind != from_url => Err(usage(format!(
-                "--sink {} does not fit the database URL {} (from -D or DATABASE_URL): \
-                 drop --sink, or give a {} URL",
-                kind.name(),
-                crate::db::redact(url),
-                kind.name()
-            ))),
-            _ => Ok(Self {
-                kind: from_url,
-                url: url.into(),
-            }),
-        }
+        db::TargetError::Mismatch { asked, shown } => usage(format!(
+            "--sink {} does not fit the database URL {shown} (from -D or DATABASE_URL): \
+             drop --sink, or give a {} URL",
+            asked.name(),
+            asked.name()
+        )),
+        other => usage(other.to_string()),
     }
 }
 
-impl SinkKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            SinkKind::Pg => "pg",
-            SinkKind::Sqlite => "sqlite",
+impl From<SinkKind> for db::Kind {
+    fn from(kind: SinkKind) -> Self {
+        match kind {
+            SinkKind::Pg => db::Kind::Postgres,
+            SinkKind::Sqlite => db::Kind::Sqlite,
         }
     }
 }

@@ -10,20 +10,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
+use sqlx::{Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
 use crate::cli::BenchArgs;
-use crate::db::redact;
-use crate::events::{cents, ts_millis, Event, EventKind, Generator};
+use crate::db::{redact, Dialect, Row, SALES_COLUMNS};
+use crate::events::{cents, ts_millis, Event, EventKind, Generator, Sale};
 use crate::kafka::{self, admin::Admin};
 use crate::render;
+
+/// How long the database limits may wait to connect.
+const LIMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Serialize)]
 pub struct BenchReport {
@@ -199,9 +200,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let topic = produce_and_fetch(&ctx, &args, &mut admin, round, &mut samples).await?;
         // The database limits, on the same kind of rows.
         let rows = generate(ctx.n);
-        samples
-            .copy
-            .push(pg_copy_limit(&ctx.pg_admin, &rows).await?);
+        samples.copy.push(pg_copy_limit(&ctx, round, &rows).await?);
         samples
             .bulk
             .push(sqlite_bulk_limit(&ctx.workdir, &rows).await?);
@@ -618,7 +617,7 @@ fn remove_sqlite(path: &Path) {
     }
 }
 
-fn generate(n: u64) -> Vec<crate::events::Sale> {
+fn generate(n: u64) -> Vec<Sale> {
     // Unseeded: time-ordered v7 ids, like the events consume writes (random ids would make the
     // primary-key index the bottleneck and understate the limit).
     let mut g = Generator::new(EventKind::Sales, None);
@@ -645,36 +644,22 @@ async fn drop_database(admin_url: &str, name: &str) {
     }
 }
 
-/// COPY (CSV) of the rows into an empty copy of `sales_events`: the PostgreSQL write limit.
-async fn pg_copy_limit(admin_url: &str, rows: &[crate::events::Sale]) -> Result<f64> {
-    let mut conn = PgConnectOptions::from_str(admin_url)?.connect().await?;
-    sqlx::query("DROP TABLE IF EXISTS streamlab_bench_copy")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query(
-        "CREATE UNLOGGED TABLE streamlab_bench_copy (
-             id uuid PRIMARY KEY, ts timestamptz NOT NULL, store_id text NOT NULL,
-             amount_usd numeric(12,2) NOT NULL, channel text NOT NULL,
-             kafka_partition integer NOT NULL, kafka_offset bigint NOT NULL,
-             ingested_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(&mut conn)
-    .await?;
-    // LOGGED like the real table, so the comparison is fair.
-    sqlx::query("ALTER TABLE streamlab_bench_copy SET LOGGED")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query("CREATE INDEX ON streamlab_bench_copy (ts)")
-        .execute(&mut conn)
-        .await?;
+/// COPY (CSV) of the rows into `sales_events` of a fresh database (migrated as `consume`'s
+/// are): the PostgreSQL write limit.
+async fn pg_copy_limit(ctx: &Ctx, round: u32, rows: &[Sale]) -> Result<f64> {
+    let name = format!("streamlab_bench_{}_{round}_copy", ctx.stamp);
+    let pool =
+        <Postgres as Dialect>::connect(&pg_database_url(&ctx.pg_admin, &name)?, LIMIT_TIMEOUT)
+            .await?;
+    let mut conn = pool.acquire().await?;
     let started = Instant::now();
     let mut copy = conn
-        .copy_in_raw(
-            "COPY streamlab_bench_copy (id, ts, store_id, amount_usd, channel, kafka_partition, kafka_offset)
-             FROM STDIN (FORMAT csv)",
-        )
+        .copy_in_raw(&format!(
+            "COPY public.sales_events ({SALES_COLUMNS}) FROM STDIN (FORMAT csv)"
+        ))
         .await?;
     let mut buf = String::with_capacity(1 << 20);
+    // In the order of SALES_COLUMNS.
     for (i, s) in rows.iter().enumerate() {
         use std::fmt::Write;
         let c = cents(s.amount_usd);
@@ -696,44 +681,38 @@ async fn pg_copy_limit(admin_url: &str, rows: &[crate::events::Sale]) -> Result<
     copy.send(buf.as_bytes()).await?;
     copy.finish().await?;
     let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
-    sqlx::query("DROP TABLE streamlab_bench_copy")
-        .execute(&mut conn)
-        .await?;
+    drop(conn);
+    pool.close().await;
+    drop_database(&ctx.pg_admin, &name).await;
     Ok(rate)
 }
 
-/// One-transaction bulk insert into a fresh SQLite file with the real schema: the SQLite limit.
-async fn sqlite_bulk_limit(workdir: &Path, rows: &[crate::events::Sale]) -> Result<f64> {
+/// The rows inserted into a fresh SQLite file (migrated as `consume`'s are) in one
+/// transaction, with the statement `consume` uses (one prepared multi-row INSERT, a thousand
+/// rows at a time): the SQLite limit.
+async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f64> {
     let path = workdir.join("limit.db");
     remove_sqlite(&path);
-    let pool = crate::db::sqlite::connect(
-        &format!("sqlite://{}", path.display()),
-        Duration::from_secs(10),
-    )
-    .await?;
+    let pool = <Sqlite as Dialect>::connect(&format!("sqlite://{}", path.display()), LIMIT_TIMEOUT)
+        .await?;
     let mut conn = pool.acquire().await?;
     // A cache big enough for the whole transaction: with SQLite's default 2 MB, a million-row
     // transaction spills pages mid-way and measures the spill, not the database.
     sqlx::query("PRAGMA cache_size = -262144")
         .execute(&mut *conn)
         .await?;
+    let rows: Vec<Row<'_, Sale>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, event)| Row {
+            event,
+            partition: 0,
+            offset: i as i64,
+        })
+        .collect();
     let started = Instant::now();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    for (chunk_index, chunk) in rows.chunks(1000).enumerate() {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO sales_events (id, ts, store_id, amount_usd, channel, kafka_partition, kafka_offset) ",
-        );
-        q.push_values(chunk.iter().enumerate(), |mut row, (i, s)| {
-            row.push_bind(s.id.to_string())
-                .push_bind(ts_millis::format(s.ts))
-                .push_bind(&s.store_id)
-                .push_bind(s.amount_usd)
-                .push_bind(&s.channel)
-                .push_bind(0)
-                .push_bind((chunk_index * 1000 + i) as i64);
-        });
-        q.build().persistent(true).execute(&mut *tx).await?;
-    }
+    Sqlite::insert_sales(&mut tx, &rows).await?;
     tx.commit().await?;
     let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
     drop(conn);
@@ -754,9 +733,9 @@ async fn latency(
     let topic = format!("bench-{stamp}-latency");
     admin.create_topic(&topic, 3, 1, &[]).await?;
     let name = format!("streamlab_bench_{stamp}_latency");
-    let db = pg_database_url(pg_admin, &name)?;
+    let db_url = pg_database_url(pg_admin, &name)?;
     // Migrate first so the consumer is reading before the first event is produced.
-    crate::db::pg::connect(&db, Duration::from_secs(10))
+    <Postgres as Dialect>::connect(&db_url, LIMIT_TIMEOUT)
         .await?
         .close()
         .await;
@@ -768,7 +747,7 @@ async fn latency(
             "--sink",
             "pg",
             "-D",
-            &db,
+            &db_url,
             "--group",
             &format!("bench-{stamp}-latency"),
         ])
@@ -797,7 +776,7 @@ async fn latency(
         .args(["-TERM", &consumer.id().to_string()])
         .status();
     let _ = consumer.wait();
-    let mut conn = sqlx::PgConnection::connect(&db).await?;
+    let mut conn = sqlx::PgConnection::connect(&db_url).await?;
     // ingested_at is now() of the writing transaction, which commits right after.
     let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)

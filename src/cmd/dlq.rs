@@ -12,13 +12,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cli::{
-    DbTarget, DlqCommand, DlqFilterArgs, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs,
-    Format, SinkKind,
+    DlqCommand, DlqFilterArgs, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs, Format,
 };
-use crate::cmd::check::{self, Dialect};
 use crate::db::dlq::{self, Filter, Letter, Order, TakeError, Taken};
-use crate::db::sinks::{each, AnySink};
-use crate::db::{redact, Landed};
+use crate::db::{self, redact, Database, Landed, Reader, Target};
 use crate::events;
 use crate::kafka;
 use crate::render;
@@ -45,14 +42,10 @@ impl From<&DlqFilterArgs> for Filter {
 }
 
 /// The database, for reading (and purging).
-async fn open(
-    db: &crate::cli::DbOpts,
-    timeout: std::time::Duration,
-) -> Result<(DbTarget, sqlx::AnyPool, Dialect)> {
+async fn open(db: &crate::cli::DbOpts, timeout: std::time::Duration) -> Result<(Target, Reader)> {
     let target = db.target()?;
-    let pool = check::connect(&target, timeout).await?;
-    let d = Dialect::of(target.kind);
-    Ok((target, pool, d))
+    let reader = Reader::connect(&target, timeout).await?;
+    Ok((target, reader))
 }
 
 #[derive(Serialize)]
@@ -63,9 +56,11 @@ struct Listing {
 }
 
 async fn list(args: DlqListArgs) -> Result<()> {
-    let (target, pool, d) = open(&args.db, args.kafka.timeout).await?;
+    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
     let filter = Filter::from(&args.filter);
-    let letters = dlq::select(&pool, &d, &filter, Order::NewestFirst, args.limit, false).await?;
+    let letters = reader
+        .dead_letter_rows(&filter, Order::NewestFirst, args.limit, false)
+        .await?;
     let listing = Listing {
         database: redact(&target.url),
         count: letters.len(),
@@ -139,12 +134,13 @@ struct ShownLetter {
 }
 
 async fn show(args: DlqShowArgs) -> Result<()> {
-    let (target, pool, d) = open(&args.db, args.kafka.timeout).await?;
+    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
     let filter = Filter {
         ids: vec![args.id],
         ..Filter::default()
     };
-    let Some(letter) = dlq::select(&pool, &d, &filter, Order::OldestFirst, None, true)
+    let Some(letter) = reader
+        .dead_letter_rows(&filter, Order::OldestFirst, None, true)
         .await?
         .pop()
     else {
@@ -211,9 +207,11 @@ struct StillFailing {
 
 async fn replay(args: DlqReplayArgs) -> Result<()> {
     let timeout = args.kafka.timeout;
-    let (target, pool, d) = open(&args.db, timeout).await?;
+    let (target, reader) = open(&args.db, timeout).await?;
     let filter = Filter::from(&args.filter);
-    let letters = dlq::select(&pool, &d, &filter, Order::OldestFirst, None, true).await?;
+    let letters = reader
+        .dead_letter_rows(&filter, Order::OldestFirst, None, true)
+        .await?;
     let mut report = Replay {
         database: redact(&target.url),
         replayed: Vec::new(),
@@ -225,12 +223,14 @@ async fn replay(args: DlqReplayArgs) -> Result<()> {
         still_failing: Vec::new(),
     };
     if !letters.is_empty() {
-        let mut sink = AnySink::open(&target.url, target.kind == SinkKind::Sqlite, timeout).await?;
+        let mut database = Database::connect(&target, timeout).await?;
+        let limit = db::connect_timeout(timeout);
         match &args.to_topic {
             Some(topic) => {
                 produce_raw(&args.kafka, topic, &letters).await?;
                 let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
-                each!(&mut sink, s => dlq::take(s, &[], &ids).await)
+                dlq::take(&mut database, &[], &ids, limit)
+                    .await
                     .map_err(|e| taken_error(e, true))?;
                 report.replayed = ids;
             }
@@ -253,7 +253,8 @@ async fn replay(args: DlqReplayArgs) -> Result<()> {
                     }
                 }
                 let ids = report.replayed.clone();
-                let taken = each!(&mut sink, s => dlq::take(s, &events, &ids).await)
+                let taken = dlq::take(&mut database, &events, &ids, limit)
+                    .await
                     .map_err(|e| taken_error(e, false))?;
                 report.stored = Some(taken);
             }
@@ -340,12 +341,12 @@ struct Purged {
 }
 
 async fn purge(args: DlqPurgeArgs) -> Result<()> {
-    let (target, pool, d) = open(&args.db, args.kafka.timeout).await?;
+    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
     let filter = Filter {
         before: Some(args.before),
         ..Filter::from(&args.filter)
     };
-    let ids = dlq::purge(&pool, &d, &filter).await?;
+    let ids = reader.purge_dead_letters(&filter).await?;
     let purged = Purged {
         database: redact(&target.url),
         purged: ids.len(),

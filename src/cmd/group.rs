@@ -6,11 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use sqlx::AnyPool;
 
 use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
-use crate::cmd::check::{self, Dialect};
-use crate::db::redact;
+use crate::db::{redact, Reader};
 use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
 use crate::kafka::group::GroupDescription;
 use crate::kafka::{self, Lag};
@@ -137,8 +135,8 @@ struct DatabaseSide {
 async fn describe(args: GroupDescribeArgs) -> Result<()> {
     let db = match args.db.optional_target()? {
         Some(target) => {
-            let pool = check::connect(&target, args.kafka.timeout).await?;
-            Some((pool, Dialect::of(target.kind), redact(&target.url)))
+            let reader = Reader::connect(&target, args.kafka.timeout).await?;
+            Some((reader, redact(&target.url)))
         }
         None => None,
     };
@@ -151,7 +149,8 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         .fetch_all()
         .await?;
     let stored: BTreeMap<(String, i32), i64> = match &db {
-        Some((pool, d, _)) => check::stored_offsets(pool, d, &args.group, args.topic.as_deref())
+        Some((reader, _)) => reader
+            .stored_offsets(&args.group, args.topic.as_deref())
             .await?
             .into_iter()
             .map(|(topic, p, o)| ((topic, p as i32), o))
@@ -185,18 +184,18 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
              (`streamlab group list` shows the groups)",
             args.group,
             db.as_ref()
-                .map(|(_, _, url)| format!(", and {url} stores none"))
+                .map(|(_, url)| format!(", and {url} stores none"))
                 .unwrap_or_default()
         );
     }
     if let Some(topic) = &args.topic {
         topics = BTreeSet::from([topic.clone()]);
     }
-    if let Some((pool, d, _)) = &db {
+    if let Some((reader, _)) = &db {
         if !described {
-            members = recorded_members(pool, d, &args.group, &topics).await;
+            members = recorded_members(reader, &args.group, &topics).await;
         }
-        recorded_partitions(&mut members, pool, d, &args.group, &topics).await;
+        recorded_partitions(&mut members, reader, &args.group, &topics).await;
     }
     let mut reports = Vec::new();
     for topic in &topics {
@@ -220,7 +219,7 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
     let report = GroupReport {
         group: args.group,
         state,
-        database: db.map(|(_, _, url)| url),
+        database: db.map(|(_, url)| url),
         members,
         topics: reports,
         disagreements,
@@ -246,21 +245,13 @@ impl From<crate::kafka::group::MemberDescription> for Member {
 /// The members of the newest generation the database recorded for each of `topics`, for a
 /// broker that cannot describe the group (tansu's SQLite engine); their partitions are filled in
 /// by [`recorded_partitions`].
-async fn recorded_members(
-    pool: &AnyPool,
-    d: &Dialect,
-    group: &str,
-    topics: &BTreeSet<String>,
-) -> Vec<Member> {
+async fn recorded_members(reader: &Reader, group: &str, topics: &BTreeSet<String>) -> Vec<Member> {
     let mut members: BTreeMap<String, Member> = BTreeMap::new();
     for topic in topics {
-        let recorded = check::recorded_members(pool, d, group, topic).await;
-        let newest = recorded
-            .values()
-            .map(|(generation, _, _)| *generation)
-            .max();
-        for (member_id, (generation, _, _)) in recorded {
-            if Some(generation) == newest {
+        let recorded = reader.recorded_members(group, topic).await;
+        let newest = recorded.values().map(|r| r.generation).max();
+        for (member_id, row) in recorded {
+            if Some(row.generation) == newest {
                 members.entry(member_id.clone()).or_insert(Member {
                     member_id,
                     client_id: String::new(),
@@ -278,22 +269,21 @@ async fn recorded_members(
 /// their partitions where the broker does not report assignments (tansu).
 async fn recorded_partitions(
     members: &mut [Member],
-    pool: &AnyPool,
-    d: &Dialect,
+    reader: &Reader,
     group: &str,
     topics: &BTreeSet<String>,
 ) {
     for topic in topics {
-        let recorded = check::recorded_members(pool, d, group, topic).await;
+        let recorded = reader.recorded_members(group, topic).await;
         for m in members.iter_mut() {
-            let Some((_, partitions, client)) = recorded.get(&m.member_id) else {
+            let Some(row) = recorded.get(&m.member_id) else {
                 continue;
             };
-            m.recorded_client = Some(client.clone());
+            m.recorded_client = Some(row.client.clone());
             if !m.partitions.as_ref().is_some_and(|p| p.contains_key(topic)) {
                 m.partitions
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(topic.clone(), partitions.clone());
+                    .insert(topic.clone(), row.partitions.clone());
             }
         }
     }

@@ -2,16 +2,13 @@
 
 use anyhow::Result;
 
-use crate::cli::{MigrateArgs, SinkKind};
+use crate::cli::MigrateArgs;
 use crate::{db, render};
 
 pub async fn run(args: MigrateArgs) -> Result<()> {
     let target = args.db.target()?;
-    let (url, timeout) = (&target.url, args.timeout);
-    match target.kind {
-        SinkKind::Pg => drop(db::pg::connect(url, timeout).await?),
-        SinkKind::Sqlite => drop(db::sqlite::connect(url, timeout).await?),
-    }
-    render::note(format!("migrations applied to {}", db::redact(url)))?;
+    // Connecting applies them.
+    drop(db::Database::connect(&target, args.timeout).await?);
+    render::note(format!("migrations applied to {}", db::redact(&target.url)))?;
     Ok(())
 }

@@ -18,7 +18,8 @@ pub mod topic;
 pub mod watch;
 
 use crate::cli::Command;
-use crate::exit;
+use crate::db::members::MemberView;
+use crate::{exit, render};
 
 /// Run one command. Usage errors were settled by `Cli::into_command`; what fails here is the
 /// world (exit 1), or an unhealthy `check`.
@@ -37,4 +38,26 @@ pub async fn run(command: Command) -> Result<(), exit::Error> {
         Command::Dlq(cmd) => dlq::run(cmd).await?,
     }
     Ok(())
+}
+
+/// A group's members and what each holds, as `check` and `topic describe` print them.
+fn members_table(members: &[MemberView]) -> comfy_table::Table {
+    let mut t = render::table(["MEMBER", "CLIENT", "GENERATION", "PARTITIONS"]);
+    for m in members {
+        t.add_row(vec![
+            m.member_id.clone(),
+            if m.client.is_empty() {
+                "-".to_string()
+            } else {
+                m.client.clone()
+            },
+            m.generation.map_or("-".to_string(), |g| g.to_string()),
+            match &m.partitions {
+                Some(ps) if ps.is_empty() => "none".to_string(),
+                Some(ps) => ps.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
+                None => "? (not reported by the broker)".to_string(),
+            },
+        ]);
+    }
+    t
 }

@@ -11,13 +11,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sqlx::AnyPool;
 use time::OffsetDateTime;
 
-use crate::cli::{Format, OffsetsCommand, OffsetsResetArgs, SinkKind};
-use crate::cmd::check::{self, Dialect};
-use crate::db::sinks::{each, AnySink};
-use crate::db::{self, redact, Batch, OffsetAdvance, SinkError};
+use crate::cli::{Format, OffsetsCommand, OffsetsResetArgs};
+use crate::db::{self, redact, Batch, Database, Deadline, OffsetAdvance, Reader, SinkError};
 use crate::events::ts_millis;
 use crate::kafka::admin::{Admin, GroupCoordinator};
 use crate::kafka::fetch::{self, PartitionReader};
@@ -91,8 +88,7 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
     let to = Target::of(&args);
     let timeout = args.kafka.timeout;
     let (group, topic) = (args.group.as_str(), args.topic.as_str());
-    let pool = check::connect(&target, timeout).await?;
-    let d = Dialect::of(target.kind);
+    let reader = Reader::connect(&target, timeout).await?;
     let shown = redact(&target.url);
 
     let mut admin = Admin::connect(&args.kafka).await?;
@@ -102,7 +98,8 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
     } else {
         metadata.only(&args.partitions)?
     };
-    let stored: BTreeMap<i32, i64> = check::stored_offsets(&pool, &d, group, Some(topic))
+    let stored: BTreeMap<i32, i64> = reader
+        .stored_offsets(group, Some(topic))
         .await?
         .into_iter()
         .map(|(_, p, o)| (p as i32, o))
@@ -115,7 +112,7 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         );
     }
     let mut coordinator = Some(admin.group_coordinator(group).await?);
-    refuse_live_members(coordinator.as_mut().expect("just set"), &pool, &d, topic).await?;
+    refuse_live_members(coordinator.as_mut().expect("just set"), &reader, topic).await?;
 
     let mut readers = fetch::readers(&args.kafka, &metadata, &partitions);
     let ranges = fetch::offset_ranges(&mut readers).await?;
@@ -129,8 +126,10 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         partitions: moves,
     };
     if args.execute {
-        let sqlite = target.kind == SinkKind::Sqlite;
-        let mut sink = AnySink::open(&target.url, sqlite, timeout).await?;
+        let database = Database::connect(&target, timeout).await?;
+        // Every statement gets --timeout, as consume's.
+        let limit = db::connect_timeout(timeout);
+        let mut sink = Deadline::new(database, limit, target.describe());
         let batch = Batch {
             group: group.to_string(),
             topic: topic.to_string(),
@@ -147,7 +146,7 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
                 .collect(),
             ..Batch::default()
         };
-        each!(&mut sink, s => db::write(s, &batch).await).map_err(|e| match e {
+        db::write(&mut sink, &batch).await.map_err(|e| match e {
             SinkError::Fenced { partition, .. } => anyhow::anyhow!(
                 "the stored offset of {topic}/{partition} changed while resetting (a consumer \
                  outside the group is writing it: --assign all or --partition); nothing was \
@@ -182,12 +181,11 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
 /// describe the group (tansu's SQLite engine), the members the database recorded for `topic`.
 async fn refuse_live_members(
     coordinator: &mut GroupCoordinator,
-    pool: &AnyPool,
-    d: &Dialect,
+    reader: &Reader,
     topic: &str,
 ) -> Result<()> {
     let group = coordinator.group().to_string();
-    let recorded = check::recorded_members(pool, d, &group, topic).await;
+    let recorded = reader.recorded_members(&group, topic).await;
     let (members, source): (Vec<String>, String) = match coordinator.describe().await {
         Ok(described) => (
             described
@@ -195,7 +193,7 @@ async fn refuse_live_members(
                 .iter()
                 .map(|m| {
                     let client = match recorded.get(&m.member_id) {
-                        Some((_, _, client)) => client.clone(),
+                        Some(row) => row.client.clone(),
                         None => format!("{} at {}", m.client_id, m.client_host),
                     };
                     format!("{} ({client})", m.member_id)
@@ -211,7 +209,7 @@ async fn refuse_live_members(
             (
                 recorded
                     .iter()
-                    .map(|(id, (_, _, client))| format!("{id} ({client})"))
+                    .map(|(id, row)| format!("{id} ({})", row.client))
                     .collect(),
                 format!("member(s) recorded in the database for '{topic}' (the broker cannot say)"),
             )

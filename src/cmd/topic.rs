@@ -7,6 +7,7 @@ use crate::cli::{
     Format, TopicCommand, TopicConfigArgs, TopicCreateArgs, TopicDeleteArgs, TopicDescribeArgs,
     TopicListArgs, TopicRetentionArgs,
 };
+use crate::db::members;
 use crate::duration::human_ms;
 use crate::kafka;
 use crate::kafka::admin::{Admin, ConfigEntry, Created, Deleted};
@@ -263,7 +264,7 @@ struct TopicDescription {
     partitions: Vec<PartitionDescription>,
     /// With --group: its members and their partitions of this topic.
     #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<crate::cmd::check::GroupView>,
+    group: Option<members::GroupView>,
 }
 
 async fn describe(args: TopicDescribeArgs) -> Result<()> {
@@ -277,9 +278,8 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         Some(group) => {
             let mut coordinator = admin.group_coordinator(group).await?;
             // No database here: partitions are what the broker reports.
-            let view =
-                crate::cmd::check::group_view_or_none(&mut coordinator, None, &args.topic).await;
-            Some(view.unwrap_or_else(|| crate::cmd::check::GroupView {
+            let view = members::group_view_or_none(&mut coordinator, None, &args.topic).await;
+            Some(view.unwrap_or_else(|| members::GroupView {
                 group: group.clone(),
                 state: "Empty".to_string(),
                 members: Vec::new(),
@@ -334,7 +334,7 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                     g.members.len()
                 ))?;
                 if !g.members.is_empty() {
-                    render::line(crate::cmd::check::members_table(&g.members))?;
+                    render::line(super::members_table(&g.members))?;
                 }
             }
             Ok(())

@@ -17,11 +17,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table};
 use ratatui::Frame;
 use serde::Serialize;
-use sqlx::{AnyPool, Row as _};
 use time::OffsetDateTime;
 
 use crate::cli::WatchArgs;
-use crate::cmd::check::{self, Dialect};
+use crate::db::{members, Reader};
 use crate::events::ts_millis;
 use crate::kafka::fetch::TopicReaders;
 use crate::kafka::{self, admin::GroupCoordinator};
@@ -185,31 +184,28 @@ struct Source {
     topic: TopicReaders,
     /// Kept between snapshots; dropped on an error so the next one asks FindCoordinator again.
     coordinator: Option<GroupCoordinator>,
-    pool: Option<(AnyPool, Dialect)>,
+    reader: Option<Reader>,
 }
 
 impl Source {
     async fn connect(args: &WatchArgs) -> Result<Self> {
         let topic = TopicReaders::open(&args.kafka, &args.topic).await?;
-        let pool = match args.db.optional_target()? {
-            Some(target) => Some((
-                check::connect(&target, args.kafka.timeout).await?,
-                Dialect::of(target.kind),
-            )),
+        let reader = match args.db.optional_target()? {
+            Some(target) => Some(Reader::connect(&target, args.kafka.timeout).await?),
             None => None,
         };
         Ok(Self {
             topic,
             coordinator: None,
-            pool,
+            reader,
         })
     }
 
     async fn snapshot(&mut self, args: &WatchArgs) -> Result<Snapshot> {
         let ranges = self.topic.ranges().await?;
         let ids: Vec<i32> = ranges.keys().copied().collect();
-        let (committed, position_source) = match &self.pool {
-            Some((pool, d)) => (db_offsets(pool, d, args).await?, "database"),
+        let (committed, position_source) = match &self.reader {
+            Some(reader) => (db_offsets(reader, args).await?, "database"),
             None => (self.group_offsets(args, &ids).await?, "kafka"),
         };
         let owners = self.owners(args).await;
@@ -232,8 +228,8 @@ impl Source {
                 owner: owners.get(&partition).cloned(),
             });
         }
-        let sink = match &self.pool {
-            Some((pool, d)) => Some(sink_view(pool, d, args).await?),
+        let sink = match &self.reader {
+            Some(reader) => Some(sink_view(reader, args).await?),
             None => None,
         };
         Ok(Snapshot {
@@ -267,9 +263,8 @@ impl Source {
             return BTreeMap::new();
         }
         let coordinator = self.coordinator.as_mut().expect("just connected");
-        let recorded_in = self.pool.as_ref().map(|(pool, d)| (pool, d));
         let (view, failed) =
-            check::described_or_recorded(coordinator, recorded_in, &args.topic).await;
+            members::described_or_recorded(coordinator, self.reader.as_ref(), &args.topic).await;
         if failed.is_some() {
             self.coordinator = None;
         }
@@ -288,8 +283,9 @@ impl Source {
     }
 }
 
-async fn db_offsets(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<BTreeMap<i32, i64>> {
-    let stored = check::stored_offsets(pool, d, &args.group, Some(&args.topic))
+async fn db_offsets(reader: &Reader, args: &WatchArgs) -> Result<BTreeMap<i32, i64>> {
+    let stored = reader
+        .stored_offsets(&args.group, Some(&args.topic))
         .await
         .context("reading the group's stored offsets (has consume run against this database?)")?;
     Ok(stored
@@ -298,27 +294,14 @@ async fn db_offsets(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<BTr
         .collect())
 }
 
-async fn sink_view(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<SinkView> {
+async fn sink_view(reader: &Reader, args: &WatchArgs) -> Result<SinkView> {
     let table = args.kind.table();
-    let row = sqlx::query(&format!(
-        "SELECT {}, {} FROM {table}",
-        d.int("COUNT(*)"),
-        d.ts_text("MAX(ts)")
-    ))
-    .fetch_one(pool)
-    .await
-    .with_context(|| format!("reading {table}"))?;
-    let rows: i64 = row.try_get(0)?;
-    let newest_ts: Option<String> = row.try_get(1)?;
-    let dead_letters: i64 = sqlx::query(&format!(
-        "SELECT {} FROM dead_letters WHERE topic = {}",
-        d.int("COUNT(*)"),
-        d.param(1)
-    ))
-    .bind(&args.topic)
-    .fetch_one(pool)
-    .await?
-    .try_get(0)?;
+    let landed = reader
+        .rows(table)
+        .await
+        .with_context(|| format!("reading {table}"))?;
+    let dead_letters = reader.dead_letters_of(&args.topic).await?;
+    let newest_ts = landed.newest_ts;
     let delay_ms = newest_ts
         .as_deref()
         .and_then(|ts| {
@@ -326,7 +309,7 @@ async fn sink_view(pool: &AnyPool, d: &Dialect, args: &WatchArgs) -> Result<Sink
         })
         .map(|ts| ((OffsetDateTime::now_utc() - ts).whole_milliseconds() as i64).max(0));
     Ok(SinkView {
-        rows,
+        rows: landed.count,
         newest_ts,
         dead_letters,
         delay_ms,

@@ -2,21 +2,22 @@
 //! letters out — into the event tables (replay), or after they were produced again — in one
 //! transaction that removes exactly the letters it was given, or nothing.
 //!
-//! Reads and purges go through sqlx's `Any` driver with [`Dialect`] (the read side `check`
-//! uses); taking letters out goes through the write side, so replayed events are inserted by
-//! the same statements (and `ON CONFLICT (id) DO NOTHING`) as consumed ones.
+//! Reads and purges go through the [`Reader`] (sqlx's `Any` driver); taking letters out goes
+//! through the write side, so replayed events are inserted by the same statements (and
+//! `ON CONFLICT (id) DO NOTHING`) as consumed ones.
 
 use std::future::Future;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::pg::PgTx;
-use super::sqlite::SqliteTx;
-use super::{within, Deadline, Landed, Sink, SinkError, SinkTx};
-use crate::cmd::check::Dialect;
+use super::offsets::Statement;
+use super::{
+    Database, DatabaseTx, Dialect, Kind, Landed, Reader, Sink, SinkError, SinkTx, WriterTx,
+};
 use crate::events::ts_millis;
 
 /// Which dead letters; every condition given must hold.
@@ -35,17 +36,17 @@ pub struct Filter {
 
 impl Filter {
     /// ` WHERE …` (or nothing) and the text values it binds, in order.
-    fn sql(&self, d: &Dialect) -> (String, Vec<String>) {
+    fn sql(&self, reader: &Reader) -> (String, Vec<String>) {
         let mut conditions = Vec::new();
         let mut binds = Vec::new();
         let mut bind = |value: String| {
             binds.push(value);
-            d.param(binds.len())
+            format!("${}", binds.len())
         };
         if let Some(topic) = &self.topic {
             conditions.push(format!("topic = {}", bind(topic.clone())));
         }
-        let failed_at = d.ts_text("failed_at");
+        let failed_at = reader.ts_text("failed_at");
         if let Some(since) = self.since {
             conditions.push(format!("{failed_at} >= {}", bind(ts_millis::format(since))));
         }
@@ -53,7 +54,11 @@ impl Filter {
             conditions.push(format!("{failed_at} < {}", bind(ts_millis::format(before))));
         }
         if let Some(reason) = &self.reason {
-            conditions.push(d.contains("error", &bind(reason.clone())));
+            let needle = bind(reason.clone());
+            conditions.push(match reader.kind {
+                Kind::Sqlite => format!("instr(error, {needle}) > 0"),
+                Kind::Postgres => format!("strpos(error, {needle}) > 0"),
+            });
         }
         if !self.ids.is_empty() {
             conditions.push(format!("id IN ({})", id_list(&self.ids)));
@@ -95,75 +100,79 @@ pub enum Order {
     OldestFirst,
 }
 
-/// The dead letters `filter` matches, at most `limit`, with their key and payload bytes when
-/// `payloads` (else without: listing a table of large payloads stays cheap).
-pub(crate) async fn select(
-    pool: &AnyPool,
-    d: &Dialect,
-    filter: &Filter,
-    order: Order,
-    limit: Option<u32>,
-    payloads: bool,
-) -> Result<Vec<Letter>> {
-    let (conditions, binds) = filter.sql(d);
-    let bytes = if payloads {
-        "record_key, payload"
-    } else {
-        "NULL, NULL"
-    };
-    let mut sql = format!(
-        "SELECT {}, topic, {}, {}, {bytes}, {}, error, {} FROM dead_letters{conditions} ORDER BY id {}",
-        d.int("id"),
-        d.int("kafka_partition"),
-        d.int("kafka_offset"),
-        d.int("length(payload)"),
-        d.ts_text("failed_at"),
-        if order == Order::NewestFirst { "DESC" } else { "ASC" }
-    );
-    if let Some(limit) = limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
-    let mut query = sqlx::query(&sql);
-    for value in binds {
-        query = query.bind(value);
-    }
-    let rows = query.fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Letter {
-                id: r.try_get(0)?,
-                topic: r.try_get(1)?,
-                partition: i32::try_from(r.try_get::<i64, _>(2)?)?,
-                offset: r.try_get(3)?,
-                key: r.try_get(4)?,
-                payload: r.try_get(5)?,
-                payload_bytes: r.try_get(6)?,
-                error: r.try_get(7)?,
-                failed_at: r.try_get(8)?,
+impl Reader {
+    /// The dead letters `filter` matches, at most `limit`, with their key and payload bytes
+    /// when `payloads` (else without: listing a table of large payloads stays cheap).
+    pub async fn dead_letter_rows(
+        &self,
+        filter: &Filter,
+        order: Order,
+        limit: Option<u32>,
+        payloads: bool,
+    ) -> Result<Vec<Letter>> {
+        let (conditions, binds) = filter.sql(self);
+        let bytes = if payloads {
+            "record_key, payload"
+        } else {
+            "NULL, NULL"
+        };
+        let mut sql = format!(
+            "SELECT {}, topic, {}, {}, {bytes}, {}, error, {} FROM dead_letters{conditions} \
+             ORDER BY id {}",
+            self.int("id"),
+            self.int("kafka_partition"),
+            self.int("kafka_offset"),
+            self.int("length(payload)"),
+            self.ts_text("failed_at"),
+            if order == Order::NewestFirst {
+                "DESC"
+            } else {
+                "ASC"
+            }
+        );
+        if let Some(limit) = limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let query = binds
+            .into_iter()
+            .fold(sqlx::query(&sql), |query, value| query.bind(value));
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Letter {
+                    id: r.try_get(0)?,
+                    topic: r.try_get(1)?,
+                    partition: i32::try_from(r.try_get::<i64, _>(2)?)?,
+                    offset: r.try_get(3)?,
+                    key: r.try_get(4)?,
+                    payload: r.try_get(5)?,
+                    payload_bytes: r.try_get(6)?,
+                    error: r.try_get(7)?,
+                    failed_at: r.try_get(8)?,
+                })
             })
-        })
-        .collect()
-}
-
-/// Delete the dead letters `filter` matches; their ids, in order.
-pub(crate) async fn purge(pool: &AnyPool, d: &Dialect, filter: &Filter) -> Result<Vec<i64>> {
-    let (conditions, binds) = filter.sql(d);
-    let sql = format!(
-        "DELETE FROM dead_letters{conditions} RETURNING {}",
-        d.int("id")
-    );
-    let mut query = sqlx::query(&sql);
-    for value in binds {
-        query = query.bind(value);
+            .collect()
     }
-    let mut ids: Vec<i64> = query
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    ids.sort_unstable();
-    Ok(ids)
+
+    /// Delete the dead letters `filter` matches; their ids, in order.
+    pub async fn purge_dead_letters(&self, filter: &Filter) -> Result<Vec<i64>> {
+        let (conditions, binds) = filter.sql(self);
+        let sql = format!(
+            "DELETE FROM dead_letters{conditions} RETURNING {}",
+            self.int("id")
+        );
+        let query = binds
+            .into_iter()
+            .fold(sqlx::query(&sql), |query, value| query.bind(value));
+        let mut ids: Vec<i64> = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
 }
 
 /// Why letters could not be taken out.
@@ -176,6 +185,9 @@ pub enum TakeError {
          nothing was changed: run it again"
     )]
     Changed { asked: usize, missing: usize },
+    /// The database did not answer within the deadline; nothing was committed.
+    #[error("the database did not answer within {}; nothing was changed", humantime::format_duration(*.0))]
+    Unanswered(Duration),
     #[error(transparent)]
     Sink(#[from] SinkError),
 }
@@ -190,8 +202,22 @@ pub struct Taken {
 
 /// In one transaction: remove the letters `ids` from `dead_letters` and insert `events`. Either
 /// all of it or nothing: if any of the letters is already gone, nothing is changed
-/// ([`TakeError::Changed`]), so no letter is replayed twice.
-pub async fn take<S: Sink>(sink: &mut S, events: &[Landed], ids: &[i64]) -> Result<Taken, TakeError>
+/// ([`TakeError::Changed`]), so no letter is replayed twice. A database silent for `limit`
+/// ends it, uncommitted.
+pub async fn take(
+    database: &mut Database,
+    events: &[Landed],
+    ids: &[i64],
+    limit: Duration,
+) -> Result<Taken, TakeError> {
+    let taking = take_in(database, events, ids);
+    match tokio::time::timeout(limit, taking).await {
+        Ok(taken) => taken,
+        Err(_) => Err(TakeError::Unanswered(limit)),
+    }
+}
+
+async fn take_in<S: Sink>(sink: &mut S, events: &[Landed], ids: &[i64]) -> Result<Taken, TakeError>
 where
     S::Tx: Statements,
 {
@@ -222,27 +248,17 @@ pub trait Statements: SinkTx {
     fn execute(&mut self, sql: &str) -> impl Future<Output = Result<u64, SinkError>> + Send;
 }
 
-impl Statements for PgTx {
+impl<D: Dialect> Statements for WriterTx<D> {
     async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
-        Ok(sqlx::query(sql)
-            .execute(&mut *self.0)
-            .await?
-            .rows_affected())
+        Ok(D::execute(&mut self.0, &Statement::from(sql)).await?)
     }
 }
 
-impl Statements for SqliteTx {
+impl Statements for DatabaseTx {
     async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
-        Ok(sqlx::query(sql)
-            .execute(&mut *self.0)
-            .await?
-            .rows_affected())
-    }
-}
-
-impl<T: Statements> Statements for Deadline<T> {
-    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
-        let operation = self.inner.execute(sql);
-        within(self.limit, &self.database, operation).await
+        match self {
+            DatabaseTx::Postgres(tx) => tx.execute(sql).await,
+            DatabaseTx::Sqlite(tx) => tx.execute(sql).await,
+        }
     }
 }

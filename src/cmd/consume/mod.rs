@@ -29,10 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::cli::{AssignAll, ConsumeArgs, Format, SinkKind};
-use crate::db::pg::PgSink;
-use crate::db::sqlite::SqliteSink;
-use crate::db::{self, Deadline, Sink};
+use crate::cli::{AssignAll, ConsumeArgs, Format};
+use crate::db::{self, Database, Deadline, Sink};
 use crate::events::EventKind;
 use crate::kafka::admin::TopicMetadata;
 use crate::kafka::fetch::{CorruptBatch, FetchedRecord};
@@ -47,24 +45,11 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     let target = args.db.target()?;
     crate::metrics::serve(args.metrics.metrics_addr)?;
     let args = Config::from(args);
-    let url = target.url;
     let timeout = args.kafka.timeout;
+    let database = Database::connect(&target, timeout).await?;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
     let limit = db::connect_timeout(timeout);
-    let shown = db::redact(&url);
-    let within = |name: &str| (limit, format!("{name} at {shown}"));
-    match target.kind {
-        SinkKind::Pg => {
-            let (limit, database) = within("PostgreSQL");
-            let pg = PgSink::connect(&url, timeout).await?;
-            consume(&args, Deadline::new(pg, limit, database)).await
-        }
-        SinkKind::Sqlite => {
-            let (limit, database) = within("SQLite");
-            let sqlite = SqliteSink::connect(&url, timeout).await?;
-            consume(&args, Deadline::new(sqlite, limit, database)).await
-        }
-    }
+    consume(&args, Deadline::new(database, limit, target.describe())).await
 }
 
 /// What a consume run is asked to do: the command line, settled. The loop below `run` reads

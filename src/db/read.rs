@@ -1,0 +1,401 @@
+//! The read side: what `check` and `watch` ask of a database — the rows that landed, the dead
+//! letters, the stored offsets and recorded members — through one read-only pool of sqlx's
+//! `Any` driver.
+//!
+//! Each query is written once; the few fragments where PostgreSQL and SQLite differ
+//! (timestamps as text, casts, the catalog) are chosen by the [`Kind`]. The bookkeeping
+//! queries are `offsets.rs`'s, shared with the writer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row};
+
+use super::members::Recorded;
+use super::{offsets, redact, Kind, Target};
+use crate::events::EventKind;
+
+/// A read-only connection to either database.
+pub struct Reader {
+    pub(super) pool: AnyPool,
+    pub(super) kind: Kind,
+}
+
+/// How many rows a table holds and its newest `ts` (RFC 3339 UTC, milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rows {
+    pub count: i64,
+    pub newest_ts: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadLetters {
+    pub count: i64,
+    pub newest: Vec<DeadLetterSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadLetterSummary {
+    pub topic: String,
+    pub partition: i64,
+    pub offset: i64,
+    pub error: String,
+    pub failed_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Throughput {
+    /// Rows landed (by ingestion time) per second over the last minute.
+    pub last_1m_per_sec: f64,
+    /// … and over the last five minutes.
+    pub last_5m_per_sec: f64,
+}
+
+/// How many rows hold a value.
+#[derive(Debug, Serialize)]
+pub struct Share {
+    pub value: String,
+    pub rows: i64,
+}
+
+/// What a check on a table's rows counts: zero is healthy.
+#[derive(Debug, Clone, Copy)]
+pub enum Offending<'a> {
+    /// 1 when `id` is not the table's primary key (duplicates cannot be prevented), else 0.
+    NoPrimaryKeyOnId,
+    /// Ids that appear more than once.
+    DuplicateIds,
+    /// Rows whose `ts` is more than this many minutes in the future.
+    FutureTs { minutes: i64 },
+    /// Rows with a negative `amount_usd`.
+    NegativeAmounts,
+    /// Rows whose `column` holds none of `known`.
+    Unknown {
+        column: &'a str,
+        known: &'a [&'a str],
+    },
+}
+
+impl Reader {
+    /// A read-only pool over the target: it must exist already (reading creates nothing).
+    pub async fn connect(target: &Target, timeout: Duration) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let url = &target.url;
+        let shown = redact(url);
+        let unreachable =
+            |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot reach the database {shown}: {e}");
+        match target.kind {
+            Kind::Postgres => super::pg::warn_unrecognized_parameters(url),
+            Kind::Sqlite => {
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                let path = path.split('?').next().unwrap_or_default();
+                if path != ":memory:" && !std::path::Path::new(path).exists() {
+                    return Err(unreachable(&"no such file (run `streamlab consume` first)"));
+                }
+            }
+        }
+        let connecting = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timeout)
+            .connect(url);
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(pool)) => Ok(Self {
+                pool,
+                kind: target.kind,
+            }),
+            Ok(Err(e)) => Err(unreachable(&e)),
+            Err(_) => Err(unreachable(&"no answer in time")),
+        }
+    }
+
+    /// Whether `table` exists (in `public`, on PostgreSQL).
+    pub async fn has_table(&self, table: &str) -> Result<bool> {
+        let sql = match self.kind {
+            Kind::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+            Kind::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables
+                 WHERE table_schema = 'public' AND table_name = $1"
+            }
+        };
+        let row = sqlx::query(sql).bind(table).fetch_one(&self.pool).await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    /// How many rows `table` holds, and its newest `ts`.
+    pub async fn rows(&self, table: &str) -> Result<Rows> {
+        let row = sqlx::query(&format!(
+            "SELECT {}, {} FROM {table}",
+            self.int("COUNT(*)"),
+            self.ts_text("MAX(ts)")
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Rows {
+            count: row.try_get(0)?,
+            newest_ts: row.try_get(1)?,
+        })
+    }
+
+    /// How many rows of `table` (an events table) a check finds at fault.
+    pub async fn offending(&self, table: &str, what: Offending<'_>) -> Result<i64> {
+        let sql = match what {
+            Offending::NoPrimaryKeyOnId => {
+                format!("SELECT 1 - ({})", self.primary_key_on_id(table))
+            }
+            Offending::DuplicateIds => format!(
+                "SELECT COUNT(*) FROM (SELECT id FROM {table} GROUP BY id HAVING COUNT(*) > 1) AS dup"
+            ),
+            Offending::FutureTs { minutes } => format!(
+                "SELECT COUNT(*) FROM {table} WHERE ts > {}",
+                self.now_plus_minutes(minutes)
+            ),
+            Offending::NegativeAmounts => {
+                format!("SELECT COUNT(*) FROM {table} WHERE amount_usd < 0")
+            }
+            Offending::Unknown { column, known } => {
+                let known: Vec<String> = known.iter().map(|v| format!("'{v}'")).collect();
+                format!(
+                    "SELECT COUNT(*) FROM {table} WHERE {column} NOT IN ({})",
+                    known.join(", ")
+                )
+            }
+        };
+        self.count(&sql).await
+    }
+
+    /// How many records were dead-lettered, and the five newest.
+    pub async fn dead_letters(&self) -> Result<DeadLetters> {
+        let count = self.count("SELECT COUNT(*) FROM dead_letters").await?;
+        let rows = sqlx::query(&format!(
+            "SELECT topic, {}, {}, error, {} FROM dead_letters ORDER BY id DESC LIMIT 5",
+            self.int("kafka_partition"),
+            self.int("kafka_offset"),
+            self.ts_text("failed_at")
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let newest = rows
+            .iter()
+            .map(|r| {
+                Ok(DeadLetterSummary {
+                    topic: r.try_get(0)?,
+                    partition: r.try_get(1)?,
+                    offset: r.try_get(2)?,
+                    error: r.try_get(3)?,
+                    failed_at: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeadLetters { count, newest })
+    }
+
+    /// How many records of `topic` were dead-lettered.
+    pub async fn dead_letters_of(&self, topic: &str) -> Result<i64> {
+        let sql = format!(
+            "SELECT {} FROM dead_letters WHERE topic = $1",
+            self.int("COUNT(*)")
+        );
+        let row = sqlx::query(&sql).bind(topic).fetch_one(&self.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The ten newest rows of `kind`'s table, column by column (numbers as numbers), in the
+    /// table's column order.
+    pub async fn newest(
+        &self,
+        kind: EventKind,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let columns = self.newest_columns(kind);
+        let select: Vec<&str> = columns.iter().map(|(_, sql, _)| sql.as_str()).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM {} ORDER BY ts DESC LIMIT 10",
+            select.join(", "),
+            kind.table()
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| row_to_map(row, &columns)).collect()
+    }
+
+    /// Rows of `table` landed over the last minute and the last five, per second.
+    pub async fn throughput(&self, table: &str) -> Result<Throughput> {
+        let landed_within = |minutes: i64| {
+            self.int(&format!(
+                "COALESCE(SUM(CASE WHEN ingested_at > {} THEN 1 ELSE 0 END), 0)",
+                self.now_plus_minutes(-minutes)
+            ))
+        };
+        let row = sqlx::query(&format!(
+            "SELECT {}, {} FROM {table}",
+            landed_within(1),
+            landed_within(5)
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Throughput {
+            last_1m_per_sec: row.try_get::<i64, _>(0)? as f64 / 60.0,
+            last_5m_per_sec: row.try_get::<i64, _>(1)? as f64 / 300.0,
+        })
+    }
+
+    /// Rows of `table` per value of `column`, most first (ties by value), at most `limit`.
+    pub async fn shares(
+        &self,
+        table: &str,
+        column: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<Share>> {
+        let mut sql =
+            format!("SELECT {column}, COUNT(*) FROM {table} GROUP BY {column} ORDER BY 2 DESC, 1");
+        if let Some(limit) = limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Share {
+                    value: r.try_get(0)?,
+                    rows: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// `group`'s stored `(topic, partition, next offset)` rows, of one topic or of all, in order.
+    pub async fn stored_offsets(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Result<Vec<(String, i64, i64)>> {
+        let statement = offsets::positions(self.kind, group, topic);
+        let rows = statement.query::<Any>().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// The `streamlab_members` rows of `group` and `topic`, by member id. A database from before
+    /// the table existed simply has none to offer.
+    pub async fn recorded_members(&self, group: &str, topic: &str) -> BTreeMap<String, Recorded> {
+        let statement = offsets::members(self.kind, group, topic);
+        let rows = statement.query::<Any>().fetch_all(&self.pool).await;
+        rows.unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                // Partitions are stored comma-separated, '' for none.
+                let list: String = r.try_get(2).ok()?;
+                let partitions = list.split(',').filter_map(|p| p.parse().ok()).collect();
+                let recorded = Recorded {
+                    generation: r.try_get(1).ok()?,
+                    partitions,
+                    client: r.try_get(3).ok()?,
+                };
+                Some((r.try_get(0).ok()?, recorded))
+            })
+            .collect()
+    }
+
+    /// A single number, the SQL named in the error should it fail.
+    async fn count(&self, sql: &str) -> Result<i64> {
+        let row = sqlx::query(sql)
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| sql.to_string())?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    fn sqlite(&self) -> bool {
+        self.kind == Kind::Sqlite
+    }
+
+    /// A timestamp column as RFC 3339 UTC text with milliseconds.
+    pub(super) fn ts_text(&self, expr: &str) -> String {
+        if self.sqlite() {
+            expr.to_string()
+        } else {
+            format!("to_char({expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+        }
+    }
+
+    /// "now plus `minutes`", comparable with the ts columns.
+    fn now_plus_minutes(&self, minutes: i64) -> String {
+        if self.sqlite() {
+            format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '{minutes:+} minutes')")
+        } else {
+            format!("(now() + interval '{minutes} minutes')")
+        }
+    }
+
+    fn real(&self, expr: &str) -> String {
+        if self.sqlite() {
+            format!("CAST({expr} AS REAL)")
+        } else {
+            format!("CAST({expr} AS DOUBLE PRECISION)")
+        }
+    }
+
+    pub(super) fn int(&self, expr: &str) -> String {
+        format!("CAST({expr} AS BIGINT)")
+    }
+
+    /// 1 when `id` is `table`'s primary key, else 0.
+    fn primary_key_on_id(&self, table: &str) -> String {
+        if self.sqlite() {
+            format!(
+                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = 'id' AND pk = 1"
+            )
+        } else {
+            format!(
+                "SELECT COUNT(*) FROM information_schema.table_constraints tc
+                 JOIN information_schema.key_column_usage k
+                   ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema
+                 WHERE tc.table_schema = 'public' AND tc.table_name = '{table}'
+                   AND tc.constraint_type = 'PRIMARY KEY' AND k.column_name = 'id'"
+            )
+        }
+    }
+
+    /// Columns shown for the newest rows: name, the SQL that renders it, whether a number.
+    fn newest_columns(&self, kind: EventKind) -> Vec<(&'static str, String, bool)> {
+        let ts = self.ts_text("ts");
+        match kind {
+            EventKind::Sales => vec![
+                ("id", "CAST(id AS TEXT)".into(), false),
+                ("ts", ts, false),
+                ("store_id", "store_id".into(), false),
+                ("amount_usd", self.real("amount_usd"), true),
+                ("channel", "channel".into(), false),
+            ],
+            EventKind::Sensor => vec![
+                ("id", "CAST(id AS TEXT)".into(), false),
+                ("sensor_id", "sensor_id".into(), false),
+                ("val", self.real("val"), true),
+                ("unit", "unit".into(), false),
+                ("status", "status".into(), false),
+                ("ts", ts, false),
+            ],
+        }
+    }
+}
+
+fn row_to_map(
+    row: &AnyRow,
+    columns: &[(&'static str, String, bool)],
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    // Columns keep the table's order (serde_json's preserve_order).
+    let mut map = serde_json::Map::new();
+    for (i, (name, _, numeric)) in columns.iter().enumerate() {
+        let value = if *numeric {
+            serde_json::json!(row.try_get::<f64, _>(i)?)
+        } else {
+            serde_json::json!(row.try_get::<String, _>(i)?)
+        };
+        map.insert(name.to_string(), value);
+    }
+    Ok(map)
+}

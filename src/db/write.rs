@@ -1,0 +1,251 @@
+//! Writing a batch: the steps, once for both databases.
+//!
+//! [`write`] and [`write_isolating`] make a batch out of the steps of any [`Sink`] — the offset
+//! fence, and setting aside the events the database refuses. [`Writer`] is the sink of either
+//! database: its steps (begin, insert events and dead letters, advance the fenced offsets, record
+//! members, commit) are the same for both, and ask the database's [`Dialect`] only for what
+//! differs — connecting, beginning a transaction, and how rows go in.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::{Pool, Transaction};
+
+use super::offsets::{self, Driver, Statement, StoredOffset};
+use super::{
+    split_kinds, Batch, DeadLetter, Kind, Landed, MemberRecord, OffsetAdvance, Row, Savepoint,
+    Sink, SinkError, SinkTx, Written,
+};
+use crate::events::{Sale, SensorReading};
+
+/// Write the batch in one transaction — rows, dead letters, fenced offsets: all of it, or (on
+/// error) none of it.
+pub async fn write<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Written, SinkError> {
+    let mut tx = sink.begin().await?;
+    let inserted = tx.insert_events(&batch.events).await?;
+    finish(tx, batch, inserted, batch.events.len(), Vec::new()).await
+}
+
+/// [`write`] for a batch the database refused ([`SinkError::refusal`]): still one transaction,
+/// but the events go in slice by slice, each under a savepoint. A slice the database refuses is
+/// rolled back to its savepoint and split in two, until each refused event is alone; those
+/// become dead letters with the database's reason, everything else is stored, and the offsets
+/// move past all of them. Each slice goes in on top of the ones accepted before it, so what is
+/// committed is exactly what the database accepted together.
+pub async fn write_isolating<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Written, SinkError> {
+    let mut tx = sink.begin().await?;
+    let (mut inserted, mut accepted) = (0, 0);
+    let mut refused = Vec::new();
+    // Slices still to try, the next on top (a stack instead of recursion in an async fn).
+    let mut pending: Vec<&[Landed]> = halves(&batch.events);
+    while let Some(slice) = pending.pop() {
+        tx.savepoint(Savepoint::Set).await?;
+        match tx.insert_events(slice).await {
+            Ok(n) => {
+                tx.savepoint(Savepoint::Release).await?;
+                inserted += n;
+                accepted += slice.len();
+            }
+            Err(e) => {
+                let Some(reason) = e.refusal() else {
+                    return Err(e);
+                };
+                tx.savepoint(Savepoint::RollBack).await?;
+                match slice {
+                    [one] => refused.push(DeadLetter {
+                        partition: one.partition,
+                        offset: one.offset,
+                        key: one.key.as_deref().map(<[u8]>::to_vec),
+                        payload: Some(one.value.to_vec()),
+                        error: format!("refused by the database: {reason}"),
+                    }),
+                    _ => pending.extend(halves(slice)),
+                }
+            }
+        }
+    }
+    finish(tx, batch, inserted, accepted, refused).await
+}
+
+/// `events` in two halves, the first half last (so it is popped first); one slice if it cannot
+/// be split, none if empty.
+fn halves(events: &[Landed]) -> Vec<&[Landed]> {
+    match events.len() {
+        0 => Vec::new(),
+        1 => vec![events],
+        n => {
+            let (first, second) = events.split_at(n / 2);
+            vec![second, first]
+        }
+    }
+}
+
+/// The rest of a batch's transaction once its events are in: dead letters, the fenced offsets,
+/// COMMIT.
+async fn finish<T: SinkTx>(
+    mut tx: T,
+    batch: &Batch,
+    inserted: u64,
+    accepted: usize,
+    refused: Vec<DeadLetter>,
+) -> Result<Written, SinkError> {
+    let dead_lettered = tx
+        .insert_dead_letters(&batch.topic, &batch.dead_letters)
+        .await?
+        + tx.insert_dead_letters(&batch.topic, &refused).await?;
+    for advance in &batch.offsets {
+        if !tx.advance(batch, advance).await? {
+            // Dropping the transaction rolls it back: nothing of this batch is kept.
+            return Err(SinkError::fenced(batch, advance));
+        }
+    }
+    tx.commit().await?;
+    Ok(Written {
+        inserted,
+        duplicates: accepted as u64 - inserted,
+        dead_lettered,
+        refused: refused
+            .into_iter()
+            .map(|d| (d.partition, d.offset, d.error))
+            .collect(),
+    })
+}
+
+/// What differs between the databases on the write side; the rest is [`Writer`]'s, once.
+/// Implemented by sqlx's `Postgres` (`pg.rs`) and `Sqlite` (`sqlite.rs`); the shared statements
+/// run on either as a [`Driver`].
+pub trait Dialect: Driver {
+    const KIND: Kind;
+
+    /// Connect (creating the database if it does not exist yet) and apply the migrations.
+    /// (Not `Send`: sqlx's SQLite migrator is not, and connecting happens before any task is
+    /// spawned.)
+    fn connect(url: &str, timeout: Duration) -> impl Future<Output = anyhow::Result<Pool<Self>>>;
+
+    /// Begin a batch's transaction.
+    fn begin(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send;
+
+    /// Insert sales (at least one), skipping ids already stored; how many rows are new.
+    fn insert_sales(
+        conn: &mut Self::Connection,
+        rows: &[Row<'_, Sale>],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Insert sensor readings (at least one), skipping ids already stored; how many are new.
+    fn insert_sensors(
+        conn: &mut Self::Connection,
+        rows: &[Row<'_, SensorReading>],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Insert dead letters (at least one) of `topic`, skipping records already there; how many
+    /// are new.
+    fn insert_dead_letters(
+        conn: &mut Self::Connection,
+        topic: &str,
+        letters: &[DeadLetter],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+}
+
+/// The sink of a database of dialect `D` ([`super::pg::PgSink`], [`super::sqlite::SqliteSink`]).
+pub struct Writer<D: Dialect> {
+    pool: Pool<D>,
+}
+
+impl<D: Dialect> Writer<D> {
+    /// Connect (creating the database if it does not exist yet) and apply the migrations.
+    pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            pool: D::connect(url, timeout).await?,
+        })
+    }
+
+    /// The stored rows of `group` for `topic`.
+    async fn stored(&self, group: &str, topic: &str) -> Result<Vec<StoredOffset>, SinkError> {
+        let mut conn = self.pool.acquire().await?;
+        let statement = offsets::stored(D::KIND, group, topic);
+        Ok(D::fetch_stored(&mut conn, &statement).await?)
+    }
+}
+
+impl<D: Dialect> Sink for Writer<D> {
+    type Tx = WriterTx<D>;
+
+    async fn begin(&mut self) -> Result<WriterTx<D>, SinkError> {
+        Ok(WriterTx(D::begin(&self.pool).await?))
+    }
+
+    async fn load_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let stored = self.stored(group, topic).await?;
+        let offsets = stored
+            .into_iter()
+            .map(|(partition, next, _)| (partition, next));
+        Ok(offsets.collect())
+    }
+
+    async fn stored_topic_ids(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, String>, SinkError> {
+        let stored = self.stored(group, topic).await?;
+        let ids = stored
+            .into_iter()
+            .filter_map(|(partition, _, id)| Some((partition, id?)));
+        Ok(ids.collect())
+    }
+
+    async fn record_member(&mut self, member: &MemberRecord) -> Result<(), SinkError> {
+        let mut conn = self.pool.acquire().await?;
+        D::execute(&mut conn, &offsets::record_member(D::KIND, member)).await?;
+        Ok(())
+    }
+}
+
+/// A batch's transaction.
+pub struct WriterTx<D: Dialect>(pub(super) Transaction<'static, D>);
+
+impl<D: Dialect> SinkTx for WriterTx<D> {
+    async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+        let (sales, sensors) = split_kinds(events);
+        let mut inserted = 0;
+        if !sales.is_empty() {
+            inserted += D::insert_sales(&mut self.0, &sales).await?;
+        }
+        if !sensors.is_empty() {
+            inserted += D::insert_sensors(&mut self.0, &sensors).await?;
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_dead_letters(
+        &mut self,
+        topic: &str,
+        letters: &[DeadLetter],
+    ) -> Result<u64, SinkError> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        Ok(D::insert_dead_letters(&mut self.0, topic, letters).await?)
+    }
+
+    async fn advance(&mut self, batch: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
+        let statement = offsets::advance(D::KIND, batch, advance);
+        Ok(D::execute(&mut self.0, &statement).await? == 1)
+    }
+
+    async fn savepoint(&mut self, step: Savepoint) -> Result<(), SinkError> {
+        D::execute(&mut self.0, &Statement::from(step.sql())).await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), SinkError> {
+        Ok(self.0.commit().await?)
+    }
+}
