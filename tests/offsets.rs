@@ -258,6 +258,17 @@ fn what_cannot_be_done_is_refused_and_changes_nothing() {
     let plan = base().arg("--to-earliest").execute().ok_json();
     assert_eq!(moves(&plan).len(), 3);
     assert!(db.stored_offsets(&topic).values().all(|&o| o == 0));
+    // A partition with no stored row gets one (the fence: it must still be absent).
+    db.exec(&format!(
+        "DELETE FROM streamlab_offsets WHERE topic = '{topic}' AND kafka_partition = 2"
+    ));
+    let plan = base().arg("--to-latest").partition(2).execute().ok_json();
+    assert_eq!(moves(&plan), BTreeMap::from([(2, (Value::Null, ends[&2]))]));
+    assert_eq!(
+        db.stored_offsets(&topic),
+        BTreeMap::from([(0, 0), (1, 0), (2, ends[&2])])
+    );
+    assert_eq!(committed_in_kafka(&group, &topic)[&2], ends[&2]);
 
     // Bad input to every flag: exit 2 before anything connects.
     for (extra, says) in [
