@@ -54,7 +54,7 @@ impl Cli {
     /// The subcommand with the global connection options handed to it; usage errors in them
     /// end the run here, before anything connects.
     pub fn into_command(self) -> Result<Command, crate::exit::Error> {
-        let kafka = self.kafka.config();
+        let kafka = self.kafka.config()?;
         if kafka.brokers.is_empty() {
             return Err(crate::exit::usage(
                 "--bootstrap-server names no broker (expected HOST:PORT[,HOST:PORT…])",
@@ -187,12 +187,67 @@ pub struct KafkaOpts {
         help_heading = "Global options"
     )]
     pub timeout: Duration,
+
+    /// Kafka client settings from a properties file, as `kafka-topics.sh --command-config`
+    /// takes: security.protocol, sasl.mechanism, sasl.username, sasl.password (or
+    /// sasl.jaas.config), ssl.ca.location, ssl.certificate.location, ssl.key.location,
+    /// ssl.endpoint.identification.algorithm.
+    #[arg(
+        long = "command-config",
+        env = "STREAMLAB_COMMAND_CONFIG",
+        hide_env_values = true,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub command_config: Option<std::path::PathBuf>,
+
+    /// One Kafka client setting, KEY=VALUE (as kcat -X); repeatable, wins over --command-config.
+    /// Secrets are better kept out of the command line: STREAMLAB_SASL_USERNAME and
+    /// STREAMLAB_SASL_PASSWORD are read when neither gives them.
+    #[arg(
+        short = 'X',
+        value_name = "KEY=VALUE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub property: Vec<String>,
 }
 
+/// Settings `bench` hands the streamlab processes it starts (properties-file text): the ones
+/// its own command line gave, so its children connect the same way.
+pub const INHERITED_PROPERTIES_ENV: &str = "STREAMLAB_KAFKA_PROPERTIES";
+
 impl KafkaOpts {
-    /// What the kafka layer needs from these flags.
-    pub fn config(&self) -> crate::kafka::Config {
-        crate::kafka::Config {
+    /// What the kafka layer needs from these flags: a usage error (exit 2) names a bad key, file
+    /// or value, never a secret.
+    pub fn config(&self) -> Result<crate::kafka::Config, crate::exit::Error> {
+        use crate::kafka::security::{Properties, Security};
+        let mut props = Properties::default();
+        if let Ok(text) = std::env::var(INHERITED_PROPERTIES_ENV) {
+            props
+                .parse_text(&text, INHERITED_PROPERTIES_ENV)
+                .map_err(crate::exit::usage)?;
+        }
+        if let Some(path) = &self.command_config {
+            props.read_file(path).map_err(crate::exit::usage)?;
+        }
+        for (n, setting) in self.property.iter().enumerate() {
+            match setting.split_once('=') {
+                Some((key, value)) if !key.trim().is_empty() => {
+                    props.set(key, value, "-X");
+                }
+                _ => {
+                    return Err(crate::exit::usage(format!(
+                        "-X expects KEY=VALUE (the {} -X has no '=')",
+                        ordinal(n + 1)
+                    )))
+                }
+            }
+        }
+        let security = Security::from_properties(&props, |name| std::env::var(name).ok())
+            .map_err(crate::exit::usage)?;
+        Ok(crate::kafka::Config {
             brokers: self
                 .bootstrap_server
                 .split(',')
@@ -201,7 +256,17 @@ impl KafkaOpts {
                 .map(String::from)
                 .collect(),
             timeout: self.timeout,
-        }
+            security,
+        })
+    }
+}
+
+fn ordinal(n: usize) -> String {
+    match n {
+        1 => "1st".into(),
+        2 => "2nd".into(),
+        3 => "3rd".into(),
+        n => format!("{n}th"),
     }
 }
 

@@ -3,7 +3,6 @@
 //! added while consuming.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use crate::support::*;
 use bytes::{Bytes, BytesMut};
@@ -157,7 +156,7 @@ fn produce_batch(topic: &str, first_value: usize, count: usize, corrupt: bool) {
                 .with_records(Some(batch.freeze()))])]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut conn = WireConnection::connect(&brokers(), Duration::from_secs(10))
+        let mut conn = WireConnection::connect(&brokers(), &streamlab::kafka::Config::default())
             .await
             .unwrap();
         let response = conn.call_capped(request, 9).await.unwrap();

@@ -542,8 +542,8 @@ async fn crafted_member(
     use streamlab::kafka::wire::WireConnection;
 
     let s = |t: &str| StrBytes::from_string(t.to_string());
-    let timeout = Duration::from_secs(10);
-    let mut bootstrap = WireConnection::connect(&brokers(), timeout).await.unwrap();
+    let opts = streamlab::kafka::Config::default();
+    let mut bootstrap = WireConnection::connect(&brokers(), &opts).await.unwrap();
     let version = bootstrap
         .version_for::<FindCoordinatorRequest>(i16::MAX)
         .unwrap();
@@ -558,7 +558,7 @@ async fn crafted_member(
         Some(c) if version >= 4 => (c.host.to_string(), c.port),
         _ => (found.host.to_string(), found.port),
     };
-    let mut conn = WireConnection::connect(&format!("{host}:{port}"), timeout)
+    let mut conn = WireConnection::connect(&format!("{host}:{port}"), &opts)
         .await
         .unwrap();
 

@@ -19,6 +19,7 @@ mod metrics;
 mod offsets;
 mod produce;
 mod reliability;
+mod secure;
 mod sink;
 mod topic;
 mod watch;

@@ -308,14 +308,7 @@ fn a_producer_killed_with_sigkill_left_at_least_what_it_reported_and_no_duplicat
         .unwrap_or_else(|| panic!("no progress line before the kill: {stderr}"));
     assert!(reported > 0, "{stderr}");
 
-    let on_broker: Vec<String> = read_back(&topic)
-        .iter()
-        .map(|r| {
-            let value: serde_json::Value =
-                serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
-            value["id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let on_broker = event_ids(&read_back(&topic));
     let distinct: std::collections::BTreeSet<String> = on_broker.iter().cloned().collect();
     assert_eq!(
         distinct.len(),

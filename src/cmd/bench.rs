@@ -88,7 +88,7 @@ fn peak_rss_kib(_pid: u32) -> Option<u64> {
 
 async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Result<ChildRun> {
     let started = Instant::now();
-    let mut child = Command::new(exe)
+    let mut child = streamlab_child(exe)
         .args(args)
         .env("STREAMLAB_BROKERS", brokers)
         .env("RUST_LOG", "error")
@@ -178,7 +178,20 @@ struct Samples {
     rss_consume: u64,
 }
 
+/// The Kafka settings of bench's own command line, handed to every streamlab it starts.
+static CHILD_PROPERTIES: std::sync::OnceLock<kafka::security::Secret> = std::sync::OnceLock::new();
+
+/// `streamlab` (this executable) as a child that connects to Kafka as bench does.
+fn streamlab_child(exe: &Path) -> Command {
+    let mut command = Command::new(exe);
+    if let Some(text) = CHILD_PROPERTIES.get() {
+        command.env(crate::cli::INHERITED_PROPERTIES_ENV, text.expose());
+    }
+    command
+}
+
 pub async fn run(args: BenchArgs) -> Result<()> {
+    let _ = CHILD_PROPERTIES.set(args.kafka.security.source.to_text());
     let ctx = Ctx {
         exe: std::env::current_exe()?,
         brokers: args.kafka.brokers.join(","),
@@ -445,7 +458,7 @@ impl Reading {
 
 /// Wall time of a short child run in milliseconds, waited for directly (no polling interval).
 async fn exact_ms(exe: &Path, brokers: &str, args: &[&str]) -> Result<f64> {
-    let mut command = Command::new(exe);
+    let mut command = streamlab_child(exe);
     command
         .args(args)
         .env("STREAMLAB_BROKERS", brokers)
@@ -525,7 +538,7 @@ async fn durable_engine(
 ) -> Result<(f64, f64)> {
     let opts = kafka::Config {
         brokers: vec![brokers.to_string()],
-        timeout: args.kafka.timeout,
+        ..args.kafka.clone()
     };
     let mut admin = Admin::connect(&opts).await?;
     let events = (n / 4).max(10_000);
@@ -739,7 +752,7 @@ async fn latency(
         .await?
         .close()
         .await;
-    let mut consumer = Command::new(exe)
+    let mut consumer = streamlab_child(exe)
         .args([
             "consume",
             "--topic",

@@ -221,7 +221,7 @@ impl Admin {
         }
         let mut last_error = None;
         for addr in &brokers {
-            match WireConnection::connect(addr, opts.timeout).await {
+            match WireConnection::connect(addr, opts).await {
                 Ok(conn) => {
                     return Ok(Self {
                         conn,
@@ -470,7 +470,7 @@ impl Admin {
             let mut conn = if addr == self.conn.addr() {
                 None
             } else {
-                Some(WireConnection::connect(&addr, self.opts.timeout).await?)
+                Some(WireConnection::connect(&addr, &self.opts).await?)
             };
             let conn = conn.as_mut().unwrap_or(&mut self.conn);
             let response = conn.call(ListGroupsRequest::default()).await?;
@@ -540,7 +540,7 @@ impl Admin {
             format!("cannot find the coordinator of group '{group}'")
         })?;
         let addr = format!("{}:{}", host.as_str(), port);
-        let conn = WireConnection::connect(&addr, self.opts.timeout)
+        let conn = WireConnection::connect(&addr, &self.opts)
             .await
             .with_context(|| format!("connecting to the coordinator of group '{group}'"))?;
         Ok(GroupCoordinator {

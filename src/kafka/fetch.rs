@@ -187,7 +187,7 @@ impl PartitionReader {
                 })?
             }
         };
-        let conn = WireConnection::connect(&addr, self.opts.timeout).await?;
+        let conn = WireConnection::connect(&addr, &self.opts).await?;
         Ok(self.conn.insert(conn))
     }
 

@@ -10,6 +10,8 @@ pub mod fetch;
 pub mod group;
 pub mod names;
 pub mod partitioner;
+mod sasl;
+pub mod security;
 pub mod wire;
 
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub struct Config {
     pub brokers: Vec<String>,
     /// How long a broker may stay silent before an operation gives up.
     pub timeout: Duration,
+    /// TLS and SASL for every connection: bootstrap, leaders, coordinators alike.
+    pub security: security::Security,
 }
 
 /// Where a broker is looked for when nothing says otherwise.
@@ -38,6 +42,7 @@ impl Default for Config {
         Self {
             brokers: vec![DEFAULT_BROKERS.into()],
             timeout: Duration::from_secs(10),
+            security: security::Security::default(),
         }
     }
 }
@@ -63,17 +68,32 @@ pub fn backoff(deadline: Duration) -> BackoffConfig {
 }
 
 /// Connect the data-path client, failing within `--timeout` with the address in the message.
+///
+/// The first bootstrap broker that answers is asked first over [`wire`], with the same security
+/// settings: a wrong password, an untrusted certificate or a TLS/plaintext mismatch then ends in
+/// one line naming it, rather than in rskafka's retries until the deadline.
 pub async fn connect(opts: &Config) -> Result<Client> {
     let brokers = opts.brokers.clone();
     if brokers.is_empty() {
         anyhow::bail!("no broker address to connect to");
     }
-    let build = ClientBuilder::new(brokers.clone())
+    match admin::Admin::connect(opts).await {
+        Ok(admin) => drop(admin),
+        Err(e) if e.chain().any(|c| c.is::<security::SecurityError>()) => return Err(e),
+        // Unreachable or not up yet: rskafka retries until the deadline.
+        Err(_) => {}
+    }
+    let mut builder = ClientBuilder::new(brokers.clone())
         .client_id("streamlab")
         .max_message_size(100 * 1024 * 1024)
-        .backoff_config(backoff(opts.timeout))
-        .build();
-    match tokio::time::timeout(opts.timeout + Duration::from_secs(1), build).await {
+        .backoff_config(backoff(opts.timeout));
+    if let Some(tls) = &opts.security.tls {
+        builder = builder.tls_config(tls.config.clone());
+    }
+    if let Some(sasl) = opts.security.rskafka_sasl() {
+        builder = builder.sasl_config(sasl);
+    }
+    match tokio::time::timeout(opts.timeout + Duration::from_secs(1), builder.build()).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(anyhow!(
             "cannot reach Kafka at {} within {}: {e}",

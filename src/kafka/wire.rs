@@ -26,15 +26,22 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::security::{self, Security};
+use super::Config;
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Responses larger than this are refused rather than allocated.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct WireConnection {
     addr: String,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     next_correlation_id: i32,
     /// api key → (min, max) version the broker accepts.
     broker_versions: HashMap<i16, (i16, i16)>,
@@ -45,13 +52,33 @@ pub struct WireConnection {
 }
 
 impl WireConnection {
-    /// Connect and negotiate versions. Fails within `timeout`.
-    pub async fn connect(addr: &str, timeout: Duration) -> Result<Self> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    /// Connect as `opts.security` says (TLS, then SASL after the version negotiation) and
+    /// negotiate versions. Every step is bounded by `opts.timeout`; a failure is one line that
+    /// names its cause.
+    pub async fn connect(addr: &str, opts: &Config) -> Result<Self> {
+        let timeout = opts.timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow!("cannot reach Kafka at {addr}: no answer within {timeout:?}"))?
             .with_context(|| format!("cannot reach Kafka at {addr}"))?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match &opts.security.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(tls_handshake(tcp, addr, tls, timeout).await?),
+        };
+        let mut conn = Self::negotiate(addr, stream, timeout, &opts.security).await?;
+        if let Some(sasl) = &opts.security.sasl {
+            super::sasl::authenticate(&mut conn, sasl).await?;
+        }
+        Ok(conn)
+    }
+
+    async fn negotiate(
+        addr: &str,
+        stream: Box<dyn Io>,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self> {
         let mut conn = Self {
             addr: addr.to_string(),
             stream,
@@ -65,7 +92,10 @@ impl WireConnection {
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         // v3 is what every current client sends first; a broker that does not know it still
         // answers (at v0) with the list of what it supports.
-        let mut response: ApiVersionsResponse = conn.send(&request, 3, timeout).await?;
+        let mut response: ApiVersionsResponse = conn
+            .send(&request, 3, timeout)
+            .await
+            .map_err(|e| first_answer_error(addr, security, e))?;
         if response.error_code == 35 {
             response = conn.send(&request, 0, timeout).await?;
         }
@@ -186,7 +216,12 @@ impl WireConnection {
 
     async fn round_trip(&mut self, frame: &[u8]) -> Result<Bytes> {
         self.stream.write_all(frame).await?;
-        let size = self.stream.read_i32().await?;
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).await?;
+        if looks_like_tls(&size) {
+            return Err(AnsweredTls.into());
+        }
+        let size = i32::from_be_bytes(size);
         let size = usize::try_from(size).map_err(|_| anyhow!("negative response size"))?;
         if size > MAX_RESPONSE_BYTES {
             bail!("response of {size} bytes is larger than {MAX_RESPONSE_BYTES}");
@@ -194,6 +229,77 @@ impl WireConnection {
         let mut body = vec![0u8; size];
         self.stream.read_exact(&mut body).await?;
         Ok(Bytes::from(body))
+    }
+}
+
+/// The start of a TLS record (a handshake or an alert, TLS 1.0–1.3), where a Kafka response's
+/// size would be: a size that large is refused anyway, so nothing real is mistaken for it.
+fn looks_like_tls(size: &[u8; 4]) -> bool {
+    matches!(size[0], 0x15 | 0x16) && size[1] == 0x03 && size[2] <= 0x04
+}
+
+/// The broker answered a plaintext request with TLS.
+#[derive(Debug)]
+struct AnsweredTls;
+
+impl std::fmt::Display for AnsweredTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the broker answered with TLS")
+    }
+}
+
+impl std::error::Error for AnsweredTls {}
+
+/// The first request on a connection failed: say what that usually means for the security
+/// settings (a TLS listener reached without TLS, or one that closes on what it cannot read).
+fn first_answer_error(addr: &str, security: &Security, err: anyhow::Error) -> anyhow::Error {
+    if err.chain().any(|c| c.is::<AnsweredTls>()) {
+        return security::refused(format!(
+            "{addr} is a TLS listener and security.protocol is {}: set security.protocol=SSL (or SASL_SSL) and ssl.ca.location",
+            security.protocol.name()
+        ));
+    }
+    let closed = err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            )
+        })
+    });
+    if closed && security.tls.is_none() {
+        return security::refused(format!(
+            "{addr} closed the connection at the first request (security.protocol is {}): a TLS listener? then set security.protocol=SSL or SASL_SSL",
+            security.protocol.name()
+        ));
+    }
+    err
+}
+
+/// The TLS handshake over `tcp`, verifying the broker as `tls` says, within `timeout`.
+async fn tls_handshake(
+    tcp: TcpStream,
+    addr: &str,
+    tls: &security::Tls,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+        security::refused(format!(
+            "TLS: '{host}' (of {addr}) is not a host name or IP address"
+        ))
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(security::refused(security::explain_tls_error(addr, &e))),
+        Err(_) => Err(security::refused(format!(
+            "TLS: {addr} did not finish the handshake within {timeout:?}: is it a plaintext listener? (then security.protocol=PLAINTEXT or SASL_PLAINTEXT)"
+        ))),
     }
 }
 
@@ -252,9 +358,12 @@ mod tests {
     #[tokio::test]
     async fn a_request_abandoned_half_way_leaves_the_connection_unusable() {
         let addr = silent_broker().await;
-        let mut conn = WireConnection::connect(&addr, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let opts = Config {
+            brokers: vec![addr.clone()],
+            timeout: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let mut conn = WireConnection::connect(&addr, &opts).await.unwrap();
         assert!(!conn.is_broken());
         assert_eq!(conn.version_for::<HeartbeatRequest>(4).unwrap(), 4);
 
@@ -273,9 +382,7 @@ mod tests {
         assert!(next.to_string().contains("reconnect"), "{next}");
 
         // A wait dropped by select! (Ctrl-C during a JoinGroup) is just as unfinished.
-        let mut conn = WireConnection::connect(&addr, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let mut conn = WireConnection::connect(&addr, &opts).await.unwrap();
         tokio::select! {
             _ = conn.call(HeartbeatRequest::default()) => unreachable!("never answered"),
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -88,6 +88,16 @@ impl Cmd {
         self.arg("-q")
     }
 
+    /// `--command-config FILE`: Kafka's security settings from a properties file.
+    pub fn command_config(self, path: &std::path::Path) -> Self {
+        self.opt("--command-config", path.display())
+    }
+
+    /// `-X KEY=VALUE`, once more (a Kafka client setting, as kcat takes it).
+    pub fn setting(self, setting: &str) -> Self {
+        self.repeat("-X", setting)
+    }
+
     // --- Options several commands share ------------------------------------------------------
 
     /// `--topic NAME`.

@@ -16,6 +16,7 @@ mod cmd;
 mod db;
 pub mod front;
 pub mod proxy;
+pub mod secure;
 mod tansu;
 
 pub use cmd::{assignment, streamlab, Cmd, Run, Running};
@@ -304,6 +305,18 @@ pub fn committed_in_kafka(group: &str, topic: &str) -> BTreeMap<i64, i64> {
     seen.into_iter()
         .map(|(p, o)| (p.parse().unwrap(), o))
         .filter(|(_, o)| *o >= 0)
+        .collect()
+}
+
+/// The event ids in records read back by the Python clients (their `value` is an event's JSON).
+pub fn event_ids(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value =
+                serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            value["id"].as_str().unwrap().to_string()
+        })
         .collect()
 }
 

@@ -1,0 +1,772 @@
+//! How streamlab secures its Kafka connections: `security.protocol`, SASL and TLS, set the way
+//! Kafka users already do it — a Java/librdkafka-style properties file (`--command-config`) and
+//! `-X key=value` (as kcat) — and used by both connection paths: rskafka's data path
+//! ([`super::connect`]) and the kafka-protocol connection ([`super::wire`]).
+//!
+//! The password is kept in a [`Secret`], which no `Debug` or `Display` shows.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+/// Where the SASL username and password are read from when neither the properties file nor
+/// `-X` gives them (so a secret need not sit in a file or on the command line).
+pub const USERNAME_ENV: &str = "STREAMLAB_SASL_USERNAME";
+pub const PASSWORD_ENV: &str = "STREAMLAB_SASL_PASSWORD";
+
+/// Kafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Plaintext => "PLAINTEXT",
+            Protocol::Ssl => "SSL",
+            Protocol::SaslPlaintext => "SASL_PLAINTEXT",
+            Protocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        Some(match value.to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => Protocol::Plaintext,
+            "SSL" => Protocol::Ssl,
+            "SASL_PLAINTEXT" => Protocol::SaslPlaintext,
+            "SASL_SSL" => Protocol::SaslSsl,
+            _ => return None,
+        })
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Protocol::Ssl | Protocol::SaslSsl)
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Protocol::SaslPlaintext | Protocol::SaslSsl)
+    }
+}
+
+/// Kafka's `sasl.mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl Mechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        Some(match value.to_ascii_uppercase().as_str() {
+            "PLAIN" => Mechanism::Plain,
+            "SCRAM-SHA-256" => Mechanism::ScramSha256,
+            "SCRAM-SHA-512" => Mechanism::ScramSha512,
+            _ => return None,
+        })
+    }
+}
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// SASL credentials and the mechanism to prove them with.
+#[derive(Debug, Clone)]
+pub struct Sasl {
+    pub mechanism: Mechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// TLS settings, with the rustls client configuration built from them once.
+#[derive(Clone)]
+pub struct Tls {
+    /// `ssl.ca.location`: None trusts the system's certificate store.
+    pub ca: Option<PathBuf>,
+    /// `ssl.certificate.location` (a client certificate, for mutual TLS).
+    pub certificate: Option<PathBuf>,
+    /// `ssl.endpoint.identification.algorithm`: `https` (the default) checks that the broker's
+    /// certificate names the host connected to; empty or `none` checks only that it is trusted.
+    pub verify_hostname: bool,
+    pub config: Arc<ClientConfig>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca)
+            .field("certificate", &self.certificate)
+            .field("verify_hostname", &self.verify_hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The security of every connection to Kafka. `Default` is PLAINTEXT.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub protocol: Protocol,
+    /// Some exactly when the protocol is SASL_*.
+    pub sasl: Option<Sasl>,
+    /// Some exactly when the protocol is SSL or SASL_SSL.
+    pub tls: Option<Tls>,
+    /// The settings these were made from (for the processes `bench` starts).
+    pub source: Properties,
+}
+
+/// Every key streamlab reads; anything else is an error that names it.
+const KEYS: &[&str] = &[
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "sasl.jaas.config",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+];
+
+/// Settings as `key = value` pairs, in the order given (a later one wins), with where each came
+/// from for error messages.
+#[derive(Debug, Clone, Default)]
+pub struct Properties {
+    entries: Vec<(String, Secret, String)>,
+}
+
+impl Properties {
+    /// Add `key=value` from `origin` (say, `-X` or the file's path and line).
+    pub fn set(&mut self, key: &str, value: &str, origin: impl Into<String>) {
+        self.entries.push((
+            key.trim().to_string(),
+            Secret::new(value.trim()),
+            origin.into(),
+        ));
+    }
+
+    /// Read a Java-style properties file: `key=value` (or `key: value`, or `key value`) lines,
+    /// `#` and `!` comments, a trailing `\` joining the next line. Errors name the file, never a
+    /// value.
+    pub fn read_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --command-config {}: {e}", path.display()))?;
+        self.parse_text(&text, &path.display().to_string())
+    }
+
+    /// Read properties-file text; `name` says where it came from in error messages.
+    pub fn parse_text(&mut self, text: &str, name: &str) -> Result<(), String> {
+        let mut logical = String::new();
+        let mut first_line = 0;
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, raw) in lines.iter().enumerate() {
+            let line = if logical.is_empty() {
+                first_line = index + 1;
+                raw.trim_start()
+            } else {
+                raw.trim()
+            };
+            if logical.is_empty() && (line.is_empty() || line.starts_with(['#', '!'])) {
+                continue;
+            }
+            let trailing = line.len() - line.trim_end_matches('\\').len();
+            if trailing % 2 == 1 {
+                logical.push_str(&line[..line.len() - 1]);
+                if index + 1 < lines.len() {
+                    continue;
+                }
+            } else {
+                logical.push_str(line);
+            }
+            let entry = std::mem::take(&mut logical);
+            let split = entry
+                .find(['=', ':', ' ', '\t'])
+                .ok_or_else(|| format!("{name}:{first_line}: expected key=value"))?;
+            let key = entry[..split].trim();
+            let rest = entry[split..].trim_start();
+            let value = rest
+                .strip_prefix(['=', ':'])
+                .unwrap_or(rest)
+                .trim()
+                .replace("\\\\", "\\");
+            self.set(key, &value, format!("{name}:{first_line}"));
+        }
+        Ok(())
+    }
+
+    /// As properties-file text, each key once (the value that wins), for a child process.
+    pub fn to_text(&self) -> Secret {
+        let mut text = String::new();
+        for key in KEYS {
+            if let Some(value) = self.get(key) {
+                text.push_str(&format!("{key}={}\n", value.replace('\\', "\\\\")));
+            }
+        }
+        Secret::new(text)
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, v, _)| v.expose())
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+}
+
+impl Security {
+    /// The settings `props` give (with the SASL username and password taken from
+    /// [`USERNAME_ENV`] and [`PASSWORD_ENV`] when they give none); the certificate files are
+    /// read now, so a mistake is found before anything connects. An error is one line that
+    /// names the key or file, never a secret.
+    pub fn from_properties(
+        props: &Properties,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        for (key, _, origin) in &props.entries {
+            if !KEYS.contains(&key.as_str()) {
+                let hint = if key.contains("truststore") || key.contains("keystore") {
+                    " (Java key stores are not read: give PEM files with ssl.ca.location, ssl.certificate.location and ssl.key.location)"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "unknown Kafka setting '{key}' ({origin}); streamlab reads {}{hint}",
+                    KEYS.join(", ")
+                ));
+            }
+        }
+        let protocol = match props.get("security.protocol") {
+            None => Protocol::Plaintext,
+            Some(v) => Protocol::parse(v).ok_or_else(|| {
+                format!(
+                    "security.protocol: '{v}' is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+                )
+            })?,
+        };
+        let sasl_keys = [
+            "sasl.mechanism",
+            "sasl.mechanisms",
+            "sasl.username",
+            "sasl.password",
+            "sasl.jaas.config",
+        ];
+        let ssl_keys = [
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "ssl.key.location",
+            "ssl.key.password",
+            "ssl.endpoint.identification.algorithm",
+        ];
+        if !protocol.uses_sasl() {
+            if let Some(key) = sasl_keys.iter().find(|k| props.has(k)) {
+                return Err(format!(
+                    "{key} is set but security.protocol is {}: SASL is used only with SASL_SSL or SASL_PLAINTEXT",
+                    protocol.name()
+                ));
+            }
+        }
+        if !protocol.uses_tls() {
+            if let Some(key) = ssl_keys.iter().find(|k| props.has(k)) {
+                return Err(format!(
+                    "{key} is set but security.protocol is {}: TLS is used only with SSL or SASL_SSL",
+                    protocol.name()
+                ));
+            }
+        }
+        let sasl = if protocol.uses_sasl() {
+            Some(sasl_settings(props, &env)?)
+        } else {
+            None
+        };
+        let tls = if protocol.uses_tls() {
+            Some(tls_settings(props)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            protocol,
+            sasl,
+            tls,
+            source: props.clone(),
+        })
+    }
+
+    /// The SASL configuration rskafka takes.
+    pub fn rskafka_sasl(&self) -> Option<rskafka::client::SaslConfig> {
+        use rskafka::client::{Credentials, SaslConfig};
+        let sasl = self.sasl.as_ref()?;
+        let credentials = Credentials::new(sasl.username.clone(), sasl.password.expose().into());
+        Some(match sasl.mechanism {
+            Mechanism::Plain => SaslConfig::Plain(credentials),
+            Mechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+            Mechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+        })
+    }
+}
+
+fn sasl_settings(
+    props: &Properties,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Sasl, String> {
+    let mechanism = match props.get("sasl.mechanism").or(props.get("sasl.mechanisms")) {
+        None => Mechanism::Plain,
+        Some(v) => Mechanism::parse(v).ok_or_else(|| {
+            format!(
+                "sasl.mechanism: '{v}' is not supported (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+            )
+        })?,
+    };
+    let (jaas_user, jaas_password) = match props.get("sasl.jaas.config") {
+        Some(jaas) => jaas_credentials(jaas)?,
+        None => (None, None),
+    };
+    let username = props
+        .get("sasl.username")
+        .map(str::to_string)
+        .or(jaas_user)
+        .or_else(|| env(USERNAME_ENV))
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            format!("security.protocol=SASL_*: no sasl.username (set it, or {USERNAME_ENV})")
+        })?;
+    let password = props
+        .get("sasl.password")
+        .map(str::to_string)
+        .or(jaas_password)
+        .or_else(|| env(PASSWORD_ENV))
+        .ok_or_else(|| {
+            format!("security.protocol=SASL_*: no sasl.password (set it, or {PASSWORD_ENV})")
+        })?;
+    Ok(Sasl {
+        mechanism,
+        username,
+        password: Secret::new(password),
+    })
+}
+
+/// `username="…"` and `password="…"` of a Java `sasl.jaas.config` (PlainLoginModule or
+/// ScramLoginModule).
+fn jaas_credentials(jaas: &str) -> Result<(Option<String>, Option<String>), String> {
+    if !(jaas.contains("PlainLoginModule") || jaas.contains("ScramLoginModule")) {
+        return Err(
+            "sasl.jaas.config: only PlainLoginModule and ScramLoginModule are read".to_string(),
+        );
+    }
+    let field = |name: &str| -> Option<String> {
+        let mut rest = jaas;
+        while let Some(at) = rest.find(name) {
+            let before = rest[..at].chars().last();
+            let after = rest[at + name.len()..].trim_start();
+            rest = &rest[at + name.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '.') {
+                continue;
+            }
+            let Some(value) = after.strip_prefix('=') else {
+                continue;
+            };
+            let value = value.trim_start().strip_prefix('"')?;
+            let mut out = String::new();
+            let mut chars = value.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => out.extend(chars.next()),
+                    '"' => return Some(out),
+                    c => out.push(c),
+                }
+            }
+            return None;
+        }
+        None
+    };
+    Ok((field("username"), field("password")))
+}
+
+fn tls_settings(props: &Properties) -> Result<Tls, String> {
+    let ca = props.get("ssl.ca.location").map(PathBuf::from);
+    let certificate = props.get("ssl.certificate.location").map(PathBuf::from);
+    let key = props.get("ssl.key.location").map(PathBuf::from);
+    if props.has("ssl.key.password") {
+        return Err(
+            "ssl.key.password: encrypted private keys are not read; give ssl.key.location an unencrypted PEM key"
+                .to_string(),
+        );
+    }
+    let verify_hostname = match props
+        .get("ssl.endpoint.identification.algorithm")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("https") => true,
+        Some("") | Some("none") => false,
+        Some(other) => {
+            return Err(format!(
+                "ssl.endpoint.identification.algorithm: '{other}' is not https or none"
+            ))
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = match &ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certificates(path, "ssl.ca.location")? {
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "ssl.ca.location {}: not a usable CA certificate: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+            roots
+        }
+        None => system_roots(),
+    };
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| match &ca {
+            Some(path) => format!("ssl.ca.location {}: {e}", path.display()),
+            None => format!(
+                "no trusted CA certificates found on this system ({e}): set ssl.ca.location to a PEM file"
+            ),
+        })?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?;
+    let builder = if verify_hostname {
+        builder.with_webpki_verifier(verifier)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyHostname(verifier)))
+    };
+    let config = match (&certificate, &key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert_path), Some(key_path)) => {
+            let chain = read_certificates(cert_path, "ssl.certificate.location")?;
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+                format!(
+                    "ssl.key.location {}: no PEM private key read ({e})",
+                    key_path.display()
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "ssl.certificate.location {} and ssl.key.location {} do not make a client identity: {e}",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            })?
+        }
+        (Some(_), None) => {
+            return Err("ssl.certificate.location needs ssl.key.location".to_string())
+        }
+        (None, Some(_)) => {
+            return Err("ssl.key.location needs ssl.certificate.location".to_string())
+        }
+    };
+    Ok(Tls {
+        ca,
+        certificate,
+        verify_hostname,
+        config: Arc::new(config),
+    })
+}
+
+fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{key} {}: not PEM certificates ({e})", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key} {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The system's trusted CAs (as librdkafka and the JVM use theirs when no CA is given).
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let loaded = rustls_native_certs::load_native_certs();
+    for cert in loaded.certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+/// `ssl.endpoint.identification.algorithm=none`: the chain must still lead to a trusted CA;
+/// only the host name is not compared.
+#[derive(Debug)]
+struct AnyHostname(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyHostname {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// A connection refused for its security settings (TLS, SASL, or a TLS/plaintext mismatch):
+/// retrying cannot help, so callers that retry stop at once.
+#[derive(Debug)]
+pub struct SecurityError(pub String);
+
+impl fmt::Display for SecurityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SecurityError {}
+
+/// `message` as a [`SecurityError`].
+pub fn refused(message: impl Into<String>) -> anyhow::Error {
+    SecurityError(message.into()).into()
+}
+
+/// One line for a failed TLS handshake with `addr`: what is wrong and which setting mends it.
+pub fn explain_tls_error(addr: &str, err: &std::io::Error) -> String {
+    let tls = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(cause)) => match cause {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "TLS: the certificate of {addr} is not trusted ({cause:?}): set ssl.ca.location to the CA that signed it"
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "TLS: the certificate of {addr} does not name that host: connect by a name it lists, or set ssl.endpoint.identification.algorithm=none"
+                )
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                format!("TLS: the certificate of {addr} has expired")
+            }
+            other => format!("TLS: the certificate of {addr} is refused: {other:?}"),
+        },
+        Some(rustls::Error::AlertReceived(alert)) => format!(
+            "TLS: {addr} ended the handshake ({alert:?}): does it want a client certificate (ssl.certificate.location, ssl.key.location) or trust ours?"
+        ),
+        Some(rustls::Error::InvalidMessage(_)) | Some(rustls::Error::InappropriateMessage { .. }) => {
+            not_tls(addr)
+        }
+        Some(other) => format!("TLS handshake with {addr} failed: {other}"),
+        None if err.kind() == std::io::ErrorKind::UnexpectedEof
+            || err.kind() == std::io::ErrorKind::ConnectionReset =>
+        {
+            not_tls(addr)
+        }
+        None => format!("TLS handshake with {addr} failed: {err}"),
+    }
+}
+
+/// A TLS client that reached a listener without TLS.
+pub fn not_tls(addr: &str) -> String {
+    format!(
+        "TLS: {addr} does not answer TLS: is it a plaintext listener? (then security.protocol=PLAINTEXT or SASL_PLAINTEXT)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> Properties {
+        let mut p = Properties::default();
+        for (k, v) in pairs {
+            p.set(k, v, "-X");
+        }
+        p
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn plaintext_by_default_and_unknown_keys_are_named() {
+        let s = Security::from_properties(&Properties::default(), no_env).unwrap();
+        assert_eq!(s.protocol, Protocol::Plaintext);
+        let err = Security::from_properties(&props(&[("sasl.pasword", "x")]), no_env).unwrap_err();
+        assert!(
+            err.starts_with("unknown Kafka setting 'sasl.pasword' (-X)"),
+            "{err}"
+        );
+        let err = Security::from_properties(&props(&[("ssl.truststore.location", "x")]), no_env)
+            .unwrap_err();
+        assert!(err.contains("Java key stores"), "{err}");
+    }
+
+    #[test]
+    fn sasl_settings_come_from_keys_jaas_or_the_environment_and_never_show_the_password() {
+        let s = Security::from_properties(
+            &props(&[
+                ("security.protocol", "sasl_plaintext"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "alice"),
+                ("sasl.password", "hunter2"),
+            ]),
+            no_env,
+        )
+        .unwrap();
+        let sasl = s.sasl.as_ref().unwrap();
+        assert_eq!(
+            (sasl.mechanism, sasl.username.as_str()),
+            (Mechanism::ScramSha512, "alice")
+        );
+        assert_eq!(sasl.password.expose(), "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+
+        let jaas = r#"org.apache.kafka.common.security.scram.ScramLoginModule required username="bob" password="p\"w";"#;
+        let s = Security::from_properties(
+            &props(&[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.jaas.config", jaas),
+            ]),
+            no_env,
+        )
+        .unwrap();
+        let sasl = s.sasl.unwrap();
+        assert_eq!(
+            (sasl.username.as_str(), sasl.password.expose()),
+            ("bob", "p\"w")
+        );
+
+        let env = |k: &str| match k {
+            USERNAME_ENV => Some("carol".to_string()),
+            PASSWORD_ENV => Some("from-env".to_string()),
+            _ => None,
+        };
+        let s = Security::from_properties(&props(&[("security.protocol", "SASL_PLAINTEXT")]), env)
+            .unwrap();
+        assert_eq!(s.sasl.unwrap().password.expose(), "from-env");
+
+        let err =
+            Security::from_properties(&props(&[("security.protocol", "SASL_PLAINTEXT")]), no_env)
+                .unwrap_err();
+        assert!(err.contains("no sasl.username"), "{err}");
+    }
+
+    #[test]
+    fn settings_that_the_protocol_would_ignore_are_refused() {
+        let err = Security::from_properties(&props(&[("sasl.username", "a")]), no_env).unwrap_err();
+        assert!(err.contains("security.protocol is PLAINTEXT"), "{err}");
+        let err = Security::from_properties(
+            &props(&[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("ssl.ca.location", "/x"),
+            ]),
+            no_env,
+        )
+        .unwrap_err();
+        assert!(err.contains("ssl.ca.location is set"), "{err}");
+        let err =
+            Security::from_properties(&props(&[("security.protocol", "TLS")]), no_env).unwrap_err();
+        assert!(err.contains("'TLS' is not"), "{err}");
+    }
+
+    #[test]
+    fn a_properties_file_reads_as_java_does() {
+        let mut p = Properties::default();
+        p.parse_text(
+            "# comment\n! also\nsecurity.protocol = SASL_SSL\nsasl.mechanism:PLAIN\n\
+             sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required \\\n    \
+             username=\"u\" \\\n    password=\"p\";\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(p.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(p.get("sasl.mechanism"), Some("PLAIN"));
+        let (u, pw) = jaas_credentials(p.get("sasl.jaas.config").unwrap()).unwrap();
+        assert_eq!((u.as_deref(), pw.as_deref()), (Some("u"), Some("p")));
+        let err = p.parse_text("justakey\n", "f").unwrap_err();
+        assert_eq!(err, "f:1: expected key=value");
+    }
+}
