@@ -9,7 +9,10 @@ pub mod bench;
 pub mod check;
 pub mod completions;
 pub mod consume;
+pub mod dlq;
+pub mod group;
 pub mod migrate;
+pub mod offsets;
 pub mod produce;
 pub mod topic;
 pub mod watch;
@@ -30,6 +33,9 @@ pub async fn run(command: Command) -> Result<(), exit::Error> {
         Command::Watch(args) => watch::run(args).await?,
         Command::Bench(args) => bench::run(args).await?,
         Command::Completions(args) => completions::run(args)?,
+        Command::Offsets(cmd) => offsets::run(cmd).await?,
+        Command::Group(cmd) => group::run(cmd).await?,
+        Command::Dlq(cmd) => dlq::run(cmd).await?,
     }
     Ok(())
 }

@@ -20,6 +20,7 @@
 
 mod database;
 mod deadline;
+pub mod dlq;
 mod error;
 pub mod members;
 mod offsets;

@@ -20,8 +20,8 @@ use crate::events::EventKind;
 
 /// A read-only connection to either database.
 pub struct Reader {
-    pool: AnyPool,
-    kind: Kind,
+    pub(super) pool: AnyPool,
+    pub(super) kind: Kind,
 }
 
 /// How many rows a table holds and its newest `ts` (RFC 3339 UTC, milliseconds).
@@ -314,7 +314,7 @@ impl Reader {
     }
 
     /// A timestamp column as RFC 3339 UTC text with milliseconds.
-    fn ts_text(&self, expr: &str) -> String {
+    pub(super) fn ts_text(&self, expr: &str) -> String {
         if self.sqlite() {
             expr.to_string()
         } else {
@@ -339,7 +339,7 @@ impl Reader {
         }
     }
 
-    fn int(&self, expr: &str) -> String {
+    pub(super) fn int(&self, expr: &str) -> String {
         format!("CAST({expr} AS BIGINT)")
     }
 

@@ -209,7 +209,7 @@ impl<D: Dialect> Sink for Writer<D> {
 }
 
 /// A batch's transaction.
-pub struct WriterTx<D: Dialect>(Transaction<'static, D>);
+pub struct WriterTx<D: Dialect>(pub(super) Transaction<'static, D>);
 
 impl<D: Dialect> SinkTx for WriterTx<D> {
     async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {

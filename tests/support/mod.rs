@@ -297,6 +297,17 @@ pub fn python(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The Kafka group's committed offsets for `topic`, as librdkafka reads them (partitions
+/// without one left out).
+pub fn committed_in_kafka(group: &str, topic: &str) -> BTreeMap<i64, i64> {
+    let seen: BTreeMap<String, i64> =
+        serde_json::from_str(&python("rdkafka_client.py", &["committed", group, topic])).unwrap();
+    seen.into_iter()
+        .map(|(p, o)| (p.parse().unwrap(), o))
+        .filter(|(_, o)| *o >= 0)
+        .collect()
+}
+
 /// The event ids in records read back by the Python clients (their `value` is an event's JSON).
 pub fn event_ids(records: &[serde_json::Value]) -> Vec<String> {
     records

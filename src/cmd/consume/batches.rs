@@ -304,15 +304,7 @@ pub(super) fn build_batch(
     for chunk in chunks {
         for r in &chunk.records {
             let value = r.value.as_deref();
-            let decoded = match value {
-                Some(v) if v.len() > rules.max_event_bytes => Err(format!(
-                    "record value is {} bytes, larger than --max-event-bytes {}",
-                    v.len(),
-                    rules.max_event_bytes
-                )),
-                _ => events::decode(rules.kind, value),
-            };
-            match decoded {
+            match events::decode_record(rules.kind, value, rules.max_event_bytes) {
                 Ok(event) => batch.events.push(Landed {
                     event,
                     partition: chunk.partition,

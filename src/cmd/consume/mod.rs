@@ -26,7 +26,7 @@ mod write;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{AssignAll, ConsumeArgs, Format};
@@ -154,44 +154,10 @@ pub enum Reading {
 impl Reading {
     /// What was asked, checked against the topic: partitions it does not have are an error.
     fn checked(&self, topic: &TopicMetadata) -> Result<Self> {
-        let Self::Only(asked) = self else {
-            return Ok(self.clone());
-        };
-        let known = topic.partition_ids();
-        let mut only = asked.clone();
-        only.sort_unstable();
-        only.dedup();
-        let missing: Vec<String> = only
-            .iter()
-            .filter(|p| !known.contains(p))
-            .map(i32::to_string)
-            .collect();
-        if !missing.is_empty() {
-            bail!(
-                "'{}' has no partition{} {} (its partitions are {})",
-                topic.name,
-                if missing.len() > 1 { "s" } else { "" },
-                missing.join(", "),
-                describe_ids(&known)
-            );
+        match self {
+            Self::Only(asked) => Ok(Self::Only(topic.only(asked)?)),
+            _ => Ok(self.clone()),
         }
-        Ok(Self::Only(only))
-    }
-}
-
-/// `0..=5`, or a list when the ids have gaps.
-fn describe_ids(ids: &[i32]) -> String {
-    match (ids.first(), ids.last()) {
-        (Some(&first), Some(&last))
-            if (last - first + 1) as usize == ids.len() && first != last =>
-        {
-            format!("{first} to {last}")
-        }
-        _ => ids
-            .iter()
-            .map(i32::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
     }
 }
 

@@ -1,0 +1,443 @@
+//! `streamlab group list|describe`: consumer groups as Kafka sees them — members, committed
+//! offsets, log ends, lag — and, with `--sink/-D`, the offsets the database holds beside them
+//! (the database is where consume keeps them; Kafka's are its mirror).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
+use crate::db::{redact, Reader};
+use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
+use crate::kafka::group::GroupDescription;
+use crate::kafka::{self, Lag};
+use crate::render;
+
+pub async fn run(command: GroupCommand) -> Result<()> {
+    match command {
+        GroupCommand::List(args) => list(args).await,
+        GroupCommand::Describe(args) => describe(args).await,
+    }
+}
+
+#[derive(Serialize)]
+struct GroupSummary {
+    group: String,
+    protocol_type: String,
+    state: String,
+    /// `None` when the broker could not describe the group.
+    members: Option<usize>,
+}
+
+async fn list(args: GroupListArgs) -> Result<()> {
+    let mut admin = Admin::connect(&args.kafka).await?;
+    let mut groups = Vec::new();
+    for listed in admin.list_groups().await? {
+        // ListGroups' state is optional (tansu says "Unknown"); the coordinator knows.
+        let (state, members) = match describe_group(&mut admin, &listed.group).await {
+            Ok(d) => (d.state, Some(d.members.len())),
+            Err(e) => {
+                tracing::debug!("describing group '{}': {e:#}", listed.group);
+                (listed.state, None)
+            }
+        };
+        groups.push(GroupSummary {
+            group: listed.group,
+            protocol_type: listed.protocol_type,
+            state,
+            members,
+        });
+    }
+    match args.format {
+        Format::Json => render::json(&groups),
+        Format::Table => {
+            let mut table = render::table(["GROUP", "TYPE", "STATE", "MEMBERS"]);
+            for g in &groups {
+                table.add_row(vec![
+                    g.group.clone(),
+                    g.protocol_type.clone(),
+                    g.state.clone(),
+                    g.members.map_or("?".into(), |n| n.to_string()),
+                ]);
+            }
+            render::line(table)?;
+            Ok(())
+        }
+    }
+}
+
+async fn describe_group(admin: &mut Admin, group: &str) -> Result<GroupDescription> {
+    admin.group_coordinator(group).await?.describe().await
+}
+
+#[derive(Serialize)]
+struct GroupReport {
+    group: String,
+    state: String,
+    /// With --sink/-D: the database the offsets beside Kafka's were read from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    members: Vec<Member>,
+    topics: Vec<TopicReport>,
+    /// With --sink/-D: partitions whose offset in the database differs from Kafka's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disagreements: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Member {
+    member_id: String,
+    client_id: String,
+    host: String,
+    /// Host and process of a streamlab member, as it recorded itself in the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorded_client: Option<String>,
+    /// Topic → partitions (from the broker, else from the database's record); `None`: unknown.
+    partitions: Option<BTreeMap<String, Vec<i32>>>,
+}
+
+#[derive(Serialize)]
+struct TopicReport {
+    topic: String,
+    /// False when the topic no longer exists (offsets outlive their topic).
+    exists: bool,
+    partitions: Vec<PartitionReport>,
+    total_lag: i64,
+}
+
+#[derive(Serialize)]
+struct PartitionReport {
+    partition: i32,
+    /// The group's committed offset in Kafka (`None`: none).
+    committed: Option<i64>,
+    log_start: Option<i64>,
+    log_end: Option<i64>,
+    /// Records between the committed offset and the log end (`None`: nothing committed).
+    lag: Option<i64>,
+    /// The committed offset is past the log end by this much.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ahead: Option<i64>,
+    /// The member holding the partition, when known.
+    member: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    database: Option<DatabaseSide>,
+}
+
+#[derive(Serialize)]
+struct DatabaseSide {
+    /// The offset stored in the database (`None`: none).
+    database_offset: Option<i64>,
+    /// Whether it equals Kafka's committed offset.
+    agrees: bool,
+}
+
+async fn describe(args: GroupDescribeArgs) -> Result<()> {
+    let db = match args.db.optional_target()? {
+        Some(target) => {
+            let reader = Reader::connect(&target, args.kafka.timeout).await?;
+            Some((reader, redact(&target.url)))
+        }
+        None => None,
+    };
+    let mut admin = Admin::connect(&args.kafka).await?;
+    let mut coordinator = Some(admin.group_coordinator(&args.group).await?);
+    let described = coordinator.as_mut().expect("just set").describe().await;
+    // A broker that failed DescribeGroups may have dropped the connection: find it again.
+    let committed = GroupCoordinator::reuse_or_find(&mut coordinator, &args.kafka, &args.group)
+        .await?
+        .fetch_all()
+        .await?;
+    let stored: BTreeMap<(String, i32), i64> = match &db {
+        Some((reader, _)) => reader
+            .stored_offsets(&args.group, args.topic.as_deref())
+            .await?
+            .into_iter()
+            .map(|(topic, p, o)| ((topic, p as i32), o))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let (state, mut members, described) = match described {
+        Ok(d) => (
+            d.state,
+            d.members.into_iter().map(Member::from).collect(),
+            true,
+        ),
+        Err(e) => {
+            tracing::warn!(
+                "the broker could not describe group '{}' ({e:#}): members as the database \
+                 recorded them, if given one",
+                args.group
+            );
+            ("unknown".to_string(), Vec::new(), false)
+        }
+    };
+    let mut topics: BTreeSet<String> = committed.keys().cloned().collect();
+    topics.extend(stored.keys().map(|(t, _)| t.clone()));
+    for m in &members {
+        topics.extend(m.partitions.iter().flat_map(|p| p.keys().cloned()));
+    }
+    let known = !(members.is_empty() && topics.is_empty());
+    if !known && state != "unknown" {
+        bail!(
+            "consumer group '{}' does not exist: Kafka knows no member or offset of it{} \
+             (`streamlab group list` shows the groups)",
+            args.group,
+            db.as_ref()
+                .map(|(_, url)| format!(", and {url} stores none"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(topic) = &args.topic {
+        topics = BTreeSet::from([topic.clone()]);
+    }
+    if let Some((reader, _)) = &db {
+        if !described {
+            members = recorded_members(reader, &args.group, &topics).await;
+        }
+        recorded_partitions(&mut members, reader, &args.group, &topics).await;
+    }
+    let mut reports = Vec::new();
+    for topic in &topics {
+        let in_kafka = committed.get(topic).cloned().unwrap_or_default();
+        let in_db: Option<BTreeMap<i32, i64>> = db.as_ref().map(|_| {
+            stored
+                .iter()
+                .filter(|((t, _), _)| t == topic)
+                .map(|((_, p), o)| (*p, *o))
+                .collect()
+        });
+        reports.push(topic_report(&args.kafka, topic, &in_kafka, in_db.as_ref(), &members).await?);
+    }
+    let disagreements = db.as_ref().map(|_| {
+        reports
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.database.as_ref().is_some_and(|d| !d.agrees))
+            .count()
+    });
+    let report = GroupReport {
+        group: args.group,
+        state,
+        database: db.map(|(_, url)| url),
+        members,
+        topics: reports,
+        disagreements,
+    };
+    match args.format {
+        Format::Json => render::json(&report),
+        Format::Table => print_report(&report),
+    }
+}
+
+impl From<crate::kafka::group::MemberDescription> for Member {
+    fn from(m: crate::kafka::group::MemberDescription) -> Self {
+        Member {
+            member_id: m.member_id,
+            client_id: m.client_id,
+            host: m.client_host,
+            recorded_client: None,
+            partitions: m.partitions,
+        }
+    }
+}
+
+/// The members of the newest generation the database recorded for each of `topics`, for a
+/// broker that cannot describe the group (tansu's SQLite engine); their partitions are filled in
+/// by [`recorded_partitions`].
+async fn recorded_members(reader: &Reader, group: &str, topics: &BTreeSet<String>) -> Vec<Member> {
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+    for topic in topics {
+        let recorded = reader.recorded_members(group, topic).await;
+        let newest = recorded.values().map(|r| r.generation).max();
+        for (member_id, row) in recorded {
+            if Some(row.generation) == newest {
+                members.entry(member_id.clone()).or_insert(Member {
+                    member_id,
+                    client_id: String::new(),
+                    host: String::new(),
+                    recorded_client: None,
+                    partitions: None,
+                });
+            }
+        }
+    }
+    members.into_values().collect()
+}
+
+/// What the database recorded of the members (`streamlab_members`): their host and process, and
+/// their partitions where the broker does not report assignments (tansu).
+async fn recorded_partitions(
+    members: &mut [Member],
+    reader: &Reader,
+    group: &str,
+    topics: &BTreeSet<String>,
+) {
+    for topic in topics {
+        let recorded = reader.recorded_members(group, topic).await;
+        for m in members.iter_mut() {
+            let Some(row) = recorded.get(&m.member_id) else {
+                continue;
+            };
+            m.recorded_client = Some(row.client.clone());
+            if !m.partitions.as_ref().is_some_and(|p| p.contains_key(topic)) {
+                m.partitions
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(topic.clone(), row.partitions.clone());
+            }
+        }
+    }
+}
+
+/// One topic's partitions: Kafka's committed offsets against the log, the database's beside.
+async fn topic_report(
+    opts: &kafka::Config,
+    topic: &str,
+    committed: &BTreeMap<i32, i64>,
+    stored: Option<&BTreeMap<i32, i64>>,
+    members: &[Member],
+) -> Result<TopicReport> {
+    let ranges = match kafka::fetch::TopicReaders::open(opts, topic).await {
+        Ok(mut readers) => Some(readers.ranges().await?),
+        Err(e) if e.downcast_ref::<UnknownTopic>().is_some() => None,
+        Err(e) => return Err(e),
+    };
+    let mut ids: BTreeSet<i32> = committed.keys().copied().collect();
+    ids.extend(stored.iter().flat_map(|s| s.keys().copied()));
+    ids.extend(ranges.iter().flat_map(|r| r.keys().copied()));
+    let owner = |p: i32| {
+        members
+            .iter()
+            .find(|m| {
+                m.partitions
+                    .as_ref()
+                    .and_then(|ps| ps.get(topic))
+                    .is_some_and(|ps| ps.contains(&p))
+            })
+            .map(|m| m.member_id.clone())
+    };
+    let partitions: Vec<PartitionReport> = ids
+        .into_iter()
+        .map(|p| {
+            let range = ranges.as_ref().and_then(|r| r.get(&p).copied());
+            let committed = committed.get(&p).copied();
+            let lag = match (range, committed) {
+                (Some((start, end)), Some(c)) => Some(Lag::of(start, end, Some(c))),
+                _ => None,
+            };
+            PartitionReport {
+                partition: p,
+                committed,
+                log_start: range.map(|r| r.0),
+                log_end: range.map(|r| r.1),
+                lag: lag.map(Lag::behind),
+                ahead: lag.and_then(Lag::ahead),
+                member: owner(p),
+                database: stored.map(|s| {
+                    let database_offset = s.get(&p).copied();
+                    DatabaseSide {
+                        database_offset,
+                        agrees: database_offset == committed,
+                    }
+                }),
+            }
+        })
+        .collect();
+    Ok(TopicReport {
+        topic: topic.to_string(),
+        exists: ranges.is_some(),
+        total_lag: partitions.iter().filter_map(|p| p.lag).sum(),
+        partitions,
+    })
+}
+
+fn print_report(r: &GroupReport) -> Result<()> {
+    let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    let mut title = format!(
+        "group '{}' · {} · {} member(s)",
+        r.group,
+        r.state,
+        r.members.len()
+    );
+    if let Some(db) = &r.database {
+        title.push_str(&format!(" · offsets beside those of {db}"));
+    }
+    render::line(title)?;
+    if !r.members.is_empty() {
+        let mut t = render::table(["MEMBER", "CLIENT", "HOST", "PARTITIONS"]);
+        for m in &r.members {
+            t.add_row(vec![
+                m.member_id.clone(),
+                m.recorded_client
+                    .clone()
+                    .unwrap_or_else(|| m.client_id.clone()),
+                m.host.clone(),
+                match &m.partitions {
+                    None => "? (not reported by the broker)".to_string(),
+                    Some(ps) if ps.values().all(Vec::is_empty) => "none".to_string(),
+                    Some(ps) => ps
+                        .iter()
+                        .filter(|(_, list)| !list.is_empty())
+                        .map(|(topic, list)| {
+                            let list: Vec<String> = list.iter().map(i32::to_string).collect();
+                            format!("{topic}:{}", list.join(","))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                },
+            ]);
+        }
+        render::line(format!("\n{t}"))?;
+    }
+    let with_db = r.database.is_some();
+    let mut header = vec!["TOPIC", "PARTITION", "COMMITTED"];
+    if with_db {
+        header.extend(["DATABASE", "AGREE"]);
+    }
+    header.extend(["LOG-START", "LOG-END", "LAG", "MEMBER"]);
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_header(header);
+    for topic in &r.topics {
+        let name = if topic.exists {
+            topic.topic.clone()
+        } else {
+            format!("{} (deleted)", topic.topic)
+        };
+        for p in &topic.partitions {
+            let mut row = vec![name.clone(), p.partition.to_string(), show(p.committed)];
+            if let Some(db) = &p.database {
+                row.push(show(db.database_offset));
+                row.push(render::verdict(
+                    if db.agrees { "yes" } else { "NO" },
+                    db.agrees,
+                ));
+            }
+            let lag = match p.ahead {
+                Some(ahead) => format!("ahead by {ahead}"),
+                None => show(p.lag),
+            };
+            row.extend([
+                show(p.log_start),
+                show(p.log_end),
+                lag,
+                p.member.clone().unwrap_or_else(|| "-".into()),
+            ]);
+            t.add_row(row);
+        }
+        let mut total = vec![name, "total".to_string(), String::new()];
+        if with_db {
+            total.extend([String::new(), String::new()]);
+        }
+        total.extend([String::new(), String::new(), topic.total_lag.to_string()]);
+        t.add_row(total);
+    }
+    render::line(format!("\n{t}"))?;
+    if let Some(n) = r.disagreements.filter(|&n| n > 0) {
+        render::line(format!(
+            "\n{n} partition(s) where the database and Kafka disagree: the database is the \
+             truth (it is written with the rows); consume mirrors it to Kafka as it commits"
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The `dead_letters` table, for `streamlab dlq`: reading it with filters, purging it, and taking
+//! letters out — into the event tables (replay), or after they were produced again — in one
+//! transaction that removes exactly the letters it was given, or nothing.
+//!
+//! Reads and purges go through the [`Reader`] (sqlx's `Any` driver); taking letters out goes
+//! through the write side, so replayed events are inserted by the same statements (and
+//! `ON CONFLICT (id) DO NOTHING`) as consumed ones.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::offsets::Statement;
+use super::{
+    Database, DatabaseTx, Dialect, Kind, Landed, Reader, Sink, SinkError, SinkTx, WriterTx,
+};
+use crate::events::ts_millis;
+
+/// Which dead letters; every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub topic: Option<String>,
+    /// Failed at or after this.
+    pub since: Option<OffsetDateTime>,
+    /// Failed before this.
+    pub before: Option<OffsetDateTime>,
+    /// The reason contains this text.
+    pub reason: Option<String>,
+    /// Only these ids (empty: any).
+    pub ids: Vec<i64>,
+}
+
+impl Filter {
+    /// ` WHERE …` (or nothing) and the text values it binds, in order.
+    fn sql(&self, reader: &Reader) -> (String, Vec<String>) {
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        let mut bind = |value: String| {
+            binds.push(value);
+            format!("${}", binds.len())
+        };
+        if let Some(topic) = &self.topic {
+            conditions.push(format!("topic = {}", bind(topic.clone())));
+        }
+        let failed_at = reader.ts_text("failed_at");
+        if let Some(since) = self.since {
+            conditions.push(format!("{failed_at} >= {}", bind(ts_millis::format(since))));
+        }
+        if let Some(before) = self.before {
+            conditions.push(format!("{failed_at} < {}", bind(ts_millis::format(before))));
+        }
+        if let Some(reason) = &self.reason {
+            let needle = bind(reason.clone());
+            conditions.push(match reader.kind {
+                Kind::Sqlite => format!("instr(error, {needle}) > 0"),
+                Kind::Postgres => format!("strpos(error, {needle}) > 0"),
+            });
+        }
+        if !self.ids.is_empty() {
+            conditions.push(format!("id IN ({})", id_list(&self.ids)));
+        }
+        if conditions.is_empty() {
+            (String::new(), binds)
+        } else {
+            (format!(" WHERE {}", conditions.join(" AND ")), binds)
+        }
+    }
+}
+
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// A row of `dead_letters`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Letter {
+    pub id: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    /// Only read when asked for ([`select`]'s `payloads`).
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
+    /// The payload's size (`None`: the record had no value).
+    pub payload_bytes: Option<i64>,
+    pub error: String,
+    pub failed_at: String,
+}
+
+/// Which end of the table [`select`] starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    NewestFirst,
+    OldestFirst,
+}
+
+impl Reader {
+    /// The dead letters `filter` matches, at most `limit`, with their key and payload bytes
+    /// when `payloads` (else without: listing a table of large payloads stays cheap).
+    pub async fn dead_letter_rows(
+        &self,
+        filter: &Filter,
+        order: Order,
+        limit: Option<u32>,
+        payloads: bool,
+    ) -> Result<Vec<Letter>> {
+        let (conditions, binds) = filter.sql(self);
+        let bytes = if payloads {
+            "record_key, payload"
+        } else {
+            "NULL, NULL"
+        };
+        let mut sql = format!(
+            "SELECT {}, topic, {}, {}, {bytes}, {}, error, {} FROM dead_letters{conditions} \
+             ORDER BY id {}",
+            self.int("id"),
+            self.int("kafka_partition"),
+            self.int("kafka_offset"),
+            self.int("length(payload)"),
+            self.ts_text("failed_at"),
+            if order == Order::NewestFirst {
+                "DESC"
+            } else {
+                "ASC"
+            }
+        );
+        if let Some(limit) = limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let query = binds
+            .into_iter()
+            .fold(sqlx::query(&sql), |query, value| query.bind(value));
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Letter {
+                    id: r.try_get(0)?,
+                    topic: r.try_get(1)?,
+                    partition: i32::try_from(r.try_get::<i64, _>(2)?)?,
+                    offset: r.try_get(3)?,
+                    key: r.try_get(4)?,
+                    payload: r.try_get(5)?,
+                    payload_bytes: r.try_get(6)?,
+                    error: r.try_get(7)?,
+                    failed_at: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Delete the dead letters `filter` matches; their ids, in order.
+    pub async fn purge_dead_letters(&self, filter: &Filter) -> Result<Vec<i64>> {
+        let (conditions, binds) = filter.sql(self);
+        let sql = format!(
+            "DELETE FROM dead_letters{conditions} RETURNING {}",
+            self.int("id")
+        );
+        let query = binds
+            .into_iter()
+            .fold(sqlx::query(&sql), |query, value| query.bind(value));
+        let mut ids: Vec<i64> = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+/// Why letters could not be taken out.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    /// Some of the letters were no longer there when the transaction removed them: another
+    /// replay or purge took them first. Nothing was changed.
+    #[error(
+        "{missing} of the {asked} dead letters were taken meanwhile (another replay or purge?); \
+         nothing was changed: run it again"
+    )]
+    Changed { asked: usize, missing: usize },
+    /// The database did not answer within the deadline; nothing was committed.
+    #[error("the database did not answer within {}; nothing was changed", humantime::format_duration(*.0))]
+    Unanswered(Duration),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// What [`take`] did with the events it was given.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Taken {
+    pub inserted: u64,
+    /// Events whose id was already stored.
+    pub duplicates: u64,
+}
+
+/// In one transaction: remove the letters `ids` from `dead_letters` and insert `events`. Either
+/// all of it or nothing: if any of the letters is already gone, nothing is changed
+/// ([`TakeError::Changed`]), so no letter is replayed twice. A database silent for `limit`
+/// ends it, uncommitted.
+pub async fn take(
+    database: &mut Database,
+    events: &[Landed],
+    ids: &[i64],
+    limit: Duration,
+) -> Result<Taken, TakeError> {
+    let taking = take_in(database, events, ids);
+    match tokio::time::timeout(limit, taking).await {
+        Ok(taken) => taken,
+        Err(_) => Err(TakeError::Unanswered(limit)),
+    }
+}
+
+async fn take_in<S: Sink>(sink: &mut S, events: &[Landed], ids: &[i64]) -> Result<Taken, TakeError>
+where
+    S::Tx: Statements,
+{
+    let mut tx = sink.begin().await?;
+    let mut removed = 0;
+    for chunk in ids.chunks(1000) {
+        let sql = format!("DELETE FROM dead_letters WHERE id IN ({})", id_list(chunk));
+        removed += tx.execute(&sql).await?;
+    }
+    if removed != ids.len() as u64 {
+        // Dropping the transaction rolls it back.
+        return Err(TakeError::Changed {
+            asked: ids.len(),
+            missing: ids.len() - removed as usize,
+        });
+    }
+    let inserted = tx.insert_events(events).await?;
+    tx.commit().await?;
+    Ok(Taken {
+        inserted,
+        duplicates: events.len() as u64 - inserted,
+    })
+}
+
+/// A statement of our own inside a sink's transaction.
+pub trait Statements: SinkTx {
+    /// Run `sql` (no parameters); the rows it affected.
+    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<u64, SinkError>> + Send;
+}
+
+impl<D: Dialect> Statements for WriterTx<D> {
+    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
+        Ok(D::execute(&mut self.0, &Statement::from(sql)).await?)
+    }
+}
+
+impl Statements for DatabaseTx {
+    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
+        match self {
+            DatabaseTx::Postgres(tx) => tx.execute(sql).await,
+            DatabaseTx::Sqlite(tx) => tx.execute(sql).await,
+        }
+    }
+}
