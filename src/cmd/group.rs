@@ -11,7 +11,7 @@ use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
 use crate::db::{redact, Reader};
 use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
 use crate::kafka::group::GroupDescription;
-use crate::kafka::{self, Lag};
+use crate::kafka::{self, Position};
 use crate::render;
 
 pub async fn run(command: GroupCommand) -> Result<()> {
@@ -108,20 +108,41 @@ struct TopicReport {
 
 #[derive(Serialize)]
 struct PartitionReport {
-    partition: i32,
-    /// The group's committed offset in Kafka (`None`: none).
-    committed: Option<i64>,
-    log_start: Option<i64>,
-    log_end: Option<i64>,
-    /// Records between the committed offset and the log end (`None`: nothing committed).
-    lag: Option<i64>,
-    /// The committed offset is past the log end by this much.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ahead: Option<i64>,
+    /// The group's committed offset in Kafka, in the partition's log.
+    #[serde(flatten)]
+    at: At,
     /// The member holding the partition, when known.
     member: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     database: Option<DatabaseSide>,
+}
+
+/// Where a partition's committed offset stands: in its log, or alone when the topic is gone.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum At {
+    Log(Position),
+    /// The topic no longer exists (offsets outlive their topic).
+    Gone {
+        partition: i32,
+        committed: Option<i64>,
+    },
+}
+
+impl At {
+    fn committed(&self) -> Option<i64> {
+        match self {
+            At::Log(p) => p.committed,
+            At::Gone { committed, .. } => *committed,
+        }
+    }
+
+    fn lag(&self) -> i64 {
+        match self {
+            At::Log(p) => p.lag,
+            At::Gone { .. } => 0,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -319,19 +340,16 @@ async fn topic_report(
     let partitions: Vec<PartitionReport> = ids
         .into_iter()
         .map(|p| {
-            let range = ranges.as_ref().and_then(|r| r.get(&p).copied());
             let committed = committed.get(&p).copied();
-            let lag = match (range, committed) {
-                (Some((start, end)), Some(c)) => Some(Lag::of(start, end, Some(c))),
-                _ => None,
+            let at = match ranges.as_ref().and_then(|r| r.get(&p).copied()) {
+                Some(range) => At::Log(Position::new(p, range, committed)),
+                None => At::Gone {
+                    partition: p,
+                    committed,
+                },
             };
             PartitionReport {
-                partition: p,
-                committed,
-                log_start: range.map(|r| r.0),
-                log_end: range.map(|r| r.1),
-                lag: lag.map(Lag::behind),
-                ahead: lag.and_then(Lag::ahead),
+                at,
                 member: owner(p),
                 database: stored.map(|s| {
                     let database_offset = s.get(&p).copied();
@@ -346,7 +364,7 @@ async fn topic_report(
     Ok(TopicReport {
         topic: topic.to_string(),
         exists: ranges.is_some(),
-        total_lag: partitions.iter().filter_map(|p| p.lag).sum(),
+        total_lag: partitions.iter().map(|p| p.at.lag()).sum(),
         partitions,
     })
 }
@@ -405,7 +423,11 @@ fn print_report(r: &GroupReport) -> Result<()> {
             format!("{} (deleted)", topic.topic)
         };
         for p in &topic.partitions {
-            let mut row = vec![name.clone(), p.partition.to_string(), show(p.committed)];
+            let (partition, log) = match &p.at {
+                At::Log(pos) => (pos.partition, Some(pos)),
+                At::Gone { partition, .. } => (*partition, None),
+            };
+            let mut row = vec![name.clone(), partition.to_string(), show(p.at.committed())];
             if let Some(db) = &p.database {
                 row.push(show(db.database_offset));
                 row.push(render::verdict(
@@ -413,13 +435,16 @@ fn print_report(r: &GroupReport) -> Result<()> {
                     db.agrees,
                 ));
             }
-            let lag = match p.ahead {
-                Some(ahead) => format!("ahead by {ahead}"),
-                None => show(p.lag),
+            let lag = match log {
+                Some(pos) => match pos.ahead {
+                    Some(ahead) => format!("ahead by {ahead}"),
+                    None => pos.lag.to_string(),
+                },
+                None => "-".to_string(),
             };
             row.extend([
-                show(p.log_start),
-                show(p.log_end),
+                show(log.map(|pos| pos.log_start)),
+                show(log.map(|pos| pos.log_end)),
                 lag,
                 p.member.clone().unwrap_or_else(|| "-".into()),
             ]);
