@@ -412,7 +412,7 @@ fn print_report(r: &GroupReport) -> Result<()> {
     if with_db {
         header.extend(["DATABASE", "AGREE"]);
     }
-    header.extend(["LOG-START", "LOG-END", "LAG", "MEMBER"]);
+    header.extend(["LOG START", "LOG END", "LAG", "MEMBER"]);
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING)
         .set_header(header);
