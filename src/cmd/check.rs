@@ -247,24 +247,18 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
 /// positions past the log end. Either is unhealthy.
 fn offset_checks(partitions: &[Position]) -> Vec<CheckResult> {
     let removed = partitions.iter().filter_map(|p| {
-        p.removed_unread.map(|n| {
-            format!(
-                "partition {}: {n} records (offsets {}..{}) removed before they were consumed",
-                p.partition,
-                p.committed.unwrap_or_default(),
-                p.log_start
-            )
-        })
+        let (n, stored) = (p.removed_unread?, p.committed.unwrap_or_default());
+        Some(format!(
+            "partition {}: {n} records (offsets {stored}..{}) removed before they were consumed",
+            p.partition, p.log_start
+        ))
     });
     let ahead = partitions.iter().filter_map(|p| {
-        p.ahead.map(|n| {
-            format!(
-                "partition {} stored at {} is {n} past the log end {}",
-                p.partition,
-                p.committed.unwrap_or_default(),
-                p.log_end
-            )
-        })
+        let (n, stored) = (p.ahead?, p.committed.unwrap_or_default());
+        Some(format!(
+            "partition {} stored at {stored} is {n} past the log end {}",
+            p.partition, p.log_end
+        ))
     });
     [
         failing(
