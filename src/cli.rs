@@ -163,7 +163,7 @@ pub struct CompletionsArgs {
 
 /// How to reach Kafka. Parsed once at the top (global: before or after the subcommand) and
 /// handed to every command that talks to a broker.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct KafkaOpts {
     /// Broker addresses, comma separated.
     #[arg(
@@ -280,7 +280,7 @@ pub enum SinkKind {
 }
 
 /// How to reach the database. Shared by consume, migrate, check and watch.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct DbOpts {
     /// Database to write to / read from. Optional when -D names it (postgres://… or sqlite://…).
     #[arg(long, value_enum)]
@@ -916,7 +916,7 @@ pub struct CheckArgs {
     pub kafka: crate::kafka::Config,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct BenchArgs {
     #[arg(skip)]
     pub kafka: crate::kafka::Config,
@@ -944,6 +944,52 @@ pub struct BenchArgs {
     /// How long to measure end-to-end latency at 10,000 events/s (0 skips it).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub latency: Duration,
+}
+
+// The options that may carry a secret are shown redacted by `Debug` (a `Cli` in a log or a
+// panic message): database URLs through `db::redact`, every -X setting as its key only.
+
+impl std::fmt::Debug for KafkaOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let property: Vec<String> = self.property.iter().map(|p| redact_setting(p)).collect();
+        f.debug_struct("KafkaOpts")
+            .field("bootstrap_server", &self.bootstrap_server)
+            .field("timeout", &self.timeout)
+            .field("command_config", &self.command_config)
+            .field("property", &property)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DbOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbOpts")
+            .field("sink", &self.sink)
+            .field("database_url", &self.database_url.as_deref().map(db::redact))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BenchArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchArgs")
+            .field("kafka", &self.kafka)
+            .field("events", &self.events)
+            .field("repeats", &self.repeats)
+            .field("partitions", &self.partitions)
+            .field("pg_url", &db::redact(&self.pg_url))
+            .field("durable_broker", &self.durable_broker)
+            .field("latency", &self.latency)
+            .finish()
+    }
+}
+
+/// A -X setting without its value (`sasl.password=***`): any value may be a secret.
+fn redact_setting(setting: &str) -> String {
+    match setting.split_once('=') {
+        Some((key, _)) => format!("{key}=***"),
+        None => "***".to_string(),
+    }
 }
 
 /// An RFC 3339 date and time: `2026-11-22T10:00:00Z`, `2026-11-22T11:00:00.5+01:00`.
@@ -985,9 +1031,38 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::Cli;
+
+    /// A `Cli` in a log or panic message shows no password: not the database URL's, not a -X
+    /// setting's, not bench's --pg-url's.
+    #[test]
+    fn debug_never_shows_a_password() {
+        for args in [
+            &[
+                "streamlab",
+                "-X",
+                "sasl.password=s3cret-x",
+                "check",
+                "-D",
+                "postgres://app:s3cret-d@db/streamlab",
+            ][..],
+            &[
+                "streamlab",
+                "-X",
+                "sasl.password=s3cret-x",
+                "bench",
+                "--pg-url",
+                "postgres://app:s3cret-pg@db/postgres",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let shown = format!("{cli:?} {cli:#?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("sasl.password=***"), "{shown}");
+        }
+    }
 
     /// `--help` prints `[env: NAME=value]` unless told not to, and DATABASE_URL holds passwords.
     #[test]
