@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::cli::{CheckArgs, Format};
 use crate::db::members::{self, GroupView};
-use crate::db::{self, redact, DeadLetters, Offending, Reader, Share, Throughput};
+use crate::db::dlq::{self, Letter};
+use crate::db::{self, redact, Offending, Reader, Share, Throughput};
 use crate::events::EventKind;
 use crate::kafka::{self, Position};
 use crate::render;
@@ -38,6 +39,13 @@ pub struct Report {
     pub throughput: Throughput,
     pub breakdown: Vec<Share>,
     pub top_keys: Vec<Share>,
+}
+
+/// How many records were dead-lettered, and the five newest.
+#[derive(Debug, Serialize)]
+pub struct DeadLetters {
+    pub count: i64,
+    pub newest: Vec<Letter>,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,7 +185,12 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
         checks.push(rule.judge(offending));
     }
 
-    let dead_letters: DeadLetters = reader.dead_letters().await?;
+    let dead_letters = DeadLetters {
+        count: reader.dead_letter_count(None).await?,
+        newest: reader
+            .dead_letter_rows(&dlq::Filter::default(), dlq::Order::NewestFirst, Some(5), false)
+            .await?,
+    };
     checks.push(CheckResult {
         name: "dead_letters",
         ok: dead_letters.count == 0,
@@ -306,13 +319,13 @@ async fn positions(
             .into_iter()
             .map(|(topic, partition, committed)| StoredOffset {
                 topic,
-                partition: partition as i32,
+                partition,
                 committed,
             })
             .collect();
         return Ok((Vec::new(), stored));
     };
-    let by_partition: BTreeMap<i32, i64> = stored.iter().map(|(_, p, n)| (*p as i32, *n)).collect();
+    let by_partition: BTreeMap<i32, i64> = stored.iter().map(|(_, p, n)| (*p, *n)).collect();
     let ranges = kafka::fetch::TopicReaders::open(&args.kafka, topic)
         .await?
         .ranges()

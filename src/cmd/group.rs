@@ -174,7 +174,7 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
             .stored_offsets(&args.group, args.topic.as_deref())
             .await?
             .into_iter()
-            .map(|(topic, p, o)| ((topic, p as i32), o))
+            .map(|(topic, p, o)| ((topic, p), o))
             .collect(),
         None => BTreeMap::new(),
     };

@@ -102,7 +102,7 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         .stored_offsets(group, Some(topic))
         .await?
         .into_iter()
-        .map(|(_, p, o)| (p as i32, o))
+        .map(|(_, p, o)| (p, o))
         .collect();
     if stored.is_empty() {
         bail!(

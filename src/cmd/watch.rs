@@ -280,7 +280,7 @@ async fn db_offsets(reader: &Reader, args: &WatchArgs) -> Result<BTreeMap<i32, i
         .context("reading the group's stored offsets (has consume run against this database?)")?;
     Ok(stored
         .into_iter()
-        .map(|(_, partition, next)| (partition as i32, next))
+        .map(|(_, partition, next)| (partition, next))
         .collect())
 }
 
@@ -290,7 +290,7 @@ async fn sink_view(reader: &Reader, args: &WatchArgs) -> Result<SinkView> {
         .rows(table)
         .await
         .with_context(|| format!("reading {table}"))?;
-    let dead_letters = reader.dead_letters_of(&args.topic).await?;
+    let dead_letters = reader.dead_letter_count(Some(&args.topic)).await?;
     let newest_ts = landed.newest_ts;
     let delay_ms = newest_ts
         .as_deref()

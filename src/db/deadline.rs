@@ -44,7 +44,9 @@ impl<S> Deadline<S> {
 /// `operation`, or [`SinkError::TimedOut`] once `limit` has passed without its answer. The
 /// pool's own wait for a connection ends after the same time (its acquire timeout): a pool with
 /// no connection to give within the deadline is a database that did not answer either.
-async fn within<T>(
+/// The [`Reader`](super::Reader)'s queries and the writer's connecting and migrating get the
+/// same deadline from here.
+pub(super) async fn within<T>(
     limit: Duration,
     database: &str,
     operation: impl Future<Output = Result<T, SinkError>>,

@@ -136,7 +136,7 @@ impl Reader {
         let query = binds
             .into_iter()
             .fold(sqlx::query(&sql), |query, value| query.bind(value));
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = self.within(query.fetch_all(&self.pool)).await?;
         rows.iter()
             .map(|r| {
                 Ok(Letter {

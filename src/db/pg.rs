@@ -54,6 +54,12 @@ pub(crate) fn warn_unrecognized_parameters(url: &str) {
     }
 }
 
+/// Whether the database exists, false also when the server does not say so within `limit`.
+async fn database_exists_within(url: &str, limit: Duration) -> bool {
+    let asking = tokio::time::timeout(limit, Postgres::database_exists(url));
+    matches!(asking.await, Ok(Ok(true)))
+}
+
 /// The sink of a PostgreSQL database.
 pub type PgSink = Writer<Postgres>;
 
@@ -75,11 +81,19 @@ impl Dialect for Postgres {
             .await
             .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
             .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+        let limit = super::connect_timeout(timeout);
+        let silent = |doing: &str, hint: &str| {
+            anyhow::anyhow!(
+                "{doing} {shown}: no answer within {}{hint}",
+                humantime::format_duration(limit)
+            )
+        };
         if !exists {
-            match Postgres::create_database(url).await {
+            let creating = tokio::time::timeout(limit, Postgres::create_database(url));
+            match creating.await.map_err(|_| silent("creating the database of", ""))? {
                 Ok(()) => tracing::info!("created database {shown}"),
                 // Another consumer started at the same moment created it first.
-                Err(_) if Postgres::database_exists(url).await.unwrap_or(false) => {}
+                Err(_) if database_exists_within(url, limit).await => {}
                 Err(e) => {
                     return Err(
                         anyhow::Error::new(e).context(format!("creating the database of {shown}"))
@@ -89,13 +103,19 @@ impl Dialect for Postgres {
         }
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(super::connect_timeout(timeout))
+            .acquire_timeout(limit)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
-        MIGRATOR
-            .run(&pool)
+        // The migrator waits for an advisory lock another process may hold for good.
+        tokio::time::timeout(limit, MIGRATOR.run(&pool))
             .await
+            .map_err(|_| {
+                silent(
+                    "applying migrations to",
+                    " (is another process holding the migration lock?)",
+                )
+            })?
             .with_context(|| format!("applying migrations to {shown}"))?;
         Ok(pool)
     }
