@@ -318,3 +318,47 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         assert_eq!(counted(&out, "consumed"), 0, "{out}");
     }
 }
+
+#[test]
+fn check_against_a_table_locked_elsewhere_ends_within_its_timeout_in_one_line() {
+    let db = TestDb::pg();
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    // Another session holds the table: every read of it waits, as on a frozen server.
+    let mut holder = std::process::Command::new("psql")
+        .args([
+            &db.url,
+            "-qAt",
+            "-c",
+            "BEGIN; LOCK TABLE sales_events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    assert!(wait_until(10, || db.scalar(
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'sales_events'::regclass \
+         AND mode = 'AccessExclusiveLock' AND granted"
+    ) == 1));
+    let started = Instant::now();
+    let out = streamlab("check")
+        .sink("pg")
+        .url(&db.url)
+        .timeout(&format!("{}s", TIMEOUT.as_secs()))
+        .spawn()
+        .exit_within(TIMEOUT * 3, "check on a locked table");
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
+    assert_eq!(
+        error_lines(&out.stderr),
+        vec![format!(
+            "error: PostgreSQL at {} did not answer within {}s",
+            db.url,
+            TIMEOUT.as_secs()
+        )],
+        "{}",
+        out.stderr
+    );
+}
