@@ -273,6 +273,16 @@ impl Admin {
 
     /// Topics with their partitions and leaders; `None` lists every topic.
     pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<Vec<TopicMetadata>> {
+        self.described(topics, false).await
+    }
+
+    /// [`Admin::metadata`]; with `skip_missing`, names that are not topics (unknown, invalid,
+    /// not visible to us) are left out instead of failing with [`UnknownTopic`].
+    async fn described(
+        &mut self,
+        topics: Option<&[&str]>,
+        skip_missing: bool,
+    ) -> Result<Vec<TopicMetadata>> {
         let response = self.conn.call(metadata_request(topics)).await?;
         let brokers: BTreeMap<i32, String> = response
             .brokers
@@ -282,14 +292,17 @@ impl Admin {
         let mut out = Vec::new();
         for topic in response.topics {
             let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
-            if ResponseError::try_from_code(topic.error_code)
-                == Some(ResponseError::UnknownTopicOrPartition)
-            {
-                bail!(UnknownTopic(name));
+            match ResponseError::try_from_code(topic.error_code) {
+                Some(
+                    ResponseError::UnknownTopicOrPartition
+                    | ResponseError::InvalidTopicException
+                    | ResponseError::TopicAuthorizationFailed,
+                ) if skip_missing => continue,
+                Some(ResponseError::UnknownTopicOrPartition) => bail!(UnknownTopic(name)),
+                _ => check(topic.error_code, None, || {
+                    format!("metadata for topic '{name}'")
+                })?,
             }
-            check(topic.error_code, None, || {
-                format!("metadata for topic '{name}'")
-            })?;
             let mut partitions: Vec<PartitionMetadata> = topic
                 .partitions
                 .iter()
@@ -324,26 +337,14 @@ impl Admin {
     /// The partition ids of each of `names` that is a topic, in one request. Names that are not
     /// (unknown, invalid, not visible to us) are left out; any other error fails.
     pub async fn partitions_of(&mut self, names: &[&str]) -> Result<BTreeMap<String, Vec<i32>>> {
-        let response = self.conn.call(metadata_request(Some(names))).await?;
-        let mut out = BTreeMap::new();
-        for topic in response.topics {
-            let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
-            match ResponseError::try_from_code(topic.error_code) {
-                Some(
-                    ResponseError::UnknownTopicOrPartition
-                    | ResponseError::InvalidTopicException
-                    | ResponseError::TopicAuthorizationFailed,
-                ) => continue,
-                _ => check(topic.error_code, None, || {
-                    format!("metadata for topic '{name}'")
-                })?,
-            }
-            let mut partitions: Vec<i32> =
-                topic.partitions.iter().map(|p| p.partition_index).collect();
-            partitions.sort_unstable();
-            out.insert(name, partitions);
-        }
-        Ok(out)
+        let topics = self.described(Some(names), true).await?;
+        Ok(topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t.partition_ids();
+                (t.name, partitions)
+            })
+            .collect())
     }
 
     /// A topic's configuration (DescribeConfigs).
@@ -549,9 +550,20 @@ impl Admin {
         })
     }
 
+    /// How long the broker may take over a CreateTopics or DeleteTopics: three quarters of
+    /// `--timeout`, which is how long we wait for its answer on the wire. Given the whole of it,
+    /// the broker would answer "timed out" just as we stopped listening.
     fn timeout_ms(&self) -> i32 {
-        i32::try_from(self.opts.timeout.as_millis()).unwrap_or(i32::MAX)
+        broker_timeout_ms(self.opts.timeout)
     }
+}
+
+/// Three quarters of `wait` in milliseconds (at least 1): the time a request's `timeout_ms`
+/// lets the broker take, leaving the rest of our wait for its answer to arrive.
+fn broker_timeout_ms(wait: std::time::Duration) -> i32 {
+    i32::try_from(wait.as_millis() * 3 / 4)
+        .unwrap_or(i32::MAX)
+        .max(1)
 }
 
 /// The topic asked about does not exist (a typed error, so callers can tell it from a broker
@@ -730,5 +742,17 @@ impl GroupCoordinator {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_broker_gets_three_quarters_of_the_wait() {
+        assert_eq!(super::broker_timeout_ms(Duration::from_secs(10)), 7500);
+        assert_eq!(super::broker_timeout_ms(Duration::from_millis(1)), 1);
+        assert_eq!(super::broker_timeout_ms(Duration::from_secs(1 << 40)), i32::MAX);
     }
 }
