@@ -965,7 +965,10 @@ impl std::fmt::Debug for DbOpts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbOpts")
             .field("sink", &self.sink)
-            .field("database_url", &self.database_url.as_deref().map(db::redact))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(db::redact),
+            )
             .finish()
     }
 }

@@ -319,34 +319,46 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
     }
 }
 
-#[test]
-fn check_against_a_table_locked_elsewhere_ends_within_its_timeout_in_one_line() {
-    let db = TestDb::pg();
-    streamlab("migrate").sink("pg").url(&db.url).ok();
-    // Another session holds the table: every read of it waits, as on a frozen server.
-    let mut holder = std::process::Command::new("psql")
+/// Another session holding `table` (ACCESS EXCLUSIVE) until killed: every read of it waits, as
+/// on a frozen server.
+fn hold_lock(db: &TestDb, table: &str) -> std::process::Child {
+    let holder = std::process::Command::new("psql")
         .args([
             &db.url,
             "-qAt",
             "-c",
-            "BEGIN; LOCK TABLE sales_events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;",
+            &format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"
+            ),
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("psql");
-    assert!(wait_until(10, || db.scalar(
-        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'sales_events'::regclass \
+    assert!(wait_until(10, || db.scalar(&format!(
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = '{table}'::regclass \
          AND mode = 'AccessExclusiveLock' AND granted"
-    ) == 1));
+    )) == 1));
+    holder
+}
+
+/// `cmd` with --timeout TIMEOUT: its run, and how long it took.
+fn timed(cmd: Cmd, what: &str) -> (Run, Duration) {
     let started = Instant::now();
-    let out = streamlab("check")
-        .sink("pg")
-        .url(&db.url)
+    let out = cmd
         .timeout(&format!("{}s", TIMEOUT.as_secs()))
         .spawn()
-        .exit_within(TIMEOUT * 3, "check on a locked table");
-    let took = started.elapsed();
+        .exit_within(TIMEOUT * 3, what);
+    (out, started.elapsed())
+}
+
+#[test]
+fn check_against_a_table_locked_elsewhere_ends_within_its_timeout_in_one_line() {
+    let db = TestDb::pg();
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let mut holder = hold_lock(&db, "sales_events");
+    let check = streamlab("check").sink("pg").url(&db.url);
+    let (out, took) = timed(check, "check on a locked table");
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(out.code, Some(1), "{}", out.stderr);
@@ -355,6 +367,30 @@ fn check_against_a_table_locked_elsewhere_ends_within_its_timeout_in_one_line() 
         error_lines(&out.stderr),
         vec![format!(
             "error: PostgreSQL at {} did not answer within {}s",
+            db.url,
+            TIMEOUT.as_secs()
+        )],
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn migrations_held_up_by_another_session_end_within_the_timeout_in_one_line() {
+    let db = TestDb::pg();
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let mut holder = hold_lock(&db, "_sqlx_migrations");
+    let migrate = streamlab("migrate").sink("pg").url(&db.url);
+    let (out, took) = timed(migrate, "migrate behind a lock");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
+    assert_eq!(
+        error_lines(&out.stderr),
+        vec![format!(
+            "error: applying migrations to {}: no answer within {}s (is another process \
+             holding the migration lock?)",
             db.url,
             TIMEOUT.as_secs()
         )],

@@ -8,8 +8,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{CheckArgs, Format};
-use crate::db::members::{self, GroupView};
 use crate::db::dlq::{self, Letter};
+use crate::db::members::{self, GroupView};
 use crate::db::{self, redact, Offending, Reader, Share, Throughput};
 use crate::events::EventKind;
 use crate::kafka::{self, Position};
@@ -188,7 +188,12 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
     let dead_letters = DeadLetters {
         count: reader.dead_letter_count(None).await?,
         newest: reader
-            .dead_letter_rows(&dlq::Filter::default(), dlq::Order::NewestFirst, Some(5), false)
+            .dead_letter_rows(
+                &dlq::Filter::default(),
+                dlq::Order::NewestFirst,
+                Some(5),
+                false,
+            )
             .await?,
     };
     checks.push(CheckResult {

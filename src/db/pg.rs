@@ -54,10 +54,50 @@ pub(crate) fn warn_unrecognized_parameters(url: &str) {
     }
 }
 
+/// Create the database of `url`, within `limit`. Another consumer started at the same moment
+/// may have created it first, which is as good.
+async fn create_database(url: &str, limit: Duration) -> anyhow::Result<()> {
+    let shown = redact(url);
+    let creating = tokio::time::timeout(limit, Postgres::create_database(url));
+    let silent = || silent(&format!("creating the database of {shown}"), limit, "");
+    match creating.await.map_err(|_| silent())? {
+        Ok(()) => tracing::info!("created database {shown}"),
+        Err(_) if database_exists_within(url, limit).await => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("creating the database of {shown}")))
+        }
+    }
+    Ok(())
+}
+
 /// Whether the database exists, false also when the server does not say so within `limit`.
 async fn database_exists_within(url: &str, limit: Duration) -> bool {
     let asking = tokio::time::timeout(limit, Postgres::database_exists(url));
     matches!(asking.await, Ok(Ok(true)))
+}
+
+/// Apply the migrations, within `limit`: the migrator waits for an advisory lock another
+/// process may hold for good.
+async fn migrate(pool: &PgPool, shown: &str, limit: Duration) -> anyhow::Result<()> {
+    let doing = format!("applying migrations to {shown}");
+    tokio::time::timeout(limit, MIGRATOR.run(pool))
+        .await
+        .map_err(|_| {
+            silent(
+                &doing,
+                limit,
+                " (is another process holding the migration lock?)",
+            )
+        })?
+        .context(doing)
+}
+
+/// "`doing`: no answer within 10s`hint`".
+fn silent(doing: &str, limit: Duration, hint: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{doing}: no answer within {}{hint}",
+        humantime::format_duration(limit)
+    )
 }
 
 /// The sink of a PostgreSQL database.
@@ -82,24 +122,8 @@ impl Dialect for Postgres {
             .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
             .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
         let limit = super::connect_timeout(timeout);
-        let silent = |doing: &str, hint: &str| {
-            anyhow::anyhow!(
-                "{doing} {shown}: no answer within {}{hint}",
-                humantime::format_duration(limit)
-            )
-        };
         if !exists {
-            let creating = tokio::time::timeout(limit, Postgres::create_database(url));
-            match creating.await.map_err(|_| silent("creating the database of", ""))? {
-                Ok(()) => tracing::info!("created database {shown}"),
-                // Another consumer started at the same moment created it first.
-                Err(_) if database_exists_within(url, limit).await => {}
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("creating the database of {shown}"))
-                    )
-                }
-            }
+            create_database(url, limit).await?;
         }
         let pool = PgPoolOptions::new()
             .max_connections(4)
@@ -107,16 +131,7 @@ impl Dialect for Postgres {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
-        // The migrator waits for an advisory lock another process may hold for good.
-        tokio::time::timeout(limit, MIGRATOR.run(&pool))
-            .await
-            .map_err(|_| {
-                silent(
-                    "applying migrations to",
-                    " (is another process holding the migration lock?)",
-                )
-            })?
-            .with_context(|| format!("applying migrations to {shown}"))?;
+        migrate(&pool, &shown, limit).await?;
         Ok(pool)
     }
 

@@ -753,6 +753,9 @@ mod timeout_tests {
     fn the_broker_gets_three_quarters_of_the_wait() {
         assert_eq!(super::broker_timeout_ms(Duration::from_secs(10)), 7500);
         assert_eq!(super::broker_timeout_ms(Duration::from_millis(1)), 1);
-        assert_eq!(super::broker_timeout_ms(Duration::from_secs(1 << 40)), i32::MAX);
+        assert_eq!(
+            super::broker_timeout_ms(Duration::from_secs(1 << 40)),
+            i32::MAX
+        );
     }
 }

@@ -352,57 +352,9 @@ impl Security {
         props: &Properties,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        for (key, _, origin) in &props.entries {
-            if !KEYS.contains(&key.as_str()) {
-                let hint = if key.contains("truststore") || key.contains("keystore") {
-                    " (Java key stores are not read: give PEM files with ssl.ca.location, ssl.certificate.location and ssl.key.location)"
-                } else {
-                    ""
-                };
-                return Err(format!(
-                    "unknown Kafka setting '{key}' ({origin}); streamlab reads {}{hint}",
-                    KEYS.join(", ")
-                ));
-            }
-        }
-        let protocol = match props.get("security.protocol") {
-            None => Protocol::Plaintext,
-            Some(v) => Protocol::parse(v).ok_or_else(|| {
-                format!(
-                    "security.protocol: '{v}' is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
-                )
-            })?,
-        };
-        let sasl_keys = [
-            "sasl.mechanism",
-            "sasl.mechanisms",
-            "sasl.username",
-            "sasl.password",
-            "sasl.jaas.config",
-        ];
-        let ssl_keys = [
-            "ssl.ca.location",
-            "ssl.certificate.location",
-            "ssl.key.location",
-            "ssl.key.password",
-            "ssl.endpoint.identification.algorithm",
-        ];
-        if !protocol.uses_sasl() {
-            if let Some(key) = sasl_keys.iter().find(|k| props.has(k)) {
-                return Err(format!(
-                    "{key} is set but security.protocol is {}: SASL is used only with SASL_SSL or SASL_PLAINTEXT",
-                    protocol.name()
-                ));
-            }
-        }
-        if !protocol.uses_tls() {
-            if let Some(key) = ssl_keys.iter().find(|k| props.has(k)) {
-                return Err(format!(
-                    "{key} is set but security.protocol is {}: TLS is used only with SSL or SASL_SSL",
-                    protocol.name()
-                ));
-            }
-        }
+        check_keys(props)?;
+        let protocol = protocol(props)?;
+        check_unused(props, protocol)?;
         let sasl = if protocol.uses_sasl() {
             Some(sasl_settings(props, &env)?)
         } else {
@@ -432,6 +384,69 @@ impl Security {
             Mechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
         })
     }
+}
+
+/// Every key is one streamlab reads; else an error naming the first that is not.
+fn check_keys(props: &Properties) -> Result<(), String> {
+    for (key, _, origin) in &props.entries {
+        if !KEYS.contains(&key.as_str()) {
+            let hint = if key.contains("truststore") || key.contains("keystore") {
+                " (Java key stores are not read: give PEM files with ssl.ca.location, ssl.certificate.location and ssl.key.location)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "unknown Kafka setting '{key}' ({origin}); streamlab reads {}{hint}",
+                KEYS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `security.protocol`, PLAINTEXT when not given.
+fn protocol(props: &Properties) -> Result<Protocol, String> {
+    match props.get("security.protocol") {
+        None => Ok(Protocol::Plaintext),
+        Some(v) => Protocol::parse(v).ok_or_else(|| {
+            format!("security.protocol: '{v}' is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        }),
+    }
+}
+
+/// No SASL setting without SASL, no TLS setting without TLS: the protocol would ignore them.
+fn check_unused(props: &Properties, protocol: Protocol) -> Result<(), String> {
+    let sasl_keys = [
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "sasl.jaas.config",
+    ];
+    let ssl_keys = [
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "ssl.key.password",
+        "ssl.endpoint.identification.algorithm",
+    ];
+    if !protocol.uses_sasl() {
+        if let Some(key) = sasl_keys.iter().find(|k| props.has(k)) {
+            return Err(format!(
+                "{key} is set but security.protocol is {}: SASL is used only with SASL_SSL or SASL_PLAINTEXT",
+                protocol.name()
+            ));
+        }
+    }
+    if !protocol.uses_tls() {
+        if let Some(key) = ssl_keys.iter().find(|k| props.has(k)) {
+            return Err(format!(
+                "{key} is set but security.protocol is {}: TLS is used only with SSL or SASL_SSL",
+                protocol.name()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sasl_settings(
@@ -521,43 +536,9 @@ fn tls_settings(props: &Properties) -> Result<Tls, String> {
                 .to_string(),
         );
     }
-    let verify_hostname = match props
-        .get("ssl.endpoint.identification.algorithm")
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("https") => true,
-        Some("") | Some("none") => false,
-        Some(other) => {
-            return Err(format!(
-                "ssl.endpoint.identification.algorithm: '{other}' is not https or none"
-            ))
-        }
-    };
+    let verify_hostname = verify_hostname(props)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = match &ca {
-        Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_certificates(path, "ssl.ca.location")? {
-                roots.add(cert).map_err(|e| {
-                    format!(
-                        "ssl.ca.location {}: not a usable CA certificate: {e}",
-                        path.display()
-                    )
-                })?;
-            }
-            roots
-        }
-        None => system_roots(),
-    };
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| match &ca {
-            Some(path) => format!("ssl.ca.location {}: {e}", path.display()),
-            None => format!(
-                "no trusted CA certificates found on this system ({e}): set ssl.ca.location to a PEM file"
-            ),
-        })?;
+    let verifier = verifier(ca.as_deref(), provider.clone())?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?;
@@ -568,8 +549,71 @@ fn tls_settings(props: &Properties) -> Result<Tls, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyHostname(verifier)))
     };
-    let config = match (&certificate, &key) {
-        (None, None) => builder.with_no_client_auth(),
+    let config = client_identity(builder, certificate.as_deref(), key.as_deref())?;
+    Ok(Tls {
+        ca,
+        certificate,
+        verify_hostname,
+        config: Arc::new(config),
+    })
+}
+
+/// `ssl.endpoint.identification.algorithm`: whether the broker's certificate must name its host.
+fn verify_hostname(props: &Properties) -> Result<bool, String> {
+    match props
+        .get("ssl.endpoint.identification.algorithm")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("https") => Ok(true),
+        Some("") | Some("none") => Ok(false),
+        Some(other) => Err(format!(
+            "ssl.endpoint.identification.algorithm: '{other}' is not https or none"
+        )),
+    }
+}
+
+/// The CAs a broker's certificate must lead to: `ssl.ca.location`'s, or the system's.
+fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+    let Some(path) = ca else {
+        return Ok(system_roots());
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(path, "ssl.ca.location")? {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "ssl.ca.location {}: not a usable CA certificate: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The verifier of a broker's certificate chain against [`roots`].
+fn verifier(
+    ca: Option<&Path>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, String> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+        .build()
+        .map_err(|e| match ca {
+            Some(path) => format!("ssl.ca.location {}: {e}", path.display()),
+            None => format!(
+                "no trusted CA certificates found on this system ({e}): set ssl.ca.location to a PEM file"
+            ),
+        })
+}
+
+/// The client configuration, with the client certificate and key for mutual TLS when given
+/// (both or neither).
+fn client_identity(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    certificate: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<ClientConfig, String> {
+    match (certificate, key) {
+        (None, None) => Ok(builder.with_no_client_auth()),
         (Some(cert_path), Some(key_path)) => {
             let chain = read_certificates(cert_path, "ssl.certificate.location")?;
             let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
@@ -584,21 +628,11 @@ fn tls_settings(props: &Properties) -> Result<Tls, String> {
                     cert_path.display(),
                     key_path.display()
                 )
-            })?
+            })
         }
-        (Some(_), None) => {
-            return Err("ssl.certificate.location needs ssl.key.location".to_string())
-        }
-        (None, Some(_)) => {
-            return Err("ssl.key.location needs ssl.certificate.location".to_string())
-        }
-    };
-    Ok(Tls {
-        ca,
-        certificate,
-        verify_hostname,
-        config: Arc::new(config),
-    })
+        (Some(_), None) => Err("ssl.certificate.location needs ssl.key.location".to_string()),
+        (None, Some(_)) => Err("ssl.key.location needs ssl.certificate.location".to_string()),
+    }
 }
 
 fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
