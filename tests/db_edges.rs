@@ -352,49 +352,41 @@ fn timed(cmd: Cmd, what: &str) -> (Run, Duration) {
     (out, started.elapsed())
 }
 
-#[test]
-fn check_against_a_table_locked_elsewhere_ends_within_its_timeout_in_one_line() {
-    let db = TestDb::pg();
-    streamlab("migrate").sink("pg").url(&db.url).ok();
-    let mut holder = hold_lock(&db, "sales_events");
-    let check = streamlab("check").sink("pg").url(&db.url);
-    let (out, took) = timed(check, "check on a locked table");
+/// `cmd` (with --timeout TIMEOUT) run while another session holds `table`: it must exit 1
+/// within the timeout (and a margin) with `error` as its one error line.
+fn ends_behind_a_lock(db: &TestDb, table: &str, cmd: Cmd, error: &str) {
+    let mut holder = hold_lock(db, table);
+    let (out, took) = timed(cmd, &format!("{error} (behind a lock on {table})"));
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
-    assert_eq!(
-        error_lines(&out.stderr),
-        vec![format!(
-            "error: PostgreSQL at {} did not answer within {}s",
-            db.url,
-            TIMEOUT.as_secs()
-        )],
-        "{}",
-        out.stderr
+    assert_eq!(error_lines(&out.stderr), vec![error], "{}", out.stderr);
+}
+
+#[test]
+fn check_against_a_table_locked_elsewhere_ends_within_its_timeout_in_one_line() {
+    let db = TestDb::pg();
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let error = format!(
+        "error: PostgreSQL at {} did not answer within {}s",
+        db.url,
+        TIMEOUT.as_secs()
     );
+    let check = streamlab("check").sink("pg").url(&db.url);
+    ends_behind_a_lock(&db, "sales_events", check, &error);
 }
 
 #[test]
 fn migrations_held_up_by_another_session_end_within_the_timeout_in_one_line() {
     let db = TestDb::pg();
     streamlab("migrate").sink("pg").url(&db.url).ok();
-    let mut holder = hold_lock(&db, "_sqlx_migrations");
-    let migrate = streamlab("migrate").sink("pg").url(&db.url);
-    let (out, took) = timed(migrate, "migrate behind a lock");
-    let _ = holder.kill();
-    let _ = holder.wait();
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
-    assert!(took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
-    assert_eq!(
-        error_lines(&out.stderr),
-        vec![format!(
-            "error: applying migrations to {}: no answer within {}s (is another process \
-             holding the migration lock?)",
-            db.url,
-            TIMEOUT.as_secs()
-        )],
-        "{}",
-        out.stderr
+    let error = format!(
+        "error: applying migrations to {}: no answer within {}s (is another process holding \
+         the migration lock?)",
+        db.url,
+        TIMEOUT.as_secs()
     );
+    let migrate = streamlab("migrate").sink("pg").url(&db.url);
+    ends_behind_a_lock(&db, "_sqlx_migrations", migrate, &error);
 }
