@@ -436,8 +436,13 @@ pub enum OffsetsCommand {
     ),
     after_help = "The database holds the group's offsets (they are written with the rows): they \
     are changed there, in one transaction fenced like consume's writes, then mirrored to the Kafka \
-    group. Refused while the group has live members. Rows already stored are kept: events read \
-    again count as duplicates.\n\nExamples:\n  \
+    group. Refused while the group has live members (named; where the broker cannot describe the \
+    group, the members the database recorded — --force sets those aside). Consumers reading alone \
+    (--assign all, --partition) are not members: they are not refused, but their next write is \
+    fenced and they exit 1, as does a member that joined after the check; nothing of the reset is \
+    lost. If mirroring to Kafka fails after the database was changed, the plan is printed, a warning \
+    says so, and the exit is 1 (consume mirrors the offsets on its next run). Rows already stored \
+    are kept: events read again count as duplicates.\n\nExamples:\n  \
     streamlab offsets reset --group streamlab --topic sales -D sqlite://lab.db --to-datetime 2026-11-22T10:00:00Z\n  \
     streamlab offsets reset --group streamlab --topic sales -D sqlite://lab.db --shift-by -100 --partition 0 --execute"
 )]
@@ -480,6 +485,10 @@ pub struct OffsetsResetArgs {
     /// Apply the plan (without it, only print it).
     #[arg(long)]
     pub execute: bool,
+    /// Where the broker cannot describe the group: reset although the database records members
+    /// (a member that crashed leaves its row); members Kafka reports live still refuse.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
+use crate::db::members::Recorded;
 use crate::db::{redact, Reader};
 use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
 use crate::kafka::group::GroupDescription;
@@ -213,10 +214,11 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         topics = BTreeSet::from([topic.clone()]);
     }
     if let Some((reader, _)) = &db {
+        let recorded = recorded(reader, &args.group, &topics).await?;
         if !described {
-            members = recorded_members(reader, &args.group, &topics).await;
+            members = recorded_members(&recorded);
         }
-        recorded_partitions(&mut members, reader, &args.group, &topics).await;
+        recorded_partitions(&mut members, &recorded);
     }
     let mut reports = Vec::new();
     for topic in &topics {
@@ -263,18 +265,30 @@ impl From<crate::kafka::group::MemberDescription> for Member {
     }
 }
 
-/// The members of the newest generation the database recorded for each of `topics`, for a
-/// broker that cannot describe the group (tansu's SQLite engine); their partitions are filled in
-/// by [`recorded_partitions`].
-async fn recorded_members(reader: &Reader, group: &str, topics: &BTreeSet<String>) -> Vec<Member> {
-    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+/// The `streamlab_members` rows of `group` for each of `topics` (each topic read once).
+async fn recorded(
+    reader: &Reader,
+    group: &str,
+    topics: &BTreeSet<String>,
+) -> Result<BTreeMap<String, BTreeMap<String, Recorded>>> {
+    let mut by_topic = BTreeMap::new();
     for topic in topics {
-        let recorded = reader.recorded_members(group, topic).await;
+        by_topic.insert(topic.clone(), reader.recorded_members(group, topic).await?);
+    }
+    Ok(by_topic)
+}
+
+/// The members of the newest generation the database recorded for each topic, for a broker
+/// that cannot describe the group (tansu's SQLite engine); their partitions are filled in by
+/// [`recorded_partitions`].
+fn recorded_members(recorded: &BTreeMap<String, BTreeMap<String, Recorded>>) -> Vec<Member> {
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+    for recorded in recorded.values() {
         let newest = recorded.values().map(|r| r.generation).max();
         for (member_id, row) in recorded {
             if Some(row.generation) == newest {
                 members.entry(member_id.clone()).or_insert(Member {
-                    member_id,
+                    member_id: member_id.clone(),
                     client_id: String::new(),
                     host: String::new(),
                     recorded_client: None,
@@ -288,14 +302,11 @@ async fn recorded_members(reader: &Reader, group: &str, topics: &BTreeSet<String
 
 /// What the database recorded of the members (`streamlab_members`): their host and process, and
 /// their partitions where the broker does not report assignments (tansu).
-async fn recorded_partitions(
+fn recorded_partitions(
     members: &mut [Member],
-    reader: &Reader,
-    group: &str,
-    topics: &BTreeSet<String>,
+    recorded: &BTreeMap<String, BTreeMap<String, Recorded>>,
 ) {
-    for topic in topics {
-        let recorded = reader.recorded_members(group, topic).await;
+    for (topic, recorded) in recorded {
         for m in members.iter_mut() {
             let Some(row) = recorded.get(&m.member_id) else {
                 continue;

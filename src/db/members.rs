@@ -84,7 +84,11 @@ pub async fn described_or_recorded(
 
 /// The members of the newest generation the database recorded for `group` and `topic`.
 async fn recorded_view(reader: &Reader, group: &str, topic: &str) -> Option<GroupView> {
-    let recorded = reader.recorded_members(group, topic).await;
+    let recorded = reader
+        .recorded_members(group, topic)
+        .await
+        .inspect_err(|e| tracing::warn!("{e:#}"))
+        .ok()?;
     let newest = recorded.values().map(|r| r.generation).max()?;
     let members = recorded
         .into_iter()
@@ -117,7 +121,12 @@ async fn group_view(
         return Ok(None);
     }
     let recorded = match recorded_in {
-        Some(reader) => reader.recorded_members(&described.group, topic).await,
+        // For a report: members without what the database recorded, with a warning.
+        Some(reader) => reader
+            .recorded_members(&described.group, topic)
+            .await
+            .inspect_err(|e| tracing::warn!("{e:#}"))
+            .unwrap_or_default(),
         None => BTreeMap::new(),
     };
     let members = described
