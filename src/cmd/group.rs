@@ -381,7 +381,7 @@ async fn topic_report(
 }
 
 fn print_report(r: &GroupReport) -> Result<()> {
-    let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    let show = super::offset_text;
     let mut title = format!(
         "group '{}' · {} · {} member(s)",
         r.group,
@@ -446,13 +446,7 @@ fn print_report(r: &GroupReport) -> Result<()> {
                     db.agrees,
                 ));
             }
-            let lag = match log {
-                Some(pos) => match pos.ahead {
-                    Some(ahead) => format!("ahead by {ahead}"),
-                    None => pos.lag.to_string(),
-                },
-                None => "-".to_string(),
-            };
+            let lag = log.map_or("-".to_string(), super::lag_text);
             row.extend([
                 show(log.map(|pos| pos.log_start)),
                 show(log.map(|pos| pos.log_end)),
