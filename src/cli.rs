@@ -602,11 +602,13 @@ pub struct DlqShowArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "--to-topic claims the letters (removes them in a transaction), produces \
+#[command(
+    after_help = "--to-topic claims the letters (removes them in a transaction), produces \
     the records, and commits once the broker acknowledged them: a replay running at the same time \
     finds them gone, a failed produce keeps them. At-least-once only if that COMMIT fails after \
     the acknowledgement (the error says so): then check the topic against `streamlab dlq list` \
-    before replaying the letters still listed.")]
+    before replaying the letters still listed."
+)]
 pub struct DlqReplayArgs {
     #[arg(skip)]
     pub kafka: crate::kafka::Config,

@@ -319,7 +319,10 @@ fn replay_keeps_what_the_database_refuses_leaves_corrupt_batches_alone_and_claim
             .db(&db)
             .args(["--before", "2999-01-01T00:00:00Z"])
             .ok();
-        assert!(text.contains("would purge 2 dead letter(s): ids 5, 6"), "{text}");
+        assert!(
+            text.contains("would purge 2 dead letter(s): ids 5, 6"),
+            "{text}"
+        );
         assert_eq!(listed(&db, &[]), [6, 5]);
         let gone = dlq("purge", &db)
             .args(["--before", "2999-01-01T00:00:00Z", "--execute"])

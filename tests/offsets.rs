@@ -429,7 +429,11 @@ fn a_time_retention_removed_and_members_only_the_database_recorded_are_refused()
     ));
     reset(&topic).arg("--to-earliest").execute().fails(
         1,
-        &["crashed-1 (gone pid 1)", "a member that crashed leaves its row", "--force"],
+        &[
+            "crashed-1 (gone pid 1)",
+            "a member that crashed leaves its row",
+            "--force",
+        ],
         &[],
     );
     assert_eq!(db.stored_offsets(&topic), ends);

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::members::{self, GroupView};
 use crate::cli::{CheckArgs, Format};
-use crate::db::members::{self, GroupView};
 use crate::db::{self, redact, DeadLetters, Offending, Reader, Share, Throughput};
 use crate::events::EventKind;
 use crate::kafka::{self, Position};

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use super::members::{self, Member};
 use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
-use crate::db::members::Recorded;
 use crate::db::{redact, Reader};
 use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
 use crate::kafka::group::GroupDescription;
@@ -84,18 +84,6 @@ struct GroupReport {
     /// With --sink/-D: partitions whose offset in the database differs from Kafka's.
     #[serde(skip_serializing_if = "Option::is_none")]
     disagreements: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct Member {
-    member_id: String,
-    client_id: String,
-    host: String,
-    /// Host and process of a streamlab member, as it recorded itself in the database.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recorded_client: Option<String>,
-    /// Topic → partitions (from the broker, else from the database's record); `None`: unknown.
-    partitions: Option<BTreeMap<String, Vec<i32>>>,
 }
 
 #[derive(Serialize)]
@@ -179,21 +167,19 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
             .collect(),
         None => BTreeMap::new(),
     };
-    let (state, mut members, described) = match described {
-        Ok(d) => (
-            d.state,
-            d.members.into_iter().map(Member::from).collect(),
-            true,
-        ),
+    let (state, described) = match described {
+        Ok(d) => (d.state, Some(d.members)),
         Err(e) => {
             tracing::warn!(
                 "the broker could not describe group '{}' ({e:#}): members as the database \
                  recorded them, if given one",
                 args.group
             );
-            ("unknown".to_string(), Vec::new(), false)
+            ("unknown".to_string(), None)
         }
     };
+    // The broker's members first: they name topics of their own.
+    let mut members = members::merge(described.clone(), &Default::default());
     let mut topics: BTreeSet<String> = committed.keys().cloned().collect();
     topics.extend(stored.keys().map(|(t, _)| t.clone()));
     for m in &members {
@@ -214,11 +200,8 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         topics = BTreeSet::from([topic.clone()]);
     }
     if let Some((reader, _)) = &db {
-        let recorded = recorded(reader, &args.group, &topics).await?;
-        if !described {
-            members = recorded_members(&recorded);
-        }
-        recorded_partitions(&mut members, &recorded);
+        let recorded = members::recorded(reader, &args.group, &topics).await?;
+        members = members::merge(described, &recorded);
     }
     let mut reports = Vec::new();
     for topic in &topics {
@@ -250,74 +233,6 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
     match args.format {
         Format::Json => render::json(&report),
         Format::Table => print_report(&report),
-    }
-}
-
-impl From<crate::kafka::group::MemberDescription> for Member {
-    fn from(m: crate::kafka::group::MemberDescription) -> Self {
-        Member {
-            member_id: m.member_id,
-            client_id: m.client_id,
-            host: m.client_host,
-            recorded_client: None,
-            partitions: m.partitions,
-        }
-    }
-}
-
-/// The `streamlab_members` rows of `group` for each of `topics` (each topic read once).
-async fn recorded(
-    reader: &Reader,
-    group: &str,
-    topics: &BTreeSet<String>,
-) -> Result<BTreeMap<String, BTreeMap<String, Recorded>>> {
-    let mut by_topic = BTreeMap::new();
-    for topic in topics {
-        by_topic.insert(topic.clone(), reader.recorded_members(group, topic).await?);
-    }
-    Ok(by_topic)
-}
-
-/// The members of the newest generation the database recorded for each topic, for a broker
-/// that cannot describe the group (tansu's SQLite engine); their partitions are filled in by
-/// [`recorded_partitions`].
-fn recorded_members(recorded: &BTreeMap<String, BTreeMap<String, Recorded>>) -> Vec<Member> {
-    let mut members: BTreeMap<String, Member> = BTreeMap::new();
-    for recorded in recorded.values() {
-        let newest = recorded.values().map(|r| r.generation).max();
-        for (member_id, row) in recorded {
-            if Some(row.generation) == newest {
-                members.entry(member_id.clone()).or_insert(Member {
-                    member_id: member_id.clone(),
-                    client_id: String::new(),
-                    host: String::new(),
-                    recorded_client: None,
-                    partitions: None,
-                });
-            }
-        }
-    }
-    members.into_values().collect()
-}
-
-/// What the database recorded of the members (`streamlab_members`): their host and process, and
-/// their partitions where the broker does not report assignments (tansu).
-fn recorded_partitions(
-    members: &mut [Member],
-    recorded: &BTreeMap<String, BTreeMap<String, Recorded>>,
-) {
-    for (topic, recorded) in recorded {
-        for m in members.iter_mut() {
-            let Some(row) = recorded.get(&m.member_id) else {
-                continue;
-            };
-            m.recorded_client = Some(row.client.clone());
-            if !m.partitions.as_ref().is_some_and(|p| p.contains_key(topic)) {
-                m.partitions
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(topic.clone(), row.partitions.clone());
-            }
-        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod completions;
 pub mod consume;
 pub mod dlq;
 pub mod group;
+pub mod members;
 pub mod migrate;
 pub mod offsets;
 pub mod produce;
@@ -18,8 +19,8 @@ pub mod topic;
 pub mod watch;
 
 use crate::cli::Command;
-use crate::db::members::MemberView;
 use crate::{exit, render};
+use members::MemberView;
 
 /// Run one command. Usage errors were settled by `Cli::into_command`; what fails here is the
 /// world (exit 1), or an unhealthy `check`.

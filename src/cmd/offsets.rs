@@ -7,12 +7,13 @@
 //! Kafka group. A group with live members is refused, as Kafka's tool refuses one that is not
 //! empty: they would go on from positions of their own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::members;
 use crate::cli::{Format, OffsetsCommand, OffsetsResetArgs};
 use crate::db::{self, redact, Batch, Database, Deadline, OffsetAdvance, Reader, SinkError};
 use crate::events::ts_millis;
@@ -199,17 +200,16 @@ async fn refuse_live_members(
 ) -> Result<()> {
     let group = coordinator.group().to_string();
     // Fail closed: a database that cannot say who is recorded is not "no members".
-    let recorded = reader.recorded_members(&group, topic).await?;
+    let topics = BTreeSet::from([topic.to_string()]);
+    let recorded = members::recorded(reader, &group, &topics).await?;
     let (members, source): (Vec<String>, String) = match coordinator.describe().await {
         Ok(described) => (
-            described
-                .members
-                .iter()
+            members::merge(Some(described.members), &recorded)
+                .into_iter()
                 .map(|m| {
-                    let client = match recorded.get(&m.member_id) {
-                        Some(row) => row.client.clone(),
-                        None => format!("{} at {}", m.client_id, m.client_host),
-                    };
+                    let client = m
+                        .recorded_client
+                        .unwrap_or_else(|| format!("{} at {}", m.client_id, m.host));
                     format!("{} ({client})", m.member_id)
                 })
                 .collect(),
@@ -219,7 +219,7 @@ async fn refuse_live_members(
             tracing::warn!(
                 "the broker could not describe group '{group}' ({e:#}); --force: not relying on \
                  the {} member(s) the database recorded (the offset fence still stops a writer)",
-                recorded.len()
+                recorded[topic].len()
             );
             (Vec::new(), String::new())
         }
@@ -228,8 +228,9 @@ async fn refuse_live_members(
                 "the broker could not describe group '{group}' ({e:#}): relying on the members \
                  the database recorded"
             );
+            // Every row, not only the newest generation: any of them may still be running.
             (
-                recorded
+                recorded[topic]
                     .iter()
                     .map(|(id, row)| format!("{id} ({})", row.client))
                     .collect(),

@@ -19,8 +19,9 @@ use ratatui::Frame;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::members;
 use crate::cli::WatchArgs;
-use crate::db::{members, Reader};
+use crate::db::Reader;
 use crate::events::ts_millis;
 use crate::kafka::fetch::TopicReaders;
 use crate::kafka::{admin::GroupCoordinator, Position};

@@ -6,10 +6,10 @@
 //! through the write side, so replayed events are inserted by the same statements (and
 //! `ON CONFLICT (id) DO NOTHING`) as consumed ones.
 
-use std::future::Future;
 use anyhow::Result;
 use serde::Serialize;
 use sqlx::Row;
+use std::future::Future;
 use time::OffsetDateTime;
 
 use super::offsets::Statement;

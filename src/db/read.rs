@@ -291,7 +291,8 @@ impl Reader {
         let rows = match statement.query::<Any>().fetch_all(&self.pool).await {
             Ok(rows) => rows,
             Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("42P01") || e.message().contains("no such table") =>
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().contains("no such table") =>
             {
                 Vec::new()
             }
