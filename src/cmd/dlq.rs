@@ -453,3 +453,44 @@ async fn purge(args: DlqPurgeArgs) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(bytes: usize) -> rskafka::record::Record {
+        rskafka::record::Record {
+            key: None,
+            value: Some(vec![b'x'; bytes]),
+            headers: Default::default(),
+            timestamp: super::super::produce::chrono_ts(time::OffsetDateTime::now_utc()),
+        }
+    }
+
+    #[test]
+    fn produce_requests_stay_within_the_byte_limit_and_in_order() {
+        let sizes = [400_000, 400_000, 400_000, 2_000_000, 10];
+        let cut = requests(sizes.iter().map(|&n| record(n)).collect(), REQUEST_BYTES);
+        let lens: Vec<Vec<usize>> = cut
+            .iter()
+            .map(|r| r.iter().map(|x| x.value.as_ref().unwrap().len()).collect())
+            .collect();
+        assert_eq!(
+            lens,
+            [
+                vec![400_000, 400_000],
+                vec![400_000],
+                vec![2_000_000],
+                vec![10]
+            ]
+        );
+    }
+
+    #[test]
+    fn tables_show_control_characters_escaped() {
+        assert_eq!(
+            escaped("a\u{1b}[31mred\nb\tc é"),
+            "a\\u{1b}[31mred\\nb\\tc é"
+        );
+    }
+}
