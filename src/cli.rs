@@ -436,8 +436,13 @@ pub enum OffsetsCommand {
     ),
     after_help = "The database holds the group's offsets (they are written with the rows): they \
     are changed there, in one transaction fenced like consume's writes, then mirrored to the Kafka \
-    group. Refused while the group has live members. Rows already stored are kept: events read \
-    again count as duplicates.\n\nExamples:\n  \
+    group. Refused while the group has live members (named; where the broker cannot describe the \
+    group, the members the database recorded — --force sets those aside). Consumers reading alone \
+    (--assign all, --partition) are not members: they are not refused, but their next write is \
+    fenced and they exit 1, as does a member that joined after the check; nothing of the reset is \
+    lost. If mirroring to Kafka fails after the database was changed, the plan is printed, a warning \
+    says so, and the exit is 1 (consume mirrors the offsets on its next run). Rows already stored \
+    are kept: events read again count as duplicates.\n\nExamples:\n  \
     streamlab offsets reset --group streamlab --topic sales -D sqlite://lab.db --to-datetime 2026-11-22T10:00:00Z\n  \
     streamlab offsets reset --group streamlab --topic sales -D sqlite://lab.db --shift-by -100 --partition 0 --execute"
 )]
@@ -480,6 +485,10 @@ pub struct OffsetsResetArgs {
     /// Apply the plan (without it, only print it).
     #[arg(long)]
     pub execute: bool,
+    /// Where the broker cannot describe the group: reset although the database records members
+    /// (a member that crashed leaves its row); members Kafka reports live still refuse.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -526,10 +535,12 @@ pub enum DlqCommand {
     /// One dead letter with its key and payload.
     Show(DlqShowArgs),
     /// Decode the chosen dead letters again with today's rules and options, and store those
-    /// that now pass, removing them from dead_letters in the same transaction; or, with
-    /// --to-topic, produce the raw records (keys included) to a topic and remove them.
+    /// that now pass, removing them from dead_letters in the same transaction (those the
+    /// database refuses stay); or, with --to-topic, produce the raw records (keys included) to a
+    /// topic and remove them. Letters of corrupt batches (--skip-corrupt-batches) are left alone.
     Replay(DlqReplayArgs),
-    /// Delete dead letters that failed before a time.
+    /// Delete dead letters that failed before a time: prints what would go, and deletes nothing
+    /// without --execute.
     Purge(DlqPurgeArgs),
 }
 
@@ -591,6 +602,13 @@ pub struct DlqShowArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "--to-topic claims the letters (removes them in a transaction), produces \
+    the records, and commits once the broker acknowledged them: a replay running at the same time \
+    finds them gone, a failed produce keeps them. At-least-once only if that COMMIT fails after \
+    the acknowledgement (the error says so): then check the topic against `streamlab dlq list` \
+    before replaying the letters still listed."
+)]
 pub struct DlqReplayArgs {
     #[arg(skip)]
     pub kafka: crate::kafka::Config,
@@ -604,10 +622,13 @@ pub struct DlqReplayArgs {
     /// Records larger than this many bytes still fail (as consume's --max-event-bytes).
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_event_bytes: usize,
-    /// Instead of decoding: produce each raw record (key and value as they came) to this topic,
-    /// then remove it from dead_letters.
+    /// Instead of decoding: produce each raw record (key and value as they came) to this topic
+    /// (requests of at most 1 MiB per partition), removing it from dead_letters.
     #[arg(long, value_name = "TOPIC", value_parser = crate::kafka::names::parse_topic_name, conflicts_with_all = ["kind", "max_event_bytes"])]
     pub to_topic: Option<String>,
+    /// Replay at most this many (the oldest first).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -623,6 +644,9 @@ pub struct DlqPurgeArgs {
     pub before: time::OffsetDateTime,
     #[command(flatten)]
     pub filter: DlqFilterArgs,
+    /// Delete them (without it, only list what would go).
+    #[arg(long)]
+    pub execute: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }

@@ -270,6 +270,23 @@ fn what_cannot_be_done_is_refused_and_changes_nothing() {
     );
     assert_eq!(committed_in_kafka(&group, &topic)[&2], ends[&2]);
 
+    // A database that cannot say whom it recorded is not "no members": refused (fail closed).
+    let now = db.stored_offsets(&topic);
+    db.exec("ALTER TABLE streamlab_members RENAME TO members_kept");
+    db.exec(&format!(
+        "CREATE VIEW streamlab_members AS SELECT '{group}' AS consumer_group, \
+         '{topic}' AS topic, 'm' AS member_id, abs(-9223372036854775808) AS generation, \
+         '' AS partitions, 'c' AS client"
+    ));
+    base().arg("--to-earliest").execute().fails(
+        1,
+        &["reading the members recorded for group", "integer overflow"],
+        &[],
+    );
+    assert_eq!(db.stored_offsets(&topic), now);
+    db.exec("DROP VIEW streamlab_members");
+    db.exec("ALTER TABLE members_kept RENAME TO streamlab_members");
+
     // Bad input to every flag: exit 2 before anything connects.
     for (extra, says) in [
         (&[][..], "required arguments were not provided"),
@@ -403,7 +420,27 @@ fn a_time_retention_removed_and_members_only_the_database_recorded_are_refused()
         recorded().is_empty(),
         "a member that leaves deletes its row"
     );
-    reset(&topic).arg("--to-earliest").execute().ok_json();
+    // A member that crashed leaves its row: refused, saying how to go on; --force sets the
+    // rows aside (the broker cannot describe the group, so only they could refuse).
+    db.exec(&format!(
+        "INSERT INTO streamlab_members \
+         (consumer_group, topic, member_id, generation, partitions, client) \
+         VALUES ('{group}', '{topic}', 'crashed-1', 9, '0,1', 'gone pid 1')"
+    ));
+    reset(&topic).arg("--to-earliest").execute().fails(
+        1,
+        &[
+            "crashed-1 (gone pid 1)",
+            "a member that crashed leaves its row",
+            "--force",
+        ],
+        &[],
+    );
+    assert_eq!(db.stored_offsets(&topic), ends);
+    reset(&topic)
+        .args(["--to-earliest", "--force"])
+        .execute()
+        .ok_json();
     assert!(db.stored_offsets(&topic).values().all(|&o| o == 0));
     let replayed = consume_json(&b, &topic, &db.url).group(&group).ok_json();
     assert_eq!(counted(&replayed, "duplicates"), 40);

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::members::{self, GroupView};
 use crate::cli::{CheckArgs, Format};
 use crate::db::dlq::{self, Letter};
-use crate::db::members::{self, GroupView};
 use crate::db::{self, redact, Offending, Reader, Share, Throughput};
 use crate::events::EventKind;
 use crate::kafka::{self, Position};

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use super::members::{self, Member};
 use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
 use crate::db::{redact, Reader};
 use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
@@ -83,18 +84,6 @@ struct GroupReport {
     /// With --sink/-D: partitions whose offset in the database differs from Kafka's.
     #[serde(skip_serializing_if = "Option::is_none")]
     disagreements: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct Member {
-    member_id: String,
-    client_id: String,
-    host: String,
-    /// Host and process of a streamlab member, as it recorded itself in the database.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recorded_client: Option<String>,
-    /// Topic → partitions (from the broker, else from the database's record); `None`: unknown.
-    partitions: Option<BTreeMap<String, Vec<i32>>>,
 }
 
 #[derive(Serialize)]
@@ -178,21 +167,19 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
             .collect(),
         None => BTreeMap::new(),
     };
-    let (state, mut members, described) = match described {
-        Ok(d) => (
-            d.state,
-            d.members.into_iter().map(Member::from).collect(),
-            true,
-        ),
+    let (state, described) = match described {
+        Ok(d) => (d.state, Some(d.members)),
         Err(e) => {
             tracing::warn!(
                 "the broker could not describe group '{}' ({e:#}): members as the database \
                  recorded them, if given one",
                 args.group
             );
-            ("unknown".to_string(), Vec::new(), false)
+            ("unknown".to_string(), None)
         }
     };
+    // The broker's members first: they name topics of their own.
+    let mut members = members::merge(described.clone(), &Default::default());
     let mut topics: BTreeSet<String> = committed.keys().cloned().collect();
     topics.extend(stored.keys().map(|(t, _)| t.clone()));
     for m in &members {
@@ -213,10 +200,8 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         topics = BTreeSet::from([topic.clone()]);
     }
     if let Some((reader, _)) = &db {
-        if !described {
-            members = recorded_members(reader, &args.group, &topics).await;
-        }
-        recorded_partitions(&mut members, reader, &args.group, &topics).await;
+        let recorded = members::recorded(reader, &args.group, &topics).await?;
+        members = members::merge(described, &recorded);
     }
     let mut reports = Vec::new();
     for topic in &topics {
@@ -248,65 +233,6 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
     match args.format {
         Format::Json => render::json(&report),
         Format::Table => print_report(&report),
-    }
-}
-
-impl From<crate::kafka::group::MemberDescription> for Member {
-    fn from(m: crate::kafka::group::MemberDescription) -> Self {
-        Member {
-            member_id: m.member_id,
-            client_id: m.client_id,
-            host: m.client_host,
-            recorded_client: None,
-            partitions: m.partitions,
-        }
-    }
-}
-
-/// The members of the newest generation the database recorded for each of `topics`, for a
-/// broker that cannot describe the group (tansu's SQLite engine); their partitions are filled in
-/// by [`recorded_partitions`].
-async fn recorded_members(reader: &Reader, group: &str, topics: &BTreeSet<String>) -> Vec<Member> {
-    let mut members: BTreeMap<String, Member> = BTreeMap::new();
-    for topic in topics {
-        let recorded = reader.recorded_members(group, topic).await;
-        let newest = recorded.values().map(|r| r.generation).max();
-        for (member_id, row) in recorded {
-            if Some(row.generation) == newest {
-                members.entry(member_id.clone()).or_insert(Member {
-                    member_id,
-                    client_id: String::new(),
-                    host: String::new(),
-                    recorded_client: None,
-                    partitions: None,
-                });
-            }
-        }
-    }
-    members.into_values().collect()
-}
-
-/// What the database recorded of the members (`streamlab_members`): their host and process, and
-/// their partitions where the broker does not report assignments (tansu).
-async fn recorded_partitions(
-    members: &mut [Member],
-    reader: &Reader,
-    group: &str,
-    topics: &BTreeSet<String>,
-) {
-    for topic in topics {
-        let recorded = reader.recorded_members(group, topic).await;
-        for m in members.iter_mut() {
-            let Some(row) = recorded.get(&m.member_id) else {
-                continue;
-            };
-            m.recorded_client = Some(row.client.clone());
-            if !m.partitions.as_ref().is_some_and(|p| p.contains_key(topic)) {
-                m.partitions
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(topic.clone(), row.partitions.clone());
-            }
-        }
     }
 }
 
@@ -370,7 +296,7 @@ async fn topic_report(
 }
 
 fn print_report(r: &GroupReport) -> Result<()> {
-    let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    let show = super::offset_text;
     let mut title = format!(
         "group '{}' · {} · {} member(s)",
         r.group,
@@ -435,13 +361,7 @@ fn print_report(r: &GroupReport) -> Result<()> {
                     db.agrees,
                 ));
             }
-            let lag = match log {
-                Some(pos) => match pos.ahead {
-                    Some(ahead) => format!("ahead by {ahead}"),
-                    None => pos.lag.to_string(),
-                },
-                None => "-".to_string(),
-            };
+            let lag = log.map_or("-".to_string(), super::lag_text);
             row.extend([
                 show(log.map(|pos| pos.log_start)),
                 show(log.map(|pos| pos.log_end)),

@@ -11,6 +11,7 @@ pub mod completions;
 pub mod consume;
 pub mod dlq;
 pub mod group;
+pub mod members;
 pub mod migrate;
 pub mod offsets;
 pub mod produce;
@@ -18,8 +19,8 @@ pub mod topic;
 pub mod watch;
 
 use crate::cli::Command;
-use crate::db::members::MemberView;
 use crate::{exit, render};
+use members::MemberView;
 
 /// Run one command. Usage errors were settled by `Cli::into_command`; what fails here is the
 /// world (exit 1), or an unhealthy `check`.
@@ -69,13 +70,39 @@ fn positions_table(positions: &[crate::kafka::Position]) -> comfy_table::Table {
         t.add_row(vec![
             p.partition.to_string(),
             p.log_start.to_string(),
-            p.committed.map_or("-".to_string(), |c| c.to_string()),
+            offset_text(p.committed),
             p.log_end.to_string(),
-            match p.ahead {
-                Some(n) => format!("{n} ahead"),
-                None => p.lag.to_string(),
-            },
+            lag_text(p),
         ]);
     }
     t
+}
+
+/// A position's LAG cell, as `check`, `watch` and `group describe` print it: the records left,
+/// or how far the position is past the log end.
+fn lag_text(p: &crate::kafka::Position) -> String {
+    match p.ahead {
+        Some(n) => format!("ahead by {n}"),
+        None => p.lag.to_string(),
+    }
+}
+
+/// An offset cell: "-" for none.
+fn offset_text(offset: Option<i64>) -> String {
+    offset.map_or("-".to_string(), |o| o.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kafka::Position;
+
+    #[test]
+    fn lag_is_one_wording_for_every_table() {
+        assert_eq!(super::lag_text(&Position::new(0, (10, 50), Some(20))), "30");
+        assert_eq!(
+            super::lag_text(&Position::new(0, (0, 50), Some(1050))),
+            "ahead by 1000"
+        );
+        assert_eq!(super::offset_text(None), "-");
+    }
 }

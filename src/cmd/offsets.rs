@@ -7,12 +7,13 @@
 //! Kafka group. A group with live members is refused, as Kafka's tool refuses one that is not
 //! empty: they would go on from positions of their own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::members;
 use crate::cli::{Format, OffsetsCommand, OffsetsResetArgs};
 use crate::db::{self, redact, Batch, Database, Deadline, OffsetAdvance, Reader, SinkError};
 use crate::events::ts_millis;
@@ -112,7 +113,8 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         );
     }
     let mut coordinator = Some(admin.group_coordinator(group).await?);
-    refuse_live_members(coordinator.as_mut().expect("just set"), &reader, topic).await?;
+    let coordinator_now = coordinator.as_mut().expect("just set");
+    refuse_live_members(coordinator_now, &reader, topic, args.force).await?;
 
     let mut readers = fetch::readers(&args.kafka, &metadata, &partitions);
     let ranges = fetch::offset_ranges(&mut readers).await?;
@@ -148,66 +150,87 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         };
         db::write(&mut sink, &batch).await.map_err(|e| match e {
             SinkError::Fenced { partition, .. } => anyhow::anyhow!(
-                "the stored offset of {topic}/{partition} changed while resetting (a consumer \
-                 outside the group is writing it: --assign all or --partition); nothing was \
-                 changed"
+                "the stored offset of {topic}/{partition} changed while resetting: a consumer \
+                 is writing it — one reading alone (--assign all or --partition), which the \
+                 member check cannot see, or a member that joined after the check; nothing was \
+                 changed: stop it and run the reset again"
             ),
             e => anyhow::Error::new(e).context("writing the new offsets"),
         })?;
+    }
+    // The plan first: what the database now holds is shown even if mirroring fails.
+    match args.format {
+        Format::Json => render::json(&plan)?,
+        Format::Table => print_plan(&plan)?,
+    }
+    if args.execute {
         let offsets: BTreeMap<i32, i64> = plan
             .partitions
             .iter()
             .map(|m| (m.partition, m.new))
             .collect();
         // A broker that failed DescribeGroups may have dropped the connection: find it again.
-        GroupCoordinator::reuse_or_find(&mut coordinator, &args.kafka, group)
-            .await?
-            .commit(topic, &offsets, None)
-            .await
-            .with_context(|| {
-                format!(
-                    "the database holds the new offsets, but mirroring them to Kafka group \
-                     '{group}' failed (consume mirrors them on its next run)"
-                )
-            })?;
+        let mirrored = async {
+            GroupCoordinator::reuse_or_find(&mut coordinator, &args.kafka, group)
+                .await?
+                .commit(topic, &offsets, None)
+                .await
+        };
+        if let Err(e) = mirrored.await {
+            tracing::warn!(
+                "the database was changed (the offsets above are stored), but Kafka group \
+                 '{group}' was not: mirroring failed ({e:#}); consume mirrors them on its next run"
+            );
+            bail!("offsets reset in the database only: Kafka's copy of group '{group}' was not changed");
+        }
     }
-    match args.format {
-        Format::Json => render::json(&plan),
-        Format::Table => print_plan(&plan),
-    }
+    Ok(())
 }
 
 /// Refuse while the group has members: Kafka's DescribeGroups says who; where the broker cannot
 /// describe the group (tansu's SQLite engine), the members the database recorded for `topic`.
+///
+/// The database's rows are not dated by a heartbeat: a member that crashed leaves its row until
+/// it runs again. `force` sets the recorded rows aside (Kafka's live members still refuse).
 async fn refuse_live_members(
     coordinator: &mut GroupCoordinator,
     reader: &Reader,
     topic: &str,
+    force: bool,
 ) -> Result<()> {
     let group = coordinator.group().to_string();
-    let recorded = reader.recorded_members(&group, topic).await;
+    // Fail closed: a database that cannot say who is recorded is not "no members".
+    let topics = BTreeSet::from([topic.to_string()]);
+    let recorded = members::recorded(reader, &group, &topics).await?;
     let (members, source): (Vec<String>, String) = match coordinator.describe().await {
         Ok(described) => (
-            described
-                .members
-                .iter()
+            members::merge(Some(described.members), &recorded)
+                .into_iter()
                 .map(|m| {
-                    let client = match recorded.get(&m.member_id) {
-                        Some(row) => row.client.clone(),
-                        None => format!("{} at {}", m.client_id, m.client_host),
-                    };
+                    let client = m
+                        .recorded_client
+                        .unwrap_or_else(|| format!("{} at {}", m.client_id, m.host));
                     format!("{} ({client})", m.member_id)
                 })
                 .collect(),
             "live member(s)".into(),
         ),
+        Err(e) if force => {
+            tracing::warn!(
+                "the broker could not describe group '{group}' ({e:#}); --force: not relying on \
+                 the {} member(s) the database recorded (the offset fence still stops a writer)",
+                recorded[topic].len()
+            );
+            (Vec::new(), String::new())
+        }
         Err(e) => {
             tracing::warn!(
                 "the broker could not describe group '{group}' ({e:#}): relying on the members \
                  the database recorded"
             );
+            // Every row, not only the newest generation: any of them may still be running.
             (
-                recorded
+                recorded[topic]
                     .iter()
                     .map(|(id, row)| format!("{id} ({})", row.client))
                     .collect(),
@@ -218,9 +241,14 @@ async fn refuse_live_members(
     if members.is_empty() {
         return Ok(());
     }
+    let crashed = if source.starts_with("live") {
+        ""
+    } else {
+        "; a member that crashed leaves its row: if none of them runs any more, add --force"
+    };
     bail!(
         "group '{group}' has {} {source}: {}; stop them first (offsets are reset only while the \
-         group is empty)",
+         group is empty){crashed}",
         members.len(),
         members.join(", ")
     )
@@ -379,7 +407,7 @@ fn print_plan(plan: &Plan) -> Result<()> {
     render::line(t)?;
     if plan.executed {
         render::note(format!(
-            "reset to {}: written to {} and mirrored to Kafka group '{}'",
+            "reset to {}: written to {}; mirrored to Kafka group '{}' next",
             plan.target, plan.database, plan.group
         ))?;
     } else {

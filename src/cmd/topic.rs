@@ -3,11 +3,11 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use super::members;
 use crate::cli::{
     Format, TopicCommand, TopicConfigArgs, TopicCreateArgs, TopicDeleteArgs, TopicDescribeArgs,
     TopicListArgs, TopicRetentionArgs,
 };
-use crate::db::members;
 use crate::duration::human_ms;
 use crate::kafka;
 use crate::kafka::admin::{Admin, ConfigEntry, Created, Deleted};

@@ -19,8 +19,9 @@ use ratatui::Frame;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::members;
 use crate::cli::WatchArgs;
-use crate::db::{members, Reader};
+use crate::db::Reader;
 use crate::events::ts_millis;
 use crate::kafka::fetch::TopicReaders;
 use crate::kafka::{admin::GroupCoordinator, Position};
@@ -453,10 +454,7 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
                 p.position.log_start.to_string(),
                 p.position.log_end.to_string(),
                 p.position.committed.map_or("-".into(), |c| c.to_string()),
-                match p.position.ahead {
-                    Some(n) => format!("ahead {n}"),
-                    None => p.position.lag.to_string(),
-                },
+                super::lag_text(&p.position),
                 bar(p.position.lag),
             ];
             Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into()))).style(lag_style(p))

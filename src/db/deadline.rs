@@ -123,3 +123,10 @@ impl<T: SinkTx> SinkTx for Deadline<T> {
         within(limit, &database, self.inner.commit()).await
     }
 }
+
+impl<T: super::dlq::Statements> super::dlq::Statements for Deadline<T> {
+    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
+        let operation = self.inner.execute(sql);
+        within(self.limit, &self.database, operation).await
+    }
+}

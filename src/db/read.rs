@@ -263,22 +263,39 @@ impl Reader {
     }
 
     /// The `streamlab_members` rows of `group` and `topic`, by member id. A database from before
-    /// the table existed simply has none to offer.
-    pub async fn recorded_members(&self, group: &str, topic: &str) -> BTreeMap<String, Recorded> {
+    /// the table existed simply has none to offer; any other error is an error (a caller
+    /// deciding whether a group is empty must not read "no members" into it).
+    pub async fn recorded_members(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<String, Recorded>> {
         let statement = offsets::members(self.kind, group, topic);
-        let rows = statement.query::<Any>().fetch_all(&self.pool).await;
-        rows.unwrap_or_default()
-            .iter()
-            .filter_map(|r| {
+        let rows = match statement.query::<Any>().fetch_all(&self.pool).await {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().contains("no such table") =>
+            {
+                Vec::new()
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "reading the members recorded for group '{group}' and topic '{topic}'"
+                )))
+            }
+        };
+        rows.iter()
+            .map(|r| {
                 // Partitions are stored comma-separated, '' for none.
-                let list: String = r.try_get(2).ok()?;
+                let list: String = r.try_get(2)?;
                 let partitions = list.split(',').filter_map(|p| p.parse().ok()).collect();
                 let recorded = Recorded {
-                    generation: r.try_get(1).ok()?,
+                    generation: r.try_get(1)?,
                     partitions,
-                    client: r.try_get(3).ok()?,
+                    client: r.try_get(3)?,
                 };
-                Some((r.try_get(0).ok()?, recorded))
+                Ok((r.try_get(0)?, recorded))
             })
             .collect()
     }
