@@ -167,8 +167,8 @@ impl Reader {
         let query = binds
             .into_iter()
             .fold(sqlx::query(&sql), |query, value| query.bind(value));
-        let mut ids: Vec<i64> = query
-            .fetch_all(&self.pool)
+        let mut ids: Vec<i64> = self
+            .within(query.fetch_all(&self.pool))
             .await?
             .iter()
             .map(|r| r.try_get(0))

@@ -271,9 +271,12 @@ impl Reader {
         topic: &str,
     ) -> Result<BTreeMap<String, Recorded>> {
         let statement = offsets::members(self.kind, group, topic);
-        let rows = match statement.query::<Any>().fetch_all(&self.pool).await {
+        let rows = match self
+            .within(statement.query::<Any>().fetch_all(&self.pool))
+            .await
+        {
             Ok(rows) => rows,
-            Err(sqlx::Error::Database(e))
+            Err(SinkError::Database(sqlx::Error::Database(e)))
                 if e.code().as_deref() == Some("42P01")
                     || e.message().contains("no such table") =>
             {
