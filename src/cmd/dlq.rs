@@ -269,75 +269,84 @@ async fn replay(args: DlqReplayArgs) -> Result<()> {
                     .map_err(anyhow::Error::new)?;
                 report.replayed = ids;
             }
-            None => {
-                let mut events = Vec::new();
-                for l in &letters {
-                    let value = l.payload.as_deref();
-                    match events::decode_record(args.kind, value, args.max_event_bytes) {
-                        Ok(event) => events.push((
-                            l.id,
-                            Landed {
-                                event,
-                                partition: l.partition,
-                                offset: l.offset,
-                                key: l.key.clone().map(Into::into),
-                                value: value.map(|v| v.to_vec()).unwrap_or_default().into(),
-                            },
-                        )),
-                        Err(error) => report.still_failing.push(StillFailing { id: l.id, error }),
-                    }
-                }
-                let taken = dlq::take(&mut sink, &events)
-                    .await
-                    .map_err(anyhow::Error::new)?;
-                for (id, reason) in &taken.refused {
-                    report.still_failing.push(StillFailing {
-                        id: *id,
-                        error: format!("refused by the database: {reason}"),
-                    });
-                }
-                report.still_failing.sort_by_key(|f| f.id);
-                report.replayed = events
-                    .iter()
-                    .map(|(id, _)| *id)
-                    .filter(|id| !taken.refused.iter().any(|(r, _)| r == id))
-                    .collect();
-                report.stored = Some(taken);
-            }
+            None => into_table(&args, &letters, &mut sink, &mut report).await?,
         }
     }
     match args.format {
         Format::Json => render::json(&report),
-        Format::Table => {
-            let mut line = format!(
-                "replayed {} dead letter(s) into {}",
-                report.replayed.len(),
-                report.into
-            );
-            if let Some(s) = &report.stored {
-                line.push_str(&format!(
-                    ": {} inserted, {} duplicate(s)",
-                    s.inserted, s.duplicates
-                ));
-            }
-            render::line(line)?;
-            for f in &report.still_failing {
-                render::line(format!(
-                    "still failing, kept: id {}: {}",
-                    f.id,
-                    escaped(&f.error)
-                ))?;
-            }
-            if !report.corrupt_batches.is_empty() {
-                render::line(format!(
-                    "{} corrupt-batch letter(s) left alone: they hold a raw record batch, not a \
-                     record",
-                    report.corrupt_batches.len()
-                ))?;
-            }
-            Ok(())
+        Format::Table => print_replay(&report),
+    }
+}
+
+/// Decode each letter again with today's rules; store those that pass and take them out of
+/// `dead_letters` in one transaction. What still fails, or what the database refuses, stays.
+async fn into_table(
+    args: &DlqReplayArgs,
+    letters: &[Letter],
+    sink: &mut Deadline<Database>,
+    report: &mut Replay,
+) -> Result<()> {
+    let mut events = Vec::new();
+    for l in letters {
+        let value = l.payload.as_deref();
+        match events::decode_record(args.kind, value, args.max_event_bytes) {
+            Ok(event) => events.push((
+                l.id,
+                Landed {
+                    event,
+                    partition: l.partition,
+                    offset: l.offset,
+                    key: l.key.clone().map(Into::into),
+                    value: value.map(|v| v.to_vec()).unwrap_or_default().into(),
+                },
+            )),
+            Err(error) => report.still_failing.push(StillFailing { id: l.id, error }),
         }
     }
+    let taken = dlq::take(sink, &events).await.map_err(anyhow::Error::new)?;
+    for (id, reason) in &taken.refused {
+        report.still_failing.push(StillFailing {
+            id: *id,
+            error: format!("refused by the database: {reason}"),
+        });
+    }
+    report.still_failing.sort_by_key(|f| f.id);
+    report.replayed = events
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !taken.refused.iter().any(|(r, _)| r == id))
+        .collect();
+    report.stored = Some(taken);
+    Ok(())
+}
+
+fn print_replay(report: &Replay) -> Result<()> {
+    let mut line = format!(
+        "replayed {} dead letter(s) into {}",
+        report.replayed.len(),
+        report.into
+    );
+    if let Some(s) = &report.stored {
+        line.push_str(&format!(
+            ": {} inserted, {} duplicate(s)",
+            s.inserted, s.duplicates
+        ));
+    }
+    render::line(line)?;
+    for f in &report.still_failing {
+        render::line(format!(
+            "still failing, kept: id {}: {}",
+            f.id,
+            escaped(&f.error)
+        ))?;
+    }
+    if !report.corrupt_batches.is_empty() {
+        render::line(format!(
+            "{} corrupt-batch letter(s) left alone: they hold a raw record batch, not a record",
+            report.corrupt_batches.len()
+        ))?;
+    }
+    Ok(())
 }
 
 /// Produce each letter's raw record (key and value as they came) to `topic`, placed as Kafka's

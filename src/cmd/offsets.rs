@@ -87,9 +87,8 @@ struct Move {
 async fn reset(args: OffsetsResetArgs) -> Result<()> {
     let target = args.db.target()?;
     let to = Target::of(&args);
-    let timeout = args.kafka.timeout;
     let (group, topic) = (args.group.as_str(), args.topic.as_str());
-    let reader = Reader::connect(&target, timeout).await?;
+    let reader = Reader::connect(&target, args.kafka.timeout).await?;
     let shown = redact(&target.url);
 
     let mut admin = Admin::connect(&args.kafka).await?;
@@ -99,22 +98,9 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
     } else {
         metadata.only(&args.partitions)?
     };
-    let stored: BTreeMap<i32, i64> = reader
-        .stored_offsets(group, Some(topic))
-        .await?
-        .into_iter()
-        .map(|(_, p, o)| (p, o))
-        .collect();
-    if stored.is_empty() {
-        bail!(
-            "group '{group}' has no offsets for topic '{topic}' in {shown}: nothing to reset \
-             (`streamlab group describe --group {group} -D …` shows what it has; consume \
-             stores them)"
-        );
-    }
-    let mut coordinator = Some(admin.group_coordinator(group).await?);
-    let coordinator_now = coordinator.as_mut().expect("just set");
-    refuse_live_members(coordinator_now, &reader, topic, args.force).await?;
+    let stored = stored_offsets(&reader, group, topic, &shown).await?;
+    let mut coordinator = admin.group_coordinator(group).await?;
+    refuse_live_members(&mut coordinator, &reader, topic, args.force).await?;
 
     let mut readers = fetch::readers(&args.kafka, &metadata, &partitions);
     let ranges = fetch::offset_ranges(&mut readers).await?;
@@ -128,35 +114,8 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         partitions: moves,
     };
     if args.execute {
-        let database = Database::connect(&target, timeout).await?;
-        // Every statement gets --timeout, as consume's.
-        let limit = db::connect_timeout(timeout);
-        let mut sink = Deadline::new(database, limit, target.describe());
-        let batch = Batch {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            topic_id: metadata.topic_id.map(|id| id.to_string()),
-            offsets: plan
-                .partitions
-                .iter()
-                .filter(|m| m.current != Some(m.new))
-                .map(|m| OffsetAdvance {
-                    partition: m.partition,
-                    from: m.current,
-                    to: m.new,
-                })
-                .collect(),
-            ..Batch::default()
-        };
-        db::write(&mut sink, &batch).await.map_err(|e| match e {
-            SinkError::Fenced { partition, .. } => anyhow::anyhow!(
-                "the stored offset of {topic}/{partition} changed while resetting: a consumer \
-                 is writing it — one reading alone (--assign all or --partition), which the \
-                 member check cannot see, or a member that joined after the check; nothing was \
-                 changed: stop it and run the reset again"
-            ),
-            e => anyhow::Error::new(e).context("writing the new offsets"),
-        })?;
+        let topic_id = metadata.topic_id.map(|id| id.to_string());
+        execute(&plan, &target, topic_id, args.kafka.timeout).await?;
     }
     // The plan first: what the database now holds is shown even if mirroring fails.
     match args.format {
@@ -164,25 +123,100 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         Format::Table => print_plan(&plan)?,
     }
     if args.execute {
-        let offsets: BTreeMap<i32, i64> = plan
+        mirror(&plan, &args.kafka, Some(coordinator)).await?;
+    }
+    Ok(())
+}
+
+/// The offsets the database holds for `group` in `topic`; none is an error (nothing to reset).
+async fn stored_offsets(
+    reader: &Reader,
+    group: &str,
+    topic: &str,
+    shown: &str,
+) -> Result<BTreeMap<i32, i64>> {
+    let stored: BTreeMap<i32, i64> = reader
+        .stored_offsets(group, Some(topic))
+        .await?
+        .into_iter()
+        .map(|(_, p, o)| (p, o))
+        .collect();
+    if stored.is_empty() {
+        bail!(
+            "group '{group}' has no offsets for topic '{topic}' in {shown}: nothing to reset \
+             (`streamlab group describe --group {group} -D …` shows what it has; consume \
+             stores them)"
+        );
+    }
+    Ok(stored)
+}
+
+/// Write the plan's moves as one fenced batch, every statement within `timeout`, as consume does.
+async fn execute(
+    plan: &Plan,
+    target: &db::Target,
+    topic_id: Option<String>,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let database = Database::connect(target, timeout).await?;
+    let limit = db::connect_timeout(timeout);
+    let mut sink = Deadline::new(database, limit, target.describe());
+    let batch = Batch {
+        group: plan.group.clone(),
+        topic: plan.topic.clone(),
+        topic_id,
+        offsets: plan
             .partitions
             .iter()
-            .map(|m| (m.partition, m.new))
-            .collect();
-        // A broker that failed DescribeGroups may have dropped the connection: find it again.
-        let mirrored = async {
-            GroupCoordinator::reuse_or_find(&mut coordinator, &args.kafka, group)
-                .await?
-                .commit(topic, &offsets, None)
-                .await
-        };
-        if let Err(e) = mirrored.await {
-            tracing::warn!(
-                "the database was changed (the offsets above are stored), but Kafka group \
-                 '{group}' was not: mirroring failed ({e:#}); consume mirrors them on its next run"
-            );
-            bail!("offsets reset in the database only: Kafka's copy of group '{group}' was not changed");
-        }
+            .filter(|m| m.current != Some(m.new))
+            .map(|m| OffsetAdvance {
+                partition: m.partition,
+                from: m.current,
+                to: m.new,
+            })
+            .collect(),
+        ..Batch::default()
+    };
+    let topic = &plan.topic;
+    db::write(&mut sink, &batch).await.map_err(|e| match e {
+        SinkError::Fenced { partition, .. } => anyhow::anyhow!(
+            "the stored offset of {topic}/{partition} changed while resetting: a consumer \
+             is writing it — one reading alone (--assign all or --partition), which the \
+             member check cannot see, or a member that joined after the check; nothing was \
+             changed: stop it and run the reset again"
+        ),
+        e => anyhow::Error::new(e).context("writing the new offsets"),
+    })?;
+    Ok(())
+}
+
+/// Copy the new offsets to the Kafka group; a failure leaves the database's (the truth) as is.
+async fn mirror(
+    plan: &Plan,
+    opts: &crate::kafka::Config,
+    mut coordinator: Option<GroupCoordinator>,
+) -> Result<()> {
+    let group = &plan.group;
+    let offsets: BTreeMap<i32, i64> = plan
+        .partitions
+        .iter()
+        .map(|m| (m.partition, m.new))
+        .collect();
+    // A broker that failed DescribeGroups may have dropped the connection: find it again.
+    let mirrored = async {
+        GroupCoordinator::reuse_or_find(&mut coordinator, opts, group)
+            .await?
+            .commit(&plan.topic, &offsets, None)
+            .await
+    };
+    if let Err(e) = mirrored.await {
+        tracing::warn!(
+            "the database was changed (the offsets above are stored), but Kafka group \
+             '{group}' was not: mirroring failed ({e:#}); consume mirrors them on its next run"
+        );
+        bail!(
+            "offsets reset in the database only: Kafka's copy of group '{group}' was not changed"
+        );
     }
     Ok(())
 }
