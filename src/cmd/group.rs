@@ -167,17 +167,7 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
             .collect(),
         None => BTreeMap::new(),
     };
-    let (state, described) = match described {
-        Ok(d) => (d.state, Some(d.members)),
-        Err(e) => {
-            tracing::warn!(
-                "the broker could not describe group '{}' ({e:#}): members as the database \
-                 recorded them, if given one",
-                args.group
-            );
-            ("unknown".to_string(), None)
-        }
-    };
+    let (state, described) = state_and_members(described, &args.group);
     // The broker's members first: they name topics of their own.
     let mut members = members::merge(described.clone(), &Default::default());
     let mut topics: BTreeSet<String> = committed.keys().cloned().collect();
@@ -203,25 +193,14 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         let recorded = members::recorded(reader, &args.group, &topics).await?;
         members = members::merge(described, &recorded);
     }
-    let mut reports = Vec::new();
-    for topic in &topics {
-        let in_kafka = committed.get(topic).cloned().unwrap_or_default();
-        let in_db: Option<BTreeMap<i32, i64>> = db.as_ref().map(|_| {
-            stored
-                .iter()
-                .filter(|((t, _), _)| t == topic)
-                .map(|((_, p), o)| (*p, *o))
-                .collect()
-        });
-        reports.push(topic_report(&args.kafka, topic, &in_kafka, in_db.as_ref(), &members).await?);
-    }
-    let disagreements = db.as_ref().map(|_| {
-        reports
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .filter(|p| p.database.as_ref().is_some_and(|d| !d.agrees))
-            .count()
-    });
+    let (reports, disagreements) = topic_reports(
+        &args,
+        &topics,
+        &committed,
+        db.as_ref().map(|_| &stored),
+        &members,
+    )
+    .await?;
     let report = GroupReport {
         group: args.group,
         state,
@@ -234,6 +213,54 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         Format::Json => render::json(&report),
         Format::Table => print_report(&report),
     }
+}
+
+/// The group's state and members as the broker describes them; "unknown" and none, with a
+/// warning, where it cannot (tansu's SQLite engine).
+fn state_and_members(
+    described: Result<GroupDescription>,
+    group: &str,
+) -> (String, Option<Vec<kafka::group::MemberDescription>>) {
+    match described {
+        Ok(d) => (d.state, Some(d.members)),
+        Err(e) => {
+            tracing::warn!(
+                "the broker could not describe group '{group}' ({e:#}): members as the database \
+                 recorded them, if given one"
+            );
+            ("unknown".to_string(), None)
+        }
+    }
+}
+
+/// A report per topic, and with a database how many partitions it disagrees with Kafka on.
+async fn topic_reports(
+    args: &GroupDescribeArgs,
+    topics: &BTreeSet<String>,
+    committed: &BTreeMap<String, BTreeMap<i32, i64>>,
+    stored: Option<&BTreeMap<(String, i32), i64>>,
+    members: &[Member],
+) -> Result<(Vec<TopicReport>, Option<usize>)> {
+    let mut reports = Vec::new();
+    for topic in topics {
+        let in_kafka = committed.get(topic).cloned().unwrap_or_default();
+        let in_db: Option<BTreeMap<i32, i64>> = stored.map(|stored| {
+            stored
+                .iter()
+                .filter(|((t, _), _)| t == topic)
+                .map(|((_, p), o)| (*p, *o))
+                .collect()
+        });
+        reports.push(topic_report(&args.kafka, topic, &in_kafka, in_db.as_ref(), members).await?);
+    }
+    let disagreements = stored.map(|_| {
+        reports
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.database.as_ref().is_some_and(|d| !d.agrees))
+            .count()
+    });
+    Ok((reports, disagreements))
 }
 
 /// One topic's partitions: Kafka's committed offsets against the log, the database's beside.
