@@ -11,6 +11,7 @@ mod check;
 mod consume;
 mod conventions;
 mod db_edges;
+mod duplicates;
 mod durable;
 mod edges;
 mod group;

@@ -24,6 +24,7 @@ mod error;
 pub mod members;
 mod offsets;
 pub mod pg;
+mod pg_copy;
 mod read;
 pub mod sqlite;
 mod target;

@@ -1,0 +1,146 @@
+//! Duplicates by id against the real databases: counted, never stored twice — inside one batch,
+//! against rows already stored, and against another writer racing for the same id. (PostgreSQL
+//! writes a batch by COPY first and falls back to ON CONFLICT; these pin both ways down.)
+
+use std::time::Duration;
+
+use crate::sink::landed;
+use crate::support::TestDb;
+use streamlab::db::pg::PgSink;
+use streamlab::db::sqlite::SqliteSink;
+use streamlab::db::{self, Batch, Landed, OffsetAdvance, Sink, SinkTx};
+use streamlab::events::{Event, EventKind, Generator};
+use time::OffsetDateTime;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn events(kind: EventKind, seed: u64, n: usize) -> Vec<Event> {
+    let mut g = Generator::new(kind, Some(seed));
+    (0..n)
+        .map(|_| g.next_event(OffsetDateTime::now_utc()))
+        .collect()
+}
+
+/// A batch of `events` on `partition`, from offset `from` on, fenced from `fenced_from`.
+fn batch_of(events: &[&Event], partition: i32, first: i64, fenced_from: Option<i64>) -> Batch {
+    let landed: Vec<Landed> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Landed {
+            partition,
+            ..landed((*e).clone(), first + i as i64)
+        })
+        .collect();
+    let to = first + landed.len() as i64;
+    Batch {
+        group: "g".into(),
+        topic: "t".into(),
+        events: landed,
+        offsets: vec![OffsetAdvance {
+            partition,
+            from: fenced_from,
+            to,
+        }],
+        ..Batch::default()
+    }
+}
+
+async fn in_batch_and_stored<S: Sink>(mut sink: S, db: &TestDb, kind: EventKind) {
+    let table = match kind {
+        EventKind::Sales => "sales_events",
+        EventKind::Sensor => "sensor_logs",
+    };
+    let e = events(kind, 19, 6);
+    // e1 and e3 twice in one batch: the first occurrence is stored, the second counted.
+    let first = [&e[0], &e[1], &e[2], &e[1], &e[3], &e[4], &e[3]];
+    let w = db::write(&mut sink, &batch_of(&first, 0, 0, None))
+        .await
+        .unwrap();
+    assert_eq!((w.inserted, w.duplicates), (5, 2), "{}", db.sink);
+    assert_eq!(db.count(table), 5);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT kafka_offset FROM {table} WHERE id = '{}'",
+            e[3].id()
+        )),
+        4,
+        "the first occurrence is the one stored"
+    );
+    // e2 already stored, e5 new and twice.
+    let second = [&e[2], &e[5], &e[5]];
+    let w = db::write(&mut sink, &batch_of(&second, 0, 7, Some(7)))
+        .await
+        .unwrap();
+    assert_eq!((w.inserted, w.duplicates), (1, 2), "{}", db.sink);
+    assert_eq!(db.count(table), 6);
+    // A whole batch already stored.
+    let third = [&e[0], &e[1], &e[5]];
+    let w = db::write(&mut sink, &batch_of(&third, 0, 10, Some(10)))
+        .await
+        .unwrap();
+    assert_eq!((w.inserted, w.duplicates), (0, 3), "{}", db.sink);
+    assert_eq!(db.count(table), 6);
+    assert_eq!(db.stored_offsets("t").get(&0), Some(&13));
+}
+
+#[tokio::test]
+async fn duplicates_inside_a_batch_and_already_stored_are_counted_not_stored() {
+    for kind in [EventKind::Sales, EventKind::Sensor] {
+        let [sqlite, pg] = TestDb::both();
+        let sink = SqliteSink::connect(&sqlite.url, TIMEOUT).await.unwrap();
+        in_batch_and_stored(sink, &sqlite, kind).await;
+        let sink = PgSink::connect(&pg.url, TIMEOUT).await.unwrap();
+        in_batch_and_stored(sink, &pg, kind).await;
+    }
+}
+
+/// Wait until a session of `db` is waiting for a lock (the racing COPY or INSERT).
+async fn someone_waits_for_a_lock(db: &TestDb) {
+    for _ in 0..100 {
+        let waiting = db.scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        );
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the second writer never waited for the first");
+}
+
+/// Writer A holds id x uncommitted; writer B (its own connection, transaction and partition)
+/// writes x and y. When A commits, x is a duplicate for B; when A rolls back, B stores both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_writer_racing_for_an_id_never_stores_it_twice() {
+    for a_commits in [true, false] {
+        let pg = TestDb::pg();
+        let e = events(EventKind::Sales, 23, 2);
+        let (x, y) = (&e[0], &e[1]);
+        let mut a = PgSink::connect(&pg.url, TIMEOUT).await.unwrap();
+        let mut b = PgSink::connect(&pg.url, TIMEOUT).await.unwrap();
+        let mut tx = a.begin().await.unwrap();
+        let a_batch = batch_of(&[x], 0, 0, None);
+        assert_eq!(tx.insert_events(&a_batch.events).await.unwrap(), 1);
+        let b_batch = batch_of(&[x, y], 1, 0, None);
+        let racing = tokio::spawn(async move { db::write(&mut b, &b_batch).await });
+        someone_waits_for_a_lock(&pg).await;
+        if a_commits {
+            tx.commit().await.unwrap();
+        } else {
+            drop(tx);
+        }
+        let w = racing.await.unwrap().unwrap();
+        let expected = if a_commits { (1, 1) } else { (2, 0) };
+        assert_eq!((w.inserted, w.duplicates), expected, "A commits: {a_commits}");
+        assert_eq!(pg.count("sales_events"), 2);
+        assert_eq!(
+            pg.scalar(&format!(
+                "SELECT kafka_partition FROM sales_events WHERE id = '{}'",
+                x.id()
+            )),
+            if a_commits { 0 } else { 1 }
+        );
+        assert_eq!(pg.stored_offsets("t").get(&1), Some(&2));
+    }
+}
