@@ -9,7 +9,7 @@ use crate::support::TestDb;
 use streamlab::db::pg::PgSink;
 use streamlab::db::sqlite::SqliteSink;
 use streamlab::db::{self, Batch, Landed, OffsetAdvance, Sink, SinkTx};
-use streamlab::events::{Event, EventKind, Generator};
+use streamlab::events::{cents, Event, EventKind, Generator};
 use time::OffsetDateTime;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +58,21 @@ async fn in_batch_and_stored<S: Sink>(mut sink: S, db: &TestDb, kind: EventKind)
         .unwrap();
     assert_eq!((w.inserted, w.duplicates), (5, 2), "{}", db.sink);
     assert_eq!(db.count(table), 5);
+    if let Event::Sale(sale) = &e[4] {
+        // Values go in exactly as the careful way stores them (PostgreSQL's COPY is binary).
+        let stored = db.scalar(&format!(
+            "SELECT CAST(amount_usd * 100 AS INTEGER) FROM {table} WHERE id = '{}'",
+            sale.id
+        ));
+        assert_eq!(stored, cents(sale.amount_usd));
+        if db.sink == "pg" {
+            let millis = db.scalar(&format!(
+                "SELECT CAST(EXTRACT(EPOCH FROM ts) * 1000 AS BIGINT) FROM {table} WHERE id = '{}'",
+                sale.id
+            ));
+            assert_eq!(i128::from(millis), sale.ts.unix_timestamp_nanos() / 1_000_000);
+        }
+    }
     assert_eq!(
         db.scalar(&format!(
             "SELECT kafka_offset FROM {table} WHERE id = '{}'",

@@ -203,10 +203,10 @@ mod tests {
         // ndigits, weight, sign, dscale, digits…
         assert_eq!(encoded(0), [0, 0, 0, 2]);
         assert_eq!(encoded(5), [1, -1, 0, 2, 500]);
-        assert_eq!(encoded(1234), [1, 0, 0, 2, 12, 3400]);
+        assert_eq!(encoded(1234), [2, 0, 0, 2, 12, 3400]);
         assert_eq!(encoded(100), [1, 0, 0, 2, 1]);
         assert_eq!(encoded(1_000_000), [1, 1, 0, 2, 1]);
         assert_eq!(encoded(123_456_789), [3, 1, 0, 2, 123, 4567, 8900]);
-        assert_eq!(encoded(-250), [1, 0, 0x4000, 2, 2, 5000]);
+        assert_eq!(encoded(-250), [2, 0, 0x4000, 2, 2, 5000]);
     }
 }
