@@ -550,6 +550,11 @@ pub struct ConsumeArgs {
     /// Most events written in one database transaction.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
+    /// Independent writers, each over its own share of the partitions (the i-th partition read
+    /// goes to writer i mod N) with its own database connection, transactions and offset fence.
+    /// More than one helps when the database has cores to spare. With --throttle, one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub writers: u32,
     /// Print `Stored: <key> at <ts>` for every stored event.
     #[arg(long)]
     pub print_each: bool,

@@ -57,6 +57,9 @@ pub(crate) fn warn_unrecognized_parameters(url: &str) {
     }
 }
 
+/// Connections a consumer may open: one per `--writers` (at most 8), and one for the rest.
+const MAX_CONNECTIONS: u32 = 9;
+
 /// The sink of a PostgreSQL database.
 pub type PgSink = Writer<Postgres>;
 
@@ -91,7 +94,7 @@ impl Dialect for Postgres {
             }
         }
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(super::connect_timeout(timeout))
             .connect_with(options)
             .await
