@@ -640,8 +640,8 @@ pub struct BenchArgs {
     /// Runs of each measurement; medians are reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: u32,
-    /// Partitions of the bench topics.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    /// Partitions of the bench topics (four, so that four writers each have one).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
     /// PostgreSQL server (its maintenance database); bench databases are created and dropped.
     #[arg(

@@ -60,6 +60,10 @@ pub(crate) fn warn_unrecognized_parameters(url: &str) {
 /// Connections a consumer may open: one per `--writers` (at most 8), and one for the rest.
 const MAX_CONNECTIONS: u32 = 9;
 
+/// Fewer rows than this go straight in with ON CONFLICT: one round trip, where COPY takes three
+/// (savepoint, copy, release) — a caught-up consumer writes small batches, and waits on them.
+const COPY_MIN_ROWS: usize = 64;
+
 /// The sink of a PostgreSQL database.
 pub type PgSink = Writer<Postgres>;
 
@@ -114,6 +118,9 @@ impl Dialect for Postgres {
         conn: &mut PgConnection,
         sales: &[Row<'_, Sale>],
     ) -> Result<u64, sqlx::Error> {
+        if sales.len() < COPY_MIN_ROWS {
+            return insert_sales_on_conflict(conn, sales).await;
+        }
         match copy_rows(conn, "public.sales_events", SALES_COLUMNS, sales).await? {
             Copied::Inserted(n) => Ok(n),
             Copied::Refused => insert_sales_on_conflict(conn, sales).await,
@@ -124,6 +131,9 @@ impl Dialect for Postgres {
         conn: &mut PgConnection,
         readings: &[Row<'_, SensorReading>],
     ) -> Result<u64, sqlx::Error> {
+        if readings.len() < COPY_MIN_ROWS {
+            return insert_sensors_on_conflict(conn, readings).await;
+        }
         match copy_rows(conn, "public.sensor_logs", SENSOR_COLUMNS, readings).await? {
             Copied::Inserted(n) => Ok(n),
             Copied::Refused => insert_sensors_on_conflict(conn, readings).await,
