@@ -83,7 +83,7 @@ impl<S: Sink> Consumer<'_, S> {
     /// touch each other's offsets. While a lane's batch is being written, its next one is
     /// fetched and decoded. A lane that is idle takes whatever has arrived at once (when caught
     /// up, each event is written as soon as it is fetched); under a backlog batches fill up to
-    /// `--batch-size`, and a lane with a full batch waiting stops the intake (backpressure).
+    /// `--batch-size`, and a lane with its next batch built stops the intake (backpressure).
     async fn batches(
         &mut self,
         fetchers: &mut Fetchers,
@@ -147,12 +147,12 @@ impl<S: Sink> Consumer<'_, S> {
                     return failure.map_or(Ok(()), Err);
                 }
             }
+            // A lane holds at most the batch it writes and the next one, built: memory stays
+            // bounded by the writers, not the backlog.
             let intake = open
                 && failure.is_none()
                 && !stop.is_cancelled()
-                && !lanes
-                    .iter()
-                    .any(|l| l.ready.is_some() && l.records >= batch_limit);
+                && !lanes.iter().any(|l| l.ready.is_some());
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
