@@ -79,7 +79,10 @@ async fn in_batch_and_stored<S: Sink>(mut sink: S, db: &TestDb, kind: EventKind,
                 "SELECT CAST(EXTRACT(EPOCH FROM ts) * 1000 AS BIGINT) FROM {table} WHERE id = '{}'",
                 sale.id
             ));
-            assert_eq!(i128::from(millis), sale.ts.unix_timestamp_nanos() / 1_000_000);
+            assert_eq!(
+                i128::from(millis),
+                sale.ts.unix_timestamp_nanos() / 1_000_000
+            );
         }
     }
     assert_eq!(
@@ -164,7 +167,11 @@ async fn a_concurrent_writer_racing_for_an_id_never_stores_it_twice() {
         let w = racing.await.unwrap().unwrap();
         let n = pad as u64;
         let expected = if a_commits { (1 + n, 1) } else { (2 + n, 0) };
-        assert_eq!((w.inserted, w.duplicates), expected, "A commits: {a_commits}, {pad}");
+        assert_eq!(
+            (w.inserted, w.duplicates),
+            expected,
+            "A commits: {a_commits}, {pad}"
+        );
         assert_eq!(pg.count("sales_events"), 2 + pad as i64);
         assert_eq!(
             pg.scalar(&format!(

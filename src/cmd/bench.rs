@@ -451,7 +451,12 @@ async fn consume_both_ways(
 ) -> Result<()> {
     let (stamp, n) = (ctx.stamp, ctx.n as f64);
     // One writer both ways, then a group member with two and with four writers.
-    let runs = [(modes[0], 1), (modes[1], 1), (Reading::Member, 2), (Reading::Member, 4)];
+    let runs = [
+        (modes[0], 1),
+        (modes[1], 1),
+        (Reading::Member, 2),
+        (Reading::Member, 4),
+    ];
     for (mode, writers) in runs {
         let label = format!("{}_w{writers}", mode.label());
         let name = format!("streamlab_bench_{stamp}_{round}_{label}");
@@ -472,7 +477,9 @@ async fn consume_both_ways(
         match (mode, writers) {
             (Reading::Member, 1) => {
                 samples.consume_pg.push(rate);
-                samples.cpu_streamlab.extend(run.cpu_secs.map(|s| s * 1e6 / n));
+                samples
+                    .cpu_streamlab
+                    .extend(run.cpu_secs.map(|s| s * 1e6 / n));
                 samples.cpu_db.extend(db_cpu.map(|s| s * 1e6 / n));
             }
             (Reading::Alone, _) => samples.consume_pg_alone.push(rate),
