@@ -231,20 +231,14 @@ impl<S: Sink> Consumer<'_, S> {
             pos.next_offset = pos.next_offset.max(chunk.next_offset);
             pos.lag = kafka::Lag::of(0, chunk.stable_end, Some(pos.next_offset)).behind();
         }
-        record_metrics(
-            &args.topic,
-            &batch,
-            &written,
-            write_started,
-            &plan.positions,
-        );
+        record_metrics(&args.topic, batch, written, write_started, &plan.positions);
         let summary = &mut self.summary;
         summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
         summary.inserted += written.inserted;
         summary.duplicates += written.duplicates;
         summary.dead_lettered += (batch.dead_letters.len() + written.refused.len()) as u64;
         if args.print_each {
-            show::each(&batch, &written)?;
+            show::each(batch, written)?;
         }
         self.mirror
             .maybe_commit(&args.topic, &plan.committed, false)
