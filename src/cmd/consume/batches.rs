@@ -81,9 +81,10 @@ impl<S: Sink> Consumer<'_, S> {
     /// another, each in one transaction on a connection of its own, fenced from the end of the
     /// lane's previous batch — so batches of one partition commit in order, and lanes never
     /// touch each other's offsets. While a lane's batch is being written, its next one is
-    /// fetched and decoded. A lane that is idle takes whatever has arrived at once (when caught
-    /// up, each event is written as soon as it is fetched); under a backlog batches fill up to
-    /// `--batch-size`, and a lane with its next batch built stops the intake (backpressure).
+    /// fetched (with one writer, decoded too). A lane that is idle takes whatever has arrived
+    /// at once (when caught up, each event is written as soon as it is fetched); under a
+    /// backlog batches fill up to `--batch-size`, and a lane holding its next batch stops the
+    /// intake (backpressure).
     async fn batches(
         &mut self,
         fetchers: &mut Fetchers,
@@ -104,6 +105,9 @@ impl<S: Sink> Consumer<'_, S> {
             .map(|(i, &partition)| (partition, i % writers))
             .collect();
         let mut lanes: Vec<Lane> = (0..writers).map(|_| Lane::default()).collect();
+        // One writer decodes its next batch while the current one is written; with several,
+        // the others' writes overlap the decoding, and building ahead would only cost memory.
+        let prebuild = writers == 1;
         // Where each partition's next batch is fenced from: the end of the last one handed to
         // its lane (which commits, or the run ends, before the next is written).
         let mut handed = plan.committed.clone();
@@ -115,7 +119,7 @@ impl<S: Sink> Consumer<'_, S> {
                 for (i, lane) in lanes.iter_mut().enumerate() {
                     if lane.ready.is_none()
                         && !lane.pending.is_empty()
-                        && (!lane.busy || lane.records >= batch_limit)
+                        && (!lane.busy || (prebuild && lane.records >= batch_limit))
                     {
                         let chunks = std::mem::take(&mut lane.pending);
                         lane.records = 0;
@@ -147,12 +151,14 @@ impl<S: Sink> Consumer<'_, S> {
                     return failure.map_or(Ok(()), Err);
                 }
             }
-            // A lane holds at most the batch it writes and the next one, built: memory stays
-            // bounded by the writers, not the backlog.
+            // A lane holds at most the batch it writes and the next one: memory stays bounded
+            // by the writers, not the backlog.
             let intake = open
                 && failure.is_none()
                 && !stop.is_cancelled()
-                && !lanes.iter().any(|l| l.ready.is_some());
+                && !lanes
+                    .iter()
+                    .any(|l| l.ready.is_some() || (l.busy && l.records >= batch_limit));
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
