@@ -67,6 +67,19 @@ impl Cli {
                 TopicCommand::Retention(a) => a.kafka = kafka,
                 TopicCommand::List(a) => a.kafka = kafka,
                 TopicCommand::Describe(a) => a.kafka = kafka,
+                TopicCommand::Delete(a) => a.kafka = kafka,
+                TopicCommand::Config(a) => a.kafka = kafka,
+            },
+            Command::Offsets(OffsetsCommand::Reset(a)) => a.kafka = kafka,
+            Command::Group(group) => match group {
+                GroupCommand::List(a) => a.kafka = kafka,
+                GroupCommand::Describe(a) => a.kafka = kafka,
+            },
+            Command::Dlq(dlq) => match dlq {
+                DlqCommand::List(a) => a.kafka = kafka,
+                DlqCommand::Show(a) => a.kafka = kafka,
+                DlqCommand::Replay(a) => a.kafka = kafka,
+                DlqCommand::Purge(a) => a.kafka = kafka,
             },
             Command::Produce(a) => a.kafka = kafka,
             Command::Consume(a) => a.kafka = kafka,
@@ -97,6 +110,10 @@ impl Command {
             Command::Check(a) => a.db.target().map(drop),
             Command::Migrate(a) => a.db.target().map(drop),
             Command::Watch(a) => a.db.optional_target().map(drop),
+            Command::Offsets(OffsetsCommand::Reset(a)) => a.db.target().map(drop),
+            Command::Group(GroupCommand::Describe(a)) => a.db.optional_target().map(drop),
+            Command::Dlq(dlq) => dlq.db().target().map(drop),
+            Command::Topic(TopicCommand::Config(a)) => a.changes().map(drop),
             Command::Topic(TopicCommand::Retention(a))
                 if a.set.is_some_and(|d| i64::try_from(d.as_millis()).is_err()) =>
             {
@@ -124,6 +141,15 @@ pub enum Command {
     Watch(WatchArgs),
     /// Measure produce, fetch, database limits, consume, latency and memory on the local stack.
     Bench(BenchArgs),
+    /// Move a consumer group's offsets (in the database, mirrored to Kafka): rewind, skip ahead.
+    #[command(subcommand)]
+    Offsets(OffsetsCommand),
+    /// List the consumer groups, or describe one: members, committed offsets, lag.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// The dead letters a database keeps: list, show, replay (re-decode or re-produce), purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Print a shell completion script, e.g. `streamlab completions bash > ~/.local/share/bash-completion/completions/streamlab`.
     Completions(CompletionsArgs),
 }
@@ -137,7 +163,7 @@ pub struct CompletionsArgs {
 
 /// How to reach Kafka. Parsed once at the top (global: before or after the subcommand) and
 /// handed to every command that talks to a broker.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct KafkaOpts {
     /// Broker addresses, comma separated.
     #[arg(
@@ -254,7 +280,7 @@ pub enum SinkKind {
 }
 
 /// How to reach the database. Shared by consume, migrate, check and watch.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct DbOpts {
     /// Database to write to / read from. Optional when -D names it (postgres://… or sqlite://…).
     #[arg(long, value_enum)]
@@ -334,6 +360,295 @@ pub enum TopicCommand {
     List(TopicListArgs),
     /// Partitions, leaders, earliest/latest offsets and retention of one topic.
     Describe(TopicDescribeArgs),
+    /// Delete a topic and every record in it.
+    Delete(TopicDeleteArgs),
+    /// Show a topic's configs, or change any of them (IncrementalAlterConfigs).
+    Config(TopicConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicDeleteArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
+    pub topic: String,
+    /// Succeed (exit 0) when there is no such topic.
+    #[arg(long)]
+    pub if_exists: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    streamlab topic config --topic sales\n  \
+    streamlab topic config --topic sales --set retention.ms=86400000 --set cleanup.policy=delete\n  \
+    streamlab topic config --topic sales --delete retention.ms")]
+pub struct TopicConfigArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
+    pub topic: String,
+    /// Set a config on the topic, e.g. retention.ms=86400000. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    /// Remove the topic's own value of a config (the broker's default applies again). Repeatable.
+    #[arg(long, value_name = "KEY", value_parser = parse_config_key)]
+    pub delete: Vec<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+impl TopicConfigArgs {
+    /// The changes asked for, each key at most once.
+    pub fn changes(&self) -> Result<Vec<crate::kafka::admin::ConfigChange>, crate::exit::Error> {
+        use crate::kafka::admin::ConfigChange;
+        let changes: Vec<ConfigChange> = self
+            .set
+            .iter()
+            .map(|(k, v)| ConfigChange::Set(k.clone(), v.clone()))
+            .chain(self.delete.iter().map(|k| ConfigChange::Delete(k.clone())))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for change in &changes {
+            if !seen.insert(change.key()) {
+                return Err(crate::exit::usage(format!(
+                    "{} is named more than once in --set/--delete: say once what it becomes",
+                    change.key()
+                )));
+            }
+        }
+        Ok(changes)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OffsetsCommand {
+    /// Move a group's stored offsets for a topic, as kafka-consumer-groups --reset-offsets does:
+    /// prints the plan, and changes nothing without --execute.
+    Reset(OffsetsResetArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    group(
+        clap::ArgGroup::new("target")
+            .required(true)
+            .args(["to_earliest", "to_latest", "to_datetime", "to_offset", "shift_by"])
+    ),
+    after_help = "The database holds the group's offsets (they are written with the rows): they \
+    are changed there, in one transaction fenced like consume's writes, then mirrored to the Kafka \
+    group. Refused while the group has live members (named; where the broker cannot describe the \
+    group, the members the database recorded — --force sets those aside). Consumers reading alone \
+    (--assign all, --partition) are not members: they are not refused, but their next write is \
+    fenced and they exit 1, as does a member that joined after the check; nothing of the reset is \
+    lost. If mirroring to Kafka fails after the database was changed, the plan is printed, a warning \
+    says so, and the exit is 1 (consume mirrors the offsets on its next run). Rows already stored \
+    are kept: events read again count as duplicates.\n\nExamples:\n  \
+    streamlab offsets reset --group streamlab --topic sales -D sqlite://lab.db --to-datetime 2026-11-22T10:00:00Z\n  \
+    streamlab offsets reset --group streamlab --topic sales -D sqlite://lab.db --shift-by -100 --partition 0 --execute"
+)]
+pub struct OffsetsResetArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[command(flatten)]
+    pub db: DbOpts,
+    /// The consumer group whose offsets move.
+    #[arg(short, long)]
+    pub group: String,
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
+    pub topic: String,
+    /// Only these partitions (repeatable, or comma separated: --partition 0,2); default all.
+    #[arg(
+        long = "partition",
+        value_name = "N[,N…]",
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(0..)
+    )]
+    pub partitions: Vec<i32>,
+    /// To the first offset each partition still holds.
+    #[arg(long)]
+    pub to_earliest: bool,
+    /// To the end of each partition: skip everything not yet read.
+    #[arg(long)]
+    pub to_latest: bool,
+    /// To the first record written at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z);
+    /// the end where none is that recent. Refused for a partition whose older records were
+    /// removed (retention) when the time is before the first record it still holds.
+    #[arg(long, value_name = "DATETIME", value_parser = parse_datetime)]
+    pub to_datetime: Option<time::OffsetDateTime>,
+    /// To this offset; it must lie in each partition's log (earliest..=end).
+    #[arg(long, value_name = "OFFSET", value_parser = clap::value_parser!(i64).range(0..))]
+    pub to_offset: Option<i64>,
+    /// Move each stored offset by N (negative: back), kept within the log.
+    #[arg(long, value_name = "±N", allow_negative_numbers = true)]
+    pub shift_by: Option<i64>,
+    /// Apply the plan (without it, only print it).
+    #[arg(long)]
+    pub execute: bool,
+    /// Where the broker cannot describe the group: reset although the database records members
+    /// (a member that crashed leaves its row); members Kafka reports live still refuse.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// The consumer groups the cluster knows, with their state and member count.
+    List(GroupListArgs),
+    /// A group's members and, per partition, committed offset, log end and lag (from Kafka;
+    /// with --sink/-D also the database's offsets side by side).
+    Describe(GroupDescribeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GroupListArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupDescribeArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[arg(short, long)]
+    pub group: String,
+    /// Only this topic (default: every topic the group has offsets for or is assigned).
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
+    pub topic: Option<String>,
+    /// Also the offsets stored in this database, side by side with Kafka's, disagreements
+    /// flagged (and the members' partitions as the database recorded them, where the broker
+    /// does not report assignments).
+    #[command(flatten)]
+    pub db: DbOpts,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// The dead letters, newest first (without their payloads).
+    List(DlqListArgs),
+    /// One dead letter with its key and payload.
+    Show(DlqShowArgs),
+    /// Decode the chosen dead letters again with today's rules and options, and store those
+    /// that now pass, removing them from dead_letters in the same transaction (those the
+    /// database refuses stay); or, with --to-topic, produce the raw records (keys included) to a
+    /// topic and remove them. Letters of corrupt batches (--skip-corrupt-batches) are left alone.
+    Replay(DlqReplayArgs),
+    /// Delete dead letters that failed before a time: prints what would go, and deletes nothing
+    /// without --execute.
+    Purge(DlqPurgeArgs),
+}
+
+impl DlqCommand {
+    pub fn db(&self) -> &DbOpts {
+        match self {
+            DlqCommand::List(a) => &a.db,
+            DlqCommand::Show(a) => &a.db,
+            DlqCommand::Replay(a) => &a.db,
+            DlqCommand::Purge(a) => &a.db,
+        }
+    }
+}
+
+/// Which dead letters a `dlq` command works on; every filter given must match.
+#[derive(Debug, Clone, Args)]
+pub struct DlqFilterArgs {
+    /// Only those of this topic.
+    #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
+    pub topic: Option<String>,
+    /// Only those that failed at or after this time: RFC 3339 (2026-11-22T10:00:00Z) or a
+    /// duration ago (1h, 30m).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub since: Option<time::OffsetDateTime>,
+    /// Only those whose reason contains this text (case-sensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Only these ids (repeatable, or comma separated).
+    #[arg(long = "id", value_name = "ID[,ID…]", value_delimiter = ',', allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..))]
+    pub ids: Vec<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[command(flatten)]
+    pub db: DbOpts,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Show at most this many (the newest).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqShowArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[command(flatten)]
+    pub db: DbOpts,
+    /// The dead letter's id (from `dlq list`).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..))]
+    pub id: i64,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "--to-topic claims the letters (removes them in a transaction), produces \
+    the records, and commits once the broker acknowledged them: a replay running at the same time \
+    finds them gone, a failed produce keeps them. At-least-once only if that COMMIT fails after \
+    the acknowledgement (the error says so): then check the topic against `streamlab dlq list` \
+    before replaying the letters still listed."
+)]
+pub struct DlqReplayArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[command(flatten)]
+    pub db: DbOpts,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Which events the payloads should be.
+    #[arg(short, long, value_enum, default_value = "sales")]
+    pub kind: EventKind,
+    /// Records larger than this many bytes still fail (as consume's --max-event-bytes).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_event_bytes: usize,
+    /// Instead of decoding: produce each raw record (key and value as they came) to this topic
+    /// (requests of at most 1 MiB per partition), removing it from dead_letters.
+    #[arg(long, value_name = "TOPIC", value_parser = crate::kafka::names::parse_topic_name, conflicts_with_all = ["kind", "max_event_bytes"])]
+    pub to_topic: Option<String>,
+    /// Replay at most this many (the oldest first).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    #[arg(skip)]
+    pub kafka: crate::kafka::Config,
+    #[command(flatten)]
+    pub db: DbOpts,
+    /// Delete those that failed before this time: RFC 3339 or a duration ago (7d).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub before: time::OffsetDateTime,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Delete them (without it, only list what would go).
+    #[arg(long)]
+    pub execute: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -630,7 +945,7 @@ pub struct CheckArgs {
     pub kafka: crate::kafka::Config,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct BenchArgs {
     #[arg(skip)]
     pub kafka: crate::kafka::Config,
@@ -660,6 +975,85 @@ pub struct BenchArgs {
     pub latency: Duration,
 }
 
+// The options that may carry a secret are shown redacted by `Debug` (a `Cli` in a log or a
+// panic message): database URLs through `db::redact`, every -X setting as its key only.
+
+impl std::fmt::Debug for KafkaOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let property: Vec<String> = self.property.iter().map(|p| redact_setting(p)).collect();
+        f.debug_struct("KafkaOpts")
+            .field("bootstrap_server", &self.bootstrap_server)
+            .field("timeout", &self.timeout)
+            .field("command_config", &self.command_config)
+            .field("property", &property)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DbOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbOpts")
+            .field("sink", &self.sink)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(db::redact),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BenchArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchArgs")
+            .field("kafka", &self.kafka)
+            .field("events", &self.events)
+            .field("repeats", &self.repeats)
+            .field("partitions", &self.partitions)
+            .field("pg_url", &db::redact(&self.pg_url))
+            .field("durable_broker", &self.durable_broker)
+            .field("latency", &self.latency)
+            .finish()
+    }
+}
+
+/// A -X setting without its value (`sasl.password=***`): any value may be a secret.
+fn redact_setting(setting: &str) -> String {
+    match setting.split_once('=') {
+        Some((key, _)) => format!("{key}=***"),
+        None => "***".to_string(),
+    }
+}
+
+/// An RFC 3339 date and time: `2026-11-22T10:00:00Z`, `2026-11-22T11:00:00.5+01:00`.
+fn parse_datetime(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339).map_err(
+        |e| format!("'{s}' is not an RFC 3339 date and time ({e}); e.g. 2026-11-22T10:00:00Z"),
+    )
+}
+
+/// A moment: RFC 3339, or a duration meaning that long ago (`1h`, `7d`).
+fn parse_when(s: &str) -> Result<time::OffsetDateTime, String> {
+    if let Ok(at) = parse_datetime(s) {
+        return Ok(at);
+    }
+    let ago = humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("'{s}' is neither an RFC 3339 date and time (2026-11-22T10:00:00Z) nor a duration ago (1h, 7d)")
+    })?;
+    time::OffsetDateTime::now_utc()
+        .checked_sub(time::Duration::try_from(ago).map_err(|e| e.to_string())?)
+        .ok_or_else(|| format!("'{s}' reaches before any date streamlab can write"))
+}
+
+fn parse_config_key(s: &str) -> Result<String, String> {
+    let key = s.trim();
+    if key.is_empty() || key.contains('=') {
+        return Err(format!(
+            "expected a config name such as retention.ms, got '{s}'"
+        ));
+    }
+    Ok(key.to_string())
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
@@ -669,9 +1063,38 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::Cli;
+
+    /// A `Cli` in a log or panic message shows no password: not the database URL's, not a -X
+    /// setting's, not bench's --pg-url's.
+    #[test]
+    fn debug_never_shows_a_password() {
+        for args in [
+            &[
+                "streamlab",
+                "-X",
+                "sasl.password=s3cret-x",
+                "check",
+                "-D",
+                "postgres://app:s3cret-d@db/streamlab",
+            ][..],
+            &[
+                "streamlab",
+                "-X",
+                "sasl.password=s3cret-x",
+                "bench",
+                "--pg-url",
+                "postgres://app:s3cret-pg@db/postgres",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let shown = format!("{cli:?} {cli:#?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("sasl.password=***"), "{shown}");
+        }
+    }
 
     /// `--help` prints `[env: NAME=value]` unless told not to, and DATABASE_URL holds passwords.
     #[test]

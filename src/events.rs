@@ -205,6 +205,22 @@ pub fn decode(kind: EventKind, payload: Option<&[u8]>) -> Result<Event, String> 
     Ok(event)
 }
 
+/// [`decode`] a record's value as a consumer does: a value larger than `max_bytes` fails
+/// unparsed.
+pub fn decode_record(
+    kind: EventKind,
+    value: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<Event, String> {
+    match value {
+        Some(v) if v.len() > max_bytes => Err(format!(
+            "record value is {} bytes, larger than --max-event-bytes {max_bytes}",
+            v.len()
+        )),
+        _ => decode(kind, value),
+    }
+}
+
 fn text_field(name: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err(format!("{name} is empty"));

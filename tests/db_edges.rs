@@ -318,3 +318,75 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         assert_eq!(counted(&out, "consumed"), 0, "{out}");
     }
 }
+
+/// Another session holding `table` (ACCESS EXCLUSIVE) until killed: every read of it waits, as
+/// on a frozen server.
+fn hold_lock(db: &TestDb, table: &str) -> std::process::Child {
+    let holder = std::process::Command::new("psql")
+        .args([
+            &db.url,
+            "-qAt",
+            "-c",
+            &format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"
+            ),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    assert!(wait_until(10, || db.scalar(&format!(
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = '{table}'::regclass \
+         AND mode = 'AccessExclusiveLock' AND granted"
+    )) == 1));
+    holder
+}
+
+/// `cmd` with --timeout TIMEOUT: its run, and how long it took.
+fn timed(cmd: Cmd, what: &str) -> (Run, Duration) {
+    let started = Instant::now();
+    let out = cmd
+        .timeout(&format!("{}s", TIMEOUT.as_secs()))
+        .spawn()
+        .exit_within(TIMEOUT * 3, what);
+    (out, started.elapsed())
+}
+
+/// `cmd` (with --timeout TIMEOUT) run while another session holds `table`: it must exit 1
+/// within the timeout (and a margin) with `error` as its one error line.
+fn ends_behind_a_lock(db: &TestDb, table: &str, cmd: Cmd, error: &str) {
+    let mut holder = hold_lock(db, table);
+    let (out, took) = timed(cmd, &format!("{error} (behind a lock on {table})"));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
+    assert_eq!(error_lines(&out.stderr), vec![error], "{}", out.stderr);
+}
+
+#[test]
+fn check_against_a_table_locked_elsewhere_ends_within_its_timeout_in_one_line() {
+    let db = TestDb::pg();
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let error = format!(
+        "error: PostgreSQL at {} did not answer within {}s",
+        db.url,
+        TIMEOUT.as_secs()
+    );
+    let check = streamlab("check").sink("pg").url(&db.url);
+    ends_behind_a_lock(&db, "sales_events", check, &error);
+}
+
+#[test]
+fn migrations_held_up_by_another_session_end_within_the_timeout_in_one_line() {
+    let db = TestDb::pg();
+    streamlab("migrate").sink("pg").url(&db.url).ok();
+    let error = format!(
+        "error: applying migrations to {}: no answer within {}s (is another process holding \
+         the migration lock?)",
+        db.url,
+        TIMEOUT.as_secs()
+    );
+    let migrate = streamlab("migrate").sink("pg").url(&db.url);
+    ends_behind_a_lock(&db, "_sqlx_migrations", migrate, &error);
+}

@@ -1,6 +1,7 @@
 //! `consume --group`: consumers of one group are its members and share the topic's partitions
 //! through Kafka's consumer-group protocol, hand them over when one joins, leaves or dies, and
-//! together store every event exactly once.
+//! together store every event exactly once. And `streamlab group list|describe`, which show a
+//! group as Kafka sees it, the database's offsets beside.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -731,4 +732,109 @@ fn subscription_bytes(topics: &[&str]) -> Vec<u8> {
     bytes::BufMut::put_i16(&mut buf, 0);
     subscription.encode(&mut buf, 0).unwrap();
     buf.to_vec()
+}
+
+#[test]
+fn group_list_and_describe_show_kafkas_view_and_the_database_beside_it() {
+    for db in TestDb::both() {
+        let topic = topic(2);
+        let group = unique("g");
+        produce(&topic, 100).seed(41).ok();
+        consume_json(&brokers(), &topic, &db.url)
+            .group(&group)
+            .ok_json();
+        let ends = end_offsets(&topic);
+
+        let listed = streamlab("group list").json().ok_json();
+        let mine: Vec<&serde_json::Value> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["group"] == group.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{listed}");
+        assert_eq!(
+            (&mine[0]["state"], &mine[0]["members"]),
+            (&"Empty".into(), &0.into())
+        );
+
+        // 50 more: the lag, from Kafka alone.
+        produce(&topic, 50).seed(42).ok();
+        let now = end_offsets(&topic);
+        let describe = || streamlab("group describe").group(&group).json();
+        let described = describe().ok_json();
+        assert_eq!(described["members"], serde_json::json!([]));
+        assert!(described.get("database").is_none(), "{described}");
+        let t = &described["topics"][0];
+        assert_eq!(
+            (&t["topic"], &t["total_lag"]),
+            (&topic.as_str().into(), &50.into())
+        );
+        for p in t["partitions"].as_array().unwrap() {
+            let id = p["partition"].as_i64().unwrap();
+            assert_eq!(p["committed"], ends[&id]);
+            assert_eq!(p["log_end"], now[&id]);
+            assert_eq!(p["lag"], now[&id] - ends[&id]);
+            assert!(p.get("database_offset").is_none(), "{p}");
+        }
+
+        // Beside the database: agreement, then a disagreement flagged.
+        let beside = || describe().db(&db);
+        assert_eq!(beside().ok_json()["disagreements"], 0);
+        db.exec(&format!(
+            "UPDATE streamlab_offsets SET next_offset = 1 WHERE topic = '{topic}' AND kafka_partition = 0"
+        ));
+        let flagged = beside().ok_json();
+        assert_eq!(flagged["disagreements"], 1);
+        let p0 = &flagged["topics"][0]["partitions"][0];
+        assert_eq!(
+            (&p0["committed"], &p0["database_offset"], &p0["agrees"]),
+            (&ends[&0].into(), &1.into(), &false.into())
+        );
+        let table = streamlab("group describe").group(&group).db(&db).ok();
+        assert!(
+            table.contains("1 partition(s) where the database and Kafka disagree"),
+            "{table}"
+        );
+
+        // A member: who it is and what it holds (from the database's record where the broker
+        // does not report assignments).
+        let member = streamlab("consume")
+            .topic(&topic)
+            .db(&db)
+            .group(&group)
+            .spawn();
+        let mut seen = serde_json::Value::Null;
+        let holds_both = wait_until(30, || {
+            seen = beside().ok_json();
+            seen["members"][0]["partitions"][&topic] == serde_json::json!([0, 1])
+        });
+        assert!(holds_both, "{seen}");
+        assert_eq!(seen["members"].as_array().unwrap().len(), 1);
+        assert_eq!(seen["state"], "Stable");
+        let member_id = seen["members"][0]["member_id"].clone();
+        for p in seen["topics"][0]["partitions"].as_array().unwrap() {
+            assert_eq!(p["member"], member_id);
+        }
+        assert!(member.terminate().succeeded());
+    }
+
+    let nobody = unique("nobody");
+    streamlab("group describe").group(&nobody).fails(
+        1,
+        &[&format!("consumer group '{nobody}' does not exist")],
+        &[],
+    );
+    streamlab("group describe").fails(2, &["--group"], &[]);
+    streamlab("group describe")
+        .group("g")
+        .args(["--format", "xml"])
+        .fails(2, &["--format"], &[]);
+    streamlab("group describe")
+        .group("g")
+        .url("mysql://x")
+        .fails(2, &["not a database"], &[]);
+    streamlab("group list")
+        .args(["--format", "xml"])
+        .fails(2, &["--format"], &[]);
 }

@@ -1,5 +1,6 @@
 //! `streamlab topic …` against the real broker, cross-checked with librdkafka.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -168,4 +169,108 @@ fn help_teaches_the_commands() {
     ] {
         assert!(help.contains(flag), "{flag}: {help}");
     }
+}
+
+#[test]
+fn config_changes_any_key_at_once_and_delete_removes_the_topic() {
+    let name = unique("cfg");
+    streamlab("topic create")
+        .topic(&name)
+        .partitions(2)
+        .config("retention.ms=1000")
+        .ok();
+    let config = || streamlab("topic config").topic(&name);
+    // The configs set on the topic itself (brokers also list their defaults).
+    let own = |report: &serde_json::Value| -> BTreeMap<String, String> {
+        report["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["is_default"] == false)
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().into(),
+                    c["value"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let shown = config().json().ok_json();
+    assert_eq!(own(&shown)["retention.ms"], "1000");
+    assert_eq!(shown["changed"], serde_json::json!([]));
+
+    let changed = config()
+        .args([
+            "--set",
+            "retention.ms=86400000",
+            "--set",
+            "cleanup.policy=delete",
+        ])
+        .args(["--set", "max.message.bytes=2000000"])
+        .json()
+        .ok_json();
+    let mine = own(&changed);
+    assert_eq!(mine["retention.ms"], "86400000");
+    assert_eq!(mine["cleanup.policy"], "delete");
+    assert_eq!(mine["max.message.bytes"], "2000000");
+    assert_eq!(
+        changed["changed"][0],
+        serde_json::json!({"name": "retention.ms", "old": "1000", "new": "86400000"})
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(&python("rdkafka_client.py", &["topic", &name])).unwrap();
+    assert_eq!(seen["retention_ms"], "86400000");
+
+    let out = config().args(["--delete", "max.message.bytes"]).ok();
+    assert_eq!(
+        out.trim(),
+        format!("max.message.bytes of '{name}': 2000000 → (default)")
+    );
+    let after = own(&config().json().ok_json());
+    assert!(!after.contains_key("max.message.bytes"), "{after:?}");
+    assert_eq!(after["retention.ms"], "86400000", "other overrides kept");
+    // The friendly shortcut reads the same value.
+    let retention = streamlab("topic retention").topic(&name).ok();
+    assert!(retention.contains("86400000 (1d)"), "{retention}");
+
+    for (args, says) in [
+        (&["--set", "retention.ms"][..], "expected KEY=VALUE"),
+        (
+            &["--set", "a=1", "--delete", "a"][..],
+            "named more than once",
+        ),
+        (
+            &["--set", "a=1", "--set", "a=2"][..],
+            "named more than once",
+        ),
+        (&["--delete", ""][..], "expected a config name"),
+        (&["--delete", "a=1"][..], "expected a config name"),
+        (&["--format", "xml"][..], "--format"),
+    ] {
+        config().args(args).fails(2, &[says], &[]);
+    }
+    streamlab("topic config").topic("no-such-topic-y").fails(
+        1,
+        &["topic 'no-such-topic-y' does not exist"],
+        &[],
+    );
+
+    let delete = || streamlab("topic delete").topic(&name);
+    assert_eq!(delete().ok().trim(), format!("deleted topic '{name}'"));
+    let gone = wait_until(30, || {
+        let listed = streamlab("topic list").json().ok_json();
+        !listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == name.as_str())
+    });
+    assert!(gone, "{name} is still listed");
+    delete().fails(1, &["does not exist", "--if-exists"], &[]);
+    let out = delete().arg("--if-exists").ok();
+    assert_eq!(out.trim(), format!("topic '{name}' does not exist"));
+    streamlab("topic delete").fails(2, &["--topic"], &[]);
+    streamlab("topic delete")
+        .topic("bad name!")
+        .fails(2, &["--topic"], &[]);
 }

@@ -332,6 +332,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             [Reading::Alone, Reading::Member]
         };
         consume_both_ways(&ctx, &topic, round, modes, &mut samples).await?;
+        delete_topic(&mut admin, &topic).await;
         startup_both_ways(&ctx, &args, &mut admin, round, modes, &mut samples).await?;
         tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
     }
@@ -426,6 +427,7 @@ async fn produce_and_fetch(
             samples.rss_produce = samples.rss_produce.max(run.peak_rss_kib);
         } else {
             samples.produce_sensor.push(n as f64 / run.secs);
+            delete_topic(admin, t).await;
         }
     }
     let started = Instant::now();
@@ -536,6 +538,7 @@ async fn startup_both_ways(
             .push(ms);
         remove_sqlite(&sqlite_path);
     }
+    delete_topic(admin, &empty).await;
     Ok(())
 }
 
@@ -699,6 +702,7 @@ async fn durable_engine(
         let started = Instant::now();
         let drained = drain(&opts, &topic).await?;
         fetch.push(drained.records as f64 / started.elapsed().as_secs_f64());
+        delete_topic(&mut admin, &topic).await;
     }
     Ok((median(produce), median(fetch)))
 }
@@ -745,6 +749,7 @@ async fn codec_costs(
         )
         .await?;
         let stored = drain(&args.kafka, &topic).await?;
+        delete_topic(admin, &topic).await;
         costs.push(CodecCost {
             codec: codec.into(),
             produce_per_sec: events as f64 / run.secs,
@@ -752,6 +757,14 @@ async fn codec_costs(
         });
     }
     Ok(costs)
+}
+
+/// Delete a topic bench created once it is measured: a run leaves no topics behind (a failure
+/// costs a warning, not the run).
+async fn delete_topic(admin: &mut Admin, topic: &str) {
+    if let Err(e) = admin.delete_topic(topic).await {
+        tracing::warn!("bench: cannot delete its topic '{topic}': {e:#}");
+    }
 }
 
 fn remove_sqlite(path: &Path) {
@@ -929,6 +942,7 @@ async fn latency(
     .await?;
     conn.close().await?;
     drop_database(pg_admin, &name).await;
+    delete_topic(admin, &topic).await;
     Ok((p50.unwrap_or(f64::NAN), p99.unwrap_or(f64::NAN)))
 }
 

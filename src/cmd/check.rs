@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::members::{self, GroupView};
 use crate::cli::{CheckArgs, Format};
-use crate::db::members::{self, GroupView};
-use crate::db::{self, redact, DeadLetters, Offending, Reader, Share, Throughput};
+use crate::db::dlq::{self, Letter};
+use crate::db::{self, redact, Offending, Reader, Share, Throughput};
 use crate::events::EventKind;
-use crate::{kafka, render};
+use crate::kafka::{self, Position};
+use crate::render;
 
 /// How far in the future a `ts` may be before it counts as impossible (clock skew allowance).
 const FUTURE_SKEW_MINUTES: i64 = 5;
@@ -26,13 +28,24 @@ pub struct Report {
     pub checks: Vec<CheckResult>,
     pub newest: Vec<serde_json::Map<String, serde_json::Value>>,
     pub dead_letters: DeadLetters,
-    pub partitions: Vec<PartitionLag>,
+    /// With --topic: each partition's log and the group's position in it.
+    pub partitions: Vec<Position>,
+    /// Without --topic: the offsets the database holds, topic by topic.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stored_offsets: Vec<StoredOffset>,
     pub total_lag: Option<i64>,
     /// With --topic: the consumer group's live members and what each holds.
     pub group: Option<GroupView>,
     pub throughput: Throughput,
     pub breakdown: Vec<Share>,
     pub top_keys: Vec<Share>,
+}
+
+/// How many records were dead-lettered, and the five newest.
+#[derive(Debug, Serialize)]
+pub struct DeadLetters {
+    pub count: i64,
+    pub newest: Vec<Letter>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,27 +55,13 @@ pub struct CheckResult {
     pub detail: String,
 }
 
+/// An offset the database holds, without the log it applies to (`check` without --topic).
 #[derive(Debug, Serialize)]
-pub struct PartitionLag {
+pub struct StoredOffset {
     pub topic: String,
-    pub partition: i64,
-    /// Next offset to read, from the sink's offsets table (None: never consumed).
-    pub stored_offset: Option<i64>,
-    /// The first offset the log still holds (only with --topic): read, not only listed, so it
-    /// moves on brokers that delete without moving their log start.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub earliest_offset: Option<i64>,
-    /// The broker's latest offset (only with --topic).
-    pub latest_offset: Option<i64>,
-    pub lag: Option<i64>,
-    /// The stored offset is past the log end by this much (only with --topic): the topic was
-    /// re-created or the broker lost data. Never healthy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ahead: Option<i64>,
-    /// Records between the stored offset and the log start: removed by retention before they
-    /// were consumed (only with --topic). Never healthy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub removed_unread: Option<i64>,
+    pub partition: i32,
+    /// The next offset the group reads.
+    pub committed: i64,
 }
 
 /// `check`: the report, then exit 1 when it is unhealthy.
@@ -186,7 +185,17 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
         checks.push(rule.judge(offending));
     }
 
-    let dead_letters: DeadLetters = reader.dead_letters().await?;
+    let dead_letters = DeadLetters {
+        count: reader.dead_letter_count(None).await?,
+        newest: reader
+            .dead_letter_rows(
+                &dlq::Filter::default(),
+                dlq::Order::NewestFirst,
+                Some(5),
+                false,
+            )
+            .await?,
+    };
     checks.push(CheckResult {
         name: "dead_letters",
         ok: dead_letters.count == 0,
@@ -199,7 +208,11 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
         },
     });
 
-    let (partitions, total_lag) = lag(args, reader).await?;
+    let (partitions, stored_offsets) = positions(args, reader).await?;
+    let total_lag = args
+        .topic
+        .is_some()
+        .then(|| partitions.iter().map(|p| p.lag).sum::<i64>());
     let group = match &args.topic {
         Some(topic) => {
             let mut admin = kafka::admin::Admin::connect(&args.kafka).await?;
@@ -239,6 +252,7 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
         newest,
         dead_letters,
         partitions,
+        stored_offsets,
         total_lag,
         group,
         throughput,
@@ -249,26 +263,20 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
 
 /// Stored offsets the log does not hold: records retention removed before they were read, or
 /// positions past the log end. Either is unhealthy.
-fn offset_checks(partitions: &[PartitionLag]) -> Vec<CheckResult> {
+fn offset_checks(partitions: &[Position]) -> Vec<CheckResult> {
     let removed = partitions.iter().filter_map(|p| {
-        p.removed_unread.map(|n| {
-            format!(
-                "partition {}: {n} records (offsets {}..{}) removed before they were consumed",
-                p.partition,
-                p.stored_offset.unwrap_or_default(),
-                p.earliest_offset.unwrap_or_default()
-            )
-        })
+        let (n, stored) = (p.removed_unread?, p.committed.unwrap_or_default());
+        Some(format!(
+            "partition {}: {n} records (offsets {stored}..{}) removed before they were consumed",
+            p.partition, p.log_start
+        ))
     });
     let ahead = partitions.iter().filter_map(|p| {
-        p.ahead.map(|n| {
-            format!(
-                "partition {} stored at {} is {n} past the log end {}",
-                p.partition,
-                p.stored_offset.unwrap_or_default(),
-                p.latest_offset.unwrap_or_default()
-            )
-        })
+        let (n, stored) = (p.ahead?, p.committed.unwrap_or_default());
+        Some(format!(
+            "partition {} stored at {stored} is {n} past the log end {}",
+            p.partition, p.log_end
+        ))
     });
     [
         failing(
@@ -302,54 +310,36 @@ fn failing(
     })
 }
 
-/// Stored positions of the group; with --topic, compared with the broker's latest offsets.
-async fn lag(args: &CheckArgs, reader: &Reader) -> Result<(Vec<PartitionLag>, Option<i64>)> {
+/// With --topic, the group's stored positions in the topic's logs; without, the offsets the
+/// database holds for the group.
+async fn positions(
+    args: &CheckArgs,
+    reader: &Reader,
+) -> Result<(Vec<Position>, Vec<StoredOffset>)> {
     let stored = reader
         .stored_offsets(&args.group, args.topic.as_deref())
         .await?;
-
     let Some(topic) = &args.topic else {
-        let partitions = stored
+        let stored = stored
             .into_iter()
-            .map(|(topic, partition, next)| PartitionLag {
+            .map(|(topic, partition, committed)| StoredOffset {
                 topic,
                 partition,
-                stored_offset: Some(next),
-                earliest_offset: None,
-                latest_offset: None,
-                lag: None,
-                ahead: None,
-                removed_unread: None,
+                committed,
             })
             .collect();
-        return Ok((partitions, None));
+        return Ok((Vec::new(), stored));
     };
-
-    let by_partition: BTreeMap<i64, i64> = stored.iter().map(|(_, p, n)| (*p, *n)).collect();
-    let mut partitions = Vec::new();
-    let mut total = 0;
+    let by_partition: BTreeMap<i32, i64> = stored.iter().map(|(_, p, n)| (*p, *n)).collect();
     let ranges = kafka::fetch::TopicReaders::open(&args.kafka, topic)
         .await?
         .ranges()
         .await?;
-    for (&partition, &(earliest, latest)) in &ranges {
-        let stored_offset = by_partition.get(&i64::from(partition)).copied();
-        let lag = kafka::Lag::of(earliest, latest, stored_offset);
-        total += lag.behind();
-        partitions.push(PartitionLag {
-            topic: topic.clone(),
-            partition: i64::from(partition),
-            stored_offset,
-            earliest_offset: Some(earliest),
-            latest_offset: Some(latest),
-            lag: Some(lag.behind()),
-            ahead: lag.ahead(),
-            removed_unread: stored_offset
-                .filter(|&s| s < earliest)
-                .map(|s| earliest - s),
-        });
-    }
-    Ok((partitions, Some(total)))
+    let positions = ranges
+        .iter()
+        .map(|(&p, &range)| Position::new(p, range, by_partition.get(&p).copied()))
+        .collect();
+    Ok((positions, Vec::new()))
 }
 
 fn print_table(r: &Report) -> Result<()> {
@@ -368,16 +358,15 @@ fn print_table(r: &Report) -> Result<()> {
     render::line(format!("\n{checks}"))?;
 
     if !r.partitions.is_empty() {
-        let mut t = render::table(["TOPIC", "PARTITION", "EARLIEST", "STORED", "LATEST", "LAG"]);
-        let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
-        for p in &r.partitions {
+        render::line(format!("\n{}", super::positions_table(&r.partitions)))?;
+    }
+    if !r.stored_offsets.is_empty() {
+        let mut t = render::table(["TOPIC", "PARTITION", "COMMITTED"]);
+        for s in &r.stored_offsets {
             t.add_row(vec![
-                p.topic.clone(),
-                p.partition.to_string(),
-                show(p.earliest_offset),
-                show(p.stored_offset),
-                show(p.latest_offset),
-                show(p.lag),
+                s.topic.clone(),
+                s.partition.to_string(),
+                s.committed.to_string(),
             ]);
         }
         render::line(format!("\n{t}"))?;

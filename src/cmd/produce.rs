@@ -210,7 +210,7 @@ fn print_summary(summary: &ProduceSummary, partitions: &[i32]) -> Result<()> {
     Ok(())
 }
 
-fn chrono_ts(ts: OffsetDateTime) -> DateTime<Utc> {
+pub(crate) fn chrono_ts(ts: OffsetDateTime) -> DateTime<Utc> {
     let ms = (ts.unix_timestamp_nanos() / 1_000_000) as i64;
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }

@@ -1,14 +1,16 @@
-//! `streamlab topic …`: create, retention, list, describe.
+//! `streamlab topic …`: create, retention, list, describe, delete, config.
 
 use anyhow::Result;
 use serde::Serialize;
 
+use super::members;
 use crate::cli::{
-    Format, TopicCommand, TopicCreateArgs, TopicDescribeArgs, TopicListArgs, TopicRetentionArgs,
+    Format, TopicCommand, TopicConfigArgs, TopicCreateArgs, TopicDeleteArgs, TopicDescribeArgs,
+    TopicListArgs, TopicRetentionArgs,
 };
-use crate::db::members;
 use crate::duration::human_ms;
-use crate::kafka::{self, admin::Admin, admin::Created};
+use crate::kafka;
+use crate::kafka::admin::{Admin, ConfigEntry, Created, Deleted};
 use crate::render;
 
 const RETENTION_MS: &str = "retention.ms";
@@ -19,6 +21,101 @@ pub async fn run(command: TopicCommand) -> Result<()> {
         TopicCommand::Retention(args) => retention(args).await,
         TopicCommand::List(args) => list(args).await,
         TopicCommand::Describe(args) => describe(args).await,
+        TopicCommand::Delete(args) => delete(args).await,
+        TopicCommand::Config(args) => config(args).await,
+    }
+}
+
+async fn delete(args: TopicDeleteArgs) -> Result<()> {
+    let mut admin = Admin::connect(&args.kafka).await?;
+    match admin.delete_topic(&args.topic).await? {
+        Deleted::Deleted => render::note(format!("deleted topic '{}'", args.topic))?,
+        Deleted::Unknown if args.if_exists => {
+            render::note(format!("topic '{}' does not exist", args.topic))?
+        }
+        Deleted::Unknown => anyhow::bail!(
+            "topic '{}' does not exist (pass --if-exists to accept that)",
+            args.topic
+        ),
+    }
+    Ok(())
+}
+
+/// A topic's configs before and after `topic config` changed them.
+#[derive(Serialize)]
+struct ConfigReport {
+    topic: String,
+    /// Every config the broker reports (after the changes, when there were any).
+    configs: Vec<ConfigEntry>,
+    /// What was changed: key, value before, value after (`None`: not set on the topic).
+    changed: Vec<ConfigChanged>,
+}
+
+#[derive(Serialize)]
+struct ConfigChanged {
+    name: String,
+    old: Option<String>,
+    new: Option<String>,
+}
+
+async fn config(args: TopicConfigArgs) -> Result<()> {
+    let changes = args.changes()?;
+    let mut admin = Admin::connect(&args.kafka).await?;
+    // Some brokers (tansu) describe the configs of a topic that does not exist as empty.
+    admin.topic(&args.topic).await?;
+    let before = admin.describe_topic_configs(&args.topic).await?;
+    let configs = if changes.is_empty() {
+        before.clone()
+    } else {
+        admin.alter_topic_configs(&args.topic, &changes).await?;
+        admin.describe_topic_configs(&args.topic).await?
+    };
+    // The value set on the topic, if any (a default shows as no value of the topic's own).
+    let own = |entries: &[ConfigEntry], key: &str| {
+        entries
+            .iter()
+            .find(|c| c.name == key && !c.is_default)
+            .and_then(|c| c.value.clone())
+    };
+    let changed = changes
+        .iter()
+        .map(|change| ConfigChanged {
+            name: change.key().to_string(),
+            old: own(&before, change.key()),
+            new: own(&configs, change.key()),
+        })
+        .collect();
+    let report = ConfigReport {
+        topic: args.topic,
+        configs,
+        changed,
+    };
+    match args.format {
+        Format::Json => render::json(&report),
+        Format::Table => {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(default)".into());
+            for c in &report.changed {
+                render::line(format!(
+                    "{} of '{}': {} → {}",
+                    c.name,
+                    report.topic,
+                    show(&c.old),
+                    show(&c.new)
+                ))?;
+            }
+            if report.changed.is_empty() {
+                let mut table = render::table(["CONFIG", "VALUE", "SOURCE"]);
+                for c in &report.configs {
+                    table.add_row(vec![
+                        c.name.clone(),
+                        c.value.clone().unwrap_or_else(|| "-".into()),
+                        if c.is_default { "default" } else { "topic" }.to_string(),
+                    ]);
+                }
+                render::line(format!("topic '{}'\n{table}", report.topic))?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -154,8 +251,9 @@ struct PartitionDescription {
     partition: i32,
     leader: i32,
     replicas: Vec<i32>,
-    earliest_offset: i64,
-    latest_offset: i64,
+    /// The first offset the log still holds, and the next one to be written.
+    log_start: i64,
+    log_end: i64,
 }
 
 #[derive(Serialize)]
@@ -203,8 +301,8 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                     partition: p.partition,
                     leader: p.leader,
                     replicas: p.replicas,
-                    earliest_offset: earliest,
-                    latest_offset: latest,
+                    log_start: earliest,
+                    log_end: latest,
                 }
             })
             .collect(),
@@ -218,14 +316,15 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                 description.topic,
                 description.partitions.len(),
             ))?;
-            let mut table = render::table(["PARTITION", "LEADER", "EARLIEST", "LATEST", "RECORDS"]);
+            let mut table =
+                render::table(["PARTITION", "LEADER", "LOG START", "LOG END", "RECORDS"]);
             for p in &description.partitions {
                 table.add_row(vec![
                     p.partition.to_string(),
                     p.leader.to_string(),
-                    p.earliest_offset.to_string(),
-                    p.latest_offset.to_string(),
-                    (p.latest_offset - p.earliest_offset).to_string(),
+                    p.log_start.to_string(),
+                    p.log_end.to_string(),
+                    (p.log_end - p.log_start).to_string(),
                 ]);
             }
             render::line(table)?;

@@ -19,11 +19,12 @@ use ratatui::Frame;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::members;
 use crate::cli::WatchArgs;
-use crate::db::{members, Reader};
+use crate::db::Reader;
 use crate::events::ts_millis;
 use crate::kafka::fetch::TopicReaders;
-use crate::kafka::{self, admin::GroupCoordinator};
+use crate::kafka::{admin::GroupCoordinator, Position};
 use crate::{render, shutdown};
 
 /// Rate samples kept for the sparklines (at 1 s, two minutes).
@@ -47,16 +48,8 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PartitionView {
-    pub partition: i32,
-    pub log_start: i64,
-    pub log_end: i64,
-    /// Next offset the group will read (None: it never committed this partition).
-    pub committed: Option<i64>,
-    pub lag: i64,
-    /// The stored position is past the log end by this much (the topic was re-created or the
-    /// broker lost data): not healthy, whatever `lag` says. Absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ahead: Option<i64>,
+    #[serde(flatten)]
+    pub position: Position,
     /// The group member holding it (its client: host and pid for streamlab members), when the
     /// group has members and their assignments are known.
     pub owner: Option<String>,
@@ -212,19 +205,17 @@ impl Source {
         let mut partitions = Vec::new();
         let mut total = Totals::default();
         for (&partition, &(log_start, log_end)) in &ranges {
-            let committed = committed.get(&partition).copied();
             // Never committed: everything still in the log is unread.
-            let lag = kafka::Lag::of(log_start, log_end, committed);
-            total.records += log_end - log_start;
-            total.committed += committed.unwrap_or(0);
-            total.lag += lag.behind();
-            partitions.push(PartitionView {
+            let position = Position::new(
                 partition,
-                log_start,
-                log_end,
-                committed,
-                lag: lag.behind(),
-                ahead: lag.ahead(),
+                (log_start, log_end),
+                committed.get(&partition).copied(),
+            );
+            total.records += log_end - log_start;
+            total.committed += position.committed.unwrap_or(0);
+            total.lag += position.lag;
+            partitions.push(PartitionView {
+                position,
                 owner: owners.get(&partition).cloned(),
             });
         }
@@ -290,7 +281,7 @@ async fn db_offsets(reader: &Reader, args: &WatchArgs) -> Result<BTreeMap<i32, i
         .context("reading the group's stored offsets (has consume run against this database?)")?;
     Ok(stored
         .into_iter()
-        .map(|(_, partition, next)| (partition as i32, next))
+        .map(|(_, partition, next)| (partition, next))
         .collect())
 }
 
@@ -300,7 +291,7 @@ async fn sink_view(reader: &Reader, args: &WatchArgs) -> Result<SinkView> {
         .rows(table)
         .await
         .with_context(|| format!("reading {table}"))?;
-    let dead_letters = reader.dead_letters_of(&args.topic).await?;
+    let dead_letters = reader.dead_letter_count(Some(&args.topic)).await?;
     let newest_ts = landed.newest_ts;
     let delay_ms = newest_ts
         .as_deref()
@@ -330,7 +321,7 @@ impl History {
         let now = Instant::now();
         snapshot.produce_rate = 0.0;
         snapshot.consume_rate = 0.0;
-        let ends: i64 = snapshot.partitions.iter().map(|p| p.log_end).sum();
+        let ends: i64 = snapshot.partitions.iter().map(|p| p.position.log_end).sum();
         if let Some((then, last_ends, last_committed)) = self.last {
             let secs = now.duration_since(then).as_secs_f64().max(1e-3);
             snapshot.produce_rate = (ends - last_ends).max(0) as f64 / secs;
@@ -427,7 +418,13 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
     let owners = s.partitions.iter().any(|p| p.owner.is_some());
     const OWNER_WIDTH: u16 = 18;
     let fixed = 62 + if owners { OWNER_WIDTH + 1 } else { 0 };
-    let max_lag = s.partitions.iter().map(|p| p.lag).max().unwrap_or(0).max(1);
+    let max_lag = s
+        .partitions
+        .iter()
+        .map(|p| p.position.lag)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let bar_width = width.saturating_sub(fixed).max(10) as i64;
     let bar = |lag: i64| {
         let filled = if lag == 0 {
@@ -437,7 +434,7 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
         };
         "█".repeat(filled as usize)
     };
-    let lag_style = |p: &PartitionView| match (p.ahead, p.lag) {
+    let lag_style = |p: &PartitionView| match (p.position.ahead, p.position.lag) {
         (Some(_), _) => Style::new().fg(Color::Red),
         (None, 0) => Style::new().fg(Color::Green),
         (None, _) => Style::new().fg(Color::Yellow),
@@ -453,15 +450,12 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
         .iter()
         .map(|p| {
             let cells = vec![
-                p.partition.to_string(),
-                p.log_start.to_string(),
-                p.log_end.to_string(),
-                p.committed.map_or("-".into(), |c| c.to_string()),
-                match p.ahead {
-                    Some(n) => format!("ahead {n}"),
-                    None => p.lag.to_string(),
-                },
-                bar(p.lag),
+                p.position.partition.to_string(),
+                p.position.log_start.to_string(),
+                p.position.log_end.to_string(),
+                p.position.committed.map_or("-".into(), |c| c.to_string()),
+                super::lag_text(&p.position),
+                bar(p.position.lag),
             ];
             Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into()))).style(lag_style(p))
         })
@@ -560,30 +554,15 @@ mod tests {
             position_source: "database",
             partitions: vec![
                 PartitionView {
-                    partition: 0,
-                    log_start: 0,
-                    log_end: 1200,
-                    committed: Some(1200),
-                    lag: 0,
-                    ahead: None,
+                    position: Position::new(0, (0, 1200), Some(1200)),
                     owner: None,
                 },
                 PartitionView {
-                    partition: 1,
-                    log_start: 100,
-                    log_end: 1500,
-                    committed: Some(900),
-                    lag: 600,
-                    ahead: None,
+                    position: Position::new(1, (100, 1500), Some(900)),
                     owner: None,
                 },
                 PartitionView {
-                    partition: 2,
-                    log_start: 0,
-                    log_end: 300,
-                    committed: None,
-                    lag: 300,
-                    ahead: None,
+                    position: Position::new(2, (0, 300), None),
                     owner: None,
                 },
             ],
@@ -692,7 +671,7 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(100));
         let mut next = snapshot();
-        next.partitions[0].log_end += 100;
+        next.partitions[0].position.log_end += 100;
         next.total.committed += 50;
         let next = history.rates(next);
         assert!(

@@ -45,7 +45,9 @@ impl<S> Deadline<S> {
 /// `operation`, or [`SinkError::TimedOut`] once `limit` has passed without its answer. The
 /// pool's own wait for a connection ends after the same time (its acquire timeout): a pool with
 /// no connection to give within the deadline is a database that did not answer either.
-async fn within<T>(
+/// The [`Reader`](super::Reader)'s queries and the writer's connecting and migrating get the
+/// same deadline from here.
+pub(super) async fn within<T>(
     limit: Duration,
     database: &str,
     operation: impl Future<Output = Result<T, SinkError>>,
@@ -120,5 +122,12 @@ impl<T: SinkTx> SinkTx for Deadline<T> {
     async fn commit(self) -> Result<(), SinkError> {
         let (limit, database) = (self.limit, Arc::clone(&self.database));
         within(limit, &database, self.inner.commit()).await
+    }
+}
+
+impl<T: super::dlq::Statements> super::dlq::Statements for Deadline<T> {
+    async fn execute(&mut self, sql: &str) -> Result<u64, SinkError> {
+        let operation = self.inner.execute(sql);
+        within(self.limit, &self.database, operation).await
     }
 }

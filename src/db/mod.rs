@@ -20,6 +20,7 @@
 
 mod database;
 mod deadline;
+pub mod dlq;
 mod error;
 pub mod members;
 mod offsets;
@@ -40,7 +41,7 @@ pub use database::{Database, DatabaseTx};
 pub use deadline::Deadline;
 pub(crate) use error::is_transient;
 pub use error::{classify, postgres_verdict, sqlite_verdict, SinkError, Verdict};
-pub use read::{DeadLetterSummary, DeadLetters, Offending, Reader, Rows, Share, Throughput};
+pub use read::{Offending, Reader, Rows, Share, Throughput};
 pub use target::{redact, Kind, Target, TargetError};
 pub use write::{write, write_isolating, Dialect, Writer, WriterTx};
 

@@ -64,6 +64,52 @@ const MAX_CONNECTIONS: u32 = 9;
 /// (savepoint, copy, release) — a caught-up consumer writes small batches, and waits on them.
 const COPY_MIN_ROWS: usize = 64;
 
+/// Create the database of `url`, within `limit`. Another consumer started at the same moment
+/// may have created it first, which is as good.
+async fn create_database(url: &str, limit: Duration) -> anyhow::Result<()> {
+    let shown = redact(url);
+    let creating = tokio::time::timeout(limit, Postgres::create_database(url));
+    let silent = || silent(&format!("creating the database of {shown}"), limit, "");
+    match creating.await.map_err(|_| silent())? {
+        Ok(()) => tracing::info!("created database {shown}"),
+        Err(_) if database_exists_within(url, limit).await => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("creating the database of {shown}")))
+        }
+    }
+    Ok(())
+}
+
+/// Whether the database exists, false also when the server does not say so within `limit`.
+async fn database_exists_within(url: &str, limit: Duration) -> bool {
+    let asking = tokio::time::timeout(limit, Postgres::database_exists(url));
+    matches!(asking.await, Ok(Ok(true)))
+}
+
+/// Apply the migrations, within `limit`: the migrator waits for an advisory lock another
+/// process may hold for good.
+async fn migrate(pool: &PgPool, shown: &str, limit: Duration) -> anyhow::Result<()> {
+    let doing = format!("applying migrations to {shown}");
+    tokio::time::timeout(limit, MIGRATOR.run(pool))
+        .await
+        .map_err(|_| {
+            silent(
+                &doing,
+                limit,
+                " (is another process holding the migration lock?)",
+            )
+        })?
+        .context(doing)
+}
+
+/// "`doing`: no answer within 10s`hint`".
+fn silent(doing: &str, limit: Duration, hint: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{doing}: no answer within {}{hint}",
+        humantime::format_duration(limit)
+    )
+}
+
 /// The sink of a PostgreSQL database.
 pub type PgSink = Writer<Postgres>;
 
@@ -85,28 +131,17 @@ impl Dialect for Postgres {
             .await
             .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
             .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+        let limit = super::connect_timeout(timeout);
         if !exists {
-            match Postgres::create_database(url).await {
-                Ok(()) => tracing::info!("created database {shown}"),
-                // Another consumer started at the same moment created it first.
-                Err(_) if Postgres::database_exists(url).await.unwrap_or(false) => {}
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("creating the database of {shown}"))
-                    )
-                }
-            }
+            create_database(url, limit).await?;
         }
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(super::connect_timeout(timeout))
+            .acquire_timeout(limit)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .with_context(|| format!("applying migrations to {shown}"))?;
+        migrate(&pool, &shown, limit).await?;
         Ok(pool)
     }
 

@@ -7,21 +7,27 @@
 //! queries are `offsets.rs`'s, shared with the writer.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row};
 
 use super::members::Recorded;
-use super::{offsets, redact, Kind, Target};
+use super::{offsets, redact, Kind, SinkError, Target};
 use crate::events::EventKind;
 
-/// A read-only connection to either database.
+/// A read-only connection to either database. Every query has a deadline, `--timeout`, as the
+/// writer's statements do ([`Reader::within`]): a frozen database or a lock held elsewhere ends
+/// a read in one line instead of hanging it.
 pub struct Reader {
-    pool: AnyPool,
-    kind: Kind,
+    pub(super) pool: AnyPool,
+    pub(super) kind: Kind,
+    limit: Duration,
+    /// "PostgreSQL at postgres://app:***@…", for the error.
+    database: String,
 }
 
 /// How many rows a table holds and its newest `ts` (RFC 3339 UTC, milliseconds).
@@ -29,21 +35,6 @@ pub struct Reader {
 pub struct Rows {
     pub count: i64,
     pub newest_ts: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeadLetters {
-    pub count: i64,
-    pub newest: Vec<DeadLetterSummary>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeadLetterSummary {
-    pub topic: String,
-    pub partition: i64,
-    pub offset: i64,
-    pub error: String,
-    pub failed_at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,10 +98,22 @@ impl Reader {
             Ok(Ok(pool)) => Ok(Self {
                 pool,
                 kind: target.kind,
+                limit: super::connect_timeout(timeout),
+                database: target.describe(),
             }),
             Ok(Err(e)) => Err(unreachable(&e)),
             Err(_) => Err(unreachable(&"no answer in time")),
         }
+    }
+
+    /// `query`'s answer, or "PostgreSQL at … did not answer within 10s" once the deadline has
+    /// passed without it (the deadline the writer's statements have: [`super::deadline`]).
+    pub(super) async fn within<T>(
+        &self,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, SinkError> {
+        let answer = async { Ok(query.await?) };
+        super::deadline::within(self.limit, &self.database, answer).await
     }
 
     /// Whether `table` exists (in `public`, on PostgreSQL).
@@ -122,19 +125,20 @@ impl Reader {
                  WHERE table_schema = 'public' AND table_name = $1"
             }
         };
-        let row = sqlx::query(sql).bind(table).fetch_one(&self.pool).await?;
+        let row = self
+            .within(sqlx::query(sql).bind(table).fetch_one(&self.pool))
+            .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
     /// How many rows `table` holds, and its newest `ts`.
     pub async fn rows(&self, table: &str) -> Result<Rows> {
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {}, {} FROM {table}",
             self.int("COUNT(*)"),
             self.ts_text("MAX(ts)")
-        ))
-        .fetch_one(&self.pool)
-        .await?;
+        );
+        let row = self.within(sqlx::query(&sql).fetch_one(&self.pool)).await?;
         Ok(Rows {
             count: row.try_get(0)?,
             newest_ts: row.try_get(1)?,
@@ -168,39 +172,15 @@ impl Reader {
         self.count(&sql).await
     }
 
-    /// How many records were dead-lettered, and the five newest.
-    pub async fn dead_letters(&self) -> Result<DeadLetters> {
-        let count = self.count("SELECT COUNT(*) FROM dead_letters").await?;
-        let rows = sqlx::query(&format!(
-            "SELECT topic, {}, {}, error, {} FROM dead_letters ORDER BY id DESC LIMIT 5",
-            self.int("kafka_partition"),
-            self.int("kafka_offset"),
-            self.ts_text("failed_at")
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        let newest = rows
-            .iter()
-            .map(|r| {
-                Ok(DeadLetterSummary {
-                    topic: r.try_get(0)?,
-                    partition: r.try_get(1)?,
-                    offset: r.try_get(2)?,
-                    error: r.try_get(3)?,
-                    failed_at: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(DeadLetters { count, newest })
-    }
-
-    /// How many records of `topic` were dead-lettered.
-    pub async fn dead_letters_of(&self, topic: &str) -> Result<i64> {
-        let sql = format!(
-            "SELECT {} FROM dead_letters WHERE topic = $1",
-            self.int("COUNT(*)")
-        );
-        let row = sqlx::query(&sql).bind(topic).fetch_one(&self.pool).await?;
+    /// How many records were dead-lettered, of `topic` or of any. (The letters themselves are
+    /// read by [`Reader::dead_letter_rows`].)
+    pub async fn dead_letter_count(&self, topic: Option<&str>) -> Result<i64> {
+        let mut sql = format!("SELECT {} FROM dead_letters", self.int("COUNT(*)"));
+        if topic.is_some() {
+            sql.push_str(" WHERE topic = $1");
+        }
+        let query = topic.into_iter().fold(sqlx::query(&sql), |q, t| q.bind(t));
+        let row = self.within(query.fetch_one(&self.pool)).await?;
         Ok(row.try_get(0)?)
     }
 
@@ -212,13 +192,12 @@ impl Reader {
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
         let columns = self.newest_columns(kind);
         let select: Vec<&str> = columns.iter().map(|(_, sql, _)| sql.as_str()).collect();
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {} FROM {} ORDER BY ts DESC LIMIT 10",
             select.join(", "),
             kind.table()
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = self.within(sqlx::query(&sql).fetch_all(&self.pool)).await?;
         rows.iter().map(|row| row_to_map(row, &columns)).collect()
     }
 
@@ -230,13 +209,12 @@ impl Reader {
                 self.now_plus_minutes(-minutes)
             ))
         };
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {}, {} FROM {table}",
             landed_within(1),
             landed_within(5)
-        ))
-        .fetch_one(&self.pool)
-        .await?;
+        );
+        let row = self.within(sqlx::query(&sql).fetch_one(&self.pool)).await?;
         Ok(Throughput {
             last_1m_per_sec: row.try_get::<i64, _>(0)? as f64 / 60.0,
             last_5m_per_sec: row.try_get::<i64, _>(1)? as f64 / 300.0,
@@ -255,7 +233,7 @@ impl Reader {
         if let Some(limit) = limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let rows = self.within(sqlx::query(&sql).fetch_all(&self.pool)).await?;
         rows.iter()
             .map(|r| {
                 Ok(Share {
@@ -271,41 +249,68 @@ impl Reader {
         &self,
         group: &str,
         topic: Option<&str>,
-    ) -> Result<Vec<(String, i64, i64)>> {
+    ) -> Result<Vec<(String, i32, i64)>> {
         let statement = offsets::positions(self.kind, group, topic);
-        let rows = statement.query::<Any>().fetch_all(&self.pool).await?;
+        let rows = self
+            .within(statement.query::<Any>().fetch_all(&self.pool))
+            .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .map(|r| {
+                let partition = i32::try_from(r.try_get::<i64, _>(1)?)?;
+                Ok((r.try_get(0)?, partition, r.try_get(2)?))
+            })
             .collect()
     }
 
     /// The `streamlab_members` rows of `group` and `topic`, by member id. A database from before
-    /// the table existed simply has none to offer.
-    pub async fn recorded_members(&self, group: &str, topic: &str) -> BTreeMap<String, Recorded> {
+    /// the table existed simply has none to offer; any other error is an error (a caller
+    /// deciding whether a group is empty must not read "no members" into it).
+    pub async fn recorded_members(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<String, Recorded>> {
         let statement = offsets::members(self.kind, group, topic);
-        let rows = statement.query::<Any>().fetch_all(&self.pool).await;
-        rows.unwrap_or_default()
-            .iter()
-            .filter_map(|r| {
+        let rows = match self
+            .within(statement.query::<Any>().fetch_all(&self.pool))
+            .await
+        {
+            Ok(rows) => rows,
+            Err(SinkError::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().contains("no such table") =>
+            {
+                Vec::new()
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "reading the members recorded for group '{group}' and topic '{topic}'"
+                )))
+            }
+        };
+        rows.iter()
+            .map(|r| {
                 // Partitions are stored comma-separated, '' for none.
-                let list: String = r.try_get(2).ok()?;
+                let list: String = r.try_get(2)?;
                 let partitions = list.split(',').filter_map(|p| p.parse().ok()).collect();
                 let recorded = Recorded {
-                    generation: r.try_get(1).ok()?,
+                    generation: r.try_get(1)?,
                     partitions,
-                    client: r.try_get(3).ok()?,
+                    client: r.try_get(3)?,
                 };
-                Some((r.try_get(0).ok()?, recorded))
+                Ok((r.try_get(0)?, recorded))
             })
             .collect()
     }
 
     /// A single number, the SQL named in the error should it fail.
     async fn count(&self, sql: &str) -> Result<i64> {
-        let row = sqlx::query(sql)
-            .fetch_one(&self.pool)
-            .await
-            .with_context(|| sql.to_string())?;
+        let row = match self.within(sqlx::query(sql).fetch_one(&self.pool)).await {
+            Ok(row) => row,
+            // No statement in a line that says the database did not answer.
+            Err(e @ SinkError::TimedOut { .. }) => return Err(e.into()),
+            Err(e) => return Err(anyhow::Error::new(e).context(sql.to_string())),
+        };
         Ok(row.try_get::<i64, _>(0)?)
     }
 
@@ -314,7 +319,7 @@ impl Reader {
     }
 
     /// A timestamp column as RFC 3339 UTC text with milliseconds.
-    fn ts_text(&self, expr: &str) -> String {
+    pub(super) fn ts_text(&self, expr: &str) -> String {
         if self.sqlite() {
             expr.to_string()
         } else {
@@ -339,7 +344,7 @@ impl Reader {
         }
     }
 
-    fn int(&self, expr: &str) -> String {
+    pub(super) fn int(&self, expr: &str) -> String {
         format!("CAST({expr} AS BIGINT)")
     }
 

@@ -49,11 +49,20 @@ impl Kind {
     }
 }
 
-/// A database: its kind and URL, settled ([`Target::settle`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A database: its kind and URL, settled ([`Target::settle`]). `Debug` shows the URL redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     pub kind: Kind,
     pub url: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("kind", &self.kind)
+            .field("url", &redact(&self.url))
+            .finish()
+    }
 }
 
 /// Why a kind and a URL name no database streamlab can use. The URLs in it are redacted.
@@ -221,6 +230,14 @@ mod tests {
             Target::settle(None, Some("postgres://app:s3cret@db:notaport/x")),
             Err(TargetError::Unreadable { shown, .. }) if !shown.contains("s3cret")
         ));
+    }
+
+    #[test]
+    fn debug_of_a_target_hides_its_password() {
+        let target = Target::settle(None, Some("postgres://app:s3cret@db/streamlab")).unwrap();
+        let shown = format!("{target:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://app:***@db/streamlab"), "{shown}");
     }
 
     #[test]

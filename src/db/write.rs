@@ -35,48 +35,77 @@ pub async fn write<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Written, Sink
 /// committed is exactly what the database accepted together.
 pub async fn write_isolating<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Written, SinkError> {
     let mut tx = sink.begin().await?;
-    let (mut inserted, mut accepted) = (0, 0);
-    let mut refused = Vec::new();
-    // Slices still to try, the next on top (a stack instead of recursion in an async fn).
-    let mut pending: Vec<&[Landed]> = halves(&batch.events);
-    while let Some(slice) = pending.pop() {
+    let isolated = insert_isolating(&mut tx, &batch.events).await?;
+    let refused = isolated
+        .refused
+        .into_iter()
+        .map(|(at, reason)| {
+            let one = &batch.events[at];
+            DeadLetter {
+                partition: one.partition,
+                offset: one.offset,
+                key: one.key.as_deref().map(<[u8]>::to_vec),
+                payload: Some(one.value.to_vec()),
+                error: format!("refused by the database: {reason}"),
+            }
+        })
+        .collect();
+    finish(tx, batch, isolated.inserted, isolated.accepted, refused).await
+}
+
+/// What [`insert_isolating`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Isolated {
+    /// Rows that are new.
+    pub inserted: u64,
+    /// Events the database accepted (new or already stored).
+    pub accepted: usize,
+    /// The events it refused, by index into the events given, with its reason.
+    pub refused: Vec<(usize, String)>,
+}
+
+/// Insert `events` in `tx` slice by slice, each under a savepoint, halving a refused slice until
+/// each refused event is alone (the isolation of [`write_isolating`], also used by `dlq replay`).
+pub(crate) async fn insert_isolating<T: SinkTx>(
+    tx: &mut T,
+    events: &[Landed],
+) -> Result<Isolated, SinkError> {
+    let mut done = Isolated::default();
+    // Ranges still to try, the next on top (a stack instead of recursion in an async fn).
+    let mut pending = halves(0..events.len());
+    while let Some(range) = pending.pop() {
         tx.savepoint(Savepoint::Set).await?;
-        match tx.insert_events(slice).await {
+        match tx.insert_events(&events[range.clone()]).await {
             Ok(n) => {
                 tx.savepoint(Savepoint::Release).await?;
-                inserted += n;
-                accepted += slice.len();
+                done.inserted += n;
+                done.accepted += range.len();
             }
             Err(e) => {
                 let Some(reason) = e.refusal() else {
                     return Err(e);
                 };
                 tx.savepoint(Savepoint::RollBack).await?;
-                match slice {
-                    [one] => refused.push(DeadLetter {
-                        partition: one.partition,
-                        offset: one.offset,
-                        key: one.key.as_deref().map(<[u8]>::to_vec),
-                        payload: Some(one.value.to_vec()),
-                        error: format!("refused by the database: {reason}"),
-                    }),
-                    _ => pending.extend(halves(slice)),
+                if range.len() == 1 {
+                    done.refused.push((range.start, reason));
+                } else {
+                    pending.extend(halves(range));
                 }
             }
         }
     }
-    finish(tx, batch, inserted, accepted, refused).await
+    Ok(done)
 }
 
-/// `events` in two halves, the first half last (so it is popped first); one slice if it cannot
+/// `range` in two halves, the first half last (so it is popped first); one range if it cannot
 /// be split, none if empty.
-fn halves(events: &[Landed]) -> Vec<&[Landed]> {
-    match events.len() {
+fn halves(range: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
+    match range.len() {
         0 => Vec::new(),
-        1 => vec![events],
+        1 => vec![range],
         n => {
-            let (first, second) = events.split_at(n / 2);
-            vec![second, first]
+            let middle = range.start + n / 2;
+            vec![middle..range.end, range.start..middle]
         }
     }
 }
@@ -217,7 +246,7 @@ impl<D: Dialect> Sink for Writer<D> {
 }
 
 /// A batch's transaction.
-pub struct WriterTx<D: Dialect>(Transaction<'static, D>);
+pub struct WriterTx<D: Dialect>(pub(super) Transaction<'static, D>);
 
 impl<D: Dialect> SinkTx for WriterTx<D> {
     async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {

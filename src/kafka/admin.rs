@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context, Result};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::incremental_alter_configs_request::{
@@ -18,8 +19,9 @@ use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, GroupId,
+    IncrementalAlterConfigsRequest, ListGroupsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
@@ -29,6 +31,7 @@ use super::Config;
 
 const RESOURCE_TOPIC: i8 = 2;
 const CONFIG_OP_SET: i8 = 0;
+const CONFIG_OP_DELETE: i8 = 1;
 /// DescribeConfigs `config_source` of a value set on the topic itself (DYNAMIC_TOPIC_CONFIG);
 /// every other source is some kind of default.
 const SOURCE_TOPIC: i8 = 1;
@@ -42,6 +45,50 @@ pub struct Admin {
 pub enum Created {
     Created,
     AlreadyExists,
+}
+
+/// What DeleteTopics did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    /// There was no such topic.
+    Unknown,
+}
+
+/// One change of a topic config, as IncrementalAlterConfigs applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Set `key` to `value` on the topic.
+    Set(String, String),
+    /// Remove the topic's own value of `key`: the broker's default applies again.
+    Delete(String),
+}
+
+impl ConfigChange {
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigChange::Set(key, _) | ConfigChange::Delete(key) => key,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigChange::Set(key, value) => write!(f, "set {key}={value}"),
+            ConfigChange::Delete(key) => write!(f, "delete {key}"),
+        }
+    }
+}
+
+/// A consumer group as ListGroups names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedGroup {
+    pub group: String,
+    /// `consumer` for Kafka consumers; other clients use groups for other protocols.
+    pub protocol_type: String,
+    /// As the broker lists it (ListGroups v4+); empty when it does not say.
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +124,46 @@ impl TopicMetadata {
     pub fn partition_ids(&self) -> Vec<i32> {
         self.partitions.iter().map(|p| p.partition).collect()
     }
+
+    /// `asked` sorted, each once, if the topic has every one of them; else an error naming
+    /// those it lacks and those it has.
+    pub fn only(&self, asked: &[i32]) -> Result<Vec<i32>> {
+        let known = self.partition_ids();
+        let mut only = asked.to_vec();
+        only.sort_unstable();
+        only.dedup();
+        let missing: Vec<String> = only
+            .iter()
+            .filter(|p| !known.contains(p))
+            .map(i32::to_string)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "'{}' has no partition{} {} (its partitions are {})",
+                self.name,
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", "),
+                describe_ids(&known)
+            );
+        }
+        Ok(only)
+    }
+}
+
+/// `0 to 5`, or a list when the ids have gaps.
+fn describe_ids(ids: &[i32]) -> String {
+    match (ids.first(), ids.last()) {
+        (Some(&first), Some(&last))
+            if (last - first + 1) as usize == ids.len() && first != last =>
+        {
+            format!("{first} to {last}")
+        }
+        _ => ids
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// Metadata of `topics` (None: every topic), never creating one by asking.
@@ -103,6 +190,24 @@ fn check(code: i16, message: Option<&StrBytes>, what: impl FnOnce() -> String) -
                 .map(|m| format!(": {}", m.as_str()))
                 .unwrap_or_default();
             Err(anyhow!("{}: {err}{detail}", what()))
+        }
+    }
+}
+
+/// A topic's answer (error code and message): `done` on success, `expected.1` when the broker
+/// answers `expected.0`, else the error with the broker's message.
+fn outcome<T>(
+    (code, message): (i16, Option<&StrBytes>),
+    done: T,
+    expected: (ResponseError, T),
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    match ResponseError::try_from_code(code) {
+        None => Ok(done),
+        Some(e) if e == expected.0 => Ok(expected.1),
+        Some(_) => {
+            check(code, message, what)?;
+            unreachable!("check returns Err for every error code")
         }
     }
 }
@@ -158,20 +263,26 @@ impl Admin {
             .topics
             .first()
             .ok_or_else(|| anyhow!("CreateTopics answered with no topic"))?;
-        match ResponseError::try_from_code(result.error_code) {
-            None => Ok(Created::Created),
-            Some(ResponseError::TopicAlreadyExists) => Ok(Created::AlreadyExists),
-            Some(_) => {
-                check(result.error_code, result.error_message.as_ref(), || {
-                    format!("cannot create topic '{name}'")
-                })?;
-                unreachable!("check returns Err for every error code")
-            }
-        }
+        outcome(
+            (result.error_code, result.error_message.as_ref()),
+            Created::Created,
+            (ResponseError::TopicAlreadyExists, Created::AlreadyExists),
+            || format!("cannot create topic '{name}'"),
+        )
     }
 
     /// Topics with their partitions and leaders; `None` lists every topic.
     pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<Vec<TopicMetadata>> {
+        self.described(topics, false).await
+    }
+
+    /// [`Admin::metadata`]; with `skip_missing`, names that are not topics (unknown, invalid,
+    /// not visible to us) are left out instead of failing with [`UnknownTopic`].
+    async fn described(
+        &mut self,
+        topics: Option<&[&str]>,
+        skip_missing: bool,
+    ) -> Result<Vec<TopicMetadata>> {
         let response = self.conn.call(metadata_request(topics)).await?;
         let brokers: BTreeMap<i32, String> = response
             .brokers
@@ -181,14 +292,17 @@ impl Admin {
         let mut out = Vec::new();
         for topic in response.topics {
             let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
-            if ResponseError::try_from_code(topic.error_code)
-                == Some(ResponseError::UnknownTopicOrPartition)
-            {
-                bail!(UnknownTopic(name));
+            match ResponseError::try_from_code(topic.error_code) {
+                Some(
+                    ResponseError::UnknownTopicOrPartition
+                    | ResponseError::InvalidTopicException
+                    | ResponseError::TopicAuthorizationFailed,
+                ) if skip_missing => continue,
+                Some(ResponseError::UnknownTopicOrPartition) => bail!(UnknownTopic(name)),
+                _ => check(topic.error_code, None, || {
+                    format!("metadata for topic '{name}'")
+                })?,
             }
-            check(topic.error_code, None, || {
-                format!("metadata for topic '{name}'")
-            })?;
             let mut partitions: Vec<PartitionMetadata> = topic
                 .partitions
                 .iter()
@@ -223,26 +337,14 @@ impl Admin {
     /// The partition ids of each of `names` that is a topic, in one request. Names that are not
     /// (unknown, invalid, not visible to us) are left out; any other error fails.
     pub async fn partitions_of(&mut self, names: &[&str]) -> Result<BTreeMap<String, Vec<i32>>> {
-        let response = self.conn.call(metadata_request(Some(names))).await?;
-        let mut out = BTreeMap::new();
-        for topic in response.topics {
-            let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
-            match ResponseError::try_from_code(topic.error_code) {
-                Some(
-                    ResponseError::UnknownTopicOrPartition
-                    | ResponseError::InvalidTopicException
-                    | ResponseError::TopicAuthorizationFailed,
-                ) => continue,
-                _ => check(topic.error_code, None, || {
-                    format!("metadata for topic '{name}'")
-                })?,
-            }
-            let mut partitions: Vec<i32> =
-                topic.partitions.iter().map(|p| p.partition_index).collect();
-            partitions.sort_unstable();
-            out.insert(name, partitions);
-        }
-        Ok(out)
+        let topics = self.described(Some(names), true).await?;
+        Ok(topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t.partition_ids();
+                (t.name, partitions)
+            })
+            .collect())
     }
 
     /// A topic's configuration (DescribeConfigs).
@@ -289,22 +391,125 @@ impl Admin {
     /// Set one topic config with IncrementalAlterConfigs. Never AlterConfigs: that one replaces
     /// the whole config set and silently drops every other override.
     pub async fn set_topic_config(&mut self, topic: &str, key: &str, value: &str) -> Result<()> {
+        let change = ConfigChange::Set(key.to_string(), value.to_string());
+        self.alter_topic_configs(topic, std::slice::from_ref(&change))
+            .await
+    }
+
+    /// Apply `changes` to a topic's configs in one IncrementalAlterConfigs request: the broker
+    /// applies all of them or none. Configs not named are left as they are.
+    pub async fn alter_topic_configs(
+        &mut self,
+        topic: &str,
+        changes: &[ConfigChange],
+    ) -> Result<()> {
+        let configs = changes
+            .iter()
+            .map(|change| match change {
+                ConfigChange::Set(key, value) => AlterableConfig::default()
+                    .with_name(str_bytes(key))
+                    .with_config_operation(CONFIG_OP_SET)
+                    .with_value(Some(str_bytes(value))),
+                ConfigChange::Delete(key) => AlterableConfig::default()
+                    .with_name(str_bytes(key))
+                    .with_config_operation(CONFIG_OP_DELETE)
+                    .with_value(None),
+            })
+            .collect();
         let resource = AlterConfigsResource::default()
             .with_resource_type(RESOURCE_TOPIC)
             .with_resource_name(str_bytes(topic))
-            .with_configs(vec![AlterableConfig::default()
-                .with_name(str_bytes(key))
-                .with_config_operation(CONFIG_OP_SET)
-                .with_value(Some(str_bytes(value)))]);
+            .with_configs(configs);
         let request = IncrementalAlterConfigsRequest::default().with_resources(vec![resource]);
         let response = self.conn.call(request).await?;
         let result = response
             .responses
             .first()
             .ok_or_else(|| anyhow!("IncrementalAlterConfigs answered with no resource"))?;
+        if ResponseError::try_from_code(result.error_code)
+            == Some(ResponseError::UnknownTopicOrPartition)
+        {
+            bail!(UnknownTopic(topic.to_string()));
+        }
         check(result.error_code, result.error_message.as_ref(), || {
-            format!("cannot set {key}={value} on topic '{topic}'")
+            let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            format!("cannot {} on topic '{topic}'", list.join(", "))
         })
+    }
+
+    /// Delete a topic (DeleteTopics), by name. Apache Kafka deletes in the background: the topic
+    /// may still be listed for a moment after this returns.
+    pub async fn delete_topic(&mut self, name: &str) -> Result<Deleted> {
+        // v6 names topics in `topics` (by name or id), v1..=5 in `topic_names`.
+        let version = self.conn.version_for::<DeleteTopicsRequest>(i16::MAX)?;
+        let mut request = DeleteTopicsRequest::default().with_timeout_ms(self.timeout_ms());
+        if version >= 6 {
+            request.topics =
+                vec![DeleteTopicState::default().with_name(Some(TopicName(str_bytes(name))))];
+        } else {
+            request.topic_names = vec![TopicName(str_bytes(name))];
+        }
+        let response = self.conn.call(request).await?;
+        let result = response
+            .responses
+            .first()
+            .ok_or_else(|| anyhow!("DeleteTopics answered with no topic"))?;
+        outcome(
+            (result.error_code, result.error_message.as_ref()),
+            Deleted::Deleted,
+            (ResponseError::UnknownTopicOrPartition, Deleted::Unknown),
+            || format!("cannot delete topic '{name}'"),
+        )
+    }
+
+    /// Every consumer group the cluster knows (ListGroups), sorted by name. Each broker lists
+    /// the groups it coordinates, so every broker is asked.
+    pub async fn list_groups(&mut self) -> Result<Vec<ListedGroup>> {
+        let brokers = self.brokers().await?;
+        let mut groups = BTreeMap::new();
+        for addr in brokers {
+            let mut conn = if addr == self.conn.addr() {
+                None
+            } else {
+                Some(WireConnection::connect(&addr, &self.opts).await?)
+            };
+            let conn = conn.as_mut().unwrap_or(&mut self.conn);
+            let response = conn.call(ListGroupsRequest::default()).await?;
+            check(response.error_code, None, || {
+                format!("listing the consumer groups of broker {addr}")
+            })?;
+            for g in response.groups {
+                let group = g.group_id.0.to_string();
+                groups.insert(
+                    group.clone(),
+                    ListedGroup {
+                        group,
+                        protocol_type: g.protocol_type.to_string(),
+                        state: g.group_state.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// The advertised `host:port` of every broker in the cluster.
+    pub async fn brokers(&mut self) -> Result<Vec<String>> {
+        let request = MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(Some(Vec::new()));
+        let response = self.conn.call(request).await?;
+        let mut brokers: Vec<String> = response
+            .brokers
+            .iter()
+            .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+            .collect();
+        brokers.sort();
+        brokers.dedup();
+        if brokers.is_empty() {
+            brokers.push(self.conn.addr().to_string());
+        }
+        Ok(brokers)
     }
 
     /// A connection to the coordinator of `group` (FindCoordinator).
@@ -345,9 +550,20 @@ impl Admin {
         })
     }
 
+    /// How long the broker may take over a CreateTopics or DeleteTopics: three quarters of
+    /// `--timeout`, which is how long we wait for its answer on the wire. Given the whole of it,
+    /// the broker would answer "timed out" just as we stopped listening.
     fn timeout_ms(&self) -> i32 {
-        i32::try_from(self.opts.timeout.as_millis()).unwrap_or(i32::MAX)
+        broker_timeout_ms(self.opts.timeout)
     }
+}
+
+/// Three quarters of `wait` in milliseconds (at least 1): the time a request's `timeout_ms`
+/// lets the broker take, leaving the rest of our wait for its answer to arrive.
+fn broker_timeout_ms(wait: std::time::Duration) -> i32 {
+    i32::try_from(wait.as_millis() * 3 / 4)
+        .unwrap_or(i32::MAX)
+        .max(1)
 }
 
 /// The topic asked about does not exist (a typed error, so callers can tell it from a broker
@@ -445,46 +661,101 @@ impl GroupCoordinator {
 
     /// The group's committed `partition → next offset` for `topic` (absent when none).
     pub async fn fetch(&mut self, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, i64>> {
+        let rows = self.offset_fetch(Some((topic, partitions))).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(t, _, _)| t == topic)
+            .map(|(_, partition, offset)| (partition, offset))
+            .collect())
+    }
+
+    /// Every committed offset of the group: topic → partition → next offset.
+    pub async fn fetch_all(&mut self) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+        let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        for (topic, partition, offset) in self.offset_fetch(None).await? {
+            out.entry(topic).or_default().insert(partition, offset);
+        }
+        Ok(out)
+    }
+
+    /// OffsetFetch of one topic's partitions, or of every topic (`None`): each committed
+    /// `(topic, partition, next offset)` (partitions without one left out).
+    async fn offset_fetch(
+        &mut self,
+        topic: Option<(&str, &[i32])>,
+    ) -> Result<Vec<(String, i32, i64)>> {
         let version = self.conn.version_for::<OffsetFetchRequest>(9)?;
+        let name = |topic: &str| TopicName(str_bytes(topic));
         let mut request = OffsetFetchRequest::default();
         if version >= 8 {
             request.groups = vec![OffsetFetchRequestGroup::default()
                 .with_group_id(GroupId(str_bytes(&self.group)))
-                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
-                    .with_name(TopicName(str_bytes(topic)))
-                    .with_partition_indexes(partitions.to_vec())]))];
+                .with_topics(topic.map(|(topic, partitions)| {
+                    vec![OffsetFetchRequestTopics::default()
+                        .with_name(name(topic))
+                        .with_partition_indexes(partitions.to_vec())]
+                }))];
         } else {
             request.group_id = GroupId(str_bytes(&self.group));
-            request.topics = Some(vec![OffsetFetchRequestTopic::default()
-                .with_name(TopicName(str_bytes(topic)))
-                .with_partition_indexes(partitions.to_vec())]);
+            request.topics = topic.map(|(topic, partitions)| {
+                vec![OffsetFetchRequestTopic::default()
+                    .with_name(name(topic))
+                    .with_partition_indexes(partitions.to_vec())]
+            });
         }
         let response = self.conn.call_capped(request, 9).await?;
-        let mut out = BTreeMap::new();
         let what = || format!("fetching offsets of group '{}'", self.group);
+        // The same fields at every version, in a type of their own before v8.
+        macro_rules! rows {
+            ($topics:expr) => {
+                $topics
+                    .into_iter()
+                    .flat_map(|t| {
+                        let topic = t.name.0.to_string();
+                        t.partitions.into_iter().map(move |p| {
+                            (
+                                topic.clone(),
+                                p.partition_index,
+                                p.committed_offset,
+                                p.error_code,
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
+        }
+        let mut rows = Vec::new();
         if version >= 8 {
             for g in response.groups {
                 check(g.error_code, None, what)?;
-                for t in g.topics {
-                    for p in t.partitions {
-                        check(p.error_code, None, what)?;
-                        if p.committed_offset >= 0 {
-                            out.insert(p.partition_index, p.committed_offset);
-                        }
-                    }
-                }
+                rows.extend(rows!(g.topics));
             }
         } else {
             check(response.error_code, None, what)?;
-            for t in response.topics {
-                for p in t.partitions {
-                    check(p.error_code, None, what)?;
-                    if p.committed_offset >= 0 {
-                        out.insert(p.partition_index, p.committed_offset);
-                    }
-                }
+            rows = rows!(response.topics);
+        }
+        let mut out = Vec::new();
+        for (topic, partition, offset, code) in rows {
+            check(code, None, what)?;
+            if offset >= 0 {
+                out.push((topic, partition, offset));
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_broker_gets_three_quarters_of_the_wait() {
+        assert_eq!(super::broker_timeout_ms(Duration::from_secs(10)), 7500);
+        assert_eq!(super::broker_timeout_ms(Duration::from_millis(1)), 1);
+        assert_eq!(
+            super::broker_timeout_ms(Duration::from_secs(1 << 40)),
+            i32::MAX
+        );
     }
 }

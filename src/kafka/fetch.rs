@@ -254,6 +254,38 @@ impl PartitionReader {
 
     /// ListOffsets at `timestamp` ([`EARLIEST`], [`LATEST`], or milliseconds since the epoch).
     pub async fn list_offset(&mut self, timestamp: i64) -> Result<i64> {
+        Ok(self.list(timestamp).await?.0)
+    }
+
+    /// The first offset whose record was written at or after `ms` (milliseconds since the
+    /// epoch; ListOffsets by timestamp), or `None` when no record in the log is that recent.
+    ///
+    /// Apache Kafka answers "none" with offset -1; tansu 0.6 with offset 0 and timestamp -1
+    /// (and it compares the time each batch was stored, not the records' own timestamps).
+    /// Either way a found record has a timestamp, so an answer without one means none.
+    pub async fn offset_for_time(&mut self, ms: i64) -> Result<Option<i64>> {
+        let (offset, timestamp) = self.list(ms).await?;
+        Ok((offset >= 0 && timestamp >= 0).then_some(offset))
+    }
+
+    /// The timestamp of the first record at or after `offset` that a `read_committed` reader
+    /// sees, or `None` when there is none below the end.
+    pub async fn timestamp_at(&mut self, offset: i64) -> Result<Option<i64>> {
+        match self.fetch(offset, START_PROBE_BYTES, 0).await {
+            Ok(fetch) => Ok(fetch.records.first().map(|r| r.timestamp)),
+            Err(FetchError::OffsetOutOfRange) => Ok(None),
+            Err(e) => {
+                self.conn = None;
+                Err(anyhow!(e).context(format!(
+                    "reading the record at {}/{}@{offset}",
+                    self.topic, self.partition
+                )))
+            }
+        }
+    }
+
+    /// ListOffsets: the offset and timestamp the broker answers for `timestamp`.
+    async fn list(&mut self, timestamp: i64) -> Result<(i64, i64)> {
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_isolation_level(READ_COMMITTED)
@@ -277,7 +309,7 @@ impl PartitionReader {
             self.conn = None;
             return Err(anyhow!("listing offsets of {topic}/{partition}: {err}"));
         }
-        Ok(answer.offset)
+        Ok((answer.offset, answer.timestamp))
     }
 
     /// The end a consumer can reach: the last stable offset (the high watermark when no

@@ -164,6 +164,57 @@ impl StartFrom {
     }
 }
 
+/// One partition's log and a consumer's place in it: the one position type `consume`, `check`,
+/// `watch` and `group describe` report (in JSON under these names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Position {
+    pub partition: i32,
+    /// The first offset the log still holds: read, not only listed, so it moves on brokers that
+    /// delete without moving their log start.
+    pub log_start: i64,
+    /// The end a `read_committed` reader can reach (the last stable offset).
+    pub log_end: i64,
+    /// The next offset the consumer reads (None: it never committed this partition).
+    pub committed: Option<i64>,
+    /// Records left to read ([`Lag`]): never negative, never counting what retention removed.
+    pub lag: i64,
+    /// The position is past the log end by this much (the topic was re-created or the broker
+    /// lost data): never healthy, whatever `lag` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<i64>,
+    /// Records between the position and the log start: removed by retention before they were
+    /// consumed. Never healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_unread: Option<i64>,
+}
+
+impl Position {
+    /// `committed` in a log spanning `log_start..log_end`.
+    pub fn new(partition: i32, (log_start, log_end): (i64, i64), committed: Option<i64>) -> Self {
+        let lag = Lag::of(log_start, log_end, committed);
+        Self {
+            partition,
+            log_start,
+            log_end,
+            committed,
+            lag: lag.behind(),
+            ahead: lag.ahead(),
+            removed_unread: committed.filter(|&c| c < log_start).map(|c| log_start - c),
+        }
+    }
+
+    /// The same partition after the consumer moved to `committed` and the log's end was seen at
+    /// `log_end`.
+    pub fn moved(self, committed: i64, log_end: i64) -> Self {
+        Self::new(self.partition, (self.log_start, log_end), Some(committed))
+    }
+
+    /// Where reading goes on: the committed offset, or the log start when there is none.
+    pub fn next_offset(&self) -> i64 {
+        self.committed.unwrap_or(self.log_start)
+    }
+}
+
 /// How far a consumer's position is from the end of a partition. The one definition `consume`,
 /// `check` and `watch` share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,9 +22,14 @@ const ILLEGAL_STATE: i16 = 34;
 /// Authenticate `conn` as `sasl.username`. A refusal is one line naming the user and the
 /// mechanism, never the password.
 pub async fn authenticate(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
+    handshake(conn, sasl).await?;
+    exchange(conn, sasl).await
+}
+
+/// SaslHandshake: the broker must offer `sasl.mechanism`.
+async fn handshake(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
     let addr = conn.addr().to_string();
     let mechanism = sasl.mechanism.name();
-    let user = &sasl.username;
     conn.version_for::<SaslHandshakeRequest>(1).map_err(|_| {
         refused(format!("{addr} does not offer SASL (no SaslHandshake): is security.protocol right for this listener?"))
     })?;
@@ -35,30 +40,32 @@ pub async fn authenticate(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> 
         )
         .await?;
     match handshake.error_code {
-        0 => {}
+        0 => Ok(()),
         UNSUPPORTED_MECHANISM => {
             let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
-            return Err(refused(format!(
+            Err(refused(format!(
                 "{addr} does not offer SASL mechanism {mechanism} (it offers {}): set sasl.mechanism",
                 if offered.is_empty() {
                     "none".to_string()
                 } else {
                     offered.join(", ")
                 }
-            )));
-        }
-        ILLEGAL_STATE => {
-            return Err(refused(format!(
-                "{addr} refused the SASL handshake (already authenticated?)"
             )))
         }
-        code => {
-            return Err(refused(format!(
-                "{addr} refused the SASL handshake (error {code})"
-            )))
-        }
+        ILLEGAL_STATE => Err(refused(format!(
+            "{addr} refused the SASL handshake (already authenticated?)"
+        ))),
+        code => Err(refused(format!(
+            "{addr} refused the SASL handshake (error {code})"
+        ))),
     }
+}
 
+/// The mechanism's messages, each in a SaslAuthenticate, until rsasl's side is finished.
+async fn exchange(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
+    let addr = conn.addr().to_string();
+    let mechanism = sasl.mechanism.name();
+    let user = &sasl.username;
     let config = SASLConfig::with_credentials(None, user.clone(), sasl.password.expose().into())
         .map_err(|e| refused(format!("SASL set-up for user '{user}': {e}")))?;
     let name = Mechname::parse(mechanism.as_bytes()).expect("a valid mechanism name");

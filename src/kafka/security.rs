@@ -190,51 +190,46 @@ impl Properties {
         ));
     }
 
-    /// Read a Java-style properties file: `key=value` (or `key: value`, or `key value`) lines,
-    /// `#` and `!` comments, a trailing `\` joining the next line. Errors name the file, never a
-    /// value.
+    /// Read a Java-style properties file (see [`Properties::parse_text`]). Errors name the file,
+    /// never a value.
     pub fn read_file(&mut self, path: &Path) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read --command-config {}: {e}", path.display()))?;
         self.parse_text(&text, &path.display().to_string())
     }
 
-    /// Read properties-file text; `name` says where it came from in error messages.
+    /// Read properties-file text as `java.util.Properties.load` does: `#` and `!` comment lines;
+    /// a line ending in an odd number of `\` goes on on the next (whose leading whitespace is
+    /// skipped); the key ends at the first unescaped `=`, `:` or whitespace, and one `=` or `:`
+    /// may follow whitespace; the value's leading whitespace is skipped, its trailing kept;
+    /// `\t`, `\n`, `\r`, `\f`, `\uXXXX` and `\` before any other character (`\=`, `\:`,
+    /// `\ `, `\\`) are unescaped in keys and values. `name` says where the text came from in
+    /// error messages, which never show a value.
     pub fn parse_text(&mut self, text: &str, name: &str) -> Result<(), String> {
-        let mut logical = String::new();
-        let mut first_line = 0;
-        let lines: Vec<&str> = text.lines().collect();
-        for (index, raw) in lines.iter().enumerate() {
-            let line = if logical.is_empty() {
-                first_line = index + 1;
-                raw.trim_start()
-            } else {
-                raw.trim()
-            };
-            if logical.is_empty() && (line.is_empty() || line.starts_with(['#', '!'])) {
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let lines: Vec<&str> = text.split('\n').collect();
+        let mut next = 0;
+        while next < lines.len() {
+            let first_line = next + 1;
+            let line = lines[next].trim_start_matches(is_blank);
+            next += 1;
+            if line.is_empty() || line.starts_with(['#', '!']) {
                 continue;
             }
-            let trailing = line.len() - line.trim_end_matches('\\').len();
-            if trailing % 2 == 1 {
-                logical.push_str(&line[..line.len() - 1]);
-                if index + 1 < lines.len() {
-                    continue;
-                }
-            } else {
-                logical.push_str(line);
+            let mut logical = line.to_string();
+            while ends_in_escape(&logical) {
+                logical.pop();
+                let Some(more) = lines.get(next) else { break };
+                logical.push_str(more.trim_start_matches(is_blank));
+                next += 1;
             }
-            let entry = std::mem::take(&mut logical);
-            let split = entry
-                .find(['=', ':', ' ', '\t'])
-                .ok_or_else(|| format!("{name}:{first_line}: expected key=value"))?;
-            let key = entry[..split].trim();
-            let rest = entry[split..].trim_start();
-            let value = rest
-                .strip_prefix(['=', ':'])
-                .unwrap_or(rest)
-                .trim()
-                .replace("\\\\", "\\");
-            self.set(key, &value, format!("{name}:{first_line}"));
+            let at = |what: &str| format!("{name}:{first_line}: {what}");
+            let (key, value) = split_entry(&logical).ok_or_else(|| at("expected key=value"))?;
+            let key = unescape(key).ok_or_else(|| at("malformed \\uXXXX escape in the key"))?;
+            let value =
+                unescape(value).ok_or_else(|| at("malformed \\uXXXX escape in the value"))?;
+            self.entries
+                .push((key, Secret::new(value), format!("{name}:{first_line}")));
         }
         Ok(())
     }
@@ -244,23 +239,108 @@ impl Properties {
         let mut text = String::new();
         for key in KEYS {
             if let Some(value) = self.get(key) {
-                text.push_str(&format!("{key}={}\n", value.replace('\\', "\\\\")));
+                text.push_str(&format!("{key}={}\n", escape(value)));
             }
         }
         Secret::new(text)
     }
 
+    /// The value of `key` that wins, without surrounding whitespace (as Kafka's ConfigDef
+    /// reads every value it is given).
     fn get(&self, key: &str) -> Option<&str> {
         self.entries
             .iter()
             .rev()
             .find(|(k, _, _)| k == key)
-            .map(|(_, v, _)| v.expose())
+            .map(|(_, v, _)| v.expose().trim())
     }
 
     fn has(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
+}
+
+/// Whitespace as a properties file means it: space, tab, form feed.
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\x0c')
+}
+
+/// Whether `line` ends in an odd number of backslashes: a line that goes on on the next.
+fn ends_in_escape(line: &str) -> bool {
+    (line.len() - line.trim_end_matches('\\').len()) % 2 == 1
+}
+
+/// A logical line's key and value, both still escaped: the key ends at the first unescaped `=`,
+/// `:` or whitespace; whitespace, then one `=` or `:`, then whitespace separate it from the
+/// value. `None` for a line that is only a key.
+fn split_entry(line: &str) -> Option<(&str, &str)> {
+    let mut chars = line.char_indices();
+    let mut end = None;
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '=' | ':' => {
+                end = Some(at);
+                break;
+            }
+            c if is_blank(c) => {
+                end = Some(at);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end?;
+    let rest = line[end..].trim_start_matches(is_blank);
+    let rest = rest.strip_prefix(['=', ':']).unwrap_or(rest);
+    Some((&line[..end], rest.trim_start_matches(is_blank)))
+}
+
+/// `text` with its escapes replaced by what they stand for; `None` for a malformed `\uXXXX`.
+fn unescape(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('f') => out.push('\x0c'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                let unit = (hex.len() == 4)
+                    .then(|| u16::from_str_radix(&hex, 16).ok())
+                    .flatten()?;
+                out.push(char::from_u32(u32::from(unit)).unwrap_or('\u{FFFD}'));
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    Some(out)
+}
+
+/// `value` written so that [`Properties::parse_text`] reads it back as it is.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for (at, c) in value.chars().enumerate() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\x0c' => out.push_str("\\f"),
+            ' ' if at == 0 => out.push_str("\\ "),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Security {
@@ -272,57 +352,9 @@ impl Security {
         props: &Properties,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        for (key, _, origin) in &props.entries {
-            if !KEYS.contains(&key.as_str()) {
-                let hint = if key.contains("truststore") || key.contains("keystore") {
-                    " (Java key stores are not read: give PEM files with ssl.ca.location, ssl.certificate.location and ssl.key.location)"
-                } else {
-                    ""
-                };
-                return Err(format!(
-                    "unknown Kafka setting '{key}' ({origin}); streamlab reads {}{hint}",
-                    KEYS.join(", ")
-                ));
-            }
-        }
-        let protocol = match props.get("security.protocol") {
-            None => Protocol::Plaintext,
-            Some(v) => Protocol::parse(v).ok_or_else(|| {
-                format!(
-                    "security.protocol: '{v}' is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
-                )
-            })?,
-        };
-        let sasl_keys = [
-            "sasl.mechanism",
-            "sasl.mechanisms",
-            "sasl.username",
-            "sasl.password",
-            "sasl.jaas.config",
-        ];
-        let ssl_keys = [
-            "ssl.ca.location",
-            "ssl.certificate.location",
-            "ssl.key.location",
-            "ssl.key.password",
-            "ssl.endpoint.identification.algorithm",
-        ];
-        if !protocol.uses_sasl() {
-            if let Some(key) = sasl_keys.iter().find(|k| props.has(k)) {
-                return Err(format!(
-                    "{key} is set but security.protocol is {}: SASL is used only with SASL_SSL or SASL_PLAINTEXT",
-                    protocol.name()
-                ));
-            }
-        }
-        if !protocol.uses_tls() {
-            if let Some(key) = ssl_keys.iter().find(|k| props.has(k)) {
-                return Err(format!(
-                    "{key} is set but security.protocol is {}: TLS is used only with SSL or SASL_SSL",
-                    protocol.name()
-                ));
-            }
-        }
+        check_keys(props)?;
+        let protocol = protocol(props)?;
+        check_unused(props, protocol)?;
         let sasl = if protocol.uses_sasl() {
             Some(sasl_settings(props, &env)?)
         } else {
@@ -352,6 +384,69 @@ impl Security {
             Mechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
         })
     }
+}
+
+/// Every key is one streamlab reads; else an error naming the first that is not.
+fn check_keys(props: &Properties) -> Result<(), String> {
+    for (key, _, origin) in &props.entries {
+        if !KEYS.contains(&key.as_str()) {
+            let hint = if key.contains("truststore") || key.contains("keystore") {
+                " (Java key stores are not read: give PEM files with ssl.ca.location, ssl.certificate.location and ssl.key.location)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "unknown Kafka setting '{key}' ({origin}); streamlab reads {}{hint}",
+                KEYS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `security.protocol`, PLAINTEXT when not given.
+fn protocol(props: &Properties) -> Result<Protocol, String> {
+    match props.get("security.protocol") {
+        None => Ok(Protocol::Plaintext),
+        Some(v) => Protocol::parse(v).ok_or_else(|| {
+            format!("security.protocol: '{v}' is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        }),
+    }
+}
+
+/// No SASL setting without SASL, no TLS setting without TLS: the protocol would ignore them.
+fn check_unused(props: &Properties, protocol: Protocol) -> Result<(), String> {
+    let sasl_keys = [
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "sasl.jaas.config",
+    ];
+    let ssl_keys = [
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "ssl.key.password",
+        "ssl.endpoint.identification.algorithm",
+    ];
+    if !protocol.uses_sasl() {
+        if let Some(key) = sasl_keys.iter().find(|k| props.has(k)) {
+            return Err(format!(
+                "{key} is set but security.protocol is {}: SASL is used only with SASL_SSL or SASL_PLAINTEXT",
+                protocol.name()
+            ));
+        }
+    }
+    if !protocol.uses_tls() {
+        if let Some(key) = ssl_keys.iter().find(|k| props.has(k)) {
+            return Err(format!(
+                "{key} is set but security.protocol is {}: TLS is used only with SSL or SASL_SSL",
+                protocol.name()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sasl_settings(
@@ -441,43 +536,9 @@ fn tls_settings(props: &Properties) -> Result<Tls, String> {
                 .to_string(),
         );
     }
-    let verify_hostname = match props
-        .get("ssl.endpoint.identification.algorithm")
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("https") => true,
-        Some("") | Some("none") => false,
-        Some(other) => {
-            return Err(format!(
-                "ssl.endpoint.identification.algorithm: '{other}' is not https or none"
-            ))
-        }
-    };
+    let verify_hostname = verify_hostname(props)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = match &ca {
-        Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_certificates(path, "ssl.ca.location")? {
-                roots.add(cert).map_err(|e| {
-                    format!(
-                        "ssl.ca.location {}: not a usable CA certificate: {e}",
-                        path.display()
-                    )
-                })?;
-            }
-            roots
-        }
-        None => system_roots(),
-    };
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| match &ca {
-            Some(path) => format!("ssl.ca.location {}: {e}", path.display()),
-            None => format!(
-                "no trusted CA certificates found on this system ({e}): set ssl.ca.location to a PEM file"
-            ),
-        })?;
+    let verifier = verifier(ca.as_deref(), provider.clone())?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?;
@@ -488,8 +549,71 @@ fn tls_settings(props: &Properties) -> Result<Tls, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyHostname(verifier)))
     };
-    let config = match (&certificate, &key) {
-        (None, None) => builder.with_no_client_auth(),
+    let config = client_identity(builder, certificate.as_deref(), key.as_deref())?;
+    Ok(Tls {
+        ca,
+        certificate,
+        verify_hostname,
+        config: Arc::new(config),
+    })
+}
+
+/// `ssl.endpoint.identification.algorithm`: whether the broker's certificate must name its host.
+fn verify_hostname(props: &Properties) -> Result<bool, String> {
+    match props
+        .get("ssl.endpoint.identification.algorithm")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("https") => Ok(true),
+        Some("") | Some("none") => Ok(false),
+        Some(other) => Err(format!(
+            "ssl.endpoint.identification.algorithm: '{other}' is not https or none"
+        )),
+    }
+}
+
+/// The CAs a broker's certificate must lead to: `ssl.ca.location`'s, or the system's.
+fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+    let Some(path) = ca else {
+        return Ok(system_roots());
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(path, "ssl.ca.location")? {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "ssl.ca.location {}: not a usable CA certificate: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The verifier of a broker's certificate chain against [`roots`].
+fn verifier(
+    ca: Option<&Path>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, String> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+        .build()
+        .map_err(|e| match ca {
+            Some(path) => format!("ssl.ca.location {}: {e}", path.display()),
+            None => format!(
+                "no trusted CA certificates found on this system ({e}): set ssl.ca.location to a PEM file"
+            ),
+        })
+}
+
+/// The client configuration, with the client certificate and key for mutual TLS when given
+/// (both or neither).
+fn client_identity(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    certificate: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<ClientConfig, String> {
+    match (certificate, key) {
+        (None, None) => Ok(builder.with_no_client_auth()),
         (Some(cert_path), Some(key_path)) => {
             let chain = read_certificates(cert_path, "ssl.certificate.location")?;
             let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
@@ -504,21 +628,11 @@ fn tls_settings(props: &Properties) -> Result<Tls, String> {
                     cert_path.display(),
                     key_path.display()
                 )
-            })?
+            })
         }
-        (Some(_), None) => {
-            return Err("ssl.certificate.location needs ssl.key.location".to_string())
-        }
-        (None, Some(_)) => {
-            return Err("ssl.key.location needs ssl.certificate.location".to_string())
-        }
-    };
-    Ok(Tls {
-        ca,
-        certificate,
-        verify_hostname,
-        config: Arc::new(config),
-    })
+        (Some(_), None) => Err("ssl.certificate.location needs ssl.key.location".to_string()),
+        (None, Some(_)) => Err("ssl.key.location needs ssl.certificate.location".to_string()),
+    }
 }
 
 fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -768,5 +882,94 @@ mod tests {
         assert_eq!((u.as_deref(), pw.as_deref()), (Some("u"), Some("p")));
         let err = p.parse_text("justakey\n", "f").unwrap_err();
         assert_eq!(err, "f:1: expected key=value");
+    }
+
+    /// The entries a text reads as, values exact (before `get`'s trimming).
+    fn entries(text: &str) -> Vec<(String, String)> {
+        let mut p = Properties::default();
+        p.parse_text(text, "f").unwrap();
+        p.entries
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.expose().to_string()))
+            .collect()
+    }
+
+    fn pair(k: &str, v: &str) -> (String, String) {
+        (k.to_string(), v.to_string())
+    }
+
+    #[test]
+    fn separators_whitespace_and_comments_follow_java_util_properties() {
+        assert_eq!(
+            entries("a=1\nb:2\nc 3\nd\t = 4\ne :  5\n  f=6  \n\tg\x0c=7\nh = = 8\n"),
+            [
+                pair("a", "1"),
+                pair("b", "2"),
+                pair("c", "3"),
+                pair("d", "4"),
+                pair("e", "5"),
+                pair("f", "6  "),
+                pair("g", "7"),
+                pair("h", "= 8"),
+            ]
+        );
+        assert_eq!(
+            entries("# a=1\n  ! b=2\n\n   \nc=#3\r\nd=!4\re=5"),
+            [pair("c", "#3"), pair("d", "!4"), pair("e", "5")]
+        );
+        // A comment line does not go on, even when it ends in a backslash.
+        assert_eq!(entries("# x \\\na=1\n"), [pair("a", "1")]);
+        assert_eq!(entries("k=\n"), [pair("k", "")]);
+    }
+
+    #[test]
+    fn escapes_follow_java_util_properties() {
+        assert_eq!(
+            entries(
+                "a\\=b\\:c\\ d=x\\=y\\:z\nt=1\\t2\\n3\\r4\\f5\nu=\\u0041\\u00e9\\u20AC\n\
+                 s=\\ lead\ncase=\\q\\#\\!\\\\\n"
+            ),
+            [
+                pair("a=b:c d", "x=y:z"),
+                pair("t", "1\t2\n3\r4\x0c5"),
+                pair("u", "Aé€"),
+                pair("s", " lead"),
+                pair("case", "q#!\\"),
+            ]
+        );
+        let mut p = Properties::default();
+        let err = p.parse_text("a=\\u00G1\n", "f").unwrap_err();
+        assert_eq!(err, "f:1: malformed \\uXXXX escape in the value");
+        let err = p.parse_text("a=\\u00\n", "f").unwrap_err();
+        assert!(err.starts_with("f:1: malformed"), "{err}");
+    }
+
+    #[test]
+    fn a_trailing_backslash_joins_the_next_line_without_its_leading_whitespace() {
+        assert_eq!(
+            entries("a=one \\\n     two\\\n\tthree\nb=x\\\\\nc=y\\\n"),
+            [pair("a", "one twothree"), pair("b", "x\\"), pair("c", "y")]
+        );
+        // A continuation line that starts with '#' is part of the value.
+        assert_eq!(entries("a=1\\\n  #2\n"), [pair("a", "1#2")]);
+    }
+
+    #[test]
+    fn to_text_reads_back_as_it_was() {
+        let mut p = Properties::default();
+        p.entries.push((
+            "sasl.password".into(),
+            Secret::new("p\\w\td=:#!\n\u{e9} x"),
+            "-X".into(),
+        ));
+        let text = p.to_text();
+        let mut back = Properties::default();
+        back.parse_text(text.expose(), "env").unwrap();
+        assert_eq!(
+            back.entries[0].1.expose(),
+            "p\\w\td=:#!\n\u{e9} x",
+            "{}",
+            text.expose()
+        );
     }
 }

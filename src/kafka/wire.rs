@@ -91,12 +91,13 @@ impl WireConnection {
             .with_client_software_name(StrBytes::from_static_str("streamlab"))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         // v3 is what every current client sends first; a broker that does not know it still
-        // answers (at v0) with the list of what it supports.
-        let mut response: ApiVersionsResponse = conn
-            .send(&request, 3, timeout)
+        // answers, at v0, with the list of what it supports (KIP-511).
+        let body = conn
+            .exchange(&request, 3, timeout)
             .await
             .map_err(|e| first_answer_error(addr, security, e))?;
-        if response.error_code == 35 {
+        let mut response = api_versions_answer(body, addr)?;
+        if response.error_code == UNSUPPORTED_VERSION && response.api_keys.is_empty() {
             response = conn.send(&request, 0, timeout).await?;
         }
         if response.error_code != 0 {
@@ -170,6 +171,19 @@ impl WireConnection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response> {
+        let mut body = self.exchange(request, version, timeout).await?;
+        let name = api_name(R::KEY);
+        R::Response::decode(&mut body, version)
+            .with_context(|| format!("decoding {name} v{version} response from {}", self.addr))
+    }
+
+    /// Send `request` at `version` and read its answer: the response body, after its header.
+    async fn exchange<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<Bytes> {
         if self.broken {
             bail!(
                 "the connection to {} lost track of an earlier request; reconnect",
@@ -210,8 +224,7 @@ impl WireConnection {
                 response_header.correlation_id
             );
         }
-        R::Response::decode(&mut body, version)
-            .with_context(|| format!("decoding {name} v{version} response from {}", self.addr))
+        Ok(body)
     }
 
     async fn round_trip(&mut self, frame: &[u8]) -> Result<Bytes> {
@@ -229,6 +242,20 @@ impl WireConnection {
         let mut body = vec![0u8; size];
         self.stream.read_exact(&mut body).await?;
         Ok(Bytes::from(body))
+    }
+}
+
+/// UNSUPPORTED_VERSION: the broker does not know the ApiVersions version asked for.
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// The answer to an ApiVersions v3. A broker that does not know v3 answers UNSUPPORTED_VERSION
+/// in a v0 body (KIP-511), which does not decode as v3 (or decodes as nonsense): such an
+/// answer is read again as v0, where the versions it supports are.
+fn api_versions_answer(body: Bytes, addr: &str) -> Result<ApiVersionsResponse> {
+    match ApiVersionsResponse::decode(&mut body.clone(), 3) {
+        Ok(response) if response.error_code != UNSUPPORTED_VERSION => Ok(response),
+        _ => ApiVersionsResponse::decode(&mut body.clone(), 0)
+            .with_context(|| format!("decoding ApiVersions response from {addr}")),
     }
 }
 
@@ -353,6 +380,35 @@ mod tests {
         // Read whatever comes next and never answer it.
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink).await;
+    }
+
+    #[test]
+    fn a_v0_answer_to_api_versions_v3_is_read_as_v0() {
+        let v0 = ApiVersionsResponse::default()
+            .with_error_code(UNSUPPORTED_VERSION)
+            .with_api_keys(vec![ApiVersion::default()
+                .with_api_key(ApiKey::ApiVersions as i16)
+                .with_min_version(0)
+                .with_max_version(2)]);
+        let mut body = BytesMut::new();
+        v0.encode(&mut body, 0).unwrap();
+        let body = body.freeze();
+        let response = api_versions_answer(body, "broker:9092").unwrap();
+        assert_eq!(response.error_code, UNSUPPORTED_VERSION);
+        assert_eq!(response.api_keys.len(), 1);
+        assert_eq!(response.api_keys[0].max_version, 2);
+
+        // A v3 answer is read as v3.
+        let v3 = ApiVersionsResponse::default()
+            .with_api_keys(vec![ApiVersion::default()
+                .with_api_key(ApiKey::Heartbeat as i16)
+                .with_max_version(4)])
+            .with_finalized_features_epoch(7);
+        let mut body = BytesMut::new();
+        v3.encode(&mut body, 3).unwrap();
+        let response = api_versions_answer(body.freeze(), "broker:9092").unwrap();
+        assert_eq!((response.error_code, response.api_keys.len()), (0, 1));
+        assert_eq!(response.finalized_features_epoch, 7);
     }
 
     #[tokio::test]

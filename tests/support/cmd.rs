@@ -210,6 +210,23 @@ impl Cmd {
         self.opt("--interval", interval)
     }
 
+    // --- offsets reset, dlq ------------------------------------------------------------------
+
+    /// `--partition N` (once more: repeatable).
+    pub fn partition(self, partition: i32) -> Self {
+        self.repeat("--partition", &partition.to_string())
+    }
+
+    /// `--execute`: apply the plan `offsets reset` prints.
+    pub fn execute(self) -> Self {
+        self.arg("--execute")
+    }
+
+    /// `--id N`: one dead letter.
+    pub fn id(self, id: i64) -> Self {
+        self.opt("--id", id)
+    }
+
     // --- The environment ---------------------------------------------------------------------
 
     pub fn env(mut self, key: &str, value: &str) -> Self {

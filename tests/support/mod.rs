@@ -183,8 +183,8 @@ pub fn offsets_via(brokers: &str, topic: &str) -> BTreeMap<i64, (i64, i64)> {
             (
                 p["partition"].as_i64().unwrap(),
                 (
-                    p["earliest_offset"].as_i64().unwrap(),
-                    p["latest_offset"].as_i64().unwrap(),
+                    p["log_start"].as_i64().unwrap(),
+                    p["log_end"].as_i64().unwrap(),
                 ),
             )
         })
@@ -214,7 +214,7 @@ pub fn next_offsets(summary: &serde_json::Value) -> BTreeMap<i64, i64> {
         .as_object()
         .unwrap_or_else(|| panic!("not a consume summary: {summary}"))
         .iter()
-        .map(|(p, pos)| (p.parse().unwrap(), pos["next_offset"].as_i64().unwrap()))
+        .map(|(p, pos)| (p.parse().unwrap(), pos["committed"].as_i64().unwrap()))
         .collect()
 }
 
@@ -295,6 +295,17 @@ pub fn python(script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The Kafka group's committed offsets for `topic`, as librdkafka reads them (partitions
+/// without one left out).
+pub fn committed_in_kafka(group: &str, topic: &str) -> BTreeMap<i64, i64> {
+    let seen: BTreeMap<String, i64> =
+        serde_json::from_str(&python("rdkafka_client.py", &["committed", group, topic])).unwrap();
+    seen.into_iter()
+        .map(|(p, o)| (p.parse().unwrap(), o))
+        .filter(|(_, o)| *o >= 0)
+        .collect()
 }
 
 /// The event ids in records read back by the Python clients (their `value` is an event's JSON).

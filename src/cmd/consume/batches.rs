@@ -13,11 +13,11 @@ use super::fetcher::Fetcher;
 use super::plan::Plan;
 use super::show;
 use super::write::write_with_retry;
-use super::{Config, Consumer, Ended, Fetched, PartitionPosition};
+use super::{Config, Consumer, Ended, Fetched};
 use crate::db::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError, Written};
 use crate::events::{self, EventKind};
-use crate::kafka;
 use crate::kafka::admin::TopicMetadata;
+use crate::kafka::Position;
 
 impl<S: Sink> Consumer<'_, S> {
     /// Consume `partitions` from the sink's stored offsets until `stop` (or `--stop-at-end`).
@@ -234,8 +234,7 @@ impl<S: Sink> Consumer<'_, S> {
                 .positions
                 .get_mut(&chunk.partition)
                 .expect("known partition");
-            pos.next_offset = pos.next_offset.max(chunk.next_offset);
-            pos.lag = kafka::Lag::of(0, chunk.stable_end, Some(pos.next_offset)).behind();
+            *pos = pos.moved(pos.next_offset().max(chunk.next_offset), chunk.stable_end);
         }
         record_metrics(&args.topic, batch, written, write_started, &plan.positions);
         let summary = &mut self.summary;
@@ -321,7 +320,7 @@ fn record_metrics(
     batch: &Batch,
     written: &Written,
     write_started: Instant,
-    positions: &BTreeMap<i32, PartitionPosition>,
+    positions: &BTreeMap<i32, Position>,
 ) {
     use crate::metrics as m;
     let topic_label = [("topic", topic.to_string())];
@@ -406,15 +405,7 @@ pub(super) fn build_batch(
     for chunk in chunks {
         for r in &chunk.records {
             let value = r.value.as_deref();
-            let decoded = match value {
-                Some(v) if v.len() > rules.max_event_bytes => Err(format!(
-                    "record value is {} bytes, larger than --max-event-bytes {}",
-                    v.len(),
-                    rules.max_event_bytes
-                )),
-                _ => events::decode(rules.kind, value),
-            };
-            match decoded {
+            match events::decode_record(rules.kind, value, rules.max_event_bytes) {
                 Ok(event) => batch.events.push(Landed {
                     event,
                     partition: chunk.partition,

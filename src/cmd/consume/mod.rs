@@ -26,7 +26,7 @@ mod write;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{AssignAll, ConsumeArgs, Format};
@@ -35,7 +35,7 @@ use crate::events::EventKind;
 use crate::kafka::admin::TopicMetadata;
 use crate::kafka::fetch::{CorruptBatch, FetchedRecord};
 use crate::kafka::group::Membership;
-use crate::kafka::{self, StartFrom};
+use crate::kafka::{self, Position, StartFrom};
 use crate::progress::Progress;
 use crate::shutdown;
 use batches::BatchRules;
@@ -142,14 +142,9 @@ pub struct ConsumeSummary {
     pub duplicates: u64,
     pub dead_lettered: u64,
     pub elapsed_secs: f64,
-    /// Per partition: stored next offset and lag behind the latest high watermark seen.
-    pub partitions: BTreeMap<i32, PartitionPosition>,
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct PartitionPosition {
-    pub next_offset: i64,
-    pub lag: i64,
+    /// Per partition: where the run left it (`committed`: the next offset to read) and the lag
+    /// behind the last stable end it saw.
+    pub partitions: BTreeMap<i32, Position>,
 }
 
 /// How a consumer gets its partitions.
@@ -166,44 +161,10 @@ pub enum Reading {
 impl Reading {
     /// What was asked, checked against the topic: partitions it does not have are an error.
     fn checked(&self, topic: &TopicMetadata) -> Result<Self> {
-        let Self::Only(asked) = self else {
-            return Ok(self.clone());
-        };
-        let known = topic.partition_ids();
-        let mut only = asked.clone();
-        only.sort_unstable();
-        only.dedup();
-        let missing: Vec<String> = only
-            .iter()
-            .filter(|p| !known.contains(p))
-            .map(i32::to_string)
-            .collect();
-        if !missing.is_empty() {
-            bail!(
-                "'{}' has no partition{} {} (its partitions are {})",
-                topic.name,
-                if missing.len() > 1 { "s" } else { "" },
-                missing.join(", "),
-                describe_ids(&known)
-            );
+        match self {
+            Self::Only(asked) => Ok(Self::Only(topic.only(asked)?)),
+            _ => Ok(self.clone()),
         }
-        Ok(Self::Only(only))
-    }
-}
-
-/// `0..=5`, or a list when the ids have gaps.
-fn describe_ids(ids: &[i32]) -> String {
-    match (ids.first(), ids.last()) {
-        (Some(&first), Some(&last))
-            if (last - first + 1) as usize == ids.len() && first != last =>
-        {
-            format!("{first} to {last}")
-        }
-        _ => ids
-            .iter()
-            .map(i32::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
     }
 }
 

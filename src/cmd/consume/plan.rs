@@ -6,16 +6,16 @@ use anyhow::{anyhow, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use super::write::write_with_retry;
-use super::{Config, Consumer, Fetched, PartitionPosition};
+use super::{Config, Consumer, Fetched};
 use crate::db::{Batch, OffsetAdvance, Sink};
-use crate::kafka::{self, fetch::PartitionReader, StartFrom};
+use crate::kafka::{self, fetch::PartitionReader, Position, StartFrom};
 
 /// Where each partition starts, and what the run tracks while it goes.
 pub(super) struct Plan {
     pub(super) readers: Vec<(PartitionReader, i64)>,
     /// The fence: the stored offset each partition's next write moves from.
     pub(super) committed: BTreeMap<i32, Option<i64>>,
-    pub(super) positions: BTreeMap<i32, PartitionPosition>,
+    pub(super) positions: BTreeMap<i32, Position>,
     /// For `--stop-at-end`: the stable end each partition had at the start.
     pub(super) ends: BTreeMap<i32, i64>,
 }
@@ -24,7 +24,7 @@ impl Plan {
     pub(super) fn reached_end(&self) -> bool {
         self.positions
             .iter()
-            .all(|(p, pos)| pos.next_offset >= self.ends[p])
+            .all(|(p, pos)| pos.next_offset() >= self.ends[p])
     }
     /// An empty chunk for each partition whose start is past its stored offset (the records
     /// between were removed by retention): writing it moves the stored offset to the start.
@@ -32,12 +32,12 @@ impl Plan {
         self.positions
             .iter()
             .filter(|(p, pos)| {
-                matches!(self.committed.get(p), Some(Some(stored)) if *stored < pos.next_offset)
+                matches!(self.committed.get(p), Some(Some(stored)) if *stored < pos.next_offset())
             })
             .map(|(&partition, pos)| Fetched {
                 partition,
                 records: Vec::new(),
-                next_offset: pos.next_offset,
+                next_offset: pos.next_offset(),
                 stable_end: self.ends[&partition],
                 skipped: None,
             })
@@ -101,14 +101,8 @@ impl<S: Sink> Consumer<'_, S> {
                 None => args.from.offset(earliest, latest),
             };
             plan.committed.insert(p, stored.get(&p).copied());
-            let lag = kafka::Lag::of(earliest, latest, Some(start)).behind();
-            plan.positions.insert(
-                p,
-                PartitionPosition {
-                    next_offset: start,
-                    lag,
-                },
-            );
+            plan.positions
+                .insert(p, Position::new(p, (earliest, latest), Some(start)));
             plan.ends.insert(p, latest);
             tracing::debug!(
                 "{}/{p}: start at {start} (earliest {earliest}, end {latest})",

@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{Config, ConsumeSummary, PartitionPosition};
+use super::{Config, ConsumeSummary};
 use crate::db::{Batch, Landed, Written};
 use crate::events::ts_millis;
+use crate::kafka::Position;
 use crate::render;
 
 pub(super) fn each(batch: &Batch, written: &Written) -> Result<()> {
@@ -29,7 +30,7 @@ pub(super) fn each(batch: &Batch, written: &Written) -> Result<()> {
 
 pub(super) fn status_line(
     summary: &ConsumeSummary,
-    positions: &BTreeMap<i32, PartitionPosition>,
+    positions: &BTreeMap<i32, Position>,
     started: Instant,
 ) -> String {
     let rate = summary.consumed as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -66,7 +67,8 @@ pub(super) fn summary(args: &Config, summary: &ConsumeSummary) -> Result<()> {
     for (p, pos) in &summary.partitions {
         render::note(format!(
             "  partition {p}: next offset {}, lag {}",
-            pos.next_offset, pos.lag
+            pos.next_offset(),
+            pos.lag
         ))?;
     }
     Ok(())

@@ -1,0 +1,505 @@
+//! `streamlab dlq list|show|replay|purge`: the records a database set aside in `dead_letters`.
+//!
+//! `replay` decodes the chosen letters again with the rules and options of today (say a larger
+//! `--max-event-bytes`, or the right `--kind`) and stores those that now pass, removing them
+//! from `dead_letters` in the same transaction (`db::dlq::take`): each is stored once, however
+//! many replays run; letters whose event the database refuses stay, reported. With `--to-topic`
+//! it claims the letters first (removes them in a transaction), produces the raw records (key
+//! and value as they came), and commits once the broker acknowledged them (`db::dlq::claim_then`).
+//! Letters of corrupt batches (`consume --skip-corrupt-batches`) hold a raw record batch, not a
+//! record: replay leaves them alone.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cli::{
+    DlqCommand, DlqFilterArgs, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs, Format,
+};
+use crate::db::dlq::{self, Filter, Letter, Order, Taken};
+use crate::db::{self, redact, Database, Deadline, Landed, Reader, Target};
+use crate::events;
+use crate::kafka;
+use crate::render;
+
+pub async fn run(command: DlqCommand) -> Result<()> {
+    match command {
+        DlqCommand::List(args) => list(args).await,
+        DlqCommand::Show(args) => show(args).await,
+        DlqCommand::Replay(args) => replay(args).await,
+        DlqCommand::Purge(args) => purge(args).await,
+    }
+}
+
+impl From<&DlqFilterArgs> for Filter {
+    fn from(f: &DlqFilterArgs) -> Self {
+        Filter {
+            topic: f.topic.clone(),
+            since: f.since,
+            before: None,
+            reason: f.reason.clone(),
+            ids: f.ids.clone(),
+        }
+    }
+}
+
+/// The database, for reading (and purging).
+async fn open(db: &crate::cli::DbOpts, timeout: std::time::Duration) -> Result<(Target, Reader)> {
+    let target = db.target()?;
+    let reader = Reader::connect(&target, timeout).await?;
+    Ok((target, reader))
+}
+
+#[derive(Serialize)]
+struct Listing {
+    database: String,
+    count: usize,
+    dead_letters: Vec<Letter>,
+}
+
+async fn list(args: DlqListArgs) -> Result<()> {
+    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
+    let filter = Filter::from(&args.filter);
+    let letters = reader
+        .dead_letter_rows(&filter, Order::NewestFirst, args.limit, false)
+        .await?;
+    let listing = Listing {
+        database: redact(&target.url),
+        count: letters.len(),
+        dead_letters: letters,
+    };
+    match args.format {
+        Format::Json => render::json(&listing),
+        Format::Table => {
+            let mut t = render::table([
+                "ID",
+                "TOPIC",
+                "PARTITION",
+                "OFFSET",
+                "FAILED AT",
+                "BYTES",
+                "ERROR",
+            ]);
+            for l in &listing.dead_letters {
+                t.add_row(vec![
+                    l.id.to_string(),
+                    l.topic.clone(),
+                    l.partition.to_string(),
+                    l.offset.to_string(),
+                    l.failed_at.clone(),
+                    l.payload_bytes.map_or("null".into(), |n| n.to_string()),
+                    shorten(&escaped(&l.error), 100),
+                ]);
+            }
+            render::line(t)?;
+            render::note(format!("{} dead letter(s)", listing.count))?;
+            Ok(())
+        }
+    }
+}
+
+/// `text` cut to `max` characters, marked when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// `text` for a terminal: control characters (newlines, escape sequences) shown escaped
+/// (`\n`, `\u{1b}`), so stored bytes can neither break a table nor drive the terminal.
+fn escaped(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Bytes for people and scripts: as UTF-8 when they are, and always as hex.
+#[derive(Serialize)]
+struct Shown {
+    bytes: usize,
+    utf8: Option<String>,
+    hex: String,
+}
+
+impl Shown {
+    fn of(bytes: Option<&[u8]>) -> Option<Self> {
+        bytes.map(|b| Shown {
+            bytes: b.len(),
+            utf8: std::str::from_utf8(b).ok().map(str::to_string),
+            hex: b.iter().map(|x| format!("{x:02x}")).collect(),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct ShownLetter {
+    #[serde(flatten)]
+    letter: Letter,
+    /// `None`: the record had no key.
+    key: Option<Shown>,
+    /// `None`: the record had no value.
+    payload: Option<Shown>,
+}
+
+async fn show(args: DlqShowArgs) -> Result<()> {
+    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
+    let filter = Filter {
+        ids: vec![args.id],
+        ..Filter::default()
+    };
+    let Some(letter) = reader
+        .dead_letter_rows(&filter, Order::OldestFirst, None, true)
+        .await?
+        .pop()
+    else {
+        bail!(
+            "no dead letter with id {} in {} (`streamlab dlq list` shows them)",
+            args.id,
+            redact(&target.url)
+        );
+    };
+    let shown = ShownLetter {
+        key: Shown::of(letter.key.as_deref()),
+        payload: Shown::of(letter.payload.as_deref()),
+        letter,
+    };
+    match args.format {
+        Format::Json => render::json(&shown),
+        Format::Table => {
+            let l = &shown.letter;
+            let text = |s: &Option<Shown>| match s {
+                None => "null".to_string(),
+                Some(Shown {
+                    utf8: Some(text),
+                    bytes,
+                    ..
+                }) => format!("({bytes} bytes, UTF-8)\n{}", escaped(text)),
+                Some(Shown { hex, bytes, .. }) => format!("({bytes} bytes, not UTF-8, hex)\n{hex}"),
+            };
+            render::line(format!(
+                "dead letter {} · {}/{}@{} · failed at {}\nerror: {}\nkey: {}\npayload: {}",
+                l.id,
+                l.topic,
+                l.partition,
+                l.offset,
+                l.failed_at,
+                escaped(&l.error),
+                text(&shown.key).replace('\n', " "),
+                text(&shown.payload)
+            ))?;
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Replay {
+    database: String,
+    /// The letters taken out of `dead_letters`, by id.
+    replayed: Vec<i64>,
+    /// Where they went: the event table, or the topic they were produced to.
+    into: String,
+    /// Of the replayed events, how many rows are new and how many ids were already stored
+    /// (None with --to-topic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<Taken>,
+    /// Letters that still fail (decoding, or refused by the database), kept, with today's
+    /// reason.
+    still_failing: Vec<StillFailing>,
+    /// Letters of corrupt batches (a raw record batch, not a record), left alone, by id.
+    corrupt_batches: Vec<i64>,
+}
+
+#[derive(Serialize)]
+struct StillFailing {
+    id: i64,
+    error: String,
+}
+
+/// How `consume --skip-corrupt-batches` begins the reason of the letters it stores: their
+/// payload is a whole raw record batch.
+const CORRUPT_BATCH: &str = "skipped with --skip-corrupt-batches";
+
+/// Largest produce request `--to-topic` sends to one partition, in bytes (produce's
+/// --batch-bytes default).
+const REQUEST_BYTES: usize = 1 << 20;
+
+async fn replay(args: DlqReplayArgs) -> Result<()> {
+    let timeout = args.kafka.timeout;
+    let (target, reader) = open(&args.db, timeout).await?;
+    let filter = Filter::from(&args.filter);
+    let (corrupt, mut letters): (Vec<Letter>, Vec<Letter>) = reader
+        .dead_letter_rows(&filter, Order::OldestFirst, None, true)
+        .await?
+        .into_iter()
+        .partition(|l| l.error.starts_with(CORRUPT_BATCH));
+    if let Some(limit) = args.limit {
+        letters.truncate(limit as usize);
+    }
+    let mut report = Replay {
+        database: redact(&target.url),
+        replayed: Vec::new(),
+        into: match &args.to_topic {
+            Some(topic) => format!("topic {topic}"),
+            None => args.kind.table().to_string(),
+        },
+        stored: None,
+        still_failing: Vec::new(),
+        corrupt_batches: corrupt.iter().map(|l| l.id).collect(),
+    };
+    if !letters.is_empty() {
+        let database = Database::connect(&target, timeout).await?;
+        // Every statement gets --timeout, as consume's.
+        let limit = db::connect_timeout(timeout);
+        let mut sink = Deadline::new(database, limit, target.describe());
+        match &args.to_topic {
+            Some(topic) => {
+                let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
+                let produce = produce_raw(&args.kafka, topic, &letters);
+                dlq::claim_then(&mut sink, &ids, produce)
+                    .await
+                    .map_err(anyhow::Error::new)?;
+                report.replayed = ids;
+            }
+            None => into_table(&args, &letters, &mut sink, &mut report).await?,
+        }
+    }
+    match args.format {
+        Format::Json => render::json(&report),
+        Format::Table => print_replay(&report),
+    }
+}
+
+/// Decode each letter again with today's rules; store those that pass and take them out of
+/// `dead_letters` in one transaction. What still fails, or what the database refuses, stays.
+async fn into_table(
+    args: &DlqReplayArgs,
+    letters: &[Letter],
+    sink: &mut Deadline<Database>,
+    report: &mut Replay,
+) -> Result<()> {
+    let mut events = Vec::new();
+    for l in letters {
+        let value = l.payload.as_deref();
+        match events::decode_record(args.kind, value, args.max_event_bytes) {
+            Ok(event) => events.push((
+                l.id,
+                Landed {
+                    event,
+                    partition: l.partition,
+                    offset: l.offset,
+                    key: l.key.clone().map(Into::into),
+                    value: value.map(|v| v.to_vec()).unwrap_or_default().into(),
+                },
+            )),
+            Err(error) => report.still_failing.push(StillFailing { id: l.id, error }),
+        }
+    }
+    let taken = dlq::take(sink, &events).await.map_err(anyhow::Error::new)?;
+    for (id, reason) in &taken.refused {
+        report.still_failing.push(StillFailing {
+            id: *id,
+            error: format!("refused by the database: {reason}"),
+        });
+    }
+    report.still_failing.sort_by_key(|f| f.id);
+    report.replayed = events
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !taken.refused.iter().any(|(r, _)| r == id))
+        .collect();
+    report.stored = Some(taken);
+    Ok(())
+}
+
+fn print_replay(report: &Replay) -> Result<()> {
+    let mut line = format!(
+        "replayed {} dead letter(s) into {}",
+        report.replayed.len(),
+        report.into
+    );
+    if let Some(s) = &report.stored {
+        line.push_str(&format!(
+            ": {} inserted, {} duplicate(s)",
+            s.inserted, s.duplicates
+        ));
+    }
+    render::line(line)?;
+    for f in &report.still_failing {
+        render::line(format!(
+            "still failing, kept: id {}: {}",
+            f.id,
+            escaped(&f.error)
+        ))?;
+    }
+    if !report.corrupt_batches.is_empty() {
+        render::line(format!(
+            "{} corrupt-batch letter(s) left alone: they hold a raw record batch, not a record",
+            report.corrupt_batches.len()
+        ))?;
+    }
+    Ok(())
+}
+
+/// Produce each letter's raw record (key and value as they came) to `topic`, placed as Kafka's
+/// default partitioner places keyed records (round robin without a key), in requests of at most
+/// [`REQUEST_BYTES`] per partition; returns once the broker acknowledged every one.
+async fn produce_raw(opts: &kafka::Config, topic: &str, letters: &[Letter]) -> Result<()> {
+    use rskafka::client::partition::Compression;
+    let client = kafka::connect(opts).await?;
+    let partitions = kafka::partitions_of(&client, topic).await?;
+    let clients = kafka::partition_clients(&client, topic, &partitions).await?;
+    let mut by_partition: BTreeMap<usize, Vec<rskafka::record::Record>> = BTreeMap::new();
+    for (i, l) in letters.iter().enumerate() {
+        let at = match &l.key {
+            Some(key) => kafka::partitioner::partition_for_key(key, partitions.len()),
+            None => i % partitions.len(),
+        };
+        by_partition
+            .entry(at)
+            .or_default()
+            .push(rskafka::record::Record {
+                key: l.key.clone(),
+                value: l.payload.clone(),
+                headers: Default::default(),
+                timestamp: super::produce::chrono_ts(time::OffsetDateTime::now_utc()),
+            });
+    }
+    for (at, records) in by_partition {
+        for request in requests(records, REQUEST_BYTES) {
+            let produced = clients[at].produce(request, Compression::NoCompression);
+            tokio::time::timeout(opts.timeout, produced)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "producing to {topic}/{}: no answer within {:?}",
+                        partitions[at],
+                        opts.timeout
+                    )
+                })?
+                .with_context(|| format!("producing to {topic}/{}", partitions[at]))?;
+        }
+    }
+    Ok(())
+}
+
+/// `records` in order, cut into requests of at most `max_bytes` (a larger record goes alone).
+fn requests(
+    records: Vec<rskafka::record::Record>,
+    max_bytes: usize,
+) -> Vec<Vec<rskafka::record::Record>> {
+    let mut requests: Vec<Vec<rskafka::record::Record>> = Vec::new();
+    let mut size = 0;
+    for record in records {
+        let bytes = record.approximate_size();
+        match requests.last_mut() {
+            Some(last) if size + bytes <= max_bytes => last.push(record),
+            _ => {
+                requests.push(vec![record]);
+                size = 0;
+            }
+        }
+        size += bytes;
+    }
+    requests
+}
+
+#[derive(Serialize)]
+struct Purged {
+    database: String,
+    /// False: a dry run, nothing was deleted.
+    executed: bool,
+    /// How many were deleted (0 in a dry run).
+    purged: usize,
+    /// The letters deleted, or that --execute would delete.
+    ids: Vec<i64>,
+}
+
+async fn purge(args: DlqPurgeArgs) -> Result<()> {
+    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
+    let filter = Filter {
+        before: Some(args.before),
+        ..Filter::from(&args.filter)
+    };
+    let ids = if args.execute {
+        reader.purge_dead_letters(&filter).await?
+    } else {
+        let letters = reader
+            .dead_letter_rows(&filter, Order::OldestFirst, None, false)
+            .await?;
+        letters.iter().map(|l| l.id).collect()
+    };
+    let purged = Purged {
+        database: redact(&target.url),
+        executed: args.execute,
+        purged: if args.execute { ids.len() } else { 0 },
+        ids,
+    };
+    match args.format {
+        Format::Json => render::json(&purged),
+        Format::Table => {
+            let ids: Vec<String> = purged.ids.iter().map(i64::to_string).collect();
+            let which = if ids.is_empty() {
+                String::new()
+            } else {
+                format!(": ids {}", ids.join(", "))
+            };
+            if purged.executed {
+                render::line(format!("purged {} dead letter(s){which}", purged.purged))?;
+            } else {
+                render::line(format!("would purge {} dead letter(s){which}", ids.len()))?;
+                render::note("dry run: nothing deleted; add --execute to delete them")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(bytes: usize) -> rskafka::record::Record {
+        rskafka::record::Record {
+            key: None,
+            value: Some(vec![b'x'; bytes]),
+            headers: Default::default(),
+            timestamp: super::super::produce::chrono_ts(time::OffsetDateTime::now_utc()),
+        }
+    }
+
+    #[test]
+    fn produce_requests_stay_within_the_byte_limit_and_in_order() {
+        let sizes = [400_000, 400_000, 400_000, 2_000_000, 10];
+        let cut = requests(sizes.iter().map(|&n| record(n)).collect(), REQUEST_BYTES);
+        let lens: Vec<Vec<usize>> = cut
+            .iter()
+            .map(|r| r.iter().map(|x| x.value.as_ref().unwrap().len()).collect())
+            .collect();
+        assert_eq!(
+            lens,
+            [
+                vec![400_000, 400_000],
+                vec![400_000],
+                vec![2_000_000],
+                vec![10]
+            ]
+        );
+    }
+
+    #[test]
+    fn tables_show_control_characters_escaped() {
+        assert_eq!(
+            escaped("a\u{1b}[31mred\nb\tc é"),
+            "a\\u{1b}[31mred\\nb\\tc é"
+        );
+    }
+}
