@@ -865,6 +865,11 @@ pub struct ConsumeArgs {
     /// Most events written in one database transaction.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
+    /// Independent writers, each over its own share of the partitions (the i-th partition read
+    /// goes to writer i mod N) with its own database connection, transactions and offset fence.
+    /// More than one helps when the database has cores to spare. With --throttle, one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub writers: u32,
     /// Print `Stored: <key> at <ts>` for every stored event.
     #[arg(long)]
     pub print_each: bool,
@@ -950,8 +955,8 @@ pub struct BenchArgs {
     /// Runs of each measurement; medians are reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: u32,
-    /// Partitions of the bench topics.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    /// Partitions of the bench topics (four, so that four writers each have one).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
     /// PostgreSQL server (its maintenance database); bench databases are created and dropped.
     #[arg(

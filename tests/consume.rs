@@ -282,3 +282,47 @@ fn partition_reads_only_that_partition_alone_and_assign_all_reads_every_partitio
         .assign_all()
         .fails(2, &["--assign"], &["panicked"]);
 }
+
+#[test]
+fn several_writers_store_every_event_once_each_over_its_own_partitions() {
+    for db in TestDb::both() {
+        let topic = topic(5);
+        produce(&topic, 3000).seed(31).ok();
+        let out = consume(&db, &topic)
+            .args(["--writers", "3"])
+            .batch_size(200)
+            .ok_json();
+        assert_eq!(
+            (counted(&out, "consumed"), counted(&out, "inserted")),
+            (3000, 3000),
+            "{}: {out}",
+            db.sink
+        );
+        assert_eq!(db.count("sales_events"), 3000);
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
+
+        // Replays and new events together, more writers than before: duplicates counted.
+        produce(&topic, 3000).seed(31).ok();
+        produce(&topic, 1000).seed(32).ok();
+        let out = consume(&db, &topic)
+            .args(["--writers", "4"])
+            .batch_size(300)
+            .ok_json();
+        assert_eq!(
+            (
+                counted(&out, "consumed"),
+                counted(&out, "inserted"),
+                counted(&out, "duplicates")
+            ),
+            (4000, 1000, 3000),
+            "{}: {out}",
+            db.sink
+        );
+        assert_eq!(
+            db.scalar("SELECT COUNT(DISTINCT id) FROM sales_events"),
+            4000
+        );
+        assert_eq!(db.count("sales_events"), 4000);
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
+    }
+}

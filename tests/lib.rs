@@ -12,6 +12,7 @@ mod consume;
 mod conventions;
 mod db_edges;
 mod dlq;
+mod duplicates;
 mod durable;
 mod edges;
 mod group;

@@ -32,7 +32,7 @@ fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
     }
 }
 
-fn landed(event: Event, offset: i64) -> Landed {
+pub(crate) fn landed(event: Event, offset: i64) -> Landed {
     Landed {
         value: event.to_json().into(),
         key: Some(event.key().as_bytes().to_vec().into()),

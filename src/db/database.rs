@@ -15,6 +15,7 @@ use super::{
 };
 
 /// The database a consumer writes to.
+#[derive(Clone)]
 pub enum Database {
     Postgres(Writer<Postgres>),
     Sqlite(Writer<Sqlite>),

@@ -16,6 +16,7 @@ use super::{
 /// The statement's future is dropped on timeout. sqlx then rolls back a transaction left open
 /// and pings the connection before the pool hands it out again; a frozen connection never
 /// answers that ping, so it is never reused (it keeps its pool slot until the process ends).
+#[derive(Clone)]
 pub struct Deadline<S> {
     inner: S,
     limit: Duration,

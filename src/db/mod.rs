@@ -25,6 +25,7 @@ mod error;
 pub mod members;
 mod offsets;
 pub mod pg;
+mod pg_copy;
 mod read;
 pub mod sqlite;
 mod target;
@@ -113,8 +114,9 @@ pub struct Written {
     pub refused: Vec<(i32, i64, String)>,
 }
 
-/// A database a consumer writes to: PostgreSQL or SQLite.
-pub trait Sink: Send {
+/// A database a consumer writes to: PostgreSQL or SQLite. A clone writes over the same
+/// connections (a pool): each transaction takes one of its own, so clones write side by side.
+pub trait Sink: Send + Clone {
     /// A transaction in progress; dropped without [`SinkTx::commit`], it is rolled back.
     type Tx: SinkTx;
 

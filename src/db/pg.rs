@@ -1,5 +1,7 @@
-//! PostgreSQL's [`Dialect`]: one round trip per table per batch (UNNEST arrays into
-//! `INSERT … SELECT … ON CONFLICT (id) DO NOTHING`); the rest of a batch is [`Writer`]'s.
+//! PostgreSQL's [`Dialect`]: events go in by binary `COPY` under a savepoint ([`super::pg_copy`]);
+//! a batch COPY cannot take (an id already stored, a refused value) goes in by one round trip per
+//! table (UNNEST arrays into `INSERT … SELECT … ON CONFLICT (id) DO NOTHING`). The rest of a
+//! batch is [`Writer`]'s.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::pg_copy::{copy_rows, Copied};
 use super::{
     clean_text, redact, DeadLetter, Dialect, Kind, Row, Writer, DEAD_LETTER_COLUMNS, SALES_COLUMNS,
     SENSOR_COLUMNS,
@@ -53,6 +56,13 @@ pub(crate) fn warn_unrecognized_parameters(url: &str) {
         }
     }
 }
+
+/// Connections a consumer may open: one per `--writers` (at most 8), and one for the rest.
+const MAX_CONNECTIONS: u32 = 9;
+
+/// Fewer rows than this go straight in with ON CONFLICT: one round trip, where COPY takes three
+/// (savepoint, copy, release) — a caught-up consumer writes small batches, and waits on them.
+const COPY_MIN_ROWS: usize = 64;
 
 /// Create the database of `url`, within `limit`. Another consumer started at the same moment
 /// may have created it first, which is as good.
@@ -126,7 +136,7 @@ impl Dialect for Postgres {
             create_database(url, limit).await?;
         }
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(limit)
             .connect_with(options)
             .await
@@ -143,62 +153,26 @@ impl Dialect for Postgres {
         conn: &mut PgConnection,
         sales: &[Row<'_, Sale>],
     ) -> Result<u64, sqlx::Error> {
-        let ids: Vec<Uuid> = sales.iter().map(|r| r.event.id).collect();
-        let ts: Vec<OffsetDateTime> = sales.iter().map(|r| r.event.ts).collect();
-        let stores: Vec<&str> = sales.iter().map(|r| r.event.store_id.as_str()).collect();
-        let amounts: Vec<i64> = sales.iter().map(|r| cents(r.event.amount_usd)).collect();
-        let channels: Vec<&str> = sales.iter().map(|r| r.event.channel.as_str()).collect();
-        let (partitions, offsets) = positions(sales);
-        let done = sqlx::query(&format!(
-            "INSERT INTO public.sales_events ({SALES_COLUMNS})
-             SELECT id, ts, store_id, cents::numeric / 100, channel, p, o
-             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::text[],
-                         $6::int4[], $7::int8[]) AS t(id, ts, store_id, cents, channel, p, o)
-             ON CONFLICT (id) DO NOTHING"
-        ))
-        .bind(ids)
-        .bind(ts)
-        .bind(stores)
-        .bind(amounts)
-        .bind(channels)
-        .bind(partitions)
-        .bind(offsets)
-        .execute(conn)
-        .await?;
-        Ok(done.rows_affected())
+        if sales.len() < COPY_MIN_ROWS {
+            return insert_sales_on_conflict(conn, sales).await;
+        }
+        match copy_rows(conn, "public.sales_events", SALES_COLUMNS, sales).await? {
+            Copied::Inserted(n) => Ok(n),
+            Copied::Refused => insert_sales_on_conflict(conn, sales).await,
+        }
     }
 
     async fn insert_sensors(
         conn: &mut PgConnection,
         readings: &[Row<'_, SensorReading>],
     ) -> Result<u64, sqlx::Error> {
-        let ids: Vec<Uuid> = readings.iter().map(|r| r.event.id).collect();
-        let sensors: Vec<&str> = readings
-            .iter()
-            .map(|r| r.event.sensor_id.as_str())
-            .collect();
-        let vals: Vec<f64> = readings.iter().map(|r| r.event.val).collect();
-        let units: Vec<&str> = readings.iter().map(|r| r.event.unit.as_str()).collect();
-        let statuses: Vec<&str> = readings.iter().map(|r| r.event.status.as_str()).collect();
-        let ts: Vec<OffsetDateTime> = readings.iter().map(|r| r.event.ts).collect();
-        let (partitions, offsets) = positions(readings);
-        let done = sqlx::query(&format!(
-            "INSERT INTO public.sensor_logs ({SENSOR_COLUMNS})
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::float8[], $4::text[], $5::text[],
-                                  $6::timestamptz[], $7::int4[], $8::int8[])
-             ON CONFLICT (id) DO NOTHING"
-        ))
-        .bind(ids)
-        .bind(sensors)
-        .bind(vals)
-        .bind(units)
-        .bind(statuses)
-        .bind(ts)
-        .bind(partitions)
-        .bind(offsets)
-        .execute(conn)
-        .await?;
-        Ok(done.rows_affected())
+        if readings.len() < COPY_MIN_ROWS {
+            return insert_sensors_on_conflict(conn, readings).await;
+        }
+        match copy_rows(conn, "public.sensor_logs", SENSOR_COLUMNS, readings).await? {
+            Copied::Inserted(n) => Ok(n),
+            Copied::Refused => insert_sensors_on_conflict(conn, readings).await,
+        }
     }
 
     async fn insert_dead_letters(
@@ -231,4 +205,68 @@ impl Dialect for Postgres {
 /// The rows' partitions and offsets, as two arrays.
 fn positions<E>(rows: &[Row<'_, E>]) -> (Vec<i32>, Vec<i64>) {
     rows.iter().map(|r| (r.partition, r.offset)).unzip()
+}
+
+/// Sales, skipping ids already stored (the careful way: any duplicate, any refusal).
+async fn insert_sales_on_conflict(
+    conn: &mut PgConnection,
+    sales: &[Row<'_, Sale>],
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = sales.iter().map(|r| r.event.id).collect();
+    let ts: Vec<OffsetDateTime> = sales.iter().map(|r| r.event.ts).collect();
+    let stores: Vec<&str> = sales.iter().map(|r| r.event.store_id.as_str()).collect();
+    let amounts: Vec<i64> = sales.iter().map(|r| cents(r.event.amount_usd)).collect();
+    let channels: Vec<&str> = sales.iter().map(|r| r.event.channel.as_str()).collect();
+    let (partitions, offsets) = positions(sales);
+    let done = sqlx::query(&format!(
+        "INSERT INTO public.sales_events ({SALES_COLUMNS})
+             SELECT id, ts, store_id, cents::numeric / 100, channel, p, o
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::text[],
+                         $6::int4[], $7::int8[]) AS t(id, ts, store_id, cents, channel, p, o)
+             ON CONFLICT (id) DO NOTHING"
+    ))
+    .bind(ids)
+    .bind(ts)
+    .bind(stores)
+    .bind(amounts)
+    .bind(channels)
+    .bind(partitions)
+    .bind(offsets)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Sensor readings, skipping ids already stored (the careful way).
+async fn insert_sensors_on_conflict(
+    conn: &mut PgConnection,
+    readings: &[Row<'_, SensorReading>],
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = readings.iter().map(|r| r.event.id).collect();
+    let sensors: Vec<&str> = readings
+        .iter()
+        .map(|r| r.event.sensor_id.as_str())
+        .collect();
+    let vals: Vec<f64> = readings.iter().map(|r| r.event.val).collect();
+    let units: Vec<&str> = readings.iter().map(|r| r.event.unit.as_str()).collect();
+    let statuses: Vec<&str> = readings.iter().map(|r| r.event.status.as_str()).collect();
+    let ts: Vec<OffsetDateTime> = readings.iter().map(|r| r.event.ts).collect();
+    let (partitions, offsets) = positions(readings);
+    let done = sqlx::query(&format!(
+        "INSERT INTO public.sensor_logs ({SENSOR_COLUMNS})
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::float8[], $4::text[], $5::text[],
+                                  $6::timestamptz[], $7::int4[], $8::int8[])
+             ON CONFLICT (id) DO NOTHING"
+    ))
+    .bind(ids)
+    .bind(sensors)
+    .bind(vals)
+    .bind(units)
+    .bind(statuses)
+    .bind(ts)
+    .bind(partitions)
+    .bind(offsets)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -183,6 +183,14 @@ pub struct Writer<D: Dialect> {
     pool: Pool<D>,
 }
 
+impl<D: Dialect> Clone for Writer<D> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
 impl<D: Dialect> Writer<D> {
     /// Connect (creating the database if it does not exist yet) and apply the migrations.
     pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {

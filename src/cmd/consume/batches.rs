@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,17 @@ impl<S: Sink> Consumer<'_, S> {
         })
     }
 
-    /// Take what the fetchers deliver, a batch at a time, until the end, `stop`, or a failure.
+    /// Take what the fetchers deliver until the end, `stop`, or a failure, and write it with
+    /// `--writers` writers side by side.
+    ///
+    /// Each writer (a lane) owns a share of the partitions and writes its batches one after
+    /// another, each in one transaction on a connection of its own, fenced from the end of the
+    /// lane's previous batch — so batches of one partition commit in order, and lanes never
+    /// touch each other's offsets. While a lane's batch is being written, its next one is
+    /// fetched (with one writer, decoded too). A lane that is idle takes whatever has arrived
+    /// at once (when caught up, each event is written as soon as it is fetched); under a
+    /// backlog batches fill up to `--batch-size`, and a lane holding its next batch stops the
+    /// intake (backpressure).
     async fn batches(
         &mut self,
         fetchers: &mut Fetchers,
@@ -86,19 +97,106 @@ impl<S: Sink> Consumer<'_, S> {
             Some(t) => args.batch_size.min((t as usize / 4).max(1)),
             None => args.batch_size,
         };
+        let writers = args.writers.clamp(1, plan.positions.len().max(1));
+        let lane_of: BTreeMap<i32, usize> = plan
+            .positions
+            .keys()
+            .enumerate()
+            .map(|(i, &partition)| (partition, i % writers))
+            .collect();
+        let mut lanes: Vec<Lane> = (0..writers).map(|_| Lane::default()).collect();
+        // One writer decodes its next batch while the current one is written; with several,
+        // the others' writes overlap the decoding, and building ahead would only cost memory.
+        let prebuild = writers == 1;
+        // Where each partition's next batch is fenced from: the end of the last one handed to
+        // its lane (which commits, or the run ends, before the next is written).
+        let mut handed = plan.committed.clone();
+        let mut writing = FuturesUnordered::new();
+        // The channel still delivers; a fetch failure, reported once what came before it is in.
+        let (mut open, mut failure) = (true, None);
         loop {
-            if args.stop_at_end && plan.reached_end() {
-                fetchers.at_end = true;
-                return Ok(());
+            if !stop.is_cancelled() {
+                for (i, lane) in lanes.iter_mut().enumerate() {
+                    if lane.ready.is_none()
+                        && !lane.pending.is_empty()
+                        && (!lane.busy || (prebuild && lane.records >= batch_limit))
+                    {
+                        let chunks = std::mem::take(&mut lane.pending);
+                        lane.records = 0;
+                        let batch = build_batch(&self.rules, &chunks, &handed);
+                        for advance in &batch.offsets {
+                            handed.insert(advance.partition, Some(advance.to));
+                        }
+                        lane.ready = Some((chunks, batch));
+                    }
+                    if !lane.busy {
+                        if let Some((chunks, batch)) = lane.ready.take() {
+                            lane.busy = true;
+                            let sink = self.sink.clone();
+                            writing.push(write_lane(i, sink, chunks, batch, args.kafka.timeout));
+                        }
+                    }
+                }
             }
-            let Some(first) = next_fetched(&mut fetchers.rx, stop).await else {
-                fetchers.at_end = !stop.is_cancelled();
-                return Ok(());
-            };
-            let (chunks, failure) = fetchers.fill(first?, batch_limit);
-            self.write_chunks(&chunks, plan, stop).await?;
-            if let Some(e) = failure {
-                return Err(e);
+            if writing.is_empty() {
+                if args.stop_at_end && plan.reached_end() {
+                    fetchers.at_end = true;
+                    return Ok(());
+                }
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                if !open || failure.is_some() {
+                    fetchers.at_end = failure.is_none();
+                    return failure.map_or(Ok(()), Err);
+                }
+            }
+            // A lane holds at most the batch it writes and the next one: memory stays bounded
+            // by the writers, not the backlog.
+            let intake = open
+                && failure.is_none()
+                && !stop.is_cancelled()
+                && !lanes
+                    .iter()
+                    .any(|l| l.ready.is_some() || (l.busy && l.records >= batch_limit));
+            tokio::select! {
+                biased;
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                Some((lane, chunks, batch, started, written)) = writing.next(),
+                    if !writing.is_empty() =>
+                {
+                    lanes[lane].busy = false;
+                    self.written(&chunks, &batch, &written?, started, plan, stop)
+                        .await?;
+                }
+                item = fetchers.rx.recv(), if intake => {
+                    open = item.is_some();
+                    let mut next = item;
+                    while let Some(item) = next.take() {
+                        let fetched = match item {
+                            Ok(fetched) => fetched,
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        };
+                        let lane = &mut lanes[lane_of[&fetched.partition]];
+                        lane.records += fetched.records.len();
+                        lane.pending.push(fetched);
+                        if lane.records >= batch_limit {
+                            break;
+                        }
+                        // What is already fetched joins without waiting.
+                        next = match fetchers.rx.try_recv() {
+                            Ok(item) => Some(item),
+                            Err(mpsc::error::TryRecvError::Empty) => None,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                open = false;
+                                None
+                            }
+                        };
+                    }
+                }
             }
         }
     }
@@ -110,10 +208,24 @@ impl<S: Sink> Consumer<'_, S> {
         plan: &mut Plan,
         stop: &CancellationToken,
     ) -> Result<()> {
-        let args = self.args;
         let batch = build_batch(&self.rules, chunks, &plan.committed);
         let write_started = Instant::now();
-        let written = write_with_retry(&mut self.sink, &batch, args.kafka.timeout).await?;
+        let written = write_with_retry(&mut self.sink, &batch, self.args.kafka.timeout).await?;
+        self.written(chunks, &batch, &written, write_started, plan, stop)
+            .await
+    }
+
+    /// A batch made of `chunks` is committed: move the positions, totals, metrics and mirror.
+    async fn written(
+        &mut self,
+        chunks: &[Fetched],
+        batch: &Batch,
+        written: &Written,
+        write_started: Instant,
+        plan: &mut Plan,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let args = self.args;
         for advance in &batch.offsets {
             plan.committed.insert(advance.partition, Some(advance.to));
         }
@@ -124,20 +236,14 @@ impl<S: Sink> Consumer<'_, S> {
                 .expect("known partition");
             *pos = pos.moved(pos.next_offset().max(chunk.next_offset), chunk.stable_end);
         }
-        record_metrics(
-            &args.topic,
-            &batch,
-            &written,
-            write_started,
-            &plan.positions,
-        );
+        record_metrics(&args.topic, batch, written, write_started, &plan.positions);
         let summary = &mut self.summary;
         summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
         summary.inserted += written.inserted;
         summary.duplicates += written.duplicates;
         summary.dead_lettered += (batch.dead_letters.len() + written.refused.len()) as u64;
         if args.print_each {
-            show::each(&batch, &written)?;
+            show::each(batch, written)?;
         }
         self.mirror
             .maybe_commit(&args.topic, &plan.committed, false)
@@ -183,6 +289,7 @@ impl Fetchers {
                     end,
                     timeout: args.kafka.timeout,
                     skip_corrupt: args.skip_corrupt_batches,
+                    flowing: false,
                 };
                 tasks.push(tokio::spawn(fetcher.run(tx.clone(), stop.clone())));
             }
@@ -193,25 +300,6 @@ impl Fetchers {
             tasks,
             at_end: false,
         }
-    }
-
-    /// Fill a batch with what is already fetched, without waiting: under a backlog the channel
-    /// is full and batches fill up; when caught up, each event is written at once. A failure
-    /// met on the way comes back beside the chunks before it.
-    fn fill(&mut self, first: Fetched, limit: usize) -> (Vec<Fetched>, Option<anyhow::Error>) {
-        let mut pending = first.records.len();
-        let mut chunks = vec![first];
-        while pending < limit {
-            match self.rx.try_recv() {
-                Ok(Ok(f)) => {
-                    pending += f.records.len();
-                    chunks.push(f);
-                }
-                Ok(Err(e)) => return (chunks, Some(e)),
-                Err(_) => break,
-            }
-        }
-        (chunks, None)
     }
 
     /// Stop the tasks and drop what they hold: one blocked on a full channel would otherwise
@@ -253,16 +341,29 @@ fn record_metrics(
     }
 }
 
-/// The next fetched chunk, or None when every fetcher is done or Ctrl-C was pressed.
-async fn next_fetched(
-    rx: &mut mpsc::Receiver<Result<Fetched>>,
-    cancel: &CancellationToken,
-) -> Option<Result<Fetched>> {
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => None,
-        item = rx.recv() => item,
-    }
+/// One writer's share of the batch loop: what it has fetched, the batch built from it, and
+/// whether its previous batch is still being written.
+#[derive(Default)]
+struct Lane {
+    /// Fetched, not yet in a batch, and how many records that is.
+    pending: Vec<Fetched>,
+    records: usize,
+    /// Built (decoded, fenced from the lane's batch before it), waiting for the lane's write.
+    ready: Option<(Vec<Fetched>, Batch)>,
+    busy: bool,
+}
+
+/// Write lane `lane`'s batch on a clone of the sink (a connection of its own).
+async fn write_lane<S: Sink>(
+    lane: usize,
+    mut sink: S,
+    chunks: Vec<Fetched>,
+    batch: Batch,
+    timeout: Duration,
+) -> (usize, Vec<Fetched>, Batch, Instant, Result<Written>) {
+    let started = Instant::now();
+    let written = write_with_retry(&mut sink, &batch, timeout).await;
+    (lane, chunks, batch, started, written)
 }
 
 /// What `build_batch` needs of the command line, and the id of the topic the offsets belong

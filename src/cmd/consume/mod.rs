@@ -71,6 +71,8 @@ pub struct Config {
     pub stop_at_end: bool,
     /// Most events in one transaction.
     pub batch_size: usize,
+    /// Writers side by side, each over its own partitions (1 with --throttle).
+    pub writers: usize,
     pub print_each: bool,
     pub json: bool,
     pub max_event_bytes: usize,
@@ -107,6 +109,11 @@ impl From<ConsumeArgs> for Config {
             metadata_refresh: args.metadata_refresh,
             stop_at_end: args.stop_at_end,
             batch_size: args.batch_size as usize,
+            writers: if args.throttle.is_some() {
+                1
+            } else {
+                args.writers as usize
+            },
             print_each: args.print_each,
             json: args.format == Format::Json,
             max_event_bytes: args.max_event_bytes,

@@ -132,7 +132,7 @@ mod tests {
 
     /// A sink in memory. `lose_first_reply`: the first COMMIT commits and then loses its
     /// reply, as a connection dropped during COMMIT does. `frozen`: no statement ever answers.
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     struct MemSink {
         state: Arc<std::sync::Mutex<MemState>>,
         lose_first_reply: bool,

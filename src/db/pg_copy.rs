@@ -1,0 +1,212 @@
+//! PostgreSQL's fast path for events: binary `COPY` straight into the table, under a savepoint.
+//!
+//! `INSERT … ON CONFLICT (id) DO NOTHING` costs the server about half again what a plain insert
+//! does (a speculative insertion per row), and the server is what limits a consumer. Ids are
+//! almost always new, so each batch is first tried the cheap way: duplicates inside the batch are
+//! dropped here (the first occurrence is kept, as ON CONFLICT keeps it), and the rest go in by
+//! binary `COPY`. Should the table already hold one of the ids — an event produced twice, or
+//! another writer racing for the same id (COPY waits for its transaction; if it commits, the
+//! unique index refuses ours) — or should the database refuse anything else, the savepoint is
+//! rolled back and the batch goes in the careful way ([`super::pg`]'s `ON CONFLICT` statement),
+//! which counts duplicates and surfaces a refusal exactly as before. Either way the rows are part
+//! of the batch's one transaction.
+
+use std::collections::HashSet;
+
+use sqlx::postgres::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Row;
+use crate::events::{cents, Sale, SensorReading};
+
+const SAVEPOINT: &str = "SAVEPOINT streamlab_copy";
+const RELEASE: &str = "RELEASE SAVEPOINT streamlab_copy";
+const ROLL_BACK: &str = "ROLLBACK TO SAVEPOINT streamlab_copy";
+
+/// How one batch of rows of a table went in.
+pub(super) enum Copied {
+    /// By COPY: this many rows were new; the rest of the batch repeated an id of the batch.
+    Inserted(u64),
+    /// COPY was refused (an id already stored, or anything else): the savepoint is rolled back
+    /// and nothing of it remains; the rows must go in the careful way.
+    Refused,
+}
+
+/// Rows that binary `COPY` can write, column by column in the order of the table's list.
+pub(super) trait CopyRow {
+    fn id(&self) -> Uuid;
+    /// Append the tuple (field count, then each field) to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+/// COPY `rows` (first occurrence of each id) into `table` (`columns`), under a savepoint.
+pub(super) async fn copy_rows<R: CopyRow>(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &str,
+    rows: &[R],
+) -> Result<Copied, sqlx::Error> {
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut data = Vec::with_capacity(19 + rows.len() * 96 + 2);
+    data.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    data.extend_from_slice(&0i32.to_be_bytes()); // flags
+    data.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    let mut unique = 0u64;
+    for row in rows {
+        if seen.insert(row.id()) {
+            row.encode(&mut data);
+            unique += 1;
+        }
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    sqlx::query(SAVEPOINT).execute(&mut *conn).await?;
+    let statement = format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)");
+    let copied = async {
+        let mut copy = conn.copy_in_raw(&statement).await?;
+        copy.send(data).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(n) => {
+            debug_assert_eq!(n, unique);
+            sqlx::query(RELEASE).execute(&mut *conn).await?;
+            Ok(Copied::Inserted(n))
+        }
+        Err(sqlx::Error::Database(e)) => {
+            tracing::debug!("COPY into {table} refused ({e}); inserting with ON CONFLICT");
+            sqlx::query(ROLL_BACK).execute(&mut *conn).await?;
+            Ok(Copied::Refused)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl CopyRow for Row<'_, Sale> {
+    fn id(&self) -> Uuid {
+        self.event.id
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let s = self.event;
+        out.extend_from_slice(&7i16.to_be_bytes());
+        uuid(out, s.id);
+        timestamptz(out, s.ts);
+        text(out, &s.store_id);
+        numeric_cents(out, cents(s.amount_usd));
+        text(out, &s.channel);
+        int4(out, self.partition);
+        int8(out, self.offset);
+    }
+}
+
+impl CopyRow for Row<'_, SensorReading> {
+    fn id(&self) -> Uuid {
+        self.event.id
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let s = self.event;
+        out.extend_from_slice(&8i16.to_be_bytes());
+        uuid(out, s.id);
+        text(out, &s.sensor_id);
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&s.val.to_be_bytes());
+        text(out, &s.unit);
+        text(out, &s.status);
+        timestamptz(out, s.ts);
+        int4(out, self.partition);
+        int8(out, self.offset);
+    }
+}
+
+fn uuid(out: &mut Vec<u8>, id: Uuid) {
+    out.extend_from_slice(&16i32.to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+}
+
+/// Microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's epoch).
+fn timestamptz(out: &mut Vec<u8>, ts: OffsetDateTime) {
+    const PG_EPOCH_MICROS: i128 = 946_684_800_000_000;
+    let micros = (ts.unix_timestamp_nanos() / 1000 - PG_EPOCH_MICROS) as i64;
+    out.extend_from_slice(&8i32.to_be_bytes());
+    out.extend_from_slice(&micros.to_be_bytes());
+}
+
+fn text(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as i32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn int4(out: &mut Vec<u8>, v: i32) {
+    out.extend_from_slice(&4i32.to_be_bytes());
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn int8(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&8i32.to_be_bytes());
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+/// `cents / 100` as a binary `numeric` with two decimal places: base-10000 digits, the integer
+/// part's first, then one fractional digit (the cents × 100).
+fn numeric_cents(out: &mut Vec<u8>, cents: i64) {
+    let negative = cents < 0;
+    let abs = cents.unsigned_abs();
+    let (mut whole, frac) = (abs / 100, (abs % 100) as i16 * 100);
+    let mut int_digits = Vec::new();
+    while whole > 0 {
+        int_digits.push((whole % 10_000) as i16);
+        whole /= 10_000;
+    }
+    int_digits.reverse();
+    let mut digits = int_digits.clone();
+    let weight = int_digits.len() as i16 - 1;
+    if frac != 0 {
+        digits.push(frac);
+    }
+    // Trailing zero digits are implied by the weight.
+    while digits.last() == Some(&0) {
+        digits.pop();
+    }
+    let (weight, sign) = match (digits.is_empty(), negative) {
+        (true, _) => (0, 0x0000),
+        (false, false) => (weight, 0x0000),
+        (false, true) => (weight, 0x4000),
+    };
+    out.extend_from_slice(&((8 + 2 * digits.len()) as i32).to_be_bytes());
+    out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&(sign as i16).to_be_bytes());
+    out.extend_from_slice(&2i16.to_be_bytes()); // dscale
+    for d in digits {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(cents: i64) -> Vec<i16> {
+        let mut out = Vec::new();
+        numeric_cents(&mut out, cents);
+        out[4..]
+            .chunks(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+
+    #[test]
+    fn numeric_cents_is_base_10000_with_two_decimal_places() {
+        // ndigits, weight, sign, dscale, digits…
+        assert_eq!(encoded(0), [0, 0, 0, 2]);
+        assert_eq!(encoded(5), [1, -1, 0, 2, 500]);
+        assert_eq!(encoded(1234), [2, 0, 0, 2, 12, 3400]);
+        assert_eq!(encoded(100), [1, 0, 0, 2, 1]);
+        assert_eq!(encoded(1_000_000), [1, 1, 0, 2, 1]);
+        assert_eq!(encoded(123_456_789), [3, 1, 0, 2, 123, 4567, 8900]);
+        assert_eq!(encoded(-250), [2, 0, 0x4000, 2, 2, 5000]);
+    }
+}
