@@ -185,8 +185,7 @@ fn peak_rss_kib(_pid: u32) -> Option<u64> {
 async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Result<ChildRun> {
     let started = Instant::now();
     let cpu_before = children_cpu_secs();
-    let mut child = streamlab_child(exe)
-        .args(args)
+    let mut child = streamlab_child(exe, args)
         .env("STREAMLAB_BROKERS", brokers)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -209,7 +208,7 @@ async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Result<ChildRun>
             use std::io::Read;
             let _ = e.read_to_string(&mut err);
         }
-        bail!("streamlab {} failed: {err}", args.join(" "));
+        bail!("streamlab {} failed: {err}", shown(args));
     }
     let cpu_secs = match (cpu_before, children_cpu_secs()) {
         (Some(before), Some(after)) => Some(after - before),
@@ -289,12 +288,40 @@ struct Samples {
 static CHILD_PROPERTIES: std::sync::OnceLock<kafka::security::Secret> = std::sync::OnceLock::new();
 
 /// `streamlab` (this executable) as a child that connects to Kafka as bench does.
-fn streamlab_child(exe: &Path) -> Command {
+/// A streamlab child with `args`. A database URL (`-D URL`) travels in `DATABASE_URL`, not on
+/// the command line, where `ps` would show its password.
+fn streamlab_child(exe: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(exe);
     if let Some(text) = CHILD_PROPERTIES.get() {
         command.env(crate::cli::INHERITED_PROPERTIES_ENV, text.expose());
     }
+    let mut rest = args.iter();
+    while let Some(&arg) = rest.next() {
+        match (arg, rest.clone().next()) {
+            ("-D", Some(&url)) => {
+                command.env("DATABASE_URL", url);
+                rest.next();
+            }
+            _ => {
+                command.arg(arg);
+            }
+        }
+    }
     command
+}
+
+/// A child's arguments as they may be printed: database URLs without their passwords.
+fn shown(args: &[&str]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.contains("://") {
+                redact(a)
+            } else {
+                a.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -601,14 +628,13 @@ impl Reading {
 
 /// Wall time of a short child run in milliseconds, waited for directly (no polling interval).
 async fn exact_ms(exe: &Path, brokers: &str, args: &[&str]) -> Result<f64> {
-    let mut command = streamlab_child(exe);
+    let mut command = streamlab_child(exe, args);
     command
-        .args(args)
         .env("STREAMLAB_BROKERS", brokers)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let shown = args.join(" ");
+    let shown = shown(args);
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let out = command.output().context("starting a streamlab child")?;
@@ -895,18 +921,11 @@ async fn latency(
         .await?
         .close()
         .await;
-    let mut consumer = streamlab_child(exe)
-        .args([
-            "consume",
-            "--topic",
-            &topic,
-            "--sink",
-            "pg",
-            "-D",
-            &db_url,
-            "--group",
-            &format!("bench-{stamp}-latency"),
-        ])
+    let group = format!("bench-{stamp}-latency");
+    let consume = [
+        "consume", "--topic", &topic, "--sink", "pg", "-D", &db_url, "--group", &group,
+    ];
+    let mut consumer = streamlab_child(exe, &consume)
         .env("STREAMLAB_BROKERS", brokers)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())

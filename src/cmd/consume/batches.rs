@@ -56,17 +56,20 @@ impl<S: Sink> Consumer<'_, S> {
         let mut fetchers = Fetchers::spawn(self.args, &mut plan, stop);
         let outcome = self.batches(&mut fetchers, &mut plan, stop).await;
         fetchers.stop().await;
-        self.mirror
-            .maybe_commit(&self.args.topic, &plan.committed, true)
-            .await;
+        let fenced = outcome.as_ref().is_err_and(|e| {
+            e.downcast_ref::<SinkError>()
+                .is_some_and(SinkError::is_fenced)
+        });
+        if !fenced {
+            // Fenced, these positions are no longer ours (someone else — a reset, another
+            // consumer — moved them): Kafka must not be told them.
+            self.mirror
+                .maybe_commit(&self.args.topic, &plan.committed, true)
+                .await;
+        }
         self.summary.partitions.extend(plan.positions);
         Ok(match outcome {
-            Err(e)
-                if e.downcast_ref::<SinkError>()
-                    .is_some_and(SinkError::is_fenced) =>
-            {
-                Ended::Fenced(e)
-            }
+            Err(e) if fenced => Ended::Fenced(e),
             Err(e) => return Err(e),
             Ok(()) if shutdown.is_cancelled() => Ended::Shutdown,
             Ok(()) if fetchers.at_end => Ended::ReachedEnd,
