@@ -211,7 +211,14 @@ impl PartitionReader {
         {
             return Ok(fetch);
         }
-        self.fetch_once(offset, GAP_PROBE_BYTES, 0).await
+        // The probe waits too: an answer that did not wait may be empty only because the
+        // broker is still appending there, and "gone" must not be concluded from that.
+        self.fetch_once(
+            offset,
+            GAP_PROBE_BYTES,
+            max_wait_ms.max(super::FETCH_MAX_WAIT_MS),
+        )
+        .await
     }
 
     async fn fetch_once(

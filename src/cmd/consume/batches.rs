@@ -292,7 +292,6 @@ impl Fetchers {
                     end,
                     timeout: args.kafka.timeout,
                     skip_corrupt: args.skip_corrupt_batches,
-                    flowing: false,
                 };
                 tasks.push(tokio::spawn(fetcher.run(tx.clone(), stop.clone())));
             }

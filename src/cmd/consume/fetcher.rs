@@ -21,8 +21,6 @@ pub(super) struct Fetcher {
     pub(super) end: Option<i64>,
     pub(super) timeout: Duration,
     pub(super) skip_corrupt: bool,
-    /// The last fetch brought records: ask for the next without waiting on the broker.
-    pub(super) flowing: bool,
 }
 
 impl Fetcher {
@@ -98,14 +96,11 @@ impl Fetcher {
 
     /// One fetch. `Ok(None)`: nothing new yet.
     async fn step(&mut self) -> Result<Option<Fetched>, Step> {
-        // While records flow, a fetch that waits only adds latency (tansu holds every fetch for
-        // its whole wait): the next one is asked for at once. Once a fetch comes back empty, the
-        // next waits, so an idle partition is not polled in a loop.
-        let wait = if self.flowing {
-            0
-        } else {
-            kafka::FETCH_MAX_WAIT_MS
-        };
+        // Always a waiting fetch. Fetching without a wait while records flowed (for latency) made
+        // group tests under load end two records short, twice in two full runs: an answer that
+        // did not wait can be empty below the stable end while the broker is still appending,
+        // which reads as records removed by retention.
+        let wait = kafka::FETCH_MAX_WAIT_MS;
         let fetch = match self
             .reader
             .fetch(self.offset, kafka::FETCH_BYTES, wait)
@@ -116,7 +111,6 @@ impl Fetcher {
             Err(FetchError::Retriable(e)) => return Err(Step::Retry(e)),
             Err(FetchError::Fatal(e)) => return Err(Step::Fail(e)),
         };
-        self.flowing = !fetch.records.is_empty();
         let partition = self.reader.partition();
         let removed = fetch.removed_before(self.offset);
         let mut chunk = Fetched {
