@@ -18,8 +18,8 @@ use sqlx::{Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
 use crate::cli::BenchArgs;
-use crate::db::{redact, Dialect, Row, SALES_COLUMNS};
-use crate::events::{cents, ts_millis, Event, EventKind, Generator, Sale};
+use crate::db::{self, redact, Dialect, Row};
+use crate::events::{Event, EventKind, Generator, Sale};
 use crate::kafka::{self, admin::Admin};
 use crate::render;
 
@@ -826,47 +826,35 @@ async fn drop_database(admin_url: &str, name: &str) {
     }
 }
 
-/// COPY (CSV) of the rows into `sales_events` of a fresh database (migrated as `consume`'s
-/// are): the PostgreSQL write limit.
+/// Binary COPY of the rows into `sales_events` of a fresh database (migrated as `consume`'s
+/// are), in one stream and one transaction, encoded as `consume` encodes them: the PostgreSQL
+/// write limit.
 async fn pg_copy_limit(ctx: &Ctx, round: u32, rows: &[Sale]) -> Result<f64> {
     let name = format!("streamlab_bench_{}_{round}_copy", ctx.stamp);
     let pool =
         <Postgres as Dialect>::connect(&pg_database_url(&ctx.pg_admin, &name)?, LIMIT_TIMEOUT)
             .await?;
     let mut conn = pool.acquire().await?;
+    let rows = as_rows(rows);
     let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(&format!(
-            "COPY public.sales_events ({SALES_COLUMNS}) FROM STDIN (FORMAT csv)"
-        ))
-        .await?;
-    let mut buf = String::with_capacity(1 << 20);
-    // In the order of SALES_COLUMNS.
-    for (i, s) in rows.iter().enumerate() {
-        use std::fmt::Write;
-        let c = cents(s.amount_usd);
-        let _ = writeln!(
-            buf,
-            "{},{},{},{}.{:02},{},0,{i}",
-            s.id,
-            ts_millis::format(s.ts),
-            s.store_id,
-            c / 100,
-            c % 100,
-            s.channel
-        );
-        if buf.len() > (1 << 20) - 512 {
-            copy.send(buf.as_bytes()).await?;
-            buf.clear();
-        }
-    }
-    copy.send(buf.as_bytes()).await?;
-    copy.finish().await?;
-    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    let loaded = db::bulk_load_sales(&mut conn, &rows).await?;
+    let rate = loaded as f64 / started.elapsed().as_secs_f64();
     drop(conn);
     pool.close().await;
     drop_database(&ctx.pg_admin, &name).await;
     Ok(rate)
+}
+
+/// The rows as a consumer would write them from partition 0, offsets 0, 1, 2…
+fn as_rows(rows: &[Sale]) -> Vec<Row<'_, Sale>> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, event)| Row {
+            event,
+            partition: 0,
+            offset: i as i64,
+        })
+        .collect()
 }
 
 /// The rows inserted into a fresh SQLite file (migrated as `consume`'s are) in one
@@ -883,15 +871,7 @@ async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f64> {
     sqlx::query("PRAGMA cache_size = -262144")
         .execute(&mut *conn)
         .await?;
-    let rows: Vec<Row<'_, Sale>> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, event)| Row {
-            event,
-            partition: 0,
-            offset: i as i64,
-        })
-        .collect();
+    let rows = as_rows(rows);
     let started = Instant::now();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     Sqlite::insert_sales(&mut tx, &rows).await?;
@@ -982,6 +962,143 @@ fn codec_table(costs: &[CodecCost]) -> comfy_table::Table {
     t
 }
 
+/// A row of the report: measure, result, target.
+type ReportRow = (String, String, String);
+
+fn events_per_sec(x: f64) -> String {
+    format!("{x:.0} events/s")
+}
+
+/// The broker's and the databases' own rates: the limits the pipeline is held to.
+fn broker_rows(r: &BenchReport) -> Vec<ReportRow> {
+    let rate = events_per_sec;
+    let mut rows = vec![
+        (
+            "produce sales (unlimited)".into(),
+            format!(
+                "{} · {:.1} MB/s",
+                rate(r.produce_sales_per_sec),
+                r.produce_sales_mb_per_sec
+            ),
+            target(r.produce_sales_per_sec >= 500_000.0, "≥ 500000 events/s"),
+        ),
+        (
+            "produce sensor (unlimited)".into(),
+            rate(r.produce_sensor_per_sec),
+            String::new(),
+        ),
+        (
+            "fetch limit (read and discard)".into(),
+            rate(r.fetch_limit_per_sec),
+            String::new(),
+        ),
+    ];
+    if let (Some(produce), Some(fetch)) = (r.durable_produce_per_sec, r.durable_fetch_per_sec) {
+        rows.push((
+            "durable broker: produce / fetch".into(),
+            format!("{} / {}", rate(produce), rate(fetch)),
+            String::new(),
+        ));
+    }
+    rows.push((
+        "PostgreSQL limit (binary COPY)".into(),
+        format!("{:.0} rows/s", r.pg_copy_limit_per_sec),
+        String::new(),
+    ));
+    rows.push((
+        "SQLite limit (bulk insert, 1 txn)".into(),
+        format!("{:.0} rows/s", r.sqlite_bulk_limit_per_sec),
+        String::new(),
+    ));
+    rows
+}
+
+/// consume's rates, each with its ratio to the limit.
+fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
+    let rate = events_per_sec;
+    let consume = |per_sec: f64, ratio: f64| format!("{} · {ratio:.2} × limit", rate(per_sec));
+    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
+    vec![
+        (
+            "consume → PostgreSQL (group member)".into(),
+            consume(r.consume_pg_per_sec, r.consume_pg_ratio),
+            target(r.consume_pg_ratio >= 0.9, "≥ 0.9 × limit"),
+        ),
+        (
+            "consume → PostgreSQL, --writers 2 / 4".into(),
+            format!(
+                "{} · {:.2} × / {} · {:.2} ×",
+                rate(r.consume_pg_writers2_per_sec),
+                r.consume_pg_writers2_ratio,
+                rate(r.consume_pg_writers4_per_sec),
+                r.consume_pg_writers4_ratio
+            ),
+            String::new(),
+        ),
+        (
+            "CPU per million events, consume → PostgreSQL: streamlab / database".into(),
+            format!(
+                "{} / {}",
+                cpu(r.consume_pg_cpu_secs_per_million),
+                cpu(r.consume_pg_db_cpu_secs_per_million)
+            ),
+            String::new(),
+        ),
+        (
+            "consume → PostgreSQL (--assign all)".into(),
+            consume(
+                r.consume_pg_assign_all_per_sec,
+                r.consume_pg_assign_all_ratio,
+            ),
+            "= group member".into(),
+        ),
+        (
+            "consume → SQLite (group member)".into(),
+            consume(r.consume_sqlite_per_sec, r.consume_sqlite_ratio),
+            target(
+                r.consume_sqlite_per_sec >= 300_000.0 && r.consume_sqlite_ratio >= 0.7,
+                "≥ 300000 and ≥ 0.7 ×",
+            ),
+        ),
+        (
+            "consume → SQLite (--assign all)".into(),
+            consume(
+                r.consume_sqlite_assign_all_per_sec,
+                r.consume_sqlite_assign_all_ratio,
+            ),
+            "= group member".into(),
+        ),
+    ]
+}
+
+/// Start-up, latency and memory.
+fn other_rows(r: &BenchReport) -> Vec<ReportRow> {
+    let mut rows = vec![(
+        "consume start-up, empty topic (member / --assign all)".into(),
+        format!(
+            "{:.0} ms / {:.0} ms",
+            r.startup_member_ms, r.startup_assign_all_ms
+        ),
+        String::new(),
+    )];
+    if let (Some(p50), Some(p99)) = (r.latency_p50_ms, r.latency_p99_ms) {
+        rows.push((
+            "latency at 10000 events/s (p50 / p99)".into(),
+            format!("{p50:.0} ms / {p99:.0} ms"),
+            target(p99 <= 30.0, "p99 ≤ 30 ms"),
+        ));
+    }
+    rows.push((
+        format!("peak RSS produce / consume (backlog of {})", r.events),
+        format!(
+            "{:.1} MiB / {:.1} MiB",
+            r.produce_peak_rss_mib, r.consume_peak_rss_mib
+        ),
+        target(r.consume_peak_rss_mib <= 64.0, "consume ≤ 64 MiB"),
+    ));
+    rows
+}
+
 /// The target column: the target, marked MISSED when the figure does not meet it.
 fn target(met: bool, text: &str) -> String {
     if met {
@@ -993,117 +1110,13 @@ fn target(met: bool, text: &str) -> String {
 
 fn print_report(r: &BenchReport) -> Result<()> {
     let mut t = render::table(["MEASURE", "RESULT", "TARGET"]);
-    let rate = |x: f64| format!("{:.0} events/s", x);
-    t.add_row(vec![
-        "produce sales (unlimited)".into(),
-        format!(
-            "{} · {:.1} MB/s",
-            rate(r.produce_sales_per_sec),
-            r.produce_sales_mb_per_sec
-        ),
-        target(r.produce_sales_per_sec >= 500_000.0, "≥ 500000 events/s"),
-    ]);
-    t.add_row(vec![
-        "produce sensor (unlimited)".into(),
-        rate(r.produce_sensor_per_sec),
-        "".into(),
-    ]);
-    t.add_row(vec![
-        "fetch limit (read and discard)".into(),
-        rate(r.fetch_limit_per_sec),
-        "".into(),
-    ]);
-    if let (Some(produce), Some(fetch)) = (r.durable_produce_per_sec, r.durable_fetch_per_sec) {
-        t.add_row(vec![
-            "durable broker: produce / fetch".into(),
-            format!("{} / {}", rate(produce), rate(fetch)),
-            "".into(),
-        ]);
+    for (measure, result, target) in broker_rows(r)
+        .into_iter()
+        .chain(consume_rows(r))
+        .chain(other_rows(r))
+    {
+        t.add_row(vec![measure, result, target]);
     }
-    t.add_row(vec![
-        "PostgreSQL limit (COPY csv)".into(),
-        format!("{:.0} rows/s", r.pg_copy_limit_per_sec),
-        "".into(),
-    ]);
-    t.add_row(vec![
-        "SQLite limit (bulk insert, 1 txn)".into(),
-        format!("{:.0} rows/s", r.sqlite_bulk_limit_per_sec),
-        "".into(),
-    ]);
-    let consume = |per_sec: f64, ratio: f64| format!("{} · {ratio:.2} × limit", rate(per_sec));
-    t.add_row(vec![
-        "consume → PostgreSQL (group member)".into(),
-        consume(r.consume_pg_per_sec, r.consume_pg_ratio),
-        target(r.consume_pg_ratio >= 0.9, "≥ 0.9 × limit"),
-    ]);
-    t.add_row(vec![
-        "consume → PostgreSQL, --writers 2 / 4".into(),
-        format!(
-            "{} · {:.2} × / {} · {:.2} ×",
-            rate(r.consume_pg_writers2_per_sec),
-            r.consume_pg_writers2_ratio,
-            rate(r.consume_pg_writers4_per_sec),
-            r.consume_pg_writers4_ratio
-        ),
-        "".into(),
-    ]);
-    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
-    t.add_row(vec![
-        "CPU per million events, consume → PostgreSQL: streamlab / database".into(),
-        format!(
-            "{} / {}",
-            cpu(r.consume_pg_cpu_secs_per_million),
-            cpu(r.consume_pg_db_cpu_secs_per_million)
-        ),
-        "".into(),
-    ]);
-    t.add_row(vec![
-        "consume → PostgreSQL (--assign all)".into(),
-        consume(
-            r.consume_pg_assign_all_per_sec,
-            r.consume_pg_assign_all_ratio,
-        ),
-        "= group member".into(),
-    ]);
-    t.add_row(vec![
-        "consume → SQLite (group member)".into(),
-        consume(r.consume_sqlite_per_sec, r.consume_sqlite_ratio),
-        target(
-            r.consume_sqlite_per_sec >= 300_000.0 && r.consume_sqlite_ratio >= 0.7,
-            "≥ 300000 and ≥ 0.7 ×",
-        ),
-    ]);
-    t.add_row(vec![
-        "consume → SQLite (--assign all)".into(),
-        consume(
-            r.consume_sqlite_assign_all_per_sec,
-            r.consume_sqlite_assign_all_ratio,
-        ),
-        "= group member".into(),
-    ]);
-    t.add_row(vec![
-        "consume start-up, empty topic (member / --assign all)".into(),
-        format!(
-            "{:.0} ms / {:.0} ms",
-            r.startup_member_ms, r.startup_assign_all_ms
-        ),
-        "".into(),
-    ]);
-    if let (Some(p50), Some(p99)) = (r.latency_p50_ms, r.latency_p99_ms) {
-        t.add_row(vec![
-            "latency at 10000 events/s (p50 / p99)".into(),
-            format!("{p50:.0} ms / {p99:.0} ms"),
-            target(p99 <= 30.0, "p99 ≤ 30 ms"),
-        ]);
-    }
-    t.add_row(vec![
-        format!("peak RSS produce / consume (backlog of {})", r.events),
-        format!(
-            "{:.1} MiB / {:.1} MiB",
-            r.produce_peak_rss_mib, r.consume_peak_rss_mib
-        ),
-        target(r.consume_peak_rss_mib <= 64.0, "consume ≤ 64 MiB"),
-    ]);
     render::line(format!(
         "streamlab bench · {} events × {} repeats (medians) · {}\n{t}",
         r.events, r.repeats, r.machine

@@ -412,11 +412,22 @@ pub fn draw(frame: &mut Frame, s: &Snapshot, history: &History, paused: bool) {
     );
 }
 
+/// The partition table's columns: header and width; the owner column goes before the bar.
+const COLUMNS: [(&str, Constraint); 6] = [
+    ("partition", Constraint::Length(9)),
+    ("log start", Constraint::Length(11)),
+    ("log end", Constraint::Length(11)),
+    ("committed", Constraint::Length(11)),
+    ("lag", Constraint::Length(10)),
+    ("lag bar", Constraint::Min(10)),
+];
+const OWNER_COLUMN: usize = 5;
+const OWNER_WIDTH: u16 = 18;
+
 fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
     // The owner column only appears for a group with members (`consume` without --assign or
     // --partition).
     let owners = s.partitions.iter().any(|p| p.owner.is_some());
-    const OWNER_WIDTH: u16 = 18;
     let fixed = 62 + if owners { OWNER_WIDTH + 1 } else { 0 };
     let max_lag = s
         .partitions
@@ -426,22 +437,9 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
         .unwrap_or(0)
         .max(1);
     let bar_width = width.saturating_sub(fixed).max(10) as i64;
-    let bar = |lag: i64| {
-        let filled = if lag == 0 {
-            0
-        } else {
-            ((lag * bar_width) / max_lag).max(1)
-        };
-        "█".repeat(filled as usize)
-    };
-    let lag_style = |p: &PartitionView| match (p.position.ahead, p.position.lag) {
-        (Some(_), _) => Style::new().fg(Color::Red),
-        (None, 0) => Style::new().fg(Color::Green),
-        (None, _) => Style::new().fg(Color::Yellow),
-    };
     let with_owner = |mut cells: Vec<String>, owner: String| {
         if owners {
-            cells.insert(5, owner);
+            cells.insert(OWNER_COLUMN, owner);
         }
         cells
     };
@@ -449,15 +447,9 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
         .partitions
         .iter()
         .map(|p| {
-            let cells = vec![
-                p.position.partition.to_string(),
-                p.position.log_start.to_string(),
-                p.position.log_end.to_string(),
-                p.position.committed.map_or("-".into(), |c| c.to_string()),
-                super::lag_text(&p.position),
-                bar(p.position.lag),
-            ];
-            Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into()))).style(lag_style(p))
+            let cells = partition_cells(&p.position, lag_bar(p.position.lag, max_lag, bar_width));
+            Row::new(with_owner(cells, p.owner.clone().unwrap_or("-".into())))
+                .style(lag_style(&p.position))
         })
         .collect();
     let totals = vec![
@@ -472,29 +464,45 @@ fn partition_table(s: &Snapshot, width: u16) -> Table<'static> {
         Row::new(with_owner(totals, String::new()))
             .style(Style::new().add_modifier(Modifier::BOLD)),
     );
-    let mut widths = vec![
-        Constraint::Length(9),
-        Constraint::Length(11),
-        Constraint::Length(11),
-        Constraint::Length(11),
-        Constraint::Length(10),
-        Constraint::Min(10),
-    ];
-    let mut header = vec![
-        "partition",
-        "log start",
-        "log end",
-        "committed",
-        "lag",
-        "lag bar",
-    ];
+    let (mut header, mut widths): (Vec<&str>, Vec<Constraint>) = COLUMNS.into_iter().unzip();
     if owners {
-        widths.insert(5, Constraint::Length(OWNER_WIDTH));
-        header.insert(5, "owner");
+        widths.insert(OWNER_COLUMN, Constraint::Length(OWNER_WIDTH));
+        header.insert(OWNER_COLUMN, "owner");
     }
     Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
         .block(Block::default().borders(Borders::ALL).title(" partitions "))
+}
+
+/// One partition's cells, in the order of [`COLUMNS`].
+fn partition_cells(p: &Position, bar: String) -> Vec<String> {
+    vec![
+        p.partition.to_string(),
+        p.log_start.to_string(),
+        p.log_end.to_string(),
+        p.committed.map_or("-".into(), |c| c.to_string()),
+        super::lag_text(p),
+        bar,
+    ]
+}
+
+/// A bar `width` long at the largest lag; any lag at all gets at least one block.
+fn lag_bar(lag: i64, max_lag: i64, width: i64) -> String {
+    let filled = if lag == 0 {
+        0
+    } else {
+        ((lag * width) / max_lag).max(1)
+    };
+    "█".repeat(filled as usize)
+}
+
+/// Red when the stored position is ahead of the log, green when caught up, yellow otherwise.
+fn lag_style(p: &Position) -> Style {
+    match (p.ahead, p.lag) {
+        (Some(_), _) => Style::new().fg(Color::Red),
+        (None, 0) => Style::new().fg(Color::Green),
+        (None, _) => Style::new().fg(Color::Yellow),
+    }
 }
 
 fn sparkline(

@@ -40,6 +40,7 @@ use crate::events::{Event, Sale, SensorReading};
 pub use database::{Database, DatabaseTx};
 pub use deadline::Deadline;
 pub(crate) use error::is_transient;
+pub use pg_copy::bulk_load_sales;
 pub use error::{classify, postgres_verdict, sqlite_verdict, SinkError, Verdict};
 pub use read::{Offending, Reader, Rows, Share, Throughput};
 pub use target::{redact, Kind, Target, TargetError};

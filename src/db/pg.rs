@@ -13,7 +13,7 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::pg_copy::{copy_rows, Copied};
+use super::pg_copy::{copy_rows, Copied, CopyRow};
 use super::{
     clean_text, redact, DeadLetter, Dialect, Kind, Row, Writer, DEAD_LETTER_COLUMNS, SALES_COLUMNS,
     SENSOR_COLUMNS,
@@ -153,26 +153,14 @@ impl Dialect for Postgres {
         conn: &mut PgConnection,
         sales: &[Row<'_, Sale>],
     ) -> Result<u64, sqlx::Error> {
-        if sales.len() < COPY_MIN_ROWS {
-            return insert_sales_on_conflict(conn, sales).await;
-        }
-        match copy_rows(conn, "public.sales_events", SALES_COLUMNS, sales).await? {
-            Copied::Inserted(n) => Ok(n),
-            Copied::Refused => insert_sales_on_conflict(conn, sales).await,
-        }
+        insert_events(conn, sales).await
     }
 
     async fn insert_sensors(
         conn: &mut PgConnection,
         readings: &[Row<'_, SensorReading>],
     ) -> Result<u64, sqlx::Error> {
-        if readings.len() < COPY_MIN_ROWS {
-            return insert_sensors_on_conflict(conn, readings).await;
-        }
-        match copy_rows(conn, "public.sensor_logs", SENSOR_COLUMNS, readings).await? {
-            Copied::Inserted(n) => Ok(n),
-            Copied::Refused => insert_sensors_on_conflict(conn, readings).await,
-        }
+        insert_events(conn, readings).await
     }
 
     async fn insert_dead_letters(
@@ -199,6 +187,44 @@ impl Dialect for Postgres {
         .execute(conn)
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// Events of one table: COPY first (batches of [`COPY_MIN_ROWS`] or more), the careful way
+/// when the batch is small or COPY is refused.
+async fn insert_events<R: EventRows>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, sqlx::Error> {
+    if rows.len() >= COPY_MIN_ROWS {
+        if let Copied::Inserted(n) = copy_rows(conn, rows).await? {
+            return Ok(n);
+        }
+    }
+    R::on_conflict(conn, rows).await
+}
+
+/// Rows with a careful insert beside their COPY encoding.
+trait EventRows: CopyRow {
+    /// Insert `rows`, skipping ids already stored: any duplicate, any refusal, one round trip.
+    fn on_conflict<'c>(
+        conn: &'c mut PgConnection,
+        rows: &'c [Self],
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'c;
+}
+
+impl EventRows for Row<'_, Sale> {
+    fn on_conflict<'c>(
+        conn: &'c mut PgConnection,
+        rows: &'c [Self],
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'c {
+        insert_sales_on_conflict(conn, rows)
+    }
+}
+
+impl EventRows for Row<'_, SensorReading> {
+    fn on_conflict<'c>(
+        conn: &'c mut PgConnection,
+        rows: &'c [Self],
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'c {
+        insert_sensors_on_conflict(conn, rows)
     }
 }
 

@@ -51,10 +51,16 @@ impl Default for Config {
 /// of these are in flight or queued per partition.
 pub const FETCH_BYTES: i32 = 256 * 1024;
 
-/// How long a fetch may wait on the broker for new records. Short, because tansu 0.6 holds a
-/// fetch for this long even when records are already there (it does not honour min_bytes), so
-/// this is added to every event's end-to-end latency.
+/// How long a fetch may wait on the broker for new records when a partition has been quiet
+/// for a while. Short, because tansu 0.6 reads a partition once, when a fetch arrives, and
+/// answers only when the wait is over — records that arrive meanwhile wait for the next fetch
+/// (Apache Kafka answers as soon as they arrive).
 pub const FETCH_MAX_WAIT_MS: i32 = 20;
+
+/// The wait of a consumer's fetch while records flow but the last answer was empty: with tansu,
+/// the longest a new record waits to be fetched (see [`FETCH_MAX_WAIT_MS`]). After an answer
+/// with records the next fetch does not wait at all.
+pub const FETCH_POLL_MS: i32 = 5;
 
 /// Retries with a deadline: rskafka's default backoff retries forever, which turns a typo in
 /// `--bootstrap-server` into a hang.

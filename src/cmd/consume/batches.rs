@@ -286,13 +286,13 @@ impl Fetchers {
         if !(args.stop_at_end && plan.reached_end()) {
             for (reader, start) in readers {
                 let end = args.stop_at_end.then(|| plan.ends[&reader.partition()]);
-                let fetcher = Fetcher {
+                let fetcher = Fetcher::new(
                     reader,
-                    offset: start,
+                    start,
                     end,
-                    timeout: args.kafka.timeout,
-                    skip_corrupt: args.skip_corrupt_batches,
-                };
+                    args.kafka.timeout,
+                    args.skip_corrupt_batches,
+                );
                 tasks.push(tokio::spawn(fetcher.run(tx.clone(), stop.clone())));
             }
         }

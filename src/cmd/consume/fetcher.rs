@@ -10,20 +10,50 @@ use super::Fetched;
 use crate::kafka;
 use crate::kafka::fetch::{FetchError, PartitionReader};
 
+/// A partition without records for this long is quiet: its fetches wait the full
+/// [`kafka::FETCH_MAX_WAIT_MS`] instead of polling every [`kafka::FETCH_POLL_MS`].
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a gap in the log must persist before it counts as records removed by retention.
+///
+/// tansu's in-memory engine raises a partition's high watermark before it stores the batch
+/// (and two producers' batches can be stored out of order), so a fetch can find nothing — or a
+/// later batch — below the end for a moment. Records really removed stay removed: a gap seen
+/// again this much later is a deletion, a gap that fills in was an append in progress.
+const GAP_CONFIRM: Duration = Duration::from_secs(1);
+
 /// One partition's fetch loop: from `offset` until `end` (when given) or cancellation.
 ///
 /// Every broker call has a deadline (the reader's `--timeout`): a call that fails or goes
 /// unanswered is retried on a fresh connection, with a warning; failures lasting longer than
 /// `timeout` end the run with an error naming the partition and offset.
 pub(super) struct Fetcher {
-    pub(super) reader: PartitionReader,
-    pub(super) offset: i64,
-    pub(super) end: Option<i64>,
-    pub(super) timeout: Duration,
-    pub(super) skip_corrupt: bool,
+    reader: PartitionReader,
+    offset: i64,
+    end: Option<i64>,
+    timeout: Duration,
+    skip_corrupt: bool,
+    pace: Pace,
 }
 
 impl Fetcher {
+    pub(super) fn new(
+        reader: PartitionReader,
+        offset: i64,
+        end: Option<i64>,
+        timeout: Duration,
+        skip_corrupt: bool,
+    ) -> Self {
+        Self {
+            reader,
+            offset,
+            end,
+            timeout,
+            skip_corrupt,
+            pace: Pace::default(),
+        }
+    }
+
     pub(super) async fn run(
         mut self,
         tx: mpsc::Sender<Result<Fetched>>,
@@ -96,11 +126,7 @@ impl Fetcher {
 
     /// One fetch. `Ok(None)`: nothing new yet.
     async fn step(&mut self) -> Result<Option<Fetched>, Step> {
-        // Always a waiting fetch. Fetching without a wait while records flowed (for latency) made
-        // group tests under load end two records short, twice in two full runs: an answer that
-        // did not wait can be empty below the stable end while the broker is still appending,
-        // which reads as records removed by retention.
-        let wait = kafka::FETCH_MAX_WAIT_MS;
+        let wait = self.pace.wait_ms(Instant::now());
         let fetch = match self
             .reader
             .fetch(self.offset, kafka::FETCH_BYTES, wait)
@@ -121,11 +147,18 @@ impl Fetcher {
             skipped: None,
         };
         if let Some(gone) = removed {
+            if !self.pace.gap_confirmed(gone.end, Instant::now()) {
+                // Perhaps an append in progress: nothing beyond the gap is taken until it is
+                // filled or confirmed; the next fetch polls again shortly.
+                tokio::time::sleep(Duration::from_millis(kafka::FETCH_POLL_MS as u64)).await;
+                return Ok(None);
+            }
             // The broker deleted them without moving its log start (tansu): same as an
             // OFFSET_OUT_OF_RANGE below the log start, said the same way.
             self.say_removed(gone.clone());
             chunk.next_offset = chunk.next_offset.max(gone.end);
         }
+        self.pace.answered(!chunk.records.is_empty(), Instant::now());
         if let Some(corrupt) = fetch.corrupt {
             if !chunk.records.is_empty() || chunk.next_offset > self.offset {
                 // Deliver what came before it; the next fetch starts at the bad batch.
@@ -190,10 +223,96 @@ impl Fetcher {
     }
 }
 
+/// How a partition's fetches are paced, and which gaps in its log are believed.
+#[derive(Debug, Default)]
+struct Pace {
+    /// When the last answer with records came (`None`: none yet).
+    flowing: Option<Instant>,
+    /// The last answer had records.
+    just_read: bool,
+    /// A gap seen at the current offset (where the log resumes, and when it was first seen),
+    /// not yet confirmed as a deletion.
+    gap: Option<(i64, Instant)>,
+}
+
+impl Pace {
+    /// How long the next fetch waits on the broker: not at all right after records came, a
+    /// short poll while they flow, the full wait once the partition is quiet.
+    fn wait_ms(&self, now: Instant) -> i32 {
+        match self.flowing {
+            _ if self.just_read => 0,
+            Some(at) if now.duration_since(at) < QUIET_AFTER => kafka::FETCH_POLL_MS,
+            _ => kafka::FETCH_MAX_WAIT_MS,
+        }
+    }
+
+    /// An answer without a gap came, with records or without.
+    fn answered(&mut self, records: bool, now: Instant) {
+        self.gap = None;
+        self.just_read = records;
+        if records {
+            self.flowing = Some(now);
+        }
+    }
+
+    /// Whether a gap up to `resumes_at` is a deletion: the same gap seen again at least
+    /// [`GAP_CONFIRM`] after it was first seen. Until then, the next fetch polls.
+    fn gap_confirmed(&mut self, resumes_at: i64, now: Instant) -> bool {
+        self.just_read = false;
+        match self.gap {
+            Some((end, since)) if end == resumes_at => {
+                let confirmed = now.duration_since(since) >= GAP_CONFIRM;
+                if confirmed {
+                    self.gap = None;
+                }
+                confirmed
+            }
+            _ => {
+                self.gap = Some((resumes_at, now));
+                self.flowing.get_or_insert(now);
+                false
+            }
+        }
+    }
+}
+
 /// How a fetch step failed.
 enum Step {
     /// Worth another try on a fresh connection, within `--timeout`.
     Retry(anyhow::Error),
     /// Ends the run.
     Fail(anyhow::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetches_do_not_wait_after_records_poll_while_they_flow_and_wait_when_quiet() {
+        let t0 = Instant::now();
+        let mut pace = Pace::default();
+        assert_eq!(pace.wait_ms(t0), kafka::FETCH_MAX_WAIT_MS);
+        pace.answered(true, t0);
+        assert_eq!(pace.wait_ms(t0), 0);
+        pace.answered(false, t0 + Duration::from_millis(1));
+        assert_eq!(pace.wait_ms(t0 + Duration::from_millis(2)), kafka::FETCH_POLL_MS);
+        assert_eq!(pace.wait_ms(t0 + QUIET_AFTER), kafka::FETCH_MAX_WAIT_MS);
+    }
+
+    #[test]
+    fn a_gap_is_a_deletion_only_when_it_lasts() {
+        let t0 = Instant::now();
+        let mut pace = Pace::default();
+        assert!(!pace.gap_confirmed(50, t0));
+        assert_eq!(pace.wait_ms(t0), kafka::FETCH_POLL_MS);
+        assert!(!pace.gap_confirmed(50, t0 + GAP_CONFIRM / 2));
+        // The batch being appended showed up: the gap is forgotten.
+        pace.answered(true, t0 + GAP_CONFIRM / 2);
+        assert!(!pace.gap_confirmed(50, t0 + GAP_CONFIRM));
+        // A different gap starts its own clock.
+        assert!(!pace.gap_confirmed(60, t0 + GAP_CONFIRM * 2));
+        assert!(pace.gap_confirmed(60, t0 + GAP_CONFIRM * 3));
+        assert!(!pace.gap_confirmed(60, t0 + GAP_CONFIRM * 3));
+    }
 }
