@@ -51,6 +51,8 @@ pub struct BenchReport {
     /// None off Linux or when PostgreSQL runs elsewhere).
     pub consume_pg_cpu_secs_per_million: Option<f64>,
     pub consume_pg_db_cpu_secs_per_million: Option<f64>,
+    /// The same for the PostgreSQL limit: its one backend, loading the binary COPY.
+    pub pg_copy_db_cpu_secs_per_million: Option<f64>,
     /// With `--assign all`, on the same backlog.
     pub consume_pg_assign_all_per_sec: f64,
     pub consume_pg_assign_all_ratio: f64,
@@ -275,6 +277,8 @@ struct Samples {
     /// CPU-seconds per million events: streamlab, the database (one writer, member).
     cpu_streamlab: Vec<f64>,
     cpu_db: Vec<f64>,
+    /// CPU-seconds per million rows of the PostgreSQL backend loading the limit's COPY.
+    cpu_copy: Vec<f64>,
     consume_pg_alone: Vec<f64>,
     consume_sqlite: Vec<f64>,
     consume_sqlite_alone: Vec<f64>,
@@ -347,7 +351,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let topic = produce_and_fetch(&ctx, &args, &mut admin, round, &mut samples).await?;
         // The database limits, on the same kind of rows.
         let rows = generate(ctx.n);
-        samples.copy.push(pg_copy_limit(&ctx, round, &rows).await?);
+        let (copy, copy_cpu) = pg_copy_limit(&ctx, round, &rows).await?;
+        samples.copy.push(copy);
+        samples.cpu_copy.extend(copy_cpu);
         samples
             .bulk
             .push(sqlite_bulk_limit(&ctx.workdir, &rows).await?);
@@ -410,6 +416,8 @@ impl Samples {
                 .then(|| median(self.cpu_streamlab)),
             consume_pg_db_cpu_secs_per_million: (!self.cpu_db.is_empty())
                 .then(|| median(self.cpu_db)),
+            pg_copy_db_cpu_secs_per_million: (!self.cpu_copy.is_empty())
+                .then(|| median(self.cpu_copy)),
             consume_sqlite_per_sec: median(self.consume_sqlite),
             consume_sqlite_assign_all_per_sec: median(self.consume_sqlite_alone),
             startup_member_ms: median(self.startup_member),
@@ -828,21 +836,28 @@ async fn drop_database(admin_url: &str, name: &str) {
 
 /// Binary COPY of the rows into `sales_events` of a fresh database (migrated as `consume`'s
 /// are), in one stream and one transaction, encoded as `consume` encodes them: the PostgreSQL
-/// write limit.
-async fn pg_copy_limit(ctx: &Ctx, round: u32, rows: &[Sale]) -> Result<f64> {
+/// write limit, and the CPU-seconds per million rows its backend spent (Linux, local server).
+async fn pg_copy_limit(ctx: &Ctx, round: u32, rows: &[Sale]) -> Result<(f64, Option<f64>)> {
     let name = format!("streamlab_bench_{}_{round}_copy", ctx.stamp);
     let pool =
         <Postgres as Dialect>::connect(&pg_database_url(&ctx.pg_admin, &name)?, LIMIT_TIMEOUT)
             .await?;
     let mut conn = pool.acquire().await?;
     let rows = as_rows(rows);
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let cpu_before = process_cpu_secs(backend as u32);
     let started = Instant::now();
     let loaded = db::bulk_load_sales(&mut conn, &rows).await?;
     let rate = loaded as f64 / started.elapsed().as_secs_f64();
+    let cpu = cpu_before
+        .zip(process_cpu_secs(backend as u32))
+        .map(|(before, after)| (after - before) * 1e6 / loaded.max(1) as f64);
     drop(conn);
     pool.close().await;
     drop_database(&ctx.pg_admin, &name).await;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// The rows as a consumer would write them from partition 0, offsets 0, 1, 2…
@@ -1036,11 +1051,13 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             String::new(),
         ),
         (
-            "CPU per million events, consume → PostgreSQL: streamlab / database".into(),
+            "CPU per million events, consume → PostgreSQL: streamlab / database (limit's COPY)"
+                .into(),
             format!(
-                "{} / {}",
+                "{} / {} ({})",
                 cpu(r.consume_pg_cpu_secs_per_million),
-                cpu(r.consume_pg_db_cpu_secs_per_million)
+                cpu(r.consume_pg_db_cpu_secs_per_million),
+                cpu(r.pg_copy_db_cpu_secs_per_million)
             ),
             String::new(),
         ),

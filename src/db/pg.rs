@@ -192,7 +192,10 @@ impl Dialect for Postgres {
 
 /// Events of one table: COPY first (batches of [`COPY_MIN_ROWS`] or more), the careful way
 /// when the batch is small or COPY is refused.
-async fn insert_events<R: EventRows>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, sqlx::Error> {
+async fn insert_events<R: EventRows>(
+    conn: &mut PgConnection,
+    rows: &[R],
+) -> Result<u64, sqlx::Error> {
     if rows.len() >= COPY_MIN_ROWS {
         if let Copied::Inserted(n) = copy_rows(conn, rows).await? {
             return Ok(n);

@@ -78,7 +78,10 @@ pub(super) async fn copy_rows<R: CopyRow>(
             Ok(Copied::Inserted(n))
         }
         Err(sqlx::Error::Database(e)) => {
-            tracing::debug!("COPY into {} refused ({e}); inserting with ON CONFLICT", R::TABLE);
+            tracing::debug!(
+                "COPY into {} refused ({e}); inserting with ON CONFLICT",
+                R::TABLE
+            );
             sqlx::query(ROLL_BACK).execute(&mut *conn).await?;
             Ok(Copied::Refused)
         }
@@ -94,16 +97,17 @@ pub async fn bulk_load_sales(
     rows: &[Row<'_, Sale>],
 ) -> Result<u64, sqlx::Error> {
     const PIECE: usize = 1 << 20;
-    let mut copy = conn
-        .copy_in_raw(&copy_statement::<Row<'_, Sale>>())
-        .await?;
+    let mut copy = conn.copy_in_raw(&copy_statement::<Row<'_, Sale>>()).await?;
     let mut data = Vec::with_capacity(PIECE + 512);
     data.extend_from_slice(HEADER);
     for row in rows {
         row.encode(&mut data);
         if data.len() >= PIECE {
-            copy.send(std::mem::replace(&mut data, Vec::with_capacity(PIECE + 512)))
-                .await?;
+            copy.send(std::mem::replace(
+                &mut data,
+                Vec::with_capacity(PIECE + 512),
+            ))
+            .await?;
         }
     }
     data.extend_from_slice(&TRAILER);
@@ -112,7 +116,11 @@ pub async fn bulk_load_sales(
 }
 
 fn copy_statement<R: CopyRow>() -> String {
-    format!("COPY {} ({}) FROM STDIN (FORMAT binary)", R::TABLE, R::COLUMNS)
+    format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        R::TABLE,
+        R::COLUMNS
+    )
 }
 
 impl CopyRow for Row<'_, Sale> {

@@ -158,7 +158,8 @@ impl Fetcher {
             self.say_removed(gone.clone());
             chunk.next_offset = chunk.next_offset.max(gone.end);
         }
-        self.pace.answered(!chunk.records.is_empty(), Instant::now());
+        self.pace
+            .answered(!chunk.records.is_empty(), Instant::now());
         if let Some(corrupt) = fetch.corrupt {
             if !chunk.records.is_empty() || chunk.next_offset > self.offset {
                 // Deliver what came before it; the next fetch starts at the bad batch.
@@ -296,7 +297,10 @@ mod tests {
         pace.answered(true, t0);
         assert_eq!(pace.wait_ms(t0), 0);
         pace.answered(false, t0 + Duration::from_millis(1));
-        assert_eq!(pace.wait_ms(t0 + Duration::from_millis(2)), kafka::FETCH_POLL_MS);
+        assert_eq!(
+            pace.wait_ms(t0 + Duration::from_millis(2)),
+            kafka::FETCH_POLL_MS
+        );
         assert_eq!(pace.wait_ms(t0 + QUIET_AFTER), kafka::FETCH_MAX_WAIT_MS);
     }
 
