@@ -9,6 +9,8 @@ use crate::db;
 use crate::events::EventKind;
 pub use crate::kafka::StartFrom;
 
+/// `consume --batch-size` unless given (also the batch `bench` loads its PostgreSQL limit in).
+pub const DEFAULT_BATCH_SIZE: u32 = 5000;
 #[derive(Debug, Parser)]
 #[command(
     name = "streamlab",
@@ -863,7 +865,7 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub stop_at_end: bool,
     /// Most events written in one database transaction.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
     /// Independent writers, each over its own share of the partitions (the i-th partition read
     /// goes to writer i mod N) with its own database connection, transactions and offset fence.
