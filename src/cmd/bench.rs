@@ -810,13 +810,17 @@ fn remove_sqlite(path: &Path) {
 fn generate(n: u64) -> Vec<Sale> {
     // Unseeded: time-ordered v7 ids, like the events consume writes (random ids would make the
     // primary-key index the bottleneck and understate the limit).
+    // Timestamps a few microseconds apart, as a fast producer stamps them: a million equal
+    // timestamps would make the index on ts a pile of duplicates and understate the limit.
     let mut g = Generator::new(EventKind::Sales, None);
-    let now = OffsetDateTime::now_utc();
+    let start = OffsetDateTime::now_utc();
     (0..n)
-        .map(|_| match g.next_event(now) {
-            Event::Sale(s) => s,
-            Event::Sensor(_) => unreachable!("a sales generator makes sales"),
-        })
+        .map(
+            |i| match g.next_event(start + time::Duration::microseconds(2 * i as i64)) {
+                Event::Sale(s) => s,
+                Event::Sensor(_) => unreachable!("a sales generator makes sales"),
+            },
+        )
         .collect()
 }
 
