@@ -8,6 +8,7 @@
 mod support;
 
 mod check;
+mod cluster;
 mod consume;
 mod conventions;
 mod db_edges;

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 
 use rand::Rng;
 
+pub mod cluster;
 mod cmd;
 mod db;
 pub mod front;

@@ -1,0 +1,411 @@
+//! streamlab on a three-broker cluster: tests/support/cluster.rs makes the test broker look like
+//! brokers 1–3 with leaders spread over them, a coordinator per group, and leaders that move and
+//! brokers that die. Each scenario runs librdkafka (confluent-kafka) through the same front
+//! first — what it survives, streamlab must survive — then streamlab's produce and consume, and
+//! asserts the exact id set, stored and Kafka group offsets equal to the log ends, and that every
+//! request was served by the partition's leader or the group's coordinator.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::ApiKey;
+
+use crate::support::cluster::{preferred_leader, Cluster, Route, NODES};
+use crate::support::*;
+
+/// Long enough for a rebalance after a coordinator moves (session 6 s), on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// One run: a topic, a group, a producer at a rate, `members` consumers in the group, and a
+/// fault applied once a quarter of the events are consumed.
+struct Scenario {
+    partitions: u32,
+    members: usize,
+    count: usize,
+    rate: usize,
+}
+
+/// What a fault is given: the cluster, the topic, the group, and how many distinct events the
+/// consumers have stored so far (to wait on progress between steps).
+struct Live<'a> {
+    cluster: &'a Cluster,
+    topic: &'a str,
+    group: &'a str,
+    consumed: &'a dyn Fn() -> usize,
+}
+
+impl Live<'_> {
+    /// Wait until the consumers have stored `more` events beyond what they had.
+    fn advance(&self, more: usize, what: &str) {
+        let from = (self.consumed)();
+        wait_for(
+            PATIENCE,
+            &format!("{more} more events consumed {what}"),
+            || (self.consumed)() >= from + more,
+        );
+    }
+}
+
+fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// --- librdkafka first ---------------------------------------------------------------------------
+
+fn rdkafka(cluster: &Cluster, args: &[&str]) -> Running {
+    let mut python = Command::new(rdkafka_python());
+    python
+        .arg(py_script("rdkafka_cluster.py"))
+        .args(args)
+        .env("STREAMLAB_BROKERS", cluster.bootstrap());
+    Running::start(python, true)
+}
+
+fn events(process: &Running) -> Vec<serde_json::Value> {
+    process
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn rdkafka_ids(members: &[Running]) -> BTreeSet<String> {
+    members
+        .iter()
+        .flat_map(events)
+        .flat_map(|e| e["ids"].as_array().cloned().unwrap_or_default())
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// librdkafka's producer and consumers through a fresh cluster, `fault` applied on the way:
+/// every event produced is acknowledged, and consumed. Returns the cluster to look at.
+fn librdkafka_survives(s: &Scenario, fault: impl Fn(&Live)) -> Cluster {
+    let cluster = Cluster::start(&brokers());
+    let topic = topic_via(&cluster.bootstrap(), "cl-rk", s.partitions, &[]);
+    let group = unique("g-rk");
+    let members: Vec<Running> = (0..s.members)
+        .map(|_| rdkafka(&cluster, &["consume", &group, &topic]))
+        .collect();
+    let (count, rate) = (s.count.to_string(), s.rate.to_string());
+    let producer = rdkafka(&cluster, &["produce", &topic, &count, &rate]);
+    let consumed = || rdkafka_ids(&members).len();
+    wait_for(PATIENCE, "librdkafka to consume a quarter", || {
+        consumed() >= s.count / 4
+    });
+    fault(&Live {
+        cluster: &cluster,
+        topic: &topic,
+        group: &group,
+        consumed: &consumed,
+    });
+    let produced = producer.exit_within(PATIENCE, "librdkafka's producer");
+    let last = produced.json_lines().last().cloned().unwrap();
+    assert_eq!(
+        (last["acked"].as_u64(), last["failed"].as_u64()),
+        (Some(s.count as u64), Some(0)),
+        "librdkafka's producer: {}",
+        produced.stderr
+    );
+    wait_for(PATIENCE, "librdkafka to consume every event", || {
+        consumed() >= s.count
+    });
+    let expected: BTreeSet<String> = (0..s.count).map(|i| format!("rk-{i}")).collect();
+    assert_eq!(rdkafka_ids(&members), expected);
+    for member in members {
+        let out = member.wait();
+        assert!(out.succeeded(), "a librdkafka member: {}", out.stderr);
+    }
+    cluster
+}
+
+// --- then streamlab -----------------------------------------------------------------------------
+
+/// What streamlab's run left: the cluster, its topic and group, each member's output.
+struct Outcome {
+    cluster: Cluster,
+    topic: String,
+    members: Vec<crate::support::Run>,
+}
+
+/// streamlab's produce and `members` consume group members through a fresh cluster into `db`,
+/// `fault` applied on the way; then the exact id set, stored offsets and Kafka's group offsets
+/// equal to the log ends, and no member ever exited on its own.
+fn streamlab_survives(s: &Scenario, db: &TestDb, fault: impl Fn(&Live)) -> Outcome {
+    let cluster = Cluster::start(&brokers());
+    let bootstrap = cluster.bootstrap();
+    let topic = topic_via(&bootstrap, "cl", s.partitions, &[]);
+    let group = unique("g");
+    let seed = rand::random::<u32>() as u64;
+    let mut members: Vec<Running> = (0..s.members)
+        .map(|_| {
+            streamlab("consume")
+                .brokers(&bootstrap)
+                .topic(&topic)
+                .db(db)
+                .group(&group)
+                .session_timeout("6s")
+                .timeout("10s")
+                .json()
+                .spawn()
+        })
+        .collect();
+    let producer = streamlab("produce")
+        .brokers(&bootstrap)
+        .topic(&topic)
+        .count(s.count)
+        .rate(s.rate)
+        .seed(seed)
+        .json()
+        .spawn();
+    let consumed = || db.count("sales_events") as usize;
+    wait_for(PATIENCE, "streamlab to consume a quarter", || {
+        consumed() >= s.count / 4
+    });
+    fault(&Live {
+        cluster: &cluster,
+        topic: &topic,
+        group: &group,
+        consumed: &consumed,
+    });
+    let produced = producer
+        .exit_within(PATIENCE, "streamlab produce")
+        .success();
+    assert_eq!(produced.json()["sent"].as_u64(), Some(s.count as u64));
+    wait_for(PATIENCE, "streamlab to store every event", || {
+        consumed() >= s.count
+    });
+    for member in &mut members {
+        assert!(member.is_running(), "a member exited:\n{}", member.output());
+    }
+    let members: Vec<_> = members
+        .into_iter()
+        .map(|m| m.terminate().success())
+        .collect();
+
+    let ends = end_offsets_via(&bootstrap, &topic);
+    assert_eq!(db.sales_ids(), seeded_ids(seed, s.count), "the stored ids");
+    assert_eq!(db.stored_offsets(&topic), ends, "the stored offsets");
+    assert_eq!(
+        committed_in_kafka(&group, &topic),
+        ends,
+        "Kafka's group offsets"
+    );
+    let in_topic: BTreeSet<String> = event_ids(&read_back(&topic)).into_iter().collect();
+    assert_eq!(in_topic, seeded_ids(seed, s.count), "the ids in the topic");
+    Outcome {
+        cluster,
+        topic,
+        members,
+    }
+}
+
+fn warnings(outcome: &Outcome) -> String {
+    outcome
+        .members
+        .iter()
+        .flat_map(|m| m.stderr.lines().filter(|l| l.contains("WARN")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Requests of `api` served (not refused) at `node`, among `routes`.
+fn served(routes: &[Route], api: ApiKey, node: i32) -> usize {
+    routes
+        .iter()
+        .filter(|r| r.api == api && r.node == node && r.refused.is_none())
+        .count()
+}
+
+// --- The scenarios ------------------------------------------------------------------------------
+
+#[test]
+fn sixty_thousand_events_each_sent_to_its_leader_and_every_group_request_to_the_coordinator() {
+    let s = Scenario {
+        partitions: 6,
+        members: 1,
+        count: 20_000,
+        rate: 0,
+    };
+    let rk = librdkafka_survives(&s, |_| {});
+    assert_eq!(rk.misrouted(), Vec::<Route>::new(), "librdkafka misrouted");
+
+    let db = TestDb::pg();
+    let s = Scenario { count: 60_000, ..s };
+    let out = streamlab_survives(&s, &db, |_| {});
+    let routes = out.cluster.routes();
+    assert_eq!(
+        out.cluster.misrouted(),
+        Vec::<Route>::new(),
+        "streamlab misrouted"
+    );
+    for node in NODES {
+        for api in [ApiKey::Produce, ApiKey::Fetch] {
+            assert!(
+                served(&routes, api, node) > 0,
+                "no {api:?} at broker {node}"
+            );
+        }
+    }
+    let coordinator = out.cluster.coordinator(&routes_group(&routes));
+    for api in [ApiKey::JoinGroup, ApiKey::SyncGroup, ApiKey::OffsetCommit] {
+        assert!(
+            served(&routes, api, coordinator) > 0,
+            "no {api:?} at the coordinator"
+        );
+    }
+}
+
+/// The group the routes name (the scenario's only one).
+fn routes_group(routes: &[Route]) -> String {
+    routes
+        .iter()
+        .find_map(|r| r.target.strip_prefix("group:"))
+        .expect("a group request")
+        .to_string()
+}
+
+#[test]
+fn a_broker_killed_mid_run_costs_nothing_and_its_partitions_are_served_elsewhere() {
+    let s = Scenario {
+        partitions: 6,
+        members: 1,
+        count: 12_000,
+        rate: 2_000,
+    };
+    let kill_leader_of_0 = |run: &Live| {
+        let victim = run.cluster.leader(run.topic, 0);
+        run.cluster.kill(victim);
+        assert_ne!(run.cluster.leader(run.topic, 0), victim);
+        run.advance(1_000, "after the kill");
+    };
+    librdkafka_survives(&s, kill_leader_of_0);
+
+    let db = TestDb::pg();
+    let out = streamlab_survives(&s, &db, kill_leader_of_0);
+    let routes = out.cluster.routes();
+    let victim = preferred_leader(0);
+    let after_kill: Vec<&Route> = routes
+        .iter()
+        .filter(|r| r.target == format!("{}/0", out.topic) && r.node != victim)
+        .collect();
+    assert!(
+        after_kill
+            .iter()
+            .any(|r| r.api == ApiKey::Produce && r.refused.is_none()),
+        "partition 0 was never produced to at its new leader"
+    );
+    assert!(
+        after_kill
+            .iter()
+            .any(|r| r.api == ApiKey::Fetch && r.refused.is_none()),
+        "partition 0 was never fetched from its new leader"
+    );
+    let said = warnings(&out);
+    assert!(
+        said.contains("moved") || said.contains("broker"),
+        "no warning named the move:\n{said}"
+    );
+}
+
+#[test]
+fn the_coordinator_killed_under_three_members_keeps_them_up_and_every_offset_in_kafka() {
+    let s = Scenario {
+        partitions: 6,
+        members: 3,
+        count: 9_000,
+        rate: 1_500,
+    };
+    let kill_coordinator = |run: &Live| {
+        let victim = run.cluster.coordinator(run.group);
+        run.cluster.kill(victim);
+        assert_ne!(run.cluster.coordinator(run.group), victim);
+        run.advance(1_000, "after the coordinator died");
+    };
+    librdkafka_survives(&s, kill_coordinator);
+
+    let db = TestDb::sqlite();
+    let out = streamlab_survives(&s, &db, kill_coordinator);
+    let said = warnings(&out);
+    assert!(
+        said.contains("coordinator"),
+        "no warning named the coordinator:\n{said}"
+    );
+}
+
+#[test]
+fn leadership_moved_back_and_forth_during_a_run() {
+    let s = Scenario {
+        partitions: 3,
+        members: 1,
+        count: 12_000,
+        rate: 2_000,
+    };
+    let shuffle = |run: &Live| {
+        for round in 1..=2 {
+            for p in 0..3 {
+                let next = NODES[((preferred_leader(p) + round - 1) % 3) as usize];
+                run.cluster.move_leader(run.topic, p, next);
+            }
+            run.advance(800, &format!("after move {round}"));
+        }
+        run.cluster.elect_preferred_leaders();
+        run.advance(800, "after the leaders moved back");
+    };
+    librdkafka_survives(&s, shuffle);
+
+    let db = TestDb::pg();
+    let out = streamlab_survives(&s, &db, shuffle);
+    let refused = out
+        .cluster
+        .routes()
+        .iter()
+        .filter(|r| r.refused == Some(ResponseError::NotLeaderOrFollower))
+        .count();
+    assert!(
+        refused > 0,
+        "no request met a moved leader: the moves did not land"
+    );
+}
+
+#[test]
+fn a_revived_broker_is_used_again_and_a_loading_coordinator_is_waited_for() {
+    let s = Scenario {
+        partitions: 6,
+        members: 1,
+        count: 12_000,
+        rate: 2_000,
+    };
+    let down_and_up = |run: &Live| {
+        run.cluster.kill(2);
+        run.advance(1_000, "while broker 2 is down");
+        run.cluster.revive(2);
+        run.cluster.elect_preferred_leaders();
+        run.cluster.move_coordinator(run.group, 2);
+        run.cluster
+            .coordinator_trouble(run.group, ResponseError::CoordinatorLoadInProgress, 3);
+        run.advance(1_000, "after broker 2 came back");
+    };
+    librdkafka_survives(&s, down_and_up);
+
+    let db = TestDb::sqlite();
+    let out = streamlab_survives(&s, &db, down_and_up);
+    let routes = out.cluster.routes();
+    let last_refused_at_2 = routes
+        .iter()
+        .rposition(|r| r.node == 2 && r.refused == Some(ResponseError::CoordinatorLoadInProgress))
+        .expect("the loading coordinator was never asked: the move did not land");
+    let later = &routes[last_refused_at_2..];
+    for api in [ApiKey::Produce, ApiKey::Fetch, ApiKey::OffsetCommit] {
+        assert!(
+            served(later, api, 2) > 0,
+            "broker 2 served no {api:?} after it came back"
+        );
+    }
+}
