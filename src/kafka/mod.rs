@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod group;
 pub mod names;
 pub mod partitioner;
+pub mod retry;
 mod sasl;
 pub mod security;
 pub mod wire;
@@ -32,6 +33,8 @@ pub struct Config {
     pub timeout: Duration,
     /// TLS and SASL for every connection: bootstrap, leaders, coordinators alike.
     pub security: security::Security,
+    /// What was learnt about the cluster while running (shared by clones).
+    pub cluster: Arc<retry::Cluster>,
 }
 
 /// Where a broker is looked for when nothing says otherwise.
@@ -43,6 +46,7 @@ impl Default for Config {
             brokers: vec![DEFAULT_BROKERS.into()],
             timeout: Duration::from_secs(10),
             security: security::Security::default(),
+            cluster: Arc::default(),
         }
     }
 }
