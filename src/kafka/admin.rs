@@ -867,3 +867,138 @@ mod timeout_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod coordinator_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use kafka_protocol::messages::offset_commit_response::{
+        OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, BrokerId, FindCoordinatorResponse, OffsetCommitResponse,
+    };
+
+    use super::super::fake::{self, answer, Handler};
+    use super::*;
+
+    fn committed(code: i16, version: i16) -> fake::Answer {
+        let partition = OffsetCommitResponsePartition::default()
+            .with_partition_index(0)
+            .with_error_code(code);
+        let topic = OffsetCommitResponseTopic::default()
+            .with_name(TopicName(str_bytes("t")))
+            .with_partitions(vec![partition]);
+        answer(
+            &OffsetCommitResponse::default().with_topics(vec![topic]),
+            version,
+        )
+    }
+
+    /// A coordinator that takes every commit, counting them.
+    fn takes_commits(count: Arc<AtomicUsize>) -> Handler {
+        Arc::new(move |key, version| match key {
+            ApiKey::OffsetCommit => {
+                count.fetch_add(1, Ordering::SeqCst);
+                Some(committed(0, version))
+            }
+            _ => None,
+        })
+    }
+
+    /// The bootstrap broker: FindCoordinator names `coordinators` in turn (the last one for
+    /// good); a commit sent to it is answered `refuse` (None: the connection dropped).
+    fn bootstrap(coordinators: Vec<String>, refuse: Option<i16>) -> Handler {
+        let asked = AtomicUsize::new(0);
+        Arc::new(move |key, version| match key {
+            ApiKey::FindCoordinator => {
+                let n = asked
+                    .fetch_add(1, Ordering::SeqCst)
+                    .min(coordinators.len() - 1);
+                let (host, port) = coordinators[n].rsplit_once(':').unwrap();
+                let response = FindCoordinatorResponse::default()
+                    .with_node_id(BrokerId(i32::try_from(n).unwrap()))
+                    .with_host(str_bytes(host))
+                    .with_port(port.parse().unwrap());
+                Some(answer(&response, version))
+            }
+            ApiKey::OffsetCommit => refuse.map(|code| committed(code, version)),
+            _ => None,
+        })
+    }
+
+    fn opts(brokers: Vec<String>) -> Config {
+        Config {
+            brokers,
+            timeout: Duration::from_secs(10),
+            ..Config::default()
+        }
+    }
+
+    /// Commit once through a fresh coordinator; how long it took.
+    async fn commit(opts: &Config) -> Duration {
+        let started = Instant::now();
+        let mut coordinator = GroupCoordinator::new(opts, "g");
+        coordinator
+            .commit("t", &BTreeMap::from([(0, 5)]), None)
+            .await
+            .unwrap();
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_commit_answered_not_coordinator_goes_to_the_new_coordinator() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let new = fake::broker(takes_commits(Arc::clone(&count))).await;
+        // The bootstrap broker is the old coordinator: it names itself first.
+        let old = fake::broker_knowing(|me| bootstrap(vec![me, new.clone()], Some(16))).await;
+        let opts = opts(vec![old]);
+        let took = commit(&opts).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "committed at the new coordinator"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // The move was recorded (and said) once.
+        assert_eq!(opts.cluster.found("group 'g'", &new), None);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_or_a_dead_coordinator_is_found_again_at_once() {
+        for refuse in [None, Some(16)] {
+            let count = Arc::new(AtomicUsize::new(0));
+            let new = fake::broker(takes_commits(Arc::clone(&count))).await;
+            let dead = fake::dead().await;
+            // First named: the bootstrap broker itself, which drops the connection on the
+            // commit (an early EOF), or a dead broker (connection refused); then the live one.
+            let boot = fake::broker_knowing(|me| {
+                let first = if refuse.is_none() { me } else { dead.clone() };
+                bootstrap(vec![first, new.clone()], refuse)
+            })
+            .await;
+            // A dead first bootstrap broker costs one refused connection.
+            let took = commit(&opts(vec![dead, boot])).await;
+            assert_eq!(count.load(Ordering::SeqCst), 1, "{refuse:?}");
+            assert!(took < Duration::from_secs(2), "{took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_that_never_takes_the_commit_fails_within_the_timeout() {
+        let addr = fake::broker_knowing(|me| bootstrap(vec![me], Some(16))).await;
+        let opts = Config {
+            timeout: Duration::from_millis(600),
+            ..opts(vec![addr])
+        };
+        let started = Instant::now();
+        let err = GroupCoordinator::new(&opts, "g")
+            .commit("t", &BTreeMap::from([(0, 5)]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(Retry::of(&err), Retry::Coordinator, "{err:#}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

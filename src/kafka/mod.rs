@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod bounds;
+#[cfg(test)]
+mod fake;
 pub mod fetch;
 pub mod group;
 pub mod names;
@@ -128,6 +130,14 @@ pub async fn partitions_of(client: &Client, topic: &str) -> Result<Vec<i32>> {
 }
 
 /// One client per partition, each bound to that partition's leader.
+///
+/// rskafka follows a moving leader itself: a produce answered NOT_LEADER_OR_FOLLOWER or
+/// LEADER_NOT_AVAILABLE, or a connection that broke, invalidates its cached leader and metadata
+/// and retries within [`backoff`]'s deadline (`--timeout`). UNKNOWN_TOPIC_OR_PARTITION is
+/// retried too (`UnknownTopicHandling::Retry`): the caller checked the topic exists
+/// ([`partitions_of`]), so here it means a broker that does not (yet) know it leads the
+/// partition. A produce that still fails is not acknowledged: the caller reports it, never
+/// counts it.
 pub async fn partition_clients(
     client: &Client,
     topic: &str,
@@ -136,7 +146,7 @@ pub async fn partition_clients(
     let mut out = Vec::with_capacity(partitions.len());
     for &p in partitions {
         let pc = client
-            .partition_client(topic, p, UnknownTopicHandling::Error)
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
             .await
             .with_context(|| format!("connecting to the leader of {topic}/{p}"))?;
         out.push(Arc::new(pc));
