@@ -228,7 +228,9 @@ impl Admin {
                     });
                 }
                 // A wrong password or certificate is the same at every broker.
-                Err(e) if Retry::of(&e) == Retry::Fatal => return Err(e),
+                Err(e) if e.chain().any(|c| c.is::<super::security::SecurityError>()) => {
+                    return Err(e)
+                }
                 Err(e) => {
                     tracing::debug!("{e:#}");
                     last_error = Some(e);
