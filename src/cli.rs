@@ -259,6 +259,7 @@ impl KafkaOpts {
                 .collect(),
             timeout: self.timeout,
             security,
+            cluster: Default::default(),
         })
     }
 }

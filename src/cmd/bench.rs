@@ -715,6 +715,8 @@ async fn durable_engine(
 ) -> Result<(f64, f64)> {
     let opts = kafka::Config {
         brokers: vec![brokers.to_string()],
+        // Another broker: nothing learnt about the first one applies.
+        cluster: Default::default(),
         ..args.kafka.clone()
     };
     let mut admin = Admin::connect(&opts).await?;

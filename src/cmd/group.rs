@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::members::{self, Member};
 use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
 use crate::db::{redact, Reader};
-use crate::kafka::admin::{Admin, GroupCoordinator, UnknownTopic};
+use crate::kafka::admin::{Admin, UnknownTopic};
 use crate::kafka::group::GroupDescription;
 use crate::kafka::{self, Position};
 use crate::render;
@@ -151,13 +151,10 @@ async fn describe(args: GroupDescribeArgs) -> Result<()> {
         None => None,
     };
     let mut admin = Admin::connect(&args.kafka).await?;
-    let mut coordinator = Some(admin.group_coordinator(&args.group).await?);
-    let described = coordinator.as_mut().expect("just set").describe().await;
-    // A broker that failed DescribeGroups may have dropped the connection: find it again.
-    let committed = GroupCoordinator::reuse_or_find(&mut coordinator, &args.kafka, &args.group)
-        .await?
-        .fetch_all()
-        .await?;
+    let mut coordinator = admin.group_coordinator(&args.group).await?;
+    let described = coordinator.describe().await;
+    // (A broker that failed DescribeGroups may have dropped the connection: it is found again.)
+    let committed = coordinator.fetch_all().await?;
     let stored: BTreeMap<(String, i32), i64> = match &db {
         Some((reader, _)) => reader
             .stored_offsets(&args.group, args.topic.as_deref())

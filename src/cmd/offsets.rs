@@ -123,7 +123,7 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
         Format::Table => print_plan(&plan)?,
     }
     if args.execute {
-        mirror(&plan, &args.kafka, Some(coordinator)).await?;
+        mirror(&plan, coordinator).await?;
     }
     Ok(())
 }
@@ -191,25 +191,16 @@ async fn execute(
 }
 
 /// Copy the new offsets to the Kafka group; a failure leaves the database's (the truth) as is.
-async fn mirror(
-    plan: &Plan,
-    opts: &crate::kafka::Config,
-    mut coordinator: Option<GroupCoordinator>,
-) -> Result<()> {
+async fn mirror(plan: &Plan, mut coordinator: GroupCoordinator) -> Result<()> {
     let group = &plan.group;
     let offsets: BTreeMap<i32, i64> = plan
         .partitions
         .iter()
         .map(|m| (m.partition, m.new))
         .collect();
-    // A broker that failed DescribeGroups may have dropped the connection: find it again.
-    let mirrored = async {
-        GroupCoordinator::reuse_or_find(&mut coordinator, opts, group)
-            .await?
-            .commit(&plan.topic, &offsets, None)
-            .await
-    };
-    if let Err(e) = mirrored.await {
+    // A moved coordinator (or a connection DescribeGroups dropped) is found again.
+    let mirrored = coordinator.commit(&plan.topic, &offsets, None).await;
+    if let Err(e) = mirrored {
         tracing::warn!(
             "the database was changed (the offsets above are stored), but Kafka group \
              '{group}' was not: mirroring failed ({e:#}); consume mirrors them on its next run"

@@ -175,8 +175,8 @@ fn read_key(wait: Duration) -> Result<Option<Key>> {
 /// What a snapshot is read from: the broker, and the database when given.
 struct Source {
     topic: TopicReaders,
-    /// Kept between snapshots; dropped on an error so the next one asks FindCoordinator again.
-    coordinator: Option<GroupCoordinator>,
+    /// Kept between snapshots; follows the coordinator when it moves.
+    coordinator: GroupCoordinator,
     reader: Option<Reader>,
 }
 
@@ -189,7 +189,7 @@ impl Source {
         };
         Ok(Self {
             topic,
-            coordinator: None,
+            coordinator: GroupCoordinator::new(&args.kafka, &args.group),
             reader,
         })
     }
@@ -236,28 +236,24 @@ impl Source {
         })
     }
 
-    async fn coordinator(&mut self, args: &WatchArgs) -> Result<&mut GroupCoordinator> {
-        GroupCoordinator::reuse_or_find(&mut self.coordinator, &args.kafka, &args.group).await
-    }
-
     async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {
-        let fetched = self.coordinator(args).await?.fetch(&args.topic, ids).await;
+        let fetched = self.coordinator.fetch(&args.topic, ids).await;
         if fetched.is_err() {
-            self.coordinator = None;
+            self.coordinator.forget();
         }
         fetched
     }
 
     /// Partition → the member holding it. Best effort: a dashboard without owners is still useful.
     async fn owners(&mut self, args: &WatchArgs) -> BTreeMap<i32, String> {
-        if self.coordinator(args).await.is_err() {
-            return BTreeMap::new();
-        }
-        let coordinator = self.coordinator.as_mut().expect("just connected");
-        let (view, failed) =
-            members::described_or_recorded(coordinator, self.reader.as_ref(), &args.topic).await;
+        let (view, failed) = members::described_or_recorded(
+            &mut self.coordinator,
+            self.reader.as_ref(),
+            &args.topic,
+        )
+        .await;
         if failed.is_some() {
-            self.coordinator = None;
+            self.coordinator.forget();
         }
         let mut owners = BTreeMap::new();
         for member in view.map(|v| v.members).unwrap_or_default() {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
+use futures::future::BoxFuture;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
@@ -26,6 +27,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
+use super::retry::{BrokerError, Retry, Retrying};
 use super::wire::WireConnection;
 use super::Config;
 
@@ -182,16 +184,10 @@ fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
+/// `Err` ([`BrokerError`], typed so callers can tell what it calls for) when `code` is an error.
 fn check(code: i16, message: Option<&StrBytes>, what: impl FnOnce() -> String) -> Result<()> {
-    match ResponseError::try_from_code(code) {
-        None => Ok(()),
-        Some(err) => {
-            let detail = message
-                .map(|m| format!(": {}", m.as_str()))
-                .unwrap_or_default();
-            Err(anyhow!("{}: {err}{detail}", what()))
-        }
-    }
+    BrokerError::check(code, message.map(StrBytes::as_str), what)?;
+    Ok(())
 }
 
 /// A topic's answer (error code and message): `done` on success, `expected.1` when the broker
@@ -213,22 +209,32 @@ fn outcome<T>(
 }
 
 impl Admin {
-    /// Connect to the first bootstrap broker that answers.
+    /// Connect to the first broker that answers: the one that answered last, then the bootstrap
+    /// brokers in order, then those metadata named. A refused connection (a dead broker) costs
+    /// nothing; the next address is tried at once.
     pub async fn connect(opts: &Config) -> Result<Self> {
-        let brokers = opts.brokers.clone();
-        if brokers.is_empty() {
+        let addresses = opts.cluster.addresses(&opts.brokers);
+        if addresses.is_empty() {
             bail!("no broker address to connect to");
         }
         let mut last_error = None;
-        for addr in &brokers {
+        for addr in &addresses {
             match WireConnection::connect(addr, opts).await {
                 Ok(conn) => {
+                    opts.cluster.answered(addr);
                     return Ok(Self {
                         conn,
                         opts: opts.clone(),
-                    })
+                    });
                 }
-                Err(e) => last_error = Some(e),
+                // A wrong password or certificate is the same at every broker.
+                Err(e) if e.chain().any(|c| c.is::<super::security::SecurityError>()) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::debug!("{e:#}");
+                    last_error = Some(e);
+                }
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow!("no broker")))
@@ -289,6 +295,7 @@ impl Admin {
             .iter()
             .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
             .collect();
+        self.opts.cluster.learn(brokers.values().cloned());
         let mut out = Vec::new();
         for topic in response.topics {
             let name = topic.name.map(|n| n.0.to_string()).unwrap_or_default();
@@ -471,7 +478,15 @@ impl Admin {
             let mut conn = if addr == self.conn.addr() {
                 None
             } else {
-                Some(WireConnection::connect(&addr, &self.opts).await?)
+                match WireConnection::connect(&addr, &self.opts).await {
+                    Ok(conn) => Some(conn),
+                    // A broker that just died: its groups moved to one that is asked too.
+                    Err(e) if Retry::of(&e) == Retry::Refresh => {
+                        tracing::warn!("cannot list the groups of broker {addr}: {e:#}");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             };
             let conn = conn.as_mut().unwrap_or(&mut self.conn);
             let response = conn.call(ListGroupsRequest::default()).await?;
@@ -506,48 +521,21 @@ impl Admin {
             .collect();
         brokers.sort();
         brokers.dedup();
+        self.opts.cluster.learn(brokers.iter().cloned());
         if brokers.is_empty() {
             brokers.push(self.conn.addr().to_string());
         }
         Ok(brokers)
     }
 
-    /// A connection to the coordinator of `group` (FindCoordinator).
+    /// The coordinator of `group`, found now (FindCoordinator on this connection) when this
+    /// broker can say; found again on its own, on first use and whenever it moves.
     pub async fn group_coordinator(&mut self, group: &str) -> Result<GroupCoordinator> {
-        let version = self.conn.version_for::<FindCoordinatorRequest>(i16::MAX)?;
-        let mut request = FindCoordinatorRequest::default().with_key_type(0);
-        if version >= 4 {
-            request.coordinator_keys = vec![str_bytes(group)];
-        } else {
-            request.key = str_bytes(group);
+        let mut coordinator = GroupCoordinator::new(&self.opts, group);
+        match coordinator.find_with(&mut self.conn).await {
+            Err(e) if Retry::of(&e) == Retry::Fatal => Err(e),
+            _ => Ok(coordinator),
         }
-        let response = self.conn.call(request).await?;
-        let (code, message, host, port) = if version >= 4 {
-            let c = response
-                .coordinators
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow!("FindCoordinator answered with no coordinator"))?;
-            (c.error_code, c.error_message, c.host, c.port)
-        } else {
-            (
-                response.error_code,
-                response.error_message,
-                response.host,
-                response.port,
-            )
-        };
-        check(code, message.as_ref(), || {
-            format!("cannot find the coordinator of group '{group}'")
-        })?;
-        let addr = format!("{}:{}", host.as_str(), port);
-        let conn = WireConnection::connect(&addr, &self.opts)
-            .await
-            .with_context(|| format!("connecting to the coordinator of group '{group}'"))?;
-        Ok(GroupCoordinator {
-            conn,
-            group: group.to_string(),
-        })
     }
 
     /// How long the broker may take over a CreateTopics or DeleteTopics: three quarters of
@@ -556,6 +544,37 @@ impl Admin {
     fn timeout_ms(&self) -> i32 {
         broker_timeout_ms(self.opts.timeout)
     }
+}
+
+/// The advertised `host:port` of `group`'s coordinator, asked on `conn` (FindCoordinator).
+async fn find_coordinator(conn: &mut WireConnection, group: &str) -> Result<String> {
+    let version = conn.version_for::<FindCoordinatorRequest>(i16::MAX)?;
+    let mut request = FindCoordinatorRequest::default().with_key_type(0);
+    if version >= 4 {
+        request.coordinator_keys = vec![str_bytes(group)];
+    } else {
+        request.key = str_bytes(group);
+    }
+    let response = conn.call(request).await?;
+    let (code, message, host, port) = if version >= 4 {
+        let c = response
+            .coordinators
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("FindCoordinator answered with no coordinator"))?;
+        (c.error_code, c.error_message, c.host, c.port)
+    } else {
+        (
+            response.error_code,
+            response.error_message,
+            response.host,
+            response.port,
+        )
+    };
+    check(code, message.as_ref(), || {
+        format!("cannot find the coordinator of group '{group}'")
+    })?;
+    Ok(format!("{}:{}", host.as_str(), port))
 }
 
 /// Three quarters of `wait` in milliseconds (at least 1): the time a request's `timeout_ms`
@@ -583,37 +602,93 @@ impl std::fmt::Display for UnknownTopic {
 
 impl std::error::Error for UnknownTopic {}
 
-/// The broker that keeps a consumer group's offsets.
+/// The broker that keeps a consumer group's offsets, and a connection to it.
+///
+/// Every request goes through [`GroupCoordinator::call`]: an answer that says the coordinator
+/// moved or is not ready (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE), a connection that broke
+/// or was refused (the broker died) drop the connection, FindCoordinator is asked again (of a
+/// live broker: [`Admin::connect`]) and the request sent again; COORDINATOR_LOAD_IN_PROGRESS is
+/// retried where it is after a pause. For up to `--timeout` after the first failure, then the
+/// error.
 pub struct GroupCoordinator {
-    pub(super) conn: WireConnection,
-    pub(super) group: String,
+    opts: Config,
+    group: String,
+    conn: Option<WireConnection>,
 }
 
 impl GroupCoordinator {
+    /// The coordinator of `group`, found on first use.
+    pub fn new(opts: &Config, group: &str) -> Self {
+        Self {
+            opts: opts.clone(),
+            group: group.to_string(),
+            conn: None,
+        }
+    }
+
     /// The group this coordinator answers for.
     pub fn group(&self) -> &str {
         &self.group
     }
 
-    /// The coordinator kept in `slot`, found again (FindCoordinator on a new connection) when
-    /// there is none yet or its connection can no longer be trusted.
-    pub async fn reuse_or_find<'a>(
-        slot: &'a mut Option<GroupCoordinator>,
-        opts: &Config,
-        group: &str,
-    ) -> Result<&'a mut GroupCoordinator> {
-        if !slot.as_ref().is_some_and(GroupCoordinator::is_usable) {
-            *slot = None;
-            let mut admin = Admin::connect(opts).await?;
-            *slot = Some(admin.group_coordinator(group).await?);
-        }
-        Ok(slot.as_mut().expect("just set"))
+    /// Drop the connection: the next request finds the coordinator again.
+    pub fn forget(&mut self) {
+        self.conn = None;
     }
 
-    /// False once a request on this connection was abandoned half way (a timeout, an I/O error,
-    /// a cancelled wait): the next answer read could be the old one, so reconnect instead.
-    pub fn is_usable(&self) -> bool {
-        !self.conn.is_broken()
+    /// Ask FindCoordinator on `via` and connect to the broker it names. A coordinator that is
+    /// somewhere else than where this process last found it is said once, as a WARN.
+    pub(super) async fn find_with(&mut self, via: &mut WireConnection) -> Result<()> {
+        let addr = find_coordinator(via, &self.group).await?;
+        let conn = WireConnection::connect(&addr, &self.opts)
+            .await
+            .with_context(|| format!("connecting to the coordinator of group '{}'", self.group))?;
+        let key = format!("group '{}'", self.group);
+        if let Some(before) = self.opts.cluster.found(&key, &addr) {
+            tracing::warn!(
+                "group '{}' coordinator moved to {addr} (it was {before}); following it",
+                self.group
+            );
+        }
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// The connection to the coordinator, found (again) when there is none or it can no longer
+    /// be trusted (a request abandoned half way: the next answer could be the old one).
+    async fn connection(&mut self) -> Result<&mut WireConnection> {
+        if self.conn.as_ref().is_none_or(WireConnection::is_broken) {
+            self.conn = None;
+            let mut admin = Admin::connect(&self.opts).await?;
+            self.find_with(&mut admin.conn).await?;
+        }
+        Ok(self.conn.as_mut().expect("just found"))
+    }
+
+    /// `op` on the coordinator's connection, following the coordinator when it moves (see the
+    /// type's doc). `op` turns an answer's coordinator error codes into [`BrokerError`]s
+    /// ([`coordinator_error`]) for them to be retried; other codes are its own business.
+    ///
+    /// `op` owns what it sends (a clone per attempt): its future borrows only the connection.
+    pub(super) async fn call<T>(
+        &mut self,
+        mut op: impl FnMut(&mut WireConnection) -> BoxFuture<'_, Result<T>>,
+    ) -> Result<T> {
+        let mut retrying = Retrying::new(self.opts.timeout);
+        loop {
+            let result = match self.connection().await {
+                Ok(conn) => op(conn).await,
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(answer) => return Ok(answer),
+                Err(e) => e,
+            };
+            tracing::debug!("group '{}': {err:#}; retrying", self.group);
+            if retrying.after(err).await? != Retry::Wait {
+                self.conn = None;
+            }
+        }
     }
 
     /// Commit `partition → next offset` for `topic`. The database is the source of truth; this
@@ -645,18 +720,22 @@ impl GroupCoordinator {
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(TopicName(str_bytes(topic)))
                 .with_partitions(partitions)]);
-        let response = self.conn.call_capped(request, 9).await?;
-        for t in &response.topics {
-            for p in &t.partitions {
-                check(p.error_code, None, || {
-                    format!(
-                        "committing offsets of group '{}' for {topic}/{}",
-                        self.group, p.partition_index
-                    )
-                })?;
-            }
-        }
-        Ok(())
+        let what = format!("committing offsets of group '{}' for {topic}", self.group);
+        self.call(|conn| {
+            let (request, what) = (request.clone(), what.clone());
+            Box::pin(async move {
+                let response = conn.call_capped(request, 9).await?;
+                for t in &response.topics {
+                    for p in &t.partitions {
+                        check(p.error_code, None, || {
+                            format!("{what}/{}", p.partition_index)
+                        })?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// The group's committed `partition → next offset` for `topic` (absent when none).
@@ -684,65 +763,96 @@ impl GroupCoordinator {
         &mut self,
         topic: Option<(&str, &[i32])>,
     ) -> Result<Vec<(String, i32, i64)>> {
-        let version = self.conn.version_for::<OffsetFetchRequest>(9)?;
-        let name = |topic: &str| TopicName(str_bytes(topic));
-        let mut request = OffsetFetchRequest::default();
-        if version >= 8 {
-            request.groups = vec![OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(str_bytes(&self.group)))
-                .with_topics(topic.map(|(topic, partitions)| {
-                    vec![OffsetFetchRequestTopics::default()
-                        .with_name(name(topic))
-                        .with_partition_indexes(partitions.to_vec())]
-                }))];
-        } else {
-            request.group_id = GroupId(str_bytes(&self.group));
-            request.topics = topic.map(|(topic, partitions)| {
-                vec![OffsetFetchRequestTopic::default()
+        let group = self.group.clone();
+        let topic = topic.map(|(t, ps)| (t.to_string(), ps.to_vec()));
+        self.call(|conn| {
+            let (group, topic) = (group.clone(), topic.clone());
+            Box::pin(async move {
+                let topic = topic.as_ref().map(|(t, ps)| (t.as_str(), ps.as_slice()));
+                offset_fetch(conn, &group, topic).await
+            })
+        })
+        .await
+    }
+}
+
+/// `Err` ([`BrokerError`]) for the codes that say the coordinator moved or is not ready: for
+/// [`GroupCoordinator::call`] to follow it. Every other code is left to the caller.
+pub(super) fn coordinator_error(code: i16, what: impl FnOnce() -> String) -> Result<()> {
+    match ResponseError::try_from_code(code) {
+        Some(
+            ResponseError::NotCoordinator
+            | ResponseError::CoordinatorNotAvailable
+            | ResponseError::CoordinatorLoadInProgress,
+        ) => check(code, None, what),
+        _ => Ok(()),
+    }
+}
+
+/// OffsetFetch of `group` on `conn` (see [`GroupCoordinator::offset_fetch`]).
+async fn offset_fetch(
+    conn: &mut WireConnection,
+    group: &str,
+    topic: Option<(&str, &[i32])>,
+) -> Result<Vec<(String, i32, i64)>> {
+    let version = conn.version_for::<OffsetFetchRequest>(9)?;
+    let name = |topic: &str| TopicName(str_bytes(topic));
+    let mut request = OffsetFetchRequest::default();
+    if version >= 8 {
+        request.groups = vec![OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_topics(topic.map(|(topic, partitions)| {
+                vec![OffsetFetchRequestTopics::default()
                     .with_name(name(topic))
                     .with_partition_indexes(partitions.to_vec())]
-            });
-        }
-        let response = self.conn.call_capped(request, 9).await?;
-        let what = || format!("fetching offsets of group '{}'", self.group);
-        // The same fields at every version, in a type of their own before v8.
-        macro_rules! rows {
-            ($topics:expr) => {
-                $topics
-                    .into_iter()
-                    .flat_map(|t| {
-                        let topic = t.name.0.to_string();
-                        t.partitions.into_iter().map(move |p| {
-                            (
-                                topic.clone(),
-                                p.partition_index,
-                                p.committed_offset,
-                                p.error_code,
-                            )
-                        })
-                    })
-                    .collect::<Vec<_>>()
-            };
-        }
-        let mut rows = Vec::new();
-        if version >= 8 {
-            for g in response.groups {
-                check(g.error_code, None, what)?;
-                rows.extend(rows!(g.topics));
-            }
-        } else {
-            check(response.error_code, None, what)?;
-            rows = rows!(response.topics);
-        }
-        let mut out = Vec::new();
-        for (topic, partition, offset, code) in rows {
-            check(code, None, what)?;
-            if offset >= 0 {
-                out.push((topic, partition, offset));
-            }
-        }
-        Ok(out)
+            }))];
+    } else {
+        request.group_id = GroupId(str_bytes(group));
+        request.topics = topic.map(|(topic, partitions)| {
+            vec![OffsetFetchRequestTopic::default()
+                .with_name(name(topic))
+                .with_partition_indexes(partitions.to_vec())]
+        });
     }
+    let response = conn.call_capped(request, 9).await?;
+    let what = || format!("fetching offsets of group '{group}'");
+    // The same fields at every version, in a type of their own before v8.
+    macro_rules! rows {
+        ($topics:expr) => {
+            $topics
+                .into_iter()
+                .flat_map(|t| {
+                    let topic = t.name.0.to_string();
+                    t.partitions.into_iter().map(move |p| {
+                        (
+                            topic.clone(),
+                            p.partition_index,
+                            p.committed_offset,
+                            p.error_code,
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+    }
+    let mut rows = Vec::new();
+    if version >= 8 {
+        for g in response.groups {
+            check(g.error_code, None, what)?;
+            rows.extend(rows!(g.topics));
+        }
+    } else {
+        check(response.error_code, None, what)?;
+        rows = rows!(response.topics);
+    }
+    let mut out = Vec::new();
+    for (topic, partition, offset, code) in rows {
+        check(code, None, what)?;
+        if offset >= 0 {
+            out.push((topic, partition, offset));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -757,5 +867,140 @@ mod timeout_tests {
             super::broker_timeout_ms(Duration::from_secs(1 << 40)),
             i32::MAX
         );
+    }
+}
+
+#[cfg(test)]
+mod coordinator_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use kafka_protocol::messages::offset_commit_response::{
+        OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, BrokerId, FindCoordinatorResponse, OffsetCommitResponse,
+    };
+
+    use super::super::fake::{self, answer, Handler};
+    use super::*;
+
+    fn committed(code: i16, version: i16) -> fake::Answer {
+        let partition = OffsetCommitResponsePartition::default()
+            .with_partition_index(0)
+            .with_error_code(code);
+        let topic = OffsetCommitResponseTopic::default()
+            .with_name(TopicName(str_bytes("t")))
+            .with_partitions(vec![partition]);
+        answer(
+            &OffsetCommitResponse::default().with_topics(vec![topic]),
+            version,
+        )
+    }
+
+    /// A coordinator that takes every commit, counting them.
+    fn takes_commits(count: Arc<AtomicUsize>) -> Handler {
+        Arc::new(move |key, version| match key {
+            ApiKey::OffsetCommit => {
+                count.fetch_add(1, Ordering::SeqCst);
+                Some(committed(0, version))
+            }
+            _ => None,
+        })
+    }
+
+    /// The bootstrap broker: FindCoordinator names `coordinators` in turn (the last one for
+    /// good); a commit sent to it is answered `refuse` (None: the connection dropped).
+    fn bootstrap(coordinators: Vec<String>, refuse: Option<i16>) -> Handler {
+        let asked = AtomicUsize::new(0);
+        Arc::new(move |key, version| match key {
+            ApiKey::FindCoordinator => {
+                let n = asked
+                    .fetch_add(1, Ordering::SeqCst)
+                    .min(coordinators.len() - 1);
+                let (host, port) = coordinators[n].rsplit_once(':').unwrap();
+                let response = FindCoordinatorResponse::default()
+                    .with_node_id(BrokerId(i32::try_from(n).unwrap()))
+                    .with_host(str_bytes(host))
+                    .with_port(port.parse().unwrap());
+                Some(answer(&response, version))
+            }
+            ApiKey::OffsetCommit => refuse.map(|code| committed(code, version)),
+            _ => None,
+        })
+    }
+
+    fn opts(brokers: Vec<String>) -> Config {
+        Config {
+            brokers,
+            timeout: Duration::from_secs(10),
+            ..Config::default()
+        }
+    }
+
+    /// Commit once through a fresh coordinator; how long it took.
+    async fn commit(opts: &Config) -> Duration {
+        let started = Instant::now();
+        let mut coordinator = GroupCoordinator::new(opts, "g");
+        coordinator
+            .commit("t", &BTreeMap::from([(0, 5)]), None)
+            .await
+            .unwrap();
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_commit_answered_not_coordinator_goes_to_the_new_coordinator() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let new = fake::broker(takes_commits(Arc::clone(&count))).await;
+        // The bootstrap broker is the old coordinator: it names itself first.
+        let old = fake::broker_knowing(|me| bootstrap(vec![me, new.clone()], Some(16))).await;
+        let opts = opts(vec![old]);
+        let took = commit(&opts).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "committed at the new coordinator"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // The move was recorded (and said) once.
+        assert_eq!(opts.cluster.found("group 'g'", &new), None);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_or_a_dead_coordinator_is_found_again_at_once() {
+        for refuse in [None, Some(16)] {
+            let count = Arc::new(AtomicUsize::new(0));
+            let new = fake::broker(takes_commits(Arc::clone(&count))).await;
+            let dead = fake::dead().await;
+            // First named: the bootstrap broker itself, which drops the connection on the
+            // commit (an early EOF), or a dead broker (connection refused); then the live one.
+            let boot = fake::broker_knowing(|me| {
+                let first = if refuse.is_none() { me } else { dead.clone() };
+                bootstrap(vec![first, new.clone()], refuse)
+            })
+            .await;
+            // A dead first bootstrap broker costs one refused connection.
+            let took = commit(&opts(vec![dead, boot])).await;
+            assert_eq!(count.load(Ordering::SeqCst), 1, "{refuse:?}");
+            assert!(took < Duration::from_secs(2), "{took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_that_never_takes_the_commit_fails_within_the_timeout() {
+        let addr = fake::broker_knowing(|me| bootstrap(vec![me], Some(16))).await;
+        let opts = Config {
+            timeout: Duration::from_millis(600),
+            ..opts(vec![addr])
+        };
+        let started = Instant::now();
+        let err = GroupCoordinator::new(&opts, "g")
+            .commit("t", &BTreeMap::from([(0, 5)]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(Retry::of(&err), Retry::Coordinator, "{err:#}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }

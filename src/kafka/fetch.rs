@@ -30,6 +30,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 use super::admin::{Admin, TopicMetadata};
+use super::retry::{BrokerError, Retry, Retrying};
 use super::wire::WireConnection;
 use super::Config;
 
@@ -88,6 +89,16 @@ impl Fetch {
     /// Offsets from the requested one up to the first the log still holds: records that were
     /// removed, though the broker's log start (or the lack of an OFFSET_OUT_OF_RANGE) did not
     /// say so. An answer holding nothing below the stable end means all of them are gone.
+    ///
+    /// The broker behaviour this answers: tansu 0.6's SQLite engine deletes records by
+    /// retention without moving its log start, and a fetch there skips to the first record left
+    /// (or answers nothing below the high watermark). Apache Kafka answers such a fetch
+    /// OFFSET_OUT_OF_RANGE instead, and otherwise returns the batch that holds the requested
+    /// offset (always at least one), so on Kafka this is `None` except where compaction removed
+    /// records — which are not there to be read either. Unless the broker itself reported a log
+    /// start past the request ([`Fetch::gap_reported`]), the consumer believes a gap only when it
+    /// lasts (`consume/fetcher.rs`, `GAP_CONFIRM`): tansu's in-memory engine shows one for a
+    /// moment while it appends.
     pub fn removed_before(&self, requested: i64) -> Option<std::ops::Range<i64>> {
         let first = match self.first_offset {
             Some(first) => first,
@@ -95,6 +106,14 @@ impl Fetch {
             None => return None,
         };
         (first > requested).then_some(requested..first)
+    }
+}
+
+impl Fetch {
+    /// Whether the broker itself says the records before the first it returned are gone: it
+    /// reports a log start past `requested`. The only gap believed at once.
+    pub fn gap_reported(&self, requested: i64) -> bool {
+        self.log_start_offset > requested
     }
 }
 
@@ -138,6 +157,12 @@ const START_PROBE_BYTES: i32 = 64 << 10;
 
 /// One partition's reader: its own connection to the partition's leader, looked up (again)
 /// whenever the connection is missing or was abandoned half way.
+///
+/// It follows the leader: a Fetch or ListOffsets answered NOT_LEADER_OR_FOLLOWER,
+/// UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE (…, see [`Retry::Refresh`]) or a connection
+/// that broke or was refused drops the connection, the leader is looked up in fresh metadata and
+/// the request sent again — for up to `--timeout` after the first failure. A leader found
+/// somewhere else than before is said once per process, as a WARN.
 pub struct PartitionReader {
     opts: Config,
     topic: String,
@@ -182,13 +207,32 @@ impl PartitionReader {
             None => {
                 let mut admin = Admin::connect(&self.opts).await?;
                 let topics = admin.metadata(Some(&[self.topic.as_str()])).await?;
-                leader_of(&topics, self.partition).ok_or_else(|| {
-                    anyhow!("no leader is known for {}/{}", self.topic, self.partition)
+                // Between two leaders (an election): LEADER_NOT_AVAILABLE, which is retried.
+                leader_of(&topics, self.partition).ok_or_else(|| BrokerError {
+                    code: ResponseError::LeaderNotAvailable,
+                    what: format!("no leader is known for {}/{}", self.topic, self.partition),
+                    detail: String::new(),
                 })?
             }
         };
         let conn = WireConnection::connect(&addr, &self.opts).await?;
+        let key = format!("{}/{}", self.topic, self.partition);
+        if let Some(before) = self.opts.cluster.found(&key, &addr) {
+            tracing::warn!(
+                "the leader of {key} moved (broker {before} is not it any more); following it"
+            );
+        }
         Ok(self.conn.insert(conn))
+    }
+
+    /// After a failed request: drop the connection unless the broker only asked to wait, pause,
+    /// and go on — or the error back, when it is not retriable or `retrying` ran out.
+    async fn follow(&mut self, retrying: &mut Retrying, err: anyhow::Error) -> Result<()> {
+        tracing::debug!("{}/{}: {err:#}; retrying", self.topic, self.partition);
+        if retrying.after(err).await? != Retry::Wait {
+            self.conn = None;
+        }
+        Ok(())
     }
 
     /// Fetch from `offset`: at most `max_bytes` (at least one whole batch), waiting up to
@@ -199,6 +243,41 @@ impl PartitionReader {
     /// the stable end is asked again once with [`GAP_PROBE_BYTES`]: still nothing means the
     /// records there are gone ([`Fetch::removed_before`]), not that they were too big.
     pub async fn fetch(
+        &mut self,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<Fetch, FetchError> {
+        self.fetch_following(offset, (max_bytes, max_wait_ms), true)
+            .await
+    }
+
+    /// [`fetch`](Self::fetch) (`probe`: with its second look at an empty answer), following the
+    /// leader when it moves.
+    async fn fetch_following(
+        &mut self,
+        offset: i64,
+        (max_bytes, max_wait_ms): (i32, i32),
+        probe: bool,
+    ) -> Result<Fetch, FetchError> {
+        let mut retrying = Retrying::new(self.opts.timeout);
+        loop {
+            let fetched = if probe {
+                self.fetch_probed(offset, max_bytes, max_wait_ms).await
+            } else {
+                self.fetch_once(offset, max_bytes, max_wait_ms).await
+            };
+            match fetched {
+                Err(FetchError::Retriable(e)) => self
+                    .follow(&mut retrying, e)
+                    .await
+                    .map_err(FetchError::Retriable)?,
+                done => return done,
+            }
+        }
+    }
+
+    async fn fetch_probed(
         &mut self,
         offset: i64,
         max_bytes: i32,
@@ -291,8 +370,19 @@ impl PartitionReader {
         }
     }
 
-    /// ListOffsets: the offset and timestamp the broker answers for `timestamp`.
+    /// ListOffsets: the offset and timestamp the broker answers for `timestamp`, following the
+    /// leader when it moves.
     async fn list(&mut self, timestamp: i64) -> Result<(i64, i64)> {
+        let mut retrying = Retrying::new(self.opts.timeout);
+        loop {
+            match self.list_once(timestamp).await {
+                Err(e) => self.follow(&mut retrying, e).await?,
+                done => return done,
+            }
+        }
+    }
+
+    async fn list_once(&mut self, timestamp: i64) -> Result<(i64, i64)> {
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_isolation_level(READ_COMMITTED)
@@ -304,18 +394,16 @@ impl PartitionReader {
                     .with_timestamp(timestamp)])]);
         let (topic, partition) = (self.topic.clone(), self.partition);
         let conn = self.connection().await?;
-        let response = conn.call_capped(request, LIST_OFFSETS_VERSION_CAP).await;
-        let response = response.inspect_err(|_| self.conn = None)?;
+        let response = conn.call_capped(request, LIST_OFFSETS_VERSION_CAP).await?;
         let answer = response
             .topics
             .iter()
             .flat_map(|t| &t.partitions)
             .find(|p| p.partition_index == partition)
             .ok_or_else(|| anyhow!("ListOffsets did not answer for {topic}/{partition}"))?;
-        if let Some(err) = ResponseError::try_from_code(answer.error_code) {
-            self.conn = None;
-            return Err(anyhow!("listing offsets of {topic}/{partition}: {err}"));
-        }
+        BrokerError::check(answer.error_code, None, || {
+            format!("listing offsets of {topic}/{partition}")
+        })?;
         Ok((answer.offset, answer.timestamp))
     }
 
@@ -328,7 +416,7 @@ impl PartitionReader {
         let listed = self.list_offset(LATEST).await?;
         let at = listed.max(0);
         // Only the answer's offsets matter here, not its records.
-        match self.fetch_once(at, 1, 0).await {
+        match self.fetch_following(at, (1, 0), false).await {
             Ok(fetch) => Ok(fetch.stable_end.max(listed)),
             Err(FetchError::OffsetOutOfRange) => Ok(listed),
             Err(e) => {
@@ -427,23 +515,23 @@ pub async fn offset_ranges(readers: &mut [PartitionReader]) -> Result<BTreeMap<i
         .map(|v| v.into_iter().collect())
 }
 
+/// A fetch answer's error code: out of range, worth another look ([`Retry`] says which), or
+/// the end of the run. Typed ([`BrokerError`]) so the reader can tell a moved leader.
 fn classify(err: ResponseError, what: impl FnOnce() -> String) -> FetchError {
-    use ResponseError as E;
+    let error = || {
+        anyhow!(BrokerError {
+            code: err,
+            what: what(),
+            detail: String::new(),
+        })
+    };
     match err {
-        E::OffsetOutOfRange => FetchError::OffsetOutOfRange,
-        E::NotLeaderOrFollower
-        | E::LeaderNotAvailable
-        | E::UnknownTopicOrPartition
-        | E::FencedLeaderEpoch
-        | E::UnknownLeaderEpoch
-        | E::NotCoordinator
-        | E::RequestTimedOut
-        | E::NetworkException
-        | E::KafkaStorageError
-        | E::OffsetNotAvailable
-        | E::ReplicaNotAvailable
-        | E::UnknownServerError => FetchError::Retriable(anyhow!("{}: {err}", what())),
-        _ => FetchError::Fatal(anyhow!("{}: {err}", what())),
+        ResponseError::OffsetOutOfRange => FetchError::OffsetOutOfRange,
+        // A coordinator code has no business here; another look does no harm.
+        _ if Retry::of_code(err) != Retry::Fatal || err == ResponseError::NotCoordinator => {
+            FetchError::Retriable(error())
+        }
+        _ => FetchError::Fatal(error()),
     }
 }
 

@@ -29,8 +29,10 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::admin::{Admin, GroupCoordinator};
+use super::admin::{coordinator_error, Admin, GroupCoordinator};
 use super::bounds;
+use super::retry::{BrokerError, Retry};
+use super::wire::WireConnection;
 use super::Config;
 
 /// The protocol type of consumer groups; other group kinds (Kafka Connect, …) use their own.
@@ -98,7 +100,8 @@ pub struct GroupMember {
     group: String,
     topic: String,
     membership: Membership,
-    coordinator: Option<GroupCoordinator>,
+    /// Found again on its own whenever it moves.
+    coordinator: GroupCoordinator,
     member_id: String,
     generation: i32,
     protocol_name: String,
@@ -122,7 +125,7 @@ impl GroupMember {
             group: group.to_string(),
             topic: topic.to_string(),
             membership,
-            coordinator: None,
+            coordinator: GroupCoordinator::new(opts, group),
             member_id: String::new(),
             generation: -1,
             protocol_name: RANGE.to_string(),
@@ -146,11 +149,6 @@ impl GroupMember {
 
     pub fn generation(&self) -> i32 {
         self.generation
-    }
-
-    /// (A join cancelled by Ctrl-C leaves its request unanswered: the next call reconnects.)
-    async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
-        GroupCoordinator::reuse_or_find(&mut self.coordinator, &self.opts, &self.group).await
     }
 
     /// Join (or rejoin) the group and wait for this member's partitions.
@@ -203,7 +201,7 @@ impl GroupMember {
                 Err(e) => {
                     tracing::debug!("joining group '{}': {e:#}", self.group);
                     // The connection may be what failed; the next attempt opens a new one.
-                    self.coordinator = None;
+                    self.coordinator.forget();
                     last_error = Some(e);
                 }
             }
@@ -286,11 +284,17 @@ impl GroupMember {
             .rebalance_timeout
             .max(JAVA_REBALANCE_TIMEOUT)
             + self.opts.timeout;
+        // A moved coordinator is followed with the same member id: the group lives on there.
         let joined = self
-            .coordinator()
-            .await?
-            .conn
-            .call_within(request, 9, join_wait)
+            .coordinator
+            .call(|conn| {
+                let request = request.clone();
+                Box::pin(async move {
+                    let joined = conn.call_within(request, 9, join_wait).await?;
+                    coordinator_error(joined.error_code, || "JoinGroup".into())?;
+                    Ok(joined)
+                })
+            })
             .await?;
         match ResponseError::try_from_code(joined.error_code) {
             None => {}
@@ -323,9 +327,6 @@ impl GroupMember {
             }
             Some(e) if e.is_retriable() || is_rejoin(e) => {
                 tracing::debug!("JoinGroup '{}': {e}; retrying", self.group);
-                if coordinator_moved(e) {
-                    self.coordinator = None;
-                }
                 return Ok(Step::Stop(Round::Again));
             }
             // Nothing a retry changes: a session timeout outside the broker's range, a full
@@ -356,10 +357,15 @@ impl GroupMember {
             .with_assignments(assignments);
         let wait = self.membership.rebalance_timeout + self.opts.timeout;
         let synced = self
-            .coordinator()
-            .await?
-            .conn
-            .call_within(request, 5, wait)
+            .coordinator
+            .call(|conn| {
+                let request = request.clone();
+                Box::pin(async move {
+                    let synced = conn.call_within(request, 5, wait).await?;
+                    coordinator_error(synced.error_code, || "SyncGroup".into())?;
+                    Ok(synced)
+                })
+            })
             .await?;
         match ResponseError::try_from_code(synced.error_code) {
             None => {}
@@ -372,13 +378,9 @@ impl GroupMember {
                 // the assignments. Heartbeat meanwhile: tansu only counts heartbeats as signs of
                 // life, and this wait may be longer than the session timeout.
                 tracing::debug!("SyncGroup '{}': {e}; rejoining", self.group);
-                if coordinator_moved(e) {
-                    self.coordinator = None;
-                } else {
-                    let _ = self.heartbeat().await;
-                    if e == ResponseError::RebalanceInProgress && !leader {
-                        self.take_over_a_departed_leader(named_leader).await;
-                    }
+                let _ = self.heartbeat().await;
+                if e == ResponseError::RebalanceInProgress && !leader {
+                    self.take_over_a_departed_leader(named_leader).await;
                 }
                 return Ok(Step::Stop(Round::Again));
             }
@@ -438,11 +440,7 @@ impl GroupMember {
             self.awaited_leader = Some(named.to_string());
             return;
         }
-        let members = match self.coordinator().await {
-            Ok(c) => c.describe().await,
-            Err(e) => Err(e),
-        };
-        let gone = match members {
+        let gone = match self.coordinator.describe().await {
             Ok(g) => g.members.iter().all(|m| m.member_id != named),
             Err(e) => {
                 tracing::debug!("describing group '{}': {e:#}", self.group);
@@ -532,14 +530,17 @@ impl GroupMember {
             .with_group_id(GroupId(str_bytes(&self.group)))
             .with_generation_id(self.generation)
             .with_member_id(str_bytes(&self.member_id));
-        let response = self.coordinator().await?.conn.call_capped(request, 4).await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                self.coordinator = None;
-                return Err(e);
-            }
-        };
+        let response = self
+            .coordinator
+            .call(|conn| {
+                let request = request.clone();
+                Box::pin(async move {
+                    let beat = conn.call_capped(request, 4).await?;
+                    coordinator_error(beat.error_code, || "Heartbeat".into())?;
+                    Ok(beat)
+                })
+            })
+            .await?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(Beat::Alive),
             Some(ResponseError::RebalanceInProgress) => Ok(Beat::Rebalance),
@@ -551,10 +552,6 @@ impl GroupMember {
             Some(ResponseError::IllegalGeneration | ResponseError::FencedInstanceId) => {
                 self.generation = -1;
                 Ok(Beat::Expelled)
-            }
-            Some(e) if e.is_retriable() => {
-                self.coordinator = None;
-                Err(anyhow!("heartbeat to group '{}': {e}", self.group))
             }
             Some(e) => Err(anyhow!("heartbeat to group '{}': {e}", self.group)),
         }
@@ -650,31 +647,14 @@ impl GroupMember {
         if self.member_id.is_empty() {
             return;
         }
-        let group = GroupId(str_bytes(&self.group));
-        let member_id = str_bytes(&self.member_id);
-        let left = match self.coordinator().await {
-            Ok(c) => match c.conn.version_for::<LeaveGroupRequest>(5) {
-                // v3 replaced the single member id with a list of members.
-                Ok(version) if version >= 3 => {
-                    let request = LeaveGroupRequest::default()
-                        .with_group_id(group)
-                        .with_members(vec![MemberIdentity::default()
-                            .with_member_id(member_id)
-                            .with_reason(Some(StrBytes::from_static_str(
-                                "streamlab consume stopped",
-                            )))]);
-                    c.conn.call_capped(request, 5).await.map(|_| ())
-                }
-                Ok(_) => {
-                    let request = LeaveGroupRequest::default()
-                        .with_group_id(group)
-                        .with_member_id(member_id);
-                    c.conn.call_capped(request, 2).await.map(|_| ())
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        let (group, member_id) = (self.group.clone(), self.member_id.clone());
+        let left = self
+            .coordinator
+            .call(|conn| {
+                let (group, member_id) = (group.clone(), member_id.clone());
+                Box::pin(async move { leave_group(conn, &group, &member_id).await })
+            })
+            .await;
         match left {
             Ok(_) => tracing::debug!("left group '{}' as {}", self.group, self.member_id),
             Err(e) => tracing::debug!("leaving group '{}': {e:#}", self.group),
@@ -682,6 +662,27 @@ impl GroupMember {
         self.member_id.clear();
         self.generation = -1;
     }
+}
+
+/// LeaveGroup on `conn`: v3 replaced the single member id with a list of members.
+async fn leave_group(conn: &mut WireConnection, group: &str, member_id: &str) -> Result<()> {
+    let (group, member_id) = (GroupId(str_bytes(group)), str_bytes(member_id));
+    let code = if conn.version_for::<LeaveGroupRequest>(5)? >= 3 {
+        let request = LeaveGroupRequest::default()
+            .with_group_id(group)
+            .with_members(vec![MemberIdentity::default()
+                .with_member_id(member_id)
+                .with_reason(Some(StrBytes::from_static_str(
+                    "streamlab consume stopped",
+                )))]);
+        conn.call_capped(request, 5).await?.error_code
+    } else {
+        let request = LeaveGroupRequest::default()
+            .with_group_id(group)
+            .with_member_id(member_id);
+        conn.call_capped(request, 2).await?.error_code
+    };
+    coordinator_error(code, || "leaving the group".to_string())
 }
 
 /// A consumer group as its coordinator describes it.
@@ -707,17 +708,40 @@ pub struct MemberDescription {
 impl GroupCoordinator {
     /// DescribeGroups for this coordinator's group.
     pub async fn describe(&mut self) -> Result<GroupDescription> {
+        let group = self.group().to_string();
         let request =
-            DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes(&self.group))]);
-        let response = self.conn.call_capped(request, 5).await?;
-        let g = response
-            .groups
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow!("DescribeGroups answered with no group"))?;
-        if let Some(e) = ResponseError::try_from_code(g.error_code) {
-            bail!("describing consumer group '{}': {e}", self.group);
-        }
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes(&group))]);
+        // tansu's SQLite engine drops the connection on DescribeGroups of any group it stored:
+        // a second drop in a row is taken as that broker's answer (a dead coordinator, which
+        // drops it too, is followed by the first retry), so it costs one reconnection, not
+        // `--timeout`.
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let g = self
+            .call(|conn| {
+                let (request, group, dropped) = (request.clone(), group.clone(), dropped.clone());
+                Box::pin(async move {
+                    let response = match conn.call_capped(request, 5).await {
+                        Err(e) if Retry::of(&e) == Retry::Refresh => {
+                            if dropped.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                // Not retried again: an error of no retriable type.
+                                return Err(anyhow!("{e:#}"));
+                            }
+                            return Err(e);
+                        }
+                        response => response?,
+                    };
+                    let g = response
+                        .groups
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| anyhow!("DescribeGroups answered with no group"))?;
+                    BrokerError::check(g.error_code, None, || {
+                        format!("describing consumer group '{group}'")
+                    })?;
+                    Ok(g)
+                })
+            })
+            .await?;
         let mut members: Vec<MemberDescription> = g
             .members
             .iter()
@@ -734,7 +758,7 @@ impl GroupCoordinator {
             .collect();
         members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
         Ok(GroupDescription {
-            group: self.group.clone(),
+            group,
             state: g.group_state.to_string(),
             protocol: g.protocol_data.to_string(),
             members,
@@ -756,16 +780,6 @@ impl std::fmt::Display for Fatal {
 }
 
 impl std::error::Error for Fatal {}
-
-/// The group's coordinator is elsewhere now (or not ready): ask FindCoordinator again.
-fn coordinator_moved(e: ResponseError) -> bool {
-    matches!(
-        e,
-        ResponseError::NotCoordinator
-            | ResponseError::CoordinatorNotAvailable
-            | ResponseError::CoordinatorLoadInProgress
-    )
-}
 
 /// Answers that mean "the group moved on; join again".
 fn is_rejoin(e: ResponseError) -> bool {

@@ -6,10 +6,13 @@
 
 pub mod admin;
 pub mod bounds;
+#[cfg(test)]
+mod fake;
 pub mod fetch;
 pub mod group;
 pub mod names;
 pub mod partitioner;
+pub mod retry;
 mod sasl;
 pub mod security;
 pub mod wire;
@@ -32,6 +35,8 @@ pub struct Config {
     pub timeout: Duration,
     /// TLS and SASL for every connection: bootstrap, leaders, coordinators alike.
     pub security: security::Security,
+    /// What was learnt about the cluster while running (shared by clones).
+    pub cluster: Arc<retry::Cluster>,
 }
 
 /// Where a broker is looked for when nothing says otherwise.
@@ -43,6 +48,7 @@ impl Default for Config {
             brokers: vec![DEFAULT_BROKERS.into()],
             timeout: Duration::from_secs(10),
             security: security::Security::default(),
+            cluster: Arc::default(),
         }
     }
 }
@@ -124,6 +130,14 @@ pub async fn partitions_of(client: &Client, topic: &str) -> Result<Vec<i32>> {
 }
 
 /// One client per partition, each bound to that partition's leader.
+///
+/// rskafka follows a moving leader itself: a produce answered NOT_LEADER_OR_FOLLOWER or
+/// LEADER_NOT_AVAILABLE, or a connection that broke, invalidates its cached leader and metadata
+/// and retries within [`backoff`]'s deadline (`--timeout`). UNKNOWN_TOPIC_OR_PARTITION is
+/// retried too (`UnknownTopicHandling::Retry`): the caller checked the topic exists
+/// ([`partitions_of`]), so here it means a broker that does not (yet) know it leads the
+/// partition. A produce that still fails is not acknowledged: the caller reports it, never
+/// counts it.
 pub async fn partition_clients(
     client: &Client,
     topic: &str,
@@ -132,7 +146,7 @@ pub async fn partition_clients(
     let mut out = Vec::with_capacity(partitions.len());
     for &p in partitions {
         let pc = client
-            .partition_client(topic, p, UnknownTopicHandling::Error)
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
             .await
             .with_context(|| format!("connecting to the leader of {topic}/{p}"))?;
         out.push(Arc::new(pc));

@@ -59,7 +59,7 @@ impl WireConnection {
         let timeout = opts.timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| anyhow!("cannot reach Kafka at {addr}: no answer within {timeout:?}"))?
+            .map_err(|_| ConnectionError::Unreachable(addr.to_string(), timeout))?
             .with_context(|| format!("cannot reach Kafka at {addr}"))?;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Io> = match &opts.security.tls {
@@ -185,10 +185,7 @@ impl WireConnection {
         timeout: Duration,
     ) -> Result<Bytes> {
         if self.broken {
-            bail!(
-                "the connection to {} lost track of an earlier request; reconnect",
-                self.addr
-            );
+            return Err(ConnectionError::Broken(self.addr.clone()).into());
         }
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
@@ -211,7 +208,7 @@ impl WireConnection {
         self.broken = true;
         let mut body = tokio::time::timeout(timeout, self.round_trip(&frame))
             .await
-            .map_err(|_| anyhow!("{name} to {} timed out after {timeout:?}", self.addr))?
+            .map_err(|_| ConnectionError::TimedOut(name.clone(), self.addr.clone(), timeout))?
             .with_context(|| format!("{name} to {}", self.addr))?;
         self.broken = false;
 
@@ -243,6 +240,18 @@ impl WireConnection {
         self.stream.read_exact(&mut body).await?;
         Ok(Bytes::from(body))
     }
+}
+
+/// A connection that could not be made, was left half way, or went unanswered: worth another
+/// one (see [`super::retry::Retry`]). I/O errors say the same in their own type.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("cannot reach Kafka at {0}: no answer within {1:?}")]
+    Unreachable(String, Duration),
+    #[error("the connection to {0} lost track of an earlier request; reconnect")]
+    Broken(String),
+    #[error("{0} to {1} timed out after {2:?}")]
+    TimedOut(String, String, Duration),
 }
 
 /// UNSUPPORTED_VERSION: the broker does not know the ApiVersions version asked for.

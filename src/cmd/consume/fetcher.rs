@@ -138,7 +138,16 @@ impl Fetcher {
             Err(FetchError::Fatal(e)) => return Err(Step::Fail(e)),
         };
         let partition = self.reader.partition();
-        let removed = fetch.removed_before(self.offset);
+        let removed = match self.pace.judge(&fetch, self.offset, Instant::now()) {
+            Gap::None => None,
+            Gap::Unconfirmed => {
+                // Perhaps an append in progress: nothing beyond the gap is taken until it is
+                // filled or confirmed; the next fetch polls again shortly.
+                tokio::time::sleep(Duration::from_millis(kafka::FETCH_POLL_MS as u64)).await;
+                return Ok(None);
+            }
+            Gap::Removed(gone) => Some(gone),
+        };
         let mut chunk = Fetched {
             partition,
             records: fetch.records,
@@ -147,12 +156,6 @@ impl Fetcher {
             skipped: None,
         };
         if let Some(gone) = removed {
-            if !self.pace.gap_confirmed(gone.end, Instant::now()) {
-                // Perhaps an append in progress: nothing beyond the gap is taken until it is
-                // filled or confirmed; the next fetch polls again shortly.
-                tokio::time::sleep(Duration::from_millis(kafka::FETCH_POLL_MS as u64)).await;
-                return Ok(None);
-            }
             // The broker deleted them without moving its log start (tansu): same as an
             // OFFSET_OUT_OF_RANGE below the log start, said the same way.
             self.say_removed(gone.clone());
@@ -277,6 +280,32 @@ impl Pace {
     }
 }
 
+/// What a fetch answer says about records missing before the first it holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Gap {
+    /// None missing: take the answer as it is.
+    None,
+    /// Missing, but not for long enough to be believed: take nothing beyond it yet.
+    Unconfirmed,
+    /// Removed: step over these offsets.
+    Removed(std::ops::Range<i64>),
+}
+
+impl Pace {
+    /// The gap rule. A gap the broker reports (a log start past `requested`) is believed at once;
+    /// any other (tansu: records deleted without moving the log start, or an append in progress)
+    /// only once it lasts [`GAP_CONFIRM`]. An answer that holds the requested offset — every
+    /// answer of Apache Kafka, which refuses an offset below its log start — has no gap.
+    fn judge(&mut self, fetch: &kafka::fetch::Fetch, requested: i64, now: Instant) -> Gap {
+        match fetch.removed_before(requested) {
+            None => Gap::None,
+            Some(gone) if fetch.gap_reported(requested) => Gap::Removed(gone),
+            Some(gone) if self.gap_confirmed(gone.end, now) => Gap::Removed(gone),
+            Some(_) => Gap::Unconfirmed,
+        }
+    }
+}
+
 /// How a fetch step failed.
 enum Step {
     /// Worth another try on a fresh connection, within `--timeout`.
@@ -302,6 +331,83 @@ mod tests {
             kafka::FETCH_POLL_MS
         );
         assert_eq!(pace.wait_ms(t0 + QUIET_AFTER), kafka::FETCH_MAX_WAIT_MS);
+    }
+
+    /// A fetch answer at `requested` holding records `first..end`, the broker reporting
+    /// `log_start`.
+    fn answer(log_start: i64, first: i64, end: i64, requested: i64) -> kafka::fetch::Fetch {
+        use kafka_protocol::messages::fetch_response::PartitionData;
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = (first..end)
+            .map(|offset| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset,
+                sequence: -1,
+                timestamp: 0,
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"{}")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
+        let data = PartitionData::default()
+            .with_high_watermark(end)
+            .with_last_stable_offset(end)
+            .with_log_start_offset(log_start)
+            .with_records(Some(buf.freeze()));
+        kafka::fetch::read_partition(data, requested)
+    }
+
+    #[test]
+    fn the_gap_rule_never_skips_records_the_answer_holds() {
+        let t0 = Instant::now();
+        let mut pace = Pace::default();
+        // A Kafka-like answer: log start reported, the first batch at the requested offset.
+        let at = answer(0, 10, 15, 10);
+        assert_eq!(at.records.len(), 5);
+        assert_eq!(pace.judge(&at, 10, t0), Gap::None);
+        // Or holding it inside a batch that starts before it.
+        let inside = answer(0, 8, 15, 10);
+        assert_eq!(inside.records.first().map(|r| r.offset), Some(10));
+        assert_eq!(pace.judge(&inside, 10, t0 + GAP_CONFIRM * 5), Gap::None);
+        // However long since: with the records there, nothing is ever skipped.
+        for later in 0..5 {
+            assert_eq!(pace.judge(&at, 10, t0 + GAP_CONFIRM * later), Gap::None);
+        }
+    }
+
+    #[test]
+    fn only_a_reported_log_start_past_the_request_is_believed_at_once() {
+        let t0 = Instant::now();
+        let mut pace = Pace::default();
+        // The broker says its log starts at 40: 10..40 are gone, at once.
+        let reported = answer(40, 40, 45, 10);
+        assert_eq!(pace.judge(&reported, 10, t0), Gap::Removed(10..40));
+        // tansu: the log start still says 0, the first batch is at 40. Not believed at first
+        // sight, only when it is still there GAP_CONFIRM later.
+        let unreported = answer(0, 40, 45, 10);
+        assert_eq!(pace.judge(&unreported, 10, t0), Gap::Unconfirmed);
+        assert_eq!(
+            pace.judge(&unreported, 10, t0 + GAP_CONFIRM / 2),
+            Gap::Unconfirmed
+        );
+        assert_eq!(
+            pace.judge(&unreported, 10, t0 + GAP_CONFIRM),
+            Gap::Removed(10..40)
+        );
     }
 
     #[test]

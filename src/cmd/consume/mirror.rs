@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-
 use crate::kafka;
 use crate::kafka::admin::GroupCoordinator;
 
@@ -14,9 +12,9 @@ const MIRROR_EVERY: Duration = Duration::from_millis(500);
 /// Mirrors the database's offsets to the Kafka consumer group, best effort: a broker that
 /// refuses costs a warning, never a row.
 pub(super) struct GroupMirror {
-    opts: kafka::Config,
     group: String,
-    coordinator: Option<GroupCoordinator>,
+    /// Follows the coordinator when it moves (see [`GroupCoordinator`]).
+    coordinator: GroupCoordinator,
     last_commit: Option<Instant>,
     last_sent: BTreeMap<i32, i64>,
     warned: bool,
@@ -28,18 +26,13 @@ pub(super) struct GroupMirror {
 impl GroupMirror {
     pub(super) fn new(opts: &kafka::Config, group: &str) -> Self {
         Self {
-            opts: opts.clone(),
             group: group.to_string(),
-            coordinator: None,
+            coordinator: GroupCoordinator::new(opts, group),
             last_commit: None,
             last_sent: BTreeMap::new(),
             warned: false,
             member: None,
         }
-    }
-
-    async fn coordinator(&mut self) -> Result<&mut GroupCoordinator> {
-        GroupCoordinator::reuse_or_find(&mut self.coordinator, &self.opts, &self.group).await
     }
 
     /// Log when Kafka's view of the group differs from the database's (the database wins).
@@ -50,10 +43,7 @@ impl GroupMirror {
         stored: &BTreeMap<i32, i64>,
     ) {
         let group = self.group.clone();
-        let fetched = match self.coordinator().await {
-            Ok(c) => c.fetch(topic, partitions).await,
-            Err(e) => Err(e),
-        };
+        let fetched = self.coordinator.fetch(topic, partitions).await;
         match fetched {
             Ok(in_kafka) if !in_kafka.is_empty() && &in_kafka != stored => tracing::info!(
                 "group '{group}': Kafka has offsets {in_kafka:?}, the database {stored:?}; \
@@ -61,7 +51,7 @@ impl GroupMirror {
             ),
             Ok(_) => {}
             Err(e) => {
-                self.coordinator = None;
+                self.coordinator.forget();
                 tracing::warn!("cannot read group '{group}' offsets from Kafka: {e:#}");
             }
         }
@@ -88,17 +78,25 @@ impl GroupMirror {
         let member = member
             .as_ref()
             .map(|(id, generation)| (id.as_str(), *generation));
-        let result = match self.coordinator().await {
-            Ok(c) => c.commit(topic, &offsets, member).await,
-            Err(e) => Err(e),
-        };
+        // A moved coordinator or a dropped connection is followed and the commit sent again,
+        // for up to `--timeout`: also the last one, at exit.
+        let result = self.coordinator.commit(topic, &offsets, member).await;
         match result {
             Ok(()) => {
                 self.last_sent = offsets;
                 self.warned = false;
             }
+            Err(e) if force => {
+                self.coordinator.forget();
+                self.warned = true;
+                tracing::warn!(
+                    "cannot mirror the final offsets {offsets:?} of {topic} to Kafka group '{}' \
+                     ({e:#}); the database keeps them, the next run mirrors them",
+                    self.group
+                );
+            }
             Err(e) => {
-                self.coordinator = None;
+                self.coordinator.forget();
                 if !self.warned {
                     self.warned = true;
                     tracing::warn!(
