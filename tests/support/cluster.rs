@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -64,6 +65,7 @@ pub struct Route {
     pub owner: i32,
     /// What it was answered instead of being served, if it was not.
     pub refused: Option<ResponseError>,
+    pub at: Instant,
 }
 
 impl Route {
@@ -90,6 +92,8 @@ struct State {
     /// Topic ids as Metadata answers named them (Fetch v13+ names topics by id).
     topic_ids: HashMap<uuid::Uuid, String>,
     routes: Vec<Route>,
+    /// What a test did to the cluster, and when: `kill 1`, `revive 2`, `move t/0 to 3`, …
+    history: Vec<(Instant, String)>,
 }
 
 impl State {
@@ -254,6 +258,10 @@ impl Cluster {
             let key = (topic.to_string(), partition);
             s.leaders.insert(key.clone(), node);
             *s.epochs.entry(key).or_default() += 1;
+            s.history.push((
+                Instant::now(),
+                format!("move {topic}/{partition} to {node}"),
+            ));
         });
     }
 
@@ -264,12 +272,18 @@ impl Cluster {
             for key in moved {
                 *s.epochs.entry(key).or_default() += 1;
             }
+            s.history
+                .push((Instant::now(), "elect preferred leaders".into()));
         });
     }
 
     /// Make `node` the coordinator of `group`.
     pub fn move_coordinator(&self, group: &str, node: i32) {
-        self.with(|s| s.coordinators.insert(group.to_string(), node));
+        self.with(|s| {
+            s.coordinators.insert(group.to_string(), node);
+            s.history
+                .push((Instant::now(), format!("coordinator {group} to {node}")));
+        });
     }
 
     /// The next `answers` group requests for `group` at its coordinator are refused with
@@ -285,6 +299,7 @@ impl Cluster {
         self.with(|s| {
             s.alive[(node - 1) as usize] = false;
             s.changes += 1;
+            s.history.push((Instant::now(), format!("kill {node}")));
         });
         self.nodes.lock().unwrap()[(node - 1) as usize]
             .life
@@ -302,6 +317,7 @@ impl Cluster {
         self.with(|s| {
             s.alive[(node - 1) as usize] = true;
             s.changes += 1;
+            s.history.push((Instant::now(), format!("revive {node}")));
         });
         let life = self.serve(node, listener);
         self.nodes.lock().unwrap()[(node - 1) as usize].life = life;
@@ -310,6 +326,18 @@ impl Cluster {
     /// Every routing decision so far, in the order they were made.
     pub fn routes(&self) -> Vec<Route> {
         self.with(|s| s.routes.clone())
+    }
+
+    /// When the test last did `what` (`kill 1`, `move t/0 to 3`, …) to the cluster.
+    pub fn when(&self, what: &str) -> Instant {
+        self.with(|s| {
+            s.history
+                .iter()
+                .rev()
+                .find(|(_, done)| done == what)
+                .map(|(at, _)| *at)
+                .unwrap_or_else(|| panic!("the cluster never saw '{what}'"))
+        })
     }
 
     /// The decisions where a request came to a broker that did not own its partition or group.
@@ -585,6 +613,7 @@ impl State {
                 target: format!("{}/{}", tp.topic, tp.partition),
                 owner,
                 refused: error,
+                at: Instant::now(),
             });
             if error.is_some() {
                 refused.push(tp.clone());
@@ -900,6 +929,7 @@ impl State {
                 target: format!("group:{group}"),
                 owner,
                 refused,
+                at: Instant::now(),
             });
             first = first.or(refused);
         }
