@@ -472,13 +472,29 @@ fn every_operator_command_works_with_the_first_bootstrap_broker_dead() {
     assert_eq!(db.stored_offsets(&topic), ends);
     assert_eq!(committed_in_kafka(&group, &topic), ends);
 
-    streamlab("check")
+    // Healthy but for the one dead letter, which check reports (exit 1).
+    let checked = streamlab("check")
         .brokers(&b)
         .topic(&topic)
         .group(&group)
         .db(&db)
         .max_lag(0)
-        .ok();
+        .json()
+        .run();
+    let report: serde_json::Value = serde_json::from_str(&checked.stdout).unwrap();
+    let failing: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (checked.code, failing),
+        (Some(1), vec!["dead_letters"]),
+        "{}",
+        checked.stderr
+    );
     let watched = streamlab("watch")
         .brokers(&b)
         .topic(&topic)
