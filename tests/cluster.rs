@@ -146,6 +146,7 @@ struct Outcome {
     cluster: Cluster,
     topic: String,
     members: Vec<crate::support::Run>,
+    producer: crate::support::Run,
 }
 
 /// streamlab's produce and `members` consume group members through a fresh cluster into `db`,
@@ -225,6 +226,7 @@ fn streamlab_survives(s: &Scenario, db: &TestDb, fault: impl Fn(&Live)) -> Outco
         cluster,
         topic,
         members,
+        producer: produced,
     }
 }
 
@@ -338,10 +340,19 @@ fn a_broker_killed_mid_run_costs_nothing_and_its_partitions_are_served_elsewhere
     let since = format!("kill {victim}");
     recovery(&out, &since, &[ApiKey::Produce], &partition_0);
     recovery(&out, &since, &[ApiKey::Fetch], &partition_0);
+    // One WARN line each, naming what moved: the consumer's reader and the producer.
+    let moved = format!("the leader of {partition_0} moved");
     let said = warnings(&out);
-    assert!(
-        said.contains("moved") || said.contains("broker"),
-        "no warning named the move:\n{said}"
+    assert_eq!(
+        said.matches(&moved).count(),
+        1,
+        "the consumer said:\n{said}"
+    );
+    let producer_said = &out.producer.stderr;
+    assert_eq!(
+        producer_said.matches(&moved).count(),
+        1,
+        "produce said:\n{producer_said}"
     );
 }
 
