@@ -37,6 +37,13 @@ struct Live<'a> {
 }
 
 impl Live<'_> {
+    /// Once the consumers have stored a quarter of the `count` events, apply `fault`.
+    fn fault_after_a_quarter(&self, count: usize, who: &str, fault: impl Fn(&Live)) {
+        let what = format!("{who} to consume a quarter");
+        wait_for(PATIENCE, &what, || (self.consumed)() >= count / 4);
+        fault(self);
+    }
+
     /// Wait until the consumers have stored `more` events beyond what they had.
     fn advance(&self, more: usize, what: &str) {
         let from = (self.consumed)();
@@ -110,15 +117,13 @@ fn librdkafka_survives(s: &Scenario, fault: impl Fn(&Live)) -> Cluster {
     let (count, rate) = (s.count.to_string(), s.rate.to_string());
     let producer = rdkafka(&cluster, &["produce", &topic, &count, &rate]);
     let consumed = || rdkafka_ids(&members).len();
-    wait_for(PATIENCE, "librdkafka to consume a quarter", || {
-        consumed() >= s.count / 4
-    });
-    fault(&Live {
+    let live = Live {
         cluster: &cluster,
         topic: &topic,
         group: &group,
         consumed: &consumed,
-    });
+    };
+    live.fault_after_a_quarter(s.count, "librdkafka", fault);
     let produced = producer.exit_within(PATIENCE, "librdkafka's producer");
     let last = produced.json_lines().last().cloned().unwrap();
     assert_eq!(
@@ -181,15 +186,13 @@ fn streamlab_survives(s: &Scenario, db: &TestDb, fault: impl Fn(&Live)) -> Outco
         .json()
         .spawn();
     let consumed = || db.count("sales_events") as usize;
-    wait_for(PATIENCE, "streamlab to consume a quarter", || {
-        consumed() >= s.count / 4
-    });
-    fault(&Live {
+    let live = Live {
         cluster: &cluster,
         topic: &topic,
         group: &group,
         consumed: &consumed,
-    });
+    };
+    live.fault_after_a_quarter(s.count, "streamlab", fault);
     let produced = producer
         .exit_within(PATIENCE, "streamlab produce")
         .success();
