@@ -6,7 +6,7 @@ use anyhow::{anyhow, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Fetched;
+use super::{Config, Fetched};
 use crate::kafka;
 use crate::kafka::fetch::{FetchError, PartitionReader};
 
@@ -33,6 +33,9 @@ pub(super) struct Fetcher {
     end: Option<i64>,
     timeout: Duration,
     skip_corrupt: bool,
+    /// The topic is compacted: a gap before records is what compaction removed, skipped at once
+    /// and silently.
+    compacted: bool,
     pace: Pace,
 }
 
@@ -41,15 +44,15 @@ impl Fetcher {
         reader: PartitionReader,
         offset: i64,
         end: Option<i64>,
-        timeout: Duration,
-        skip_corrupt: bool,
+        args: &Config,
     ) -> Self {
         Self {
             reader,
             offset,
             end,
-            timeout,
-            skip_corrupt,
+            timeout: args.kafka.timeout,
+            skip_corrupt: args.skip_corrupt_batches,
+            compacted: args.compacted,
             pace: Pace::default(),
         }
     }
@@ -146,7 +149,11 @@ impl Fetcher {
             stable_end: fetch.stable_end,
             skipped: None,
         };
-        if let Some(gone) = removed {
+        let compacted_away = self.compacted && fetch.first_offset.is_some();
+        if let Some(gone) = removed.clone().filter(|_| compacted_away) {
+            // Older records of keys written again later: nothing was lost.
+            chunk.next_offset = chunk.next_offset.max(gone.end);
+        } else if let Some(gone) = removed {
             if !self.pace.gap_confirmed(gone.end, Instant::now()) {
                 // Perhaps an append in progress: nothing beyond the gap is taken until it is
                 // filled or confirmed; the next fetch polls again shortly.
