@@ -967,6 +967,15 @@ pub struct CheckArgs {
     /// Which table to check.
     #[arg(short, long, value_enum, default_value = "sales")]
     pub kind: EventKind,
+    /// Check the table `consume --upsert` keeps (sales_latest / sensor_latest): one row per
+    /// key, `key` its primary key.
+    #[arg(long)]
+    pub upsert: bool,
+    /// With --upsert and --topic: read the topic up to the group's stored offsets and compare
+    /// each key's newest record (a tombstone: no row) with the table's row; a difference is
+    /// unhealthy (exit 1), naming up to 10 keys.
+    #[arg(long, requires_all = ["upsert", "topic"])]
+    pub verify_log: bool,
     /// Also compare the sink's offsets with the broker's latest offsets for this topic.
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: Option<String>,

@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS public.sales_latest (
     channel         text           NOT NULL,
     kafka_partition integer        NOT NULL,
     kafka_offset    bigint         NOT NULL,
-    updated_at      timestamptz    NOT NULL DEFAULT now()
+    ingested_at     timestamptz    NOT NULL DEFAULT now()
 );
 
 CREATE TABLE IF NOT EXISTS public.sensor_latest (
@@ -24,5 +24,5 @@ CREATE TABLE IF NOT EXISTS public.sensor_latest (
     ts              timestamptz      NOT NULL,
     kafka_partition integer          NOT NULL,
     kafka_offset    bigint           NOT NULL,
-    updated_at      timestamptz      NOT NULL DEFAULT now()
+    ingested_at     timestamptz      NOT NULL DEFAULT now()
 );

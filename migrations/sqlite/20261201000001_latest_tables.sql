@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS sales_latest (
     channel         TEXT    NOT NULL,
     kafka_partition INTEGER NOT NULL,
     kafka_offset    INTEGER NOT NULL,
-    updated_at      TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    ingested_at     TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 
 CREATE TABLE IF NOT EXISTS sensor_latest (
@@ -24,5 +24,5 @@ CREATE TABLE IF NOT EXISTS sensor_latest (
     ts              TEXT    NOT NULL,
     kafka_partition INTEGER NOT NULL,
     kafka_offset    INTEGER NOT NULL,
-    updated_at      TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    ingested_at     TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );

@@ -112,7 +112,7 @@ pub fn latest_per_key(changes: Vec<Change>) -> Folded {
 pub const STORED_IS_OLDER: &str = "(d.p <> t.kafka_partition OR d.o > t.kafka_offset)";
 
 /// `ON CONFLICT (key) DO UPDATE …` of an upsert into a table aliased `t` with `columns` (the
-/// key first): every other column takes the incoming value and `updated_at` becomes `now` —
+/// key first): every other column takes the incoming value and `ingested_at` becomes `now` —
 /// unless the stored row is as new or newer (same partition, same or later offset), so that a
 /// replay of older records leaves the table as it is. Both databases speak this SQL.
 pub fn on_conflict_newer(columns: &str, now: &str) -> String {
@@ -122,7 +122,7 @@ pub fn on_conflict_newer(columns: &str, now: &str) -> String {
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
     format!(
-        "ON CONFLICT (key) DO UPDATE SET {}, updated_at = {now} \
+        "ON CONFLICT (key) DO UPDATE SET {}, ingested_at = {now} \
          WHERE excluded.kafka_partition <> t.kafka_partition \
          OR excluded.kafka_offset > t.kafka_offset",
         sets.join(", ")
@@ -229,7 +229,7 @@ mod tests {
             sql,
             "ON CONFLICT (key) DO UPDATE SET id = excluded.id, val = excluded.val, \
              kafka_partition = excluded.kafka_partition, kafka_offset = excluded.kafka_offset, \
-             updated_at = now() WHERE excluded.kafka_partition <> t.kafka_partition \
+             ingested_at = now() WHERE excluded.kafka_partition <> t.kafka_partition \
              OR excluded.kafka_offset > t.kafka_offset"
         );
     }
