@@ -45,8 +45,9 @@ def topic(name):
     }))
 
 
-def read(name):
-    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": "xcheck-reader",
+def records(name, group):
+    """Every record of every partition of NAME, from the start to the end."""
+    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": group,
                          "enable.auto.commit": False, "enable.partition.eof": True})
     parts = partitions_of(name)
     consumer.assign([TopicPartition(name, p, 0) for p in parts])
@@ -62,6 +63,12 @@ def read(name):
                 done.add(msg.partition())
                 continue
             raise SystemExit(str(msg.error()))
+        yield msg
+    consumer.close()
+
+
+def read(name):
+    for msg in records(name, "xcheck-reader"):
         print(json.dumps({
             "partition": msg.partition(),
             "offset": msg.offset(),
@@ -69,7 +76,6 @@ def read(name):
             "value": msg.value().decode(errors="replace") if msg.value() is not None else None,
             "timestamp": msg.timestamp()[1],
         }))
-    consumer.close()
 
 
 def update_value(rng, kind, key):
@@ -120,28 +126,15 @@ def updates(name, count, keys, tombstone_percent, seed, kind):
 
 
 def table_of(name):
-    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": "xcheck-table",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    parts = partitions_of(name)
-    consumer.assign([TopicPartition(name, p, 0) for p in parts])
-    newest, done, records = {}, set(), 0
-    while len(done) < len(parts):
-        msg = consumer.poll(10)
-        if msg is None:
-            raise SystemExit("timed out reading " + name)
-        if msg.error():
-            if msg.error().code() == -191:  # _PARTITION_EOF
-                done.add(msg.partition())
-                continue
-            raise SystemExit(str(msg.error()))
-        records += 1
+    newest, read_count = {}, 0
+    for msg in records(name, "xcheck-table"):
+        read_count += 1
         key = msg.key().decode()
         seen = newest.get(key)
         if seen is None or (msg.partition(), msg.offset()) > seen[0]:
             value = json.loads(msg.value()) if msg.value() is not None else None
             newest[key] = ((msg.partition(), msg.offset()), value)
-    consumer.close()
-    print(json.dumps({"records": records,
+    print(json.dumps({"records": read_count,
                       "table": {k: v for k, (_, v) in newest.items() if v is not None}}))
 
 
