@@ -726,6 +726,13 @@ pub enum PartitionerArg {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Updates of a key space (a topic read as a table by `consume --upsert`):\n  \
+    streamlab topic create --topic stores --config cleanup.policy=compact\n  \
+    streamlab produce --topic stores --keys 500 --tombstones 5% --count 20000 --rate 0 --seed 7\n\
+    Each record updates one of 500 keys (store-0 … store-499, drawn at random, so each key is \
+    updated about 40 times); 5% of them are tombstones (a key with no value) that delete it."
+)]
 pub struct ProduceArgs {
     #[arg(skip)]
     pub kafka: crate::kafka::Config,
@@ -745,9 +752,19 @@ pub struct ProduceArgs {
     /// Stop after this long (e.g. 10s, 5m). Without --count/--duration, runs until Ctrl-C.
     #[arg(short, long, value_parser = crate::duration::parse)]
     pub duration: Option<Duration>,
-    /// Make the stream reproducible: the same seed gives the same events (ids included).
+    /// Make the stream reproducible: the same seed gives the same events (ids included), and
+    /// with --keys the same keys and tombstones.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Produce keyed state changes instead: each record updates one of N keys, `store-<k>`
+    /// (sales, its store_id) or `sensor-<k>` (sensor, its sensor_id), with k drawn from 0..N —
+    /// a topic to read as a table (`consume --upsert`) and to compact.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: Option<u64>,
+    /// With --keys: this share of the records are tombstones (the key with a null value),
+    /// which delete the key's row downstream: `5%`, `0.5%` or `5` (percent).
+    #[arg(long, value_name = "PERCENT", requires = "keys", value_parser = parse_percent, default_value = "0%")]
+    pub tombstones: f64,
     /// Compress each record batch (as Kafka's `compression.type`). `none`, Kafka's default, is
     /// readable by every client; lz4 or zstd save bandwidth and disk (`streamlab bench` shows
     /// what each costs and saves) but need the codec in every consumer.
@@ -762,6 +779,17 @@ pub struct ProduceArgs {
     /// Largest record batch sent to one partition in one request, in bytes.
     #[arg(long, default_value_t = 1 << 20, hide = true)]
     pub batch_bytes: usize,
+}
+
+/// `--tombstones 5%`: a percentage (the `%` optional) as a share, 0..=1.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    match number.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p / 100.0),
+        _ => Err(format!(
+            "'{text}' is not a percentage from 0% to 100% (e.g. 5%)"
+        )),
+    }
 }
 
 /// `--kind`: clap's face of [`EventKind`] (the events module knows nothing of the command line).
@@ -845,6 +873,14 @@ pub struct ConsumeArgs {
     /// Which events the topic carries; anything else is dead-lettered.
     #[arg(short, long, value_enum, default_value = "sales")]
     pub kind: EventKind,
+    /// Read the topic as a table: one row per record key in `sales_latest` / `sensor_latest`
+    /// (primary key `key`, the record key as text), holding the newest value by log order; a
+    /// record with no value (a tombstone) deletes its key's row, a record with no key is a dead
+    /// letter. A record never replaces or deletes a row from a later offset, so replaying the
+    /// topic (another --group, `offsets reset`) leaves the same table. Pairs with a compacted
+    /// topic (`topic create --config cleanup.policy=compact`) and `produce --keys N`.
+    #[arg(long)]
+    pub upsert: bool,
     /// Where to start when the group has no stored offsets.
     #[arg(long, value_enum, default_value = "earliest")]
     pub from: StartFrom,
@@ -932,6 +968,15 @@ pub struct CheckArgs {
     /// Which table to check.
     #[arg(short, long, value_enum, default_value = "sales")]
     pub kind: EventKind,
+    /// Check the table `consume --upsert` keeps (sales_latest / sensor_latest): one row per
+    /// key, `key` its primary key.
+    #[arg(long)]
+    pub upsert: bool,
+    /// With --upsert and --topic: read the topic up to the group's stored offsets and compare
+    /// each key's newest record (a tombstone: no row) with the table's row; a difference is
+    /// unhealthy (exit 1), naming up to 10 keys.
+    #[arg(long, requires_all = ["upsert", "topic"])]
+    pub verify_log: bool,
     /// Also compare the sink's offsets with the broker's latest offsets for this topic.
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: Option<String>,

@@ -47,6 +47,14 @@ impl EventKind {
         }
     }
 
+    /// The table `consume --upsert` keeps one row per record key in.
+    pub fn latest_table(self) -> &'static str {
+        match self {
+            EventKind::Sales => "sales_latest",
+            EventKind::Sensor => "sensor_latest",
+        }
+    }
+
     /// The field used as the Kafka record key.
     pub fn key_column(self) -> &'static str {
         match self {
@@ -374,26 +382,68 @@ impl Generator {
             EventKind::Sensor => {
                 let kind = &SENSOR_TYPES[self.rng.random_range(0..SENSOR_TYPES.len())];
                 let n = self.rng.random_range(1..=SENSORS_PER_TYPE);
-                let deviation = self.standard_normal();
-                let val = ((kind.mean + kind.spread * deviation) * 100.0).round() / 100.0;
-                // Readings far from normal raise a warning; a small share of sensors fail.
-                let status = if self.rng.random_range(0..1000) < 15 {
-                    "fail"
-                } else if deviation.abs() > 2.0 {
-                    "warn"
-                } else {
-                    "ok"
-                };
-                Event::Sensor(SensorReading {
-                    id,
-                    sensor_id: format!("{}-{n:02}", kind.prefix),
-                    val,
-                    unit: kind.unit.into(),
-                    status: status.into(),
-                    ts,
-                })
+                self.reading(id, ts, kind, format!("{}-{n:02}", kind.prefix))
             }
         }
+    }
+
+    /// The next keyed update (`produce --keys N`): the key `store-<k>` / `sensor-<k>` of a k
+    /// drawn uniformly from 0..`keys` (so each key is updated again and again), and its new
+    /// value — the event's store or sensor is the key — or, with probability `tombstones`
+    /// (0..=1), none: a tombstone, which deletes the key. Sensor k is always of one type.
+    pub fn next_update(
+        &mut self,
+        keys: u64,
+        tombstones: f64,
+        now: OffsetDateTime,
+    ) -> (String, Option<Event>) {
+        let k = self.rng.random_range(0..keys.max(1));
+        let key = match self.kind {
+            EventKind::Sales => format!("store-{k}"),
+            EventKind::Sensor => format!("sensor-{k}"),
+        };
+        if self.rng.random_bool(tombstones.clamp(0.0, 1.0)) {
+            return (key, None);
+        }
+        let event = match self.next_event(now) {
+            Event::Sale(sale) => Event::Sale(Sale {
+                store_id: key.clone(),
+                ..sale
+            }),
+            Event::Sensor(reading) => {
+                let kind = &SENSOR_TYPES[(k % SENSOR_TYPES.len() as u64) as usize];
+                self.reading(reading.id, reading.ts, kind, key.clone())
+            }
+        };
+        (key, Some(event))
+    }
+
+    /// A reading of `sensor_id`, a sensor of type `kind`.
+    fn reading(
+        &mut self,
+        id: Uuid,
+        ts: OffsetDateTime,
+        kind: &SensorType,
+        sensor_id: String,
+    ) -> Event {
+        let deviation = self.standard_normal();
+        let val = ((kind.mean + kind.spread * deviation) * 100.0).round() / 100.0;
+        // Readings far from normal raise a warning; a small share of sensors fail.
+        let status = if self.rng.random_range(0..1000) < 15 {
+            "fail"
+        } else if deviation.abs() > 2.0 {
+            "warn"
+        } else {
+            "ok"
+        };
+        Event::Sensor(SensorReading {
+            id,
+            sensor_id,
+            val,
+            unit: kind.unit.into(),
+            status: status.into(),
+            ts,
+        })
     }
 
     fn next_id(&mut self, ts: OffsetDateTime) -> Uuid {
@@ -449,6 +499,34 @@ mod tests {
         }
         let mut c = Generator::new(EventKind::Sales, Some(8));
         assert_ne!(a.next_event(t).id(), c.next_event(t).id());
+    }
+
+    #[test]
+    fn keyed_updates_cover_the_key_space_with_tombstones_at_the_rate_asked() {
+        for kind in EventKind::ALL {
+            let mut g = Generator::new(kind, Some(3));
+            let mut again = Generator::new(kind, Some(3));
+            let (mut keys, mut tombstones) = (std::collections::BTreeSet::new(), 0);
+            for _ in 0..20_000 {
+                let (key, value) = g.next_update(50, 0.05, now());
+                let (same_key, same_value) = again.next_update(50, 0.05, now());
+                assert_eq!(key, same_key, "a seed reproduces the keys");
+                assert_eq!(
+                    value.as_ref().map(Event::id),
+                    same_value.as_ref().map(Event::id)
+                );
+                match value {
+                    None => tombstones += 1,
+                    Some(event) => assert_eq!(event.key(), key),
+                }
+                keys.insert(key);
+            }
+            assert_eq!(keys.len(), 50);
+            assert!(
+                (800..1200).contains(&tombstones),
+                "{tombstones} tombstones of 20000"
+            );
+        }
     }
 
     #[test]

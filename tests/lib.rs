@@ -24,4 +24,5 @@ mod reliability;
 mod secure;
 mod sink;
 mod topic;
+mod upsert;
 mod watch;

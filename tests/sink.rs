@@ -29,6 +29,7 @@ fn batch(events: usize, from: Option<i64>, to: i64, seed: u64) -> Batch {
             from,
             to,
         }],
+        ..Batch::default()
     }
 }
 
@@ -145,6 +146,7 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
             from: None,
             to: 301,
         }],
+        ..Batch::default()
     };
 
     let err = db::write(&mut sink, &batch).await.unwrap_err();

@@ -898,6 +898,7 @@ fn as_rows(rows: &[Sale]) -> Vec<Row<'_, Sale>> {
         .enumerate()
         .map(|(i, event)| Row {
             event,
+            key: None,
             partition: 0,
             offset: i as i64,
         })
@@ -921,7 +922,7 @@ async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f64> {
     let rows = as_rows(rows);
     let started = Instant::now();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    Sqlite::insert_sales(&mut tx, &rows).await?;
+    Sqlite::insert_sales(&mut tx, &rows, false).await?;
     tx.commit().await?;
     let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
     drop(conn);

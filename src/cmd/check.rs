@@ -11,7 +11,7 @@ use super::members::{self, GroupView};
 use crate::cli::{CheckArgs, Format};
 use crate::db::dlq::{self, Letter};
 use crate::db::{self, redact, Offending, Reader, Share, Throughput};
-use crate::events::EventKind;
+use crate::events::{self, EventKind};
 use crate::kafka::{self, Position};
 use crate::render;
 
@@ -80,7 +80,7 @@ pub async fn run(args: CheckArgs) -> Result<(), crate::exit::Error> {
 async fn report(args: &CheckArgs) -> Result<Report> {
     let target = args.db.target()?;
     let reader = Reader::connect(&target, args.kafka.timeout).await?;
-    let table = args.kind.table();
+    let table = table_of(args);
     if !reader.has_table(table).await? {
         anyhow::bail!(
             "table {table} does not exist in {}: run `streamlab consume` or `streamlab migrate` first",
@@ -118,26 +118,41 @@ impl RowRule {
     }
 }
 
-/// The seeds' checks on what landed, in the order they are reported.
-fn row_rules(kind: EventKind, table: &str) -> Vec<RowRule> {
+/// The table checked: the kind's, or (`--upsert`) its `_latest` table.
+fn table_of(args: &CheckArgs) -> &'static str {
+    if args.upsert {
+        args.kind.latest_table()
+    } else {
+        args.kind.table()
+    }
+}
+
+/// The seeds' checks on what landed, in the order they are reported. An upsert table holds one
+/// row per `key` instead of one per `id`.
+fn row_rules(kind: EventKind, table: &str, upsert: bool) -> Vec<RowRule> {
     let rule = |name, counts, ok: String, bad: String| RowRule {
         name,
         counts,
         ok,
         bad,
     };
+    let (unique, column) = if upsert {
+        ("unique_keys", "key")
+    } else {
+        ("unique_ids", "id")
+    };
     let mut rules = vec![
         rule(
             "primary_key",
-            Offending::NoPrimaryKeyOnId,
-            format!("{table}.id is the primary key"),
-            format!("{table} has no primary key on id: duplicates cannot be prevented"),
+            Offending::NoPrimaryKeyOn(column),
+            format!("{table}.{column} is the primary key"),
+            format!("{table} has no primary key on {column}: duplicates cannot be prevented"),
         ),
         rule(
-            "unique_ids",
-            Offending::DuplicateIds,
-            "no id appears twice".into(),
-            "{n} ids appear more than once".into(),
+            unique,
+            Offending::Duplicates(column),
+            format!("no {column} appears twice"),
+            format!("{{n}} {column}s appear more than once"),
         ),
         rule(
             "timestamps",
@@ -174,13 +189,13 @@ fn row_rules(kind: EventKind, table: &str) -> Vec<RowRule> {
 }
 
 async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) -> Result<Report> {
-    let table = args.kind.table();
+    let table = table_of(args);
     let mut checks = Vec::new();
 
     // The seed's check: SELECT COUNT(*) AS rows, MAX(ts) AS latest_ts FROM sales_events;
     let landed = reader.rows(table).await?;
 
-    for rule in row_rules(args.kind, table) {
+    for rule in row_rules(args.kind, table, args.upsert) {
         let offending = reader.offending(table, rule.counts).await?;
         checks.push(rule.judge(offending));
     }
@@ -234,7 +249,10 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
         });
     }
 
-    let newest = reader.newest(args.kind).await?;
+    if args.verify_log {
+        checks.push(verify_log(args, reader, &partitions).await?);
+    }
+    let newest = reader.newest(args.kind, table).await?;
     let throughput = reader.throughput(table).await?;
     let (category, _) = args.kind.category();
     let breakdown = reader.shares(table, category, None).await?;
@@ -259,6 +277,77 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
         breakdown,
         top_keys,
     })
+}
+
+/// `--verify-log`: each key's newest record in the log, up to the group's stored offsets (a
+/// value that decodes, or a tombstone), against the table's row for it.
+async fn verify_log(
+    args: &CheckArgs,
+    reader: &Reader,
+    partitions: &[Position],
+) -> Result<CheckResult> {
+    let topic = args.topic.as_deref().unwrap_or_default();
+    let mut readers = kafka::fetch::TopicReaders::open(&args.kafka, topic).await?;
+    // key → the newest record's (partition, offset), None for a tombstone.
+    let mut newest: BTreeMap<String, Option<(i32, i64)>> = BTreeMap::new();
+    for reader in &mut readers.readers {
+        let p = reader.partition();
+        let Some(position) = partitions.iter().find(|pos| pos.partition == p) else {
+            continue;
+        };
+        let upto = position.committed.unwrap_or(position.log_start);
+        reader
+            .read_range(position.log_start, upto, |r| {
+                let Ok(key) = db::table_key(r.key.as_deref()) else {
+                    return;
+                };
+                let value = r.value.as_deref();
+                let change = match value {
+                    None => None,
+                    Some(_) if events::decode(args.kind, value).is_ok() => Some((p, r.offset)),
+                    Some(_) => return,
+                };
+                newest.insert(key.to_string(), change);
+            })
+            .await?;
+    }
+    let stored = reader.latest_positions(table_of(args)).await?;
+    let differing = log_differences(&newest, &stored);
+    Ok(CheckResult {
+        name: "log",
+        ok: differing.is_empty(),
+        detail: if differing.is_empty() {
+            format!(
+                "every key's newest record in '{topic}' (up to the stored offsets) is its row: {} rows",
+                stored.len()
+            )
+        } else {
+            let named: Vec<&str> = differing.iter().take(10).map(String::as_str).collect();
+            format!(
+                "{} keys differ from their newest record in '{topic}': {}{}",
+                differing.len(),
+                named.join(", "),
+                if differing.len() > 10 { ", …" } else { "" }
+            )
+        },
+    })
+}
+
+/// The keys whose row is not their newest record: `newest` key → record (None: a tombstone),
+/// `stored` key → the record its row holds.
+fn log_differences(
+    newest: &BTreeMap<String, Option<(i32, i64)>>,
+    stored: &BTreeMap<String, (i32, i64)>,
+) -> Vec<String> {
+    let from_log = newest
+        .iter()
+        .filter(|(key, record)| stored.get(*key) != record.as_ref())
+        .map(|(key, _)| key.clone());
+    let unknown = stored
+        .keys()
+        .filter(|key| !newest.contains_key(*key))
+        .cloned();
+    from_log.chain(unknown).collect()
 }
 
 /// Stored offsets the log does not hold: records retention removed before they were read, or
@@ -421,4 +510,36 @@ fn print_table(r: &Report) -> Result<()> {
         render::line(format!("\nnewest rows:\n{t}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_must_hold_its_keys_newest_record_and_a_tombstone_none() {
+        let newest: BTreeMap<String, Option<(i32, i64)>> = [
+            ("same", Some((0, 5))),
+            ("older_row", Some((0, 9))),
+            ("missing", Some((1, 2))),
+            ("deleted", None),
+            ("deleted_and_gone", None),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let stored: BTreeMap<String, (i32, i64)> = [
+            ("same", (0, 5)),
+            ("older_row", (0, 7)),
+            ("deleted", (0, 1)),
+            ("not_in_log", (2, 3)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(
+            log_differences(&newest, &stored),
+            ["deleted", "missing", "older_row", "not_in_log"]
+        );
+    }
 }

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::cli::{CompressionArg, Format, PartitionerArg, ProduceArgs};
-use crate::events::Generator;
+use crate::events::{to_millis, Event, Generator};
 use crate::kafka::{self, partitioner};
 use crate::progress::Progress;
 use crate::{render, shutdown};
@@ -27,6 +27,8 @@ const QUEUE_PER_PARTITION: usize = 8192;
 pub struct ProduceSummary {
     pub topic: String,
     pub sent: u64,
+    /// Of those, tombstones (`--keys` with `--tombstones`).
+    pub tombstones: u64,
     pub per_partition: Vec<u64>,
     pub elapsed_secs: f64,
     pub rate: f64,
@@ -52,7 +54,8 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
     let clients = kafka::partition_clients(&client, &args.topic, &partitions).await?;
     let acked: Arc<Vec<AtomicU64>> =
         Arc::new(partitions.iter().map(|_| AtomicU64::new(0)).collect());
-    let (queues, senders) = spawn_senders(clients, &args, &acked);
+    let tombstones = Arc::new(AtomicU64::new(0));
+    let (queues, senders) = spawn_senders(clients, &args, &acked, &tombstones);
 
     let start = Instant::now();
     let mut progress = Progress::new();
@@ -69,6 +72,7 @@ pub async fn run(args: ProduceArgs) -> Result<()> {
     let summary = ProduceSummary {
         topic: args.topic.clone(),
         sent,
+        tombstones: tombstones.load(Ordering::Relaxed),
         per_partition,
         elapsed_secs: elapsed,
         rate: sent as f64 / elapsed.max(1e-9),
@@ -94,6 +98,7 @@ fn spawn_senders(
     clients: Vec<Arc<PartitionClient>>,
     args: &ProduceArgs,
     acked: &Arc<Vec<AtomicU64>>,
+    tombstones: &Arc<AtomicU64>,
 ) -> (Vec<mpsc::Sender<Record>>, Senders) {
     let mut queues = Vec::with_capacity(clients.len());
     let mut senders = Vec::with_capacity(clients.len());
@@ -101,10 +106,12 @@ fn spawn_senders(
         let (tx, rx) = mpsc::channel(QUEUE_PER_PARTITION);
         queues.push(tx);
         let acked = Arc::clone(acked);
+        let tombstones = Arc::clone(tombstones);
         let compression = args.compression.into();
         let batch_bytes = args.batch_bytes;
         senders.push(tokio::spawn(async move {
-            send_partition(pc, rx, compression, batch_bytes, &acked[index]).await
+            let acked = (&acked[index], &*tombstones);
+            send_partition(pc, rx, compression, batch_bytes, acked).await
         }));
     }
     (queues, senders)
@@ -167,20 +174,14 @@ async fn generate(
             continue;
         }
         while generated < due {
-            let event = generator.next_event(OffsetDateTime::now_utc());
-            let key = event.key().as_bytes();
+            let record = next_record(args, &mut generator);
+            let key = record.key.as_deref().unwrap_or_default();
             let index = match args.partitioner {
                 PartitionerArg::Murmur2 => partitioner::partition_for_key(key, queues.len()),
                 PartitionerArg::RoundRobin => {
                     round_robin = (round_robin + 1) % queues.len();
                     round_robin
                 }
-            };
-            let record = Record {
-                key: Some(key.to_vec()),
-                value: Some(event.to_json()),
-                headers: Default::default(),
-                timestamp: chrono_ts(event.ts()),
             };
             if queues[index].send(record).await.is_err() {
                 return true;
@@ -199,9 +200,32 @@ async fn generate(
     }
 }
 
+/// The next record: an event keyed by its store or sensor, or with `--keys` an update of one of
+/// the keys (a tombstone, no value, at the `--tombstones` rate).
+fn next_record(args: &ProduceArgs, generator: &mut Generator) -> Record {
+    let now = OffsetDateTime::now_utc();
+    let (key, event) = match args.keys {
+        Some(keys) => generator.next_update(keys, args.tombstones, now),
+        None => {
+            let event = generator.next_event(now);
+            (event.key().to_string(), Some(event))
+        }
+    };
+    Record {
+        key: Some(key.into_bytes()),
+        value: event.as_ref().map(Event::to_json),
+        headers: Default::default(),
+        timestamp: chrono_ts(event.map_or_else(|| to_millis(now), |e| e.ts())),
+    }
+}
+
 fn print_summary(summary: &ProduceSummary, partitions: &[i32]) -> Result<()> {
+    let tombstones = match summary.tombstones {
+        0 => String::new(),
+        n => format!(", {n} of them tombstones"),
+    };
     render::note(format!(
-        "produced {} events to '{}' in {:.2}s ({:.1} events/s)",
+        "produced {} events to '{}' in {:.2}s ({:.1} events/s){tombstones}",
         summary.sent, summary.topic, summary.elapsed_secs, summary.rate
     ))?;
     for (p, n) in partitions.iter().zip(&summary.per_partition) {
@@ -222,7 +246,7 @@ async fn send_partition(
     mut queue: mpsc::Receiver<Record>,
     compression: Compression,
     batch_bytes: usize,
-    acked: &AtomicU64,
+    (acked, tombstones): (&AtomicU64, &AtomicU64),
 ) -> Result<()> {
     let mut batch: Vec<Record> = Vec::new();
     while let Some(first) = queue.recv().await {
@@ -250,6 +274,7 @@ async fn send_partition(
             }
         }
         let n = batch.len() as u64;
+        let deletions = batch.iter().filter(|r| r.value.is_none()).count() as u64;
         // rskafka retries transient failures with our bounded backoff (`--timeout`).
         let labels = [
             ("topic", client.topic().to_string()),
@@ -267,6 +292,7 @@ async fn send_partition(
             )));
         }
         acked.fetch_add(n, Ordering::Relaxed);
+        tombstones.fetch_add(deletions, Ordering::Relaxed);
         metrics::counter!(crate::metrics::PRODUCED, &labels).increment(n);
     }
     Ok(())

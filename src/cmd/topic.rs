@@ -1,5 +1,7 @@
 //! `streamlab topic …`: create, retention, list, describe, delete, config.
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -254,6 +256,76 @@ struct PartitionDescription {
     /// The first offset the log still holds, and the next one to be written.
     log_start: i64,
     log_end: i64,
+    /// Records a reader finds between them: fewer than the offsets spanned where compaction
+    /// (or retention, on a broker that does not move its log start) removed some. Counted by
+    /// reading on a compacted topic; elsewhere the offsets spanned.
+    records_present: i64,
+    /// Offsets the records present are spread over: from 0 on a topic that only compacts (its
+    /// log never starts later), else from the log start; compacted away = spanned − present.
+    offsets_spanned: i64,
+}
+
+/// The partitions of `topic describe`; on a compacted topic, with the records a reader finds
+/// and the share of the offsets compaction removed.
+fn partitions_table(partitions: &[PartitionDescription], compacted: bool) -> comfy_table::Table {
+    let header = ["PARTITION", "LEADER", "LOG START", "LOG END", "RECORDS"];
+    let mut table = if compacted {
+        let [a, b, c, d, e] = header;
+        render::table([a, b, c, d, e, "COMPACTED AWAY"])
+    } else {
+        render::table(header)
+    };
+    for p in partitions {
+        let spanned = p.offsets_spanned;
+        let mut row = vec![
+            p.partition.to_string(),
+            p.leader.to_string(),
+            p.log_start.to_string(),
+            p.log_end.to_string(),
+            p.records_present.to_string(),
+        ];
+        if compacted {
+            let removed = spanned - p.records_present;
+            let share = 100.0 * removed as f64 / spanned.max(1) as f64;
+            row.push(format!("{removed} of {spanned} offsets ({share:.0}%)"));
+        }
+        table.add_row(row);
+    }
+    table
+}
+
+/// The topic's `cleanup.policy`, as the broker reports it.
+async fn cleanup_policy(admin: &mut Admin, topic: &str) -> Result<Option<String>> {
+    let configs = admin.describe_topic_configs(topic).await?;
+    Ok(configs
+        .into_iter()
+        .find(|c| c.name == "cleanup.policy")
+        .and_then(|c| c.value))
+}
+
+/// Records present and offsets spanned per partition: on a compacted topic (its log has
+/// gaps) the records are read and counted, over offsets from 0 when the topic only compacts
+/// (nothing moves its start; tansu reports the first record left as the start); elsewhere both
+/// are the offsets from the log start to its end.
+async fn records_present(
+    topic: &mut kafka::fetch::TopicReaders,
+    ranges: &BTreeMap<i32, (i64, i64)>,
+    policy: Option<&str>,
+) -> Result<BTreeMap<i32, (i64, i64)>> {
+    let compacted = policy.is_some_and(kafka::compacts);
+    let only_compacts = compacted && !policy.is_some_and(|p| p.contains("delete"));
+    let mut present = BTreeMap::new();
+    for reader in &mut topic.readers {
+        let (start, end) = ranges.get(&reader.partition()).copied().unwrap_or((0, 0));
+        let counted = if compacted {
+            let read = reader.read_range(start, end, |_| {}).await? as i64;
+            (read, if only_compacts { end } else { end - start })
+        } else {
+            (end - start, end - start)
+        };
+        present.insert(reader.partition(), counted);
+    }
+    Ok(present)
 }
 
 #[derive(Serialize)]
@@ -262,6 +334,8 @@ struct TopicDescription {
     /// None: not set on the topic, the broker default applies.
     retention_ms: Option<i64>,
     retention_is_default: bool,
+    /// `cleanup.policy` (None: not reported, the broker default applies).
+    cleanup_policy: Option<String>,
     partitions: Vec<PartitionDescription>,
     /// With --group: its members and their partitions of this topic.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,7 +347,10 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
     let metadata = admin.topic(&args.topic).await?;
     let mut topic = kafka::fetch::TopicReaders::of(&args.kafka, metadata);
     let retention = current_retention(&mut admin, &args.topic).await?;
+    let cleanup_policy = cleanup_policy(&mut admin, &args.topic).await?;
     let ranges = topic.ranges().await?;
+    let compacted = cleanup_policy.as_deref().is_some_and(kafka::compacts);
+    let present = records_present(&mut topic, &ranges, cleanup_policy.as_deref()).await?;
     let metadata = topic.metadata;
     let group = match &args.group {
         Some(group) => {
@@ -292,6 +369,7 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
         topic: args.topic.clone(),
         retention_ms: retention.ms,
         retention_is_default: retention.is_default,
+        cleanup_policy,
         partitions: metadata
             .partitions
             .into_iter()
@@ -303,6 +381,8 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
                     replicas: p.replicas,
                     log_start: earliest,
                     log_end: latest,
+                    records_present: present.get(&p.partition).map_or(0, |c| c.0),
+                    offsets_spanned: present.get(&p.partition).map_or(0, |c| c.1),
                 }
             })
             .collect(),
@@ -311,23 +391,16 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
     match args.format {
         Format::Json => render::json(&description),
         Format::Table => {
+            let policy = match &description.cleanup_policy {
+                Some(policy) => format!(" · cleanup.policy {policy}"),
+                None => String::new(),
+            };
             render::line(format!(
-                "topic '{}' · {} partition(s) · retention {retention}",
+                "topic '{}' · {} partition(s) · retention {retention}{policy}",
                 description.topic,
                 description.partitions.len(),
             ))?;
-            let mut table =
-                render::table(["PARTITION", "LEADER", "LOG START", "LOG END", "RECORDS"]);
-            for p in &description.partitions {
-                table.add_row(vec![
-                    p.partition.to_string(),
-                    p.leader.to_string(),
-                    p.log_start.to_string(),
-                    p.log_end.to_string(),
-                    (p.log_end - p.log_start).to_string(),
-                ]);
-            }
-            render::line(table)?;
+            render::line(partitions_table(&description.partitions, compacted))?;
             if let Some(g) = &description.group {
                 render::line(format!(
                     "\ngroup '{}' · {} · {} member(s)",

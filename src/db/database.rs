@@ -11,8 +11,9 @@ use sqlx::{Postgres, Sqlite};
 
 use super::{
     Batch, DeadLetter, Kind, Landed, MemberRecord, OffsetAdvance, Savepoint, Sink, SinkError,
-    SinkTx, Target, Writer, WriterTx,
+    SinkTx, Target, Tombstone, Writer, WriterTx,
 };
+use crate::events::EventKind;
 
 /// The database a consumer writes to.
 #[derive(Clone)]
@@ -83,6 +84,18 @@ impl Sink for Database {
 impl SinkTx for DatabaseTx {
     async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
         on_either!(DatabaseTx, self, tx => tx.insert_events(events).await)
+    }
+
+    async fn upsert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+        on_either!(DatabaseTx, self, tx => tx.upsert_events(events).await)
+    }
+
+    async fn delete_keys(
+        &mut self,
+        kind: EventKind,
+        deletes: &[Tombstone],
+    ) -> Result<u64, SinkError> {
+        on_either!(DatabaseTx, self, tx => tx.delete_keys(kind, deletes).await)
     }
 
     async fn insert_dead_letters(

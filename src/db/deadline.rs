@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::{
     Batch, DeadLetter, Landed, MemberRecord, OffsetAdvance, Savepoint, Sink, SinkError, SinkTx,
+    Tombstone,
 };
+use crate::events::EventKind;
 
 /// A sink whose every statement has a deadline: a database that stops answering — a frozen
 /// connection keeps its TCP session open for the quarter of an hour TCP takes to give up —
@@ -97,6 +99,20 @@ impl<S: Sink> Sink for Deadline<S> {
 impl<T: SinkTx> SinkTx for Deadline<T> {
     async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
         let operation = self.inner.insert_events(events);
+        within(self.limit, &self.database, operation).await
+    }
+
+    async fn upsert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+        let operation = self.inner.upsert_events(events);
+        within(self.limit, &self.database, operation).await
+    }
+
+    async fn delete_keys(
+        &mut self,
+        kind: EventKind,
+        deletes: &[Tombstone],
+    ) -> Result<u64, SinkError> {
+        let operation = self.inner.delete_keys(kind, deletes);
         within(self.limit, &self.database, operation).await
     }
 

@@ -227,7 +227,7 @@ where
 {
     let mut tx = sink.begin().await?;
     let landed: Vec<Landed> = events.iter().map(|(_, e)| e.clone()).collect();
-    let isolated = super::write::insert_isolating(&mut tx, &landed).await?;
+    let isolated = super::write::insert_isolating(&mut tx, super::Mode::Append, &landed).await?;
     let refused: Vec<(i64, String)> = isolated
         .refused
         .into_iter()
@@ -309,7 +309,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::db::{Batch, DeadLetter, Deadline, MemberRecord, OffsetAdvance, Savepoint};
+    use crate::db::{
+        Batch, DeadLetter, Deadline, MemberRecord, OffsetAdvance, Savepoint, Tombstone,
+    };
+    use crate::events::EventKind;
 
     /// A database whose DELETE removes `removes` rows, and whose statements (`hang_delete`) or
     /// COMMIT (`hang_commit`) never answer.
@@ -353,6 +356,12 @@ mod tests {
     impl SinkTx for Fake {
         async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
             Ok(events.len() as u64)
+        }
+        async fn upsert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+            Ok(events.len() as u64)
+        }
+        async fn delete_keys(&mut self, _: EventKind, d: &[Tombstone]) -> Result<u64, SinkError> {
+            Ok(d.len() as u64)
         }
         async fn insert_dead_letters(
             &mut self,

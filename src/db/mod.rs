@@ -29,13 +29,14 @@ mod pg_copy;
 mod read;
 pub mod sqlite;
 mod target;
+mod upsert;
 mod write;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::events::{Event, Sale, SensorReading};
+use crate::events::{Event, EventKind, Sale, SensorReading};
 
 pub use database::{Database, DatabaseTx};
 pub use deadline::Deadline;
@@ -44,6 +45,7 @@ pub use error::{classify, postgres_verdict, sqlite_verdict, SinkError, Verdict};
 pub use pg_copy::bulk_load_sales;
 pub use read::{Offending, Reader, Rows, Share, Throughput};
 pub use target::{redact, Kind, Target, TargetError};
+pub use upsert::{latest_per_key, table_key, Change, Folded, Mode, Tombstone, MAX_KEY_BYTES};
 pub use write::{write, write_isolating, Dialect, Writer, WriterTx};
 
 /// The columns of `sales_events` a consumer fills, in the order both dialects insert them (and
@@ -55,9 +57,28 @@ pub const SALES_COLUMNS: &str =
 pub const SENSOR_COLUMNS: &str =
     "id, sensor_id, val, unit, status, ts, kafka_partition, kafka_offset";
 
+/// The columns of `sales_latest` (`consume --upsert`) a consumer fills: the record key, then
+/// [`SALES_COLUMNS`].
+pub const SALES_LATEST_COLUMNS: &str =
+    "key, id, ts, store_id, amount_usd, channel, kafka_partition, kafka_offset";
+
+/// The columns of `sensor_latest` a consumer fills: the record key, then [`SENSOR_COLUMNS`].
+pub const SENSOR_LATEST_COLUMNS: &str =
+    "key, id, sensor_id, val, unit, status, ts, kafka_partition, kafka_offset";
+
 /// The columns of `dead_letters` a consumer fills, in the order both dialects insert them.
 pub const DEAD_LETTER_COLUMNS: &str =
     "topic, kafka_partition, kafka_offset, record_key, payload, error";
+
+/// The columns a consumer fills in `kind`'s table, or (`upsert`) its `_latest` table.
+pub(crate) fn columns(kind: EventKind, upsert: bool) -> &'static str {
+    match (kind, upsert) {
+        (EventKind::Sales, false) => SALES_COLUMNS,
+        (EventKind::Sensor, false) => SENSOR_COLUMNS,
+        (EventKind::Sales, true) => SALES_LATEST_COLUMNS,
+        (EventKind::Sensor, true) => SENSOR_LATEST_COLUMNS,
+    }
+}
 
 /// An event decoded from `partition`/`offset`, with the record's key and value as they came:
 /// if the database refuses the event, they are what its dead letter keeps.
@@ -70,6 +91,13 @@ pub struct Landed {
     /// should the database refuse the event.
     pub key: Option<bytes::Bytes>,
     pub value: bytes::Bytes,
+}
+
+impl Landed {
+    /// The record key as text (`consume --upsert` checked it with [`table_key`]).
+    pub fn key_text(&self) -> Option<&str> {
+        table_key(self.key.as_deref()).ok()
+    }
 }
 
 /// A record that could not be stored, kept byte for byte with the reason.
@@ -98,17 +126,37 @@ pub struct Batch {
     /// Kafka's id of the topic these offsets belong to, stored with them (None: the broker
     /// reports no ids; the stored id is then left as it is).
     pub topic_id: Option<String>,
+    /// How the events are stored: appended (the default) or upserted by record key.
+    pub mode: Mode,
+    /// Appended: every event decoded. Upserted: the last value of each key whose last change
+    /// in the batch is a value ([`latest_per_key`]).
     pub events: Vec<Landed>,
+    /// Upserted: the keys whose last change in the batch is a tombstone.
+    pub deletes: Vec<Tombstone>,
+    /// Upserted: changes a later change of the same key in this batch replaced.
+    pub superseded: u64,
     pub dead_letters: Vec<DeadLetter>,
     pub offsets: Vec<OffsetAdvance>,
+}
+
+impl Batch {
+    /// Records this batch consumes: events, tombstones and the changes they replaced, dead
+    /// letters.
+    pub fn records(&self) -> u64 {
+        (self.events.len() + self.deletes.len() + self.dead_letters.len()) as u64 + self.superseded
+    }
 }
 
 /// What a committed batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
+    /// Rows inserted (upserted: inserted or updated).
     pub inserted: u64,
-    /// Events whose id was already stored (replays, re-produced events).
+    /// Events whose id was already stored (replays, re-produced events). Upserted: values the
+    /// table already held as new or newer (a replay).
     pub duplicates: u64,
+    /// Upserted: rows the batch's tombstones deleted.
+    pub deleted: u64,
     /// Rows added to `dead_letters` (the batch's own and the refused events).
     pub dead_lettered: u64,
     /// Events the database refused, stored as dead letters instead: partition, offset, reason.
@@ -153,6 +201,21 @@ pub trait SinkTx: Send {
     fn insert_events(
         &mut self,
         events: &[Landed],
+    ) -> impl Future<Output = Result<u64, SinkError>> + Send;
+
+    /// Upsert the events into their kind's `_latest` table by record key (one event per key),
+    /// each only over an older row; returns how many rows were inserted or updated.
+    fn upsert_events(
+        &mut self,
+        events: &[Landed],
+    ) -> impl Future<Output = Result<u64, SinkError>> + Send;
+
+    /// Delete the tombstones' keys from `kind`'s `_latest` table, each only over an older row;
+    /// returns how many rows went.
+    fn delete_keys(
+        &mut self,
+        kind: EventKind,
+        deletes: &[Tombstone],
     ) -> impl Future<Output = Result<u64, SinkError>> + Send;
 
     /// Insert dead letters of `topic`, skipping records already there; returns how many are new.
@@ -249,6 +312,8 @@ pub(crate) fn clean_text(s: &str) -> String {
 #[derive(Debug)]
 pub struct Row<'a, E> {
     pub event: &'a E,
+    /// The record key as text, for an upsert (None: appended, or a key that is no text).
+    pub key: Option<&'a str>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -262,11 +327,13 @@ pub(crate) fn split_kinds(events: &[Landed]) -> (Vec<Row<'_, Sale>>, Vec<Row<'_,
         match &landed.event {
             Event::Sale(event) => sales.push(Row {
                 event,
+                key: landed.key_text(),
                 partition,
                 offset,
             }),
             Event::Sensor(event) => sensors.push(Row {
                 event,
+                key: landed.key_text(),
                 partition,
                 offset,
             }),

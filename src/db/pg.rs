@@ -14,11 +14,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pg_copy::{copy_rows, Copied, CopyRow};
+use super::upsert::{on_conflict_newer, STORED_IS_OLDER};
 use super::{
-    clean_text, redact, DeadLetter, Dialect, Kind, Row, Writer, DEAD_LETTER_COLUMNS, SALES_COLUMNS,
-    SENSOR_COLUMNS,
+    clean_text, columns, redact, DeadLetter, Dialect, Kind, Row, Tombstone, Writer,
+    DEAD_LETTER_COLUMNS,
 };
-use crate::events::{cents, Sale, SensorReading};
+use crate::events::{cents, EventKind, Sale, SensorReading};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -152,15 +153,44 @@ impl Dialect for Postgres {
     async fn insert_sales(
         conn: &mut PgConnection,
         sales: &[Row<'_, Sale>],
+        upsert: bool,
     ) -> Result<u64, sqlx::Error> {
+        if upsert {
+            return insert_sales_on_conflict(conn, sales, true).await;
+        }
         insert_events(conn, sales).await
     }
 
     async fn insert_sensors(
         conn: &mut PgConnection,
         readings: &[Row<'_, SensorReading>],
+        upsert: bool,
     ) -> Result<u64, sqlx::Error> {
+        if upsert {
+            return insert_sensors_on_conflict(conn, readings, true).await;
+        }
         insert_events(conn, readings).await
+    }
+
+    async fn delete_keys(
+        conn: &mut PgConnection,
+        table: &str,
+        deletes: &[Tombstone],
+    ) -> Result<u64, sqlx::Error> {
+        let keys: Vec<&str> = deletes.iter().map(|d| d.key.as_str()).collect();
+        let (partitions, offsets): (Vec<i32>, Vec<i64>) =
+            deletes.iter().map(|d| (d.partition, d.offset)).unzip();
+        let done = sqlx::query(&format!(
+            "DELETE FROM public.{table} AS t
+             USING UNNEST($1::text[], $2::int4[], $3::int8[]) AS d(key, p, o)
+             WHERE t.key = d.key AND {STORED_IS_OLDER}"
+        ))
+        .bind(keys)
+        .bind(partitions)
+        .bind(offsets)
+        .execute(conn)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn insert_dead_letters(
@@ -218,7 +248,7 @@ impl EventRows for Row<'_, Sale> {
         conn: &'c mut PgConnection,
         rows: &'c [Self],
     ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'c {
-        insert_sales_on_conflict(conn, rows)
+        insert_sales_on_conflict(conn, rows, false)
     }
 }
 
@@ -227,7 +257,7 @@ impl EventRows for Row<'_, SensorReading> {
         conn: &'c mut PgConnection,
         rows: &'c [Self],
     ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'c {
-        insert_sensors_on_conflict(conn, rows)
+        insert_sensors_on_conflict(conn, rows, false)
     }
 }
 
@@ -236,41 +266,67 @@ fn positions<E>(rows: &[Row<'_, E>]) -> (Vec<i32>, Vec<i64>) {
     rows.iter().map(|r| (r.partition, r.offset)).unzip()
 }
 
-/// Sales, skipping ids already stored (the careful way: any duplicate, any refusal).
+/// `INSERT … SELECT <select> FROM UNNEST($1::text[] (the keys), <arrays>) AS u(k, <names>)`
+/// into the kind's table, skipping ids already stored, or (`upsert`) into its `_latest` table by
+/// key, each row only over an older one.
+fn unnest_insert(kind: EventKind, upsert: bool, select: &str, arrays: &str, names: &str) -> String {
+    let columns = columns(kind, upsert);
+    let (table, key, conflict) = if upsert {
+        let conflict = on_conflict_newer(columns, "now()");
+        (kind.latest_table(), "k, ", conflict)
+    } else {
+        let conflict = "ON CONFLICT (id) DO NOTHING".to_string();
+        (kind.table(), "", conflict)
+    };
+    format!(
+        "INSERT INTO public.{table} AS t ({columns})
+             SELECT {key}{select} FROM UNNEST($1::text[], {arrays}) AS u(k, {names})
+             {conflict}"
+    )
+}
+
+/// Sales, skipping ids already stored (the careful way: any duplicate, any refusal), or
+/// upserted by key.
 async fn insert_sales_on_conflict(
     conn: &mut PgConnection,
     sales: &[Row<'_, Sale>],
+    upsert: bool,
 ) -> Result<u64, sqlx::Error> {
+    let keys: Vec<Option<&str>> = sales.iter().map(|r| r.key).collect();
     let ids: Vec<Uuid> = sales.iter().map(|r| r.event.id).collect();
     let ts: Vec<OffsetDateTime> = sales.iter().map(|r| r.event.ts).collect();
     let stores: Vec<&str> = sales.iter().map(|r| r.event.store_id.as_str()).collect();
     let amounts: Vec<i64> = sales.iter().map(|r| cents(r.event.amount_usd)).collect();
     let channels: Vec<&str> = sales.iter().map(|r| r.event.channel.as_str()).collect();
     let (partitions, offsets) = positions(sales);
-    let done = sqlx::query(&format!(
-        "INSERT INTO public.sales_events ({SALES_COLUMNS})
-             SELECT id, ts, store_id, cents::numeric / 100, channel, p, o
-             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::text[],
-                         $6::int4[], $7::int8[]) AS t(id, ts, store_id, cents, channel, p, o)
-             ON CONFLICT (id) DO NOTHING"
-    ))
-    .bind(ids)
-    .bind(ts)
-    .bind(stores)
-    .bind(amounts)
-    .bind(channels)
-    .bind(partitions)
-    .bind(offsets)
-    .execute(conn)
-    .await?;
+    let statement = unnest_insert(
+        EventKind::Sales,
+        upsert,
+        "id, ts, store_id, cents::numeric / 100, channel, p, o",
+        "$2::uuid[], $3::timestamptz[], $4::text[], $5::int8[], $6::text[], $7::int4[], $8::int8[]",
+        "id, ts, store_id, cents, channel, p, o",
+    );
+    let done = sqlx::query(&statement)
+        .bind(keys)
+        .bind(ids)
+        .bind(ts)
+        .bind(stores)
+        .bind(amounts)
+        .bind(channels)
+        .bind(partitions)
+        .bind(offsets)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected())
 }
 
-/// Sensor readings, skipping ids already stored (the careful way).
+/// Sensor readings, skipping ids already stored (the careful way), or upserted by key.
 async fn insert_sensors_on_conflict(
     conn: &mut PgConnection,
     readings: &[Row<'_, SensorReading>],
+    upsert: bool,
 ) -> Result<u64, sqlx::Error> {
+    let keys: Vec<Option<&str>> = readings.iter().map(|r| r.key).collect();
     let ids: Vec<Uuid> = readings.iter().map(|r| r.event.id).collect();
     let sensors: Vec<&str> = readings
         .iter()
@@ -281,21 +337,26 @@ async fn insert_sensors_on_conflict(
     let statuses: Vec<&str> = readings.iter().map(|r| r.event.status.as_str()).collect();
     let ts: Vec<OffsetDateTime> = readings.iter().map(|r| r.event.ts).collect();
     let (partitions, offsets) = positions(readings);
-    let done = sqlx::query(&format!(
-        "INSERT INTO public.sensor_logs ({SENSOR_COLUMNS})
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::float8[], $4::text[], $5::text[],
-                                  $6::timestamptz[], $7::int4[], $8::int8[])
-             ON CONFLICT (id) DO NOTHING"
-    ))
-    .bind(ids)
-    .bind(sensors)
-    .bind(vals)
-    .bind(units)
-    .bind(statuses)
-    .bind(ts)
-    .bind(partitions)
-    .bind(offsets)
-    .execute(conn)
-    .await?;
+    let names = "id, sensor_id, val, unit, status, ts, p, o";
+    let statement = unnest_insert(
+        EventKind::Sensor,
+        upsert,
+        names,
+        "$2::uuid[], $3::text[], $4::float8[], $5::text[], $6::text[], $7::timestamptz[], \
+         $8::int4[], $9::int8[]",
+        names,
+    );
+    let done = sqlx::query(&statement)
+        .bind(keys)
+        .bind(ids)
+        .bind(sensors)
+        .bind(vals)
+        .bind(units)
+        .bind(statuses)
+        .bind(ts)
+        .bind(partitions)
+        .bind(offsets)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected())
 }

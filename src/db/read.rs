@@ -55,10 +55,11 @@ pub struct Share {
 /// What a check on a table's rows counts: zero is healthy.
 #[derive(Debug, Clone, Copy)]
 pub enum Offending<'a> {
-    /// 1 when `id` is not the table's primary key (duplicates cannot be prevented), else 0.
-    NoPrimaryKeyOnId,
-    /// Ids that appear more than once.
-    DuplicateIds,
+    /// 1 when this column (`id`; `key` in an upsert table) is not the table's primary key
+    /// (duplicates cannot be prevented), else 0.
+    NoPrimaryKeyOn(&'a str),
+    /// Values of this column that appear more than once.
+    Duplicates(&'a str),
     /// Rows whose `ts` is more than this many minutes in the future.
     FutureTs { minutes: i64 },
     /// Rows with a negative `amount_usd`.
@@ -148,11 +149,12 @@ impl Reader {
     /// How many rows of `table` (an events table) a check finds at fault.
     pub async fn offending(&self, table: &str, what: Offending<'_>) -> Result<i64> {
         let sql = match what {
-            Offending::NoPrimaryKeyOnId => {
-                format!("SELECT 1 - ({})", self.primary_key_on_id(table))
+            Offending::NoPrimaryKeyOn(column) => {
+                format!("SELECT 1 - ({})", self.primary_key_on(table, column))
             }
-            Offending::DuplicateIds => format!(
-                "SELECT COUNT(*) FROM (SELECT id FROM {table} GROUP BY id HAVING COUNT(*) > 1) AS dup"
+            Offending::Duplicates(column) => format!(
+                "SELECT COUNT(*) FROM (SELECT {column} FROM {table} GROUP BY {column} \
+                 HAVING COUNT(*) > 1) AS dup"
             ),
             Offending::FutureTs { minutes } => format!(
                 "SELECT COUNT(*) FROM {table} WHERE ts > {}",
@@ -184,21 +186,37 @@ impl Reader {
         Ok(row.try_get(0)?)
     }
 
-    /// The ten newest rows of `kind`'s table, column by column (numbers as numbers), in the
-    /// table's column order.
+    /// The ten newest rows of `table`, of `kind`'s columns, column by column (numbers as
+    /// numbers), in the table's column order.
     pub async fn newest(
         &self,
         kind: EventKind,
+        table: &str,
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
         let columns = self.newest_columns(kind);
         let select: Vec<&str> = columns.iter().map(|(_, sql, _)| sql.as_str()).collect();
         let sql = format!(
-            "SELECT {} FROM {} ORDER BY ts DESC LIMIT 10",
-            select.join(", "),
-            kind.table()
+            "SELECT {} FROM {table} ORDER BY ts DESC LIMIT 10",
+            select.join(", ")
         );
         let rows = self.within(sqlx::query(&sql).fetch_all(&self.pool)).await?;
         rows.iter().map(|row| row_to_map(row, &columns)).collect()
+    }
+
+    /// Each row's key and the record it holds (`--upsert` tables): key → (partition, offset).
+    pub async fn latest_positions(&self, table: &str) -> Result<BTreeMap<String, (i32, i64)>> {
+        let sql = format!(
+            "SELECT key, {}, {} FROM {table}",
+            self.int("kafka_partition"),
+            self.int("kafka_offset")
+        );
+        let rows = self.within(sqlx::query(&sql).fetch_all(&self.pool)).await?;
+        rows.iter()
+            .map(|row| {
+                let (partition, offset): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+                Ok((row.try_get(0)?, (partition as i32, offset)))
+            })
+            .collect()
     }
 
     /// Rows of `table` landed over the last minute and the last five, per second.
@@ -349,10 +367,10 @@ impl Reader {
     }
 
     /// 1 when `id` is `table`'s primary key, else 0.
-    fn primary_key_on_id(&self, table: &str) -> String {
+    fn primary_key_on(&self, table: &str, column: &str) -> String {
         if self.sqlite() {
             format!(
-                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = 'id' AND pk = 1"
+                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}' AND pk = 1"
             )
         } else {
             format!(
@@ -360,7 +378,7 @@ impl Reader {
                  JOIN information_schema.key_column_usage k
                    ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema
                  WHERE tc.table_schema = 'public' AND tc.table_name = '{table}'
-                   AND tc.constraint_type = 'PRIMARY KEY' AND k.column_name = 'id'"
+                   AND tc.constraint_type = 'PRIMARY KEY' AND k.column_name = '{column}'"
             )
         }
     }

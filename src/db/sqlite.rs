@@ -13,15 +13,16 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
 
+use super::upsert::{on_conflict_newer, STORED_IS_OLDER};
 use super::{
-    clean_text, redact, DeadLetter, Dialect, Kind, Row, Writer, DEAD_LETTER_COLUMNS, SALES_COLUMNS,
-    SENSOR_COLUMNS,
+    clean_text, columns, redact, DeadLetter, Dialect, Kind, Row, Tombstone, Writer,
+    DEAD_LETTER_COLUMNS,
 };
-use crate::events::{cents, ts_millis, Sale, SensorReading};
+use crate::events::{cents, ts_millis, EventKind, Sale, SensorReading};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Rows per INSERT statement: 9 bound values a row stays well under SQLite's 32766 limit.
+/// Rows per INSERT statement: 10 bound values a row at most stays well under SQLite's 32766 limit.
 /// Only full-size statements are kept prepared: caching one statement per remainder size would
 /// fill sqlx's statement cache with large statements and make memory grow with the backlog.
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -93,8 +94,10 @@ impl Dialect for Sqlite {
     async fn insert_sales(
         conn: &mut SqliteConnection,
         sales: &[Row<'_, Sale>],
+        upsert: bool,
     ) -> Result<u64, sqlx::Error> {
-        insert_rows(conn, "sales_events", SALES_COLUMNS, sales, |row, r| {
+        let into = Into::of(EventKind::Sales, upsert);
+        insert_rows(conn, into, sales, |row, r| {
             let s = r.event;
             row.push_bind(s.id.to_string())
                 .push_bind(ts_millis::format(s.ts))
@@ -108,8 +111,10 @@ impl Dialect for Sqlite {
     async fn insert_sensors(
         conn: &mut SqliteConnection,
         readings: &[Row<'_, SensorReading>],
+        upsert: bool,
     ) -> Result<u64, sqlx::Error> {
-        insert_rows(conn, "sensor_logs", SENSOR_COLUMNS, readings, |row, r| {
+        let into = Into::of(EventKind::Sensor, upsert);
+        insert_rows(conn, into, readings, |row, r| {
             let s = r.event;
             row.push_bind(s.id.to_string())
                 .push_bind(&s.sensor_id)
@@ -119,6 +124,28 @@ impl Dialect for Sqlite {
                 .push_bind(ts_millis::format(s.ts));
         })
         .await
+    }
+
+    async fn delete_keys(
+        conn: &mut SqliteConnection,
+        table: &str,
+        deletes: &[Tombstone],
+    ) -> Result<u64, sqlx::Error> {
+        let mut deleted = 0;
+        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH d(key, p, o) AS (");
+            q.push_values(chunk, |mut row, d| {
+                row.push_bind(&d.key)
+                    .push_bind(d.partition)
+                    .push_bind(d.offset);
+            });
+            q.push(format!(
+                ") DELETE FROM {table} AS t WHERE EXISTS \
+                 (SELECT 1 FROM d WHERE d.key = t.key AND {STORED_IS_OLDER})"
+            ));
+            deleted += q.build().execute(&mut *conn).await?.rows_affected();
+        }
+        Ok(deleted)
     }
 
     async fn insert_dead_letters(
@@ -146,23 +173,63 @@ impl Dialect for Sqlite {
     }
 }
 
-/// Insert events into `table`, [`ROWS_PER_STATEMENT`] to a statement, skipping ids already
-/// stored: `columns` are the event's (`fill` binds them), then its partition and offset.
+/// Where [`insert_rows`] writes: a kind's table (ids already stored skipped), or its `_latest`
+/// table (one row per record key, each only over an older row).
+struct Into {
+    table: &'static str,
+    columns: &'static str,
+    upsert: bool,
+}
+
+impl Into {
+    fn of(kind: EventKind, upsert: bool) -> Self {
+        let table = if upsert {
+            kind.latest_table()
+        } else {
+            kind.table()
+        };
+        Self {
+            table,
+            columns: columns(kind, upsert),
+            upsert,
+        }
+    }
+
+    fn on_conflict(&self) -> String {
+        if self.upsert {
+            on_conflict_newer(self.columns, NOW)
+        } else {
+            "ON CONFLICT (id) DO NOTHING".into()
+        }
+    }
+}
+
+/// The current time as SQLite columns store it (RFC 3339 UTC with milliseconds).
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// Insert events [`ROWS_PER_STATEMENT`] to a statement as `into` says: the record key first
+/// when upserting, then the event's columns (`fill` binds them), then its partition and offset.
 async fn insert_rows<'r, E>(
     conn: &mut SqliteConnection,
-    table: &str,
-    columns: &str,
+    into: Into,
     rows: &'r [Row<'r, E>],
     fill: impl Fn(&mut Separated<'_, 'r, Sqlite, &'static str>, &'r Row<'r, E>),
 ) -> Result<u64, sqlx::Error> {
+    let (table, columns) = (into.table, into.columns);
+    let on_conflict = into.on_conflict();
     let mut inserted = 0;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<'r, Sqlite>::new(format!("INSERT INTO {table} ({columns}) "));
+        let mut q =
+            QueryBuilder::<'r, Sqlite>::new(format!("INSERT INTO {table} AS t ({columns}) "));
         q.push_values(chunk, |mut row, r| {
+            if into.upsert {
+                row.push_bind(r.key);
+            }
             fill(&mut row, r);
             row.push_bind(r.partition).push_bind(r.offset);
         });
-        q.push(" ON CONFLICT (id) DO NOTHING");
+        q.push(" ");
+        q.push(&on_conflict);
         inserted += q
             .build()
             .persistent(chunk.len() == ROWS_PER_STATEMENT)

@@ -14,17 +14,25 @@ use sqlx::{Pool, Transaction};
 
 use super::offsets::{self, Driver, Statement, StoredOffset};
 use super::{
-    split_kinds, Batch, DeadLetter, Kind, Landed, MemberRecord, OffsetAdvance, Row, Savepoint,
-    Sink, SinkError, SinkTx, Written,
+    split_kinds, Batch, DeadLetter, Kind, Landed, MemberRecord, Mode, OffsetAdvance, Row,
+    Savepoint, Sink, SinkError, SinkTx, Tombstone, Written,
 };
-use crate::events::{Sale, SensorReading};
+use crate::events::{EventKind, Sale, SensorReading};
 
 /// Write the batch in one transaction — rows, dead letters, fenced offsets: all of it, or (on
 /// error) none of it.
 pub async fn write<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Written, SinkError> {
     let mut tx = sink.begin().await?;
-    let inserted = tx.insert_events(&batch.events).await?;
+    let inserted = store(&mut tx, batch.mode, &batch.events).await?;
     finish(tx, batch, inserted, batch.events.len(), Vec::new()).await
+}
+
+/// Store `events` as `mode` says: appended, or upserted by record key.
+async fn store<T: SinkTx>(tx: &mut T, mode: Mode, events: &[Landed]) -> Result<u64, SinkError> {
+    match mode {
+        Mode::Append => tx.insert_events(events).await,
+        Mode::Upsert(_) => tx.upsert_events(events).await,
+    }
 }
 
 /// [`write`] for a batch the database refused ([`SinkError::refusal`]): still one transaction,
@@ -35,7 +43,7 @@ pub async fn write<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Written, Sink
 /// committed is exactly what the database accepted together.
 pub async fn write_isolating<S: Sink>(sink: &mut S, batch: &Batch) -> Result<Written, SinkError> {
     let mut tx = sink.begin().await?;
-    let isolated = insert_isolating(&mut tx, &batch.events).await?;
+    let isolated = insert_isolating(&mut tx, batch.mode, &batch.events).await?;
     let refused = isolated
         .refused
         .into_iter()
@@ -68,6 +76,7 @@ pub(crate) struct Isolated {
 /// each refused event is alone (the isolation of [`write_isolating`], also used by `dlq replay`).
 pub(crate) async fn insert_isolating<T: SinkTx>(
     tx: &mut T,
+    mode: Mode,
     events: &[Landed],
 ) -> Result<Isolated, SinkError> {
     let mut done = Isolated::default();
@@ -75,7 +84,7 @@ pub(crate) async fn insert_isolating<T: SinkTx>(
     let mut pending = halves(0..events.len());
     while let Some(range) = pending.pop() {
         tx.savepoint(Savepoint::Set).await?;
-        match tx.insert_events(&events[range.clone()]).await {
+        match store(tx, mode, &events[range.clone()]).await {
             Ok(n) => {
                 tx.savepoint(Savepoint::Release).await?;
                 done.inserted += n;
@@ -110,8 +119,8 @@ fn halves(range: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
     }
 }
 
-/// The rest of a batch's transaction once its events are in: dead letters, the fenced offsets,
-/// COMMIT.
+/// The rest of a batch's transaction once its events are in: deletions, dead letters, the
+/// fenced offsets, COMMIT.
 async fn finish<T: SinkTx>(
     mut tx: T,
     batch: &Batch,
@@ -119,6 +128,12 @@ async fn finish<T: SinkTx>(
     accepted: usize,
     refused: Vec<DeadLetter>,
 ) -> Result<Written, SinkError> {
+    let deleted = match batch.mode {
+        Mode::Upsert(kind) if !batch.deletes.is_empty() => {
+            tx.delete_keys(kind, &batch.deletes).await?
+        }
+        _ => 0,
+    };
     let dead_lettered = tx
         .insert_dead_letters(&batch.topic, &batch.dead_letters)
         .await?
@@ -133,6 +148,7 @@ async fn finish<T: SinkTx>(
     Ok(Written {
         inserted,
         duplicates: accepted as u64 - inserted,
+        deleted,
         dead_lettered,
         refused: refused
             .into_iter()
@@ -158,15 +174,27 @@ pub trait Dialect: Driver {
     ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send;
 
     /// Insert sales (at least one), skipping ids already stored; how many rows are new.
+    /// `upsert`: into `sales_latest` by record key (one row per key), each only over
+    /// an older row; how many rows were inserted or updated.
     fn insert_sales(
         conn: &mut Self::Connection,
         rows: &[Row<'_, Sale>],
+        upsert: bool,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
-    /// Insert sensor readings (at least one), skipping ids already stored; how many are new.
+    /// Insert sensor readings (at least one) as [`Dialect::insert_sales`] does sales.
     fn insert_sensors(
         conn: &mut Self::Connection,
         rows: &[Row<'_, SensorReading>],
+        upsert: bool,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Delete the tombstones' keys (at least one) from `table`, each only where the stored row
+    /// is older ([`super::upsert::STORED_IS_OLDER`]); how many rows went.
+    fn delete_keys(
+        conn: &mut Self::Connection,
+        table: &str,
+        deletes: &[Tombstone],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Insert dead letters (at least one) of `topic`, skipping records already there; how many
@@ -248,17 +276,39 @@ impl<D: Dialect> Sink for Writer<D> {
 /// A batch's transaction.
 pub struct WriterTx<D: Dialect>(pub(super) Transaction<'static, D>);
 
-impl<D: Dialect> SinkTx for WriterTx<D> {
-    async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+impl<D: Dialect> WriterTx<D> {
+    /// Each kind's events into its table, or (`upsert`) its `_latest` table.
+    async fn store(&mut self, events: &[Landed], upsert: bool) -> Result<u64, SinkError> {
         let (sales, sensors) = split_kinds(events);
-        let mut inserted = 0;
+        let mut stored = 0;
         if !sales.is_empty() {
-            inserted += D::insert_sales(&mut self.0, &sales).await?;
+            stored += D::insert_sales(&mut self.0, &sales, upsert).await?;
         }
         if !sensors.is_empty() {
-            inserted += D::insert_sensors(&mut self.0, &sensors).await?;
+            stored += D::insert_sensors(&mut self.0, &sensors, upsert).await?;
         }
-        Ok(inserted)
+        Ok(stored)
+    }
+}
+
+impl<D: Dialect> SinkTx for WriterTx<D> {
+    async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+        self.store(events, false).await
+    }
+
+    async fn upsert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+        self.store(events, true).await
+    }
+
+    async fn delete_keys(
+        &mut self,
+        kind: EventKind,
+        deletes: &[Tombstone],
+    ) -> Result<u64, SinkError> {
+        if deletes.is_empty() {
+            return Ok(0);
+        }
+        Ok(D::delete_keys(&mut self.0, kind.latest_table(), deletes).await?)
     }
 
     async fn insert_dead_letters(

@@ -338,6 +338,37 @@ impl PartitionReader {
         Ok(read_partition(data, offset))
     }
 
+    /// Read every record from `from` up to `end`, in order, handing each to `each`; how many
+    /// there were. Offsets the log no longer holds (compaction, retention) are stepped over.
+    pub async fn read_range(
+        &mut self,
+        from: i64,
+        end: i64,
+        mut each: impl FnMut(&FetchedRecord),
+    ) -> Result<u64> {
+        let (mut offset, mut read) = (from, 0);
+        while offset < end {
+            let fetch = self
+                .fetch(offset, super::FETCH_BYTES, 0)
+                .await
+                .with_context(|| {
+                    format!("reading {}/{} at {offset}", self.topic, self.partition)
+                })?;
+            if let Some(corrupt) = &fetch.corrupt {
+                anyhow::bail!("{}/{}: {corrupt}", self.topic, self.partition);
+            }
+            fetch.records.iter().for_each(&mut each);
+            read += fetch.records.len() as u64;
+            let gone = fetch.removed_before(offset).map_or(offset, |g| g.end);
+            let next = fetch.next_offset.max(gone);
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        Ok(read)
+    }
+
     /// ListOffsets at `timestamp` ([`EARLIEST`], [`LATEST`], or milliseconds since the epoch).
     pub async fn list_offset(&mut self, timestamp: i64) -> Result<i64> {
         Ok(self.list(timestamp).await?.0)

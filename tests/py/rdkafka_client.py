@@ -4,6 +4,15 @@
     rdkafka_client.py read TOPIC             -> one JSON line per record, every partition, from the start
     rdkafka_client.py place TOPIC KEY…       -> {"KEY": partition} as librdkafka's murmur2 partitioner puts them
     rdkafka_client.py committed GROUP TOPIC  -> {"partition": committed offset}
+    rdkafka_client.py updates TOPIC COUNT KEYS TOMBSTONE_PERCENT SEED KIND
+                                            -> produces COUNT keyed updates (sales or sensor JSON) of
+                                               KEYS keys, store-<k> / sensor-<k>, that share
+                                               tombstones (null values); prints {"sent", "tombstones",
+                                               "table": {key: value}}: each key's last value, keys
+                                               whose last record is a tombstone left out
+    rdkafka_client.py table TOPIC            -> reads every partition from the start and prints
+                                               {"records": n, "table": {key: value}}: the newest
+                                               record of each key by offset, tombstoned keys left out
     rdkafka_client.py member GROUP TOPIC [STRATEGY]
                                             -> joins GROUP (range assignor by default), prints
                                                {"assigned": [...]} / {"revoked": [...]} as they
@@ -36,8 +45,9 @@ def topic(name):
     }))
 
 
-def read(name):
-    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": "xcheck-reader",
+def records(name, group):
+    """Every record of every partition of NAME, from the start to the end."""
+    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": group,
                          "enable.auto.commit": False, "enable.partition.eof": True})
     parts = partitions_of(name)
     consumer.assign([TopicPartition(name, p, 0) for p in parts])
@@ -53,6 +63,12 @@ def read(name):
                 done.add(msg.partition())
                 continue
             raise SystemExit(str(msg.error()))
+        yield msg
+    consumer.close()
+
+
+def read(name):
+    for msg in records(name, "xcheck-reader"):
         print(json.dumps({
             "partition": msg.partition(),
             "offset": msg.offset(),
@@ -60,7 +76,66 @@ def read(name):
             "value": msg.value().decode(errors="replace") if msg.value() is not None else None,
             "timestamp": msg.timestamp()[1],
         }))
-    consumer.close()
+
+
+def update_value(rng, kind, key):
+    """A value of KIND for KEY: an event's JSON fields, made here (not by streamlab)."""
+    import datetime
+    import uuid
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    if kind == "sales":
+        return {"id": event_id, "ts": ts, "store_id": key,
+                "amount_usd": round(rng.uniform(0.5, 500), 2),
+                "channel": rng.choice(["online", "store", "mobile"])}
+    return {"id": event_id, "sensor_id": key, "val": round(rng.gauss(21.5, 2.5), 2),
+            "unit": "°C", "status": rng.choice(["ok", "ok", "ok", "warn", "fail"]), "ts": ts}
+
+
+def updates(name, count, keys, tombstone_percent, seed, kind):
+    import random
+    rng = random.Random(int(seed))
+    # One request in flight: each partition's records land in the order they are produced, so
+    # the last one produced for a key is its newest.
+    producer = Producer({"bootstrap.servers": BROKERS, "partitioner": "murmur2_random",
+                         "max.in.flight.requests.per.connection": 1, "linger.ms": 5})
+    failures = []
+
+    def report(err, _msg):
+        if err:
+            failures.append(str(err))
+
+    table, tombstones = {}, 0
+    prefix = "store" if kind == "sales" else "sensor"
+    for i in range(int(count)):
+        key = f"{prefix}-{rng.randrange(int(keys))}"
+        if rng.random() * 100 < float(tombstone_percent):
+            value, tombstones = None, tombstones + 1
+        else:
+            value = update_value(rng, kind, key)
+        payload = json.dumps(value).encode() if value is not None else None
+        producer.produce(name, key=key.encode(), value=payload, on_delivery=report)
+        table[key] = value
+        if i % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(60) or failures:
+        raise SystemExit(f"not every update was delivered: {failures[:3]}")
+    print(json.dumps({"sent": int(count), "tombstones": tombstones,
+                      "table": {k: v for k, v in table.items() if v is not None}}))
+
+
+def table_of(name):
+    newest, read_count = {}, 0
+    for msg in records(name, "xcheck-table"):
+        read_count += 1
+        key = msg.key().decode()
+        seen = newest.get(key)
+        if seen is None or (msg.partition(), msg.offset()) > seen[0]:
+            value = json.loads(msg.value()) if msg.value() is not None else None
+            newest[key] = ((msg.partition(), msg.offset()), value)
+    print(json.dumps({"records": read_count,
+                      "table": {k: v for k, (_, v) in newest.items() if v is not None}}))
 
 
 def place(name, keys):
@@ -113,5 +188,7 @@ if __name__ == "__main__":
     {"topic": lambda: topic(args[0]),
      "read": lambda: read(args[0]),
      "place": lambda: place(args[0], args[1:]),
+     "updates": lambda: updates(*args),
+     "table": lambda: table_of(args[0]),
      "committed": lambda: committed(args[0], args[1]),
      "member": lambda: member(*args)}[cmd]()

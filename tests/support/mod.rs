@@ -139,6 +139,16 @@ pub fn consume_json(brokers: &str, topic: &str, db_url: &str) -> Cmd {
 
 /// Send raw record values (each keyed `key`) to `partition`, bypassing streamlab's producer.
 pub fn produce_raw(topic: &str, partition: i32, key: &[u8], values: Vec<Option<Vec<u8>>>) {
+    produce_raw_keyed(topic, partition, Some(key), values)
+}
+
+/// [`produce_raw`] with any key, or none.
+pub fn produce_raw_keyed(
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    values: Vec<Option<Vec<u8>>>,
+) {
     use rskafka::client::partition::{Compression, UnknownTopicHandling};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -153,7 +163,7 @@ pub fn produce_raw(topic: &str, partition: i32, key: &[u8], values: Vec<Option<V
         let records = values
             .into_iter()
             .map(|value| rskafka::record::Record {
-                key: Some(key.to_vec()),
+                key: key.map(<[u8]>::to_vec),
                 value,
                 headers: Default::default(),
                 timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
@@ -283,10 +293,15 @@ pub fn py_script(script: &str) -> PathBuf {
 
 /// Run a helper script with the independent client (librdkafka via confluent-kafka).
 pub fn python(script: &str, args: &[&str]) -> String {
+    python_via(&brokers(), script, args)
+}
+
+/// [`python`] against `brokers`.
+pub fn python_via(brokers: &str, script: &str, args: &[&str]) -> String {
     let out = Command::new(rdkafka_python())
         .arg(py_script(script))
         .args(args)
-        .env("STREAMLAB_BROKERS", brokers())
+        .env("STREAMLAB_BROKERS", brokers)
         .output()
         .expect("run the test Python");
     assert!(

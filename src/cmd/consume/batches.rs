@@ -14,9 +14,13 @@ use super::plan::Plan;
 use super::show;
 use super::write::write_with_retry;
 use super::{Config, Consumer, Ended, Fetched};
-use crate::db::{Batch, DeadLetter, Landed, OffsetAdvance, Sink, SinkError, Written};
+use crate::db::{
+    self, Batch, Change, DeadLetter, Landed, Mode, OffsetAdvance, Sink, SinkError, Tombstone,
+    Written,
+};
 use crate::events::{self, EventKind};
 use crate::kafka::admin::TopicMetadata;
+use crate::kafka::fetch::FetchedRecord;
 use crate::kafka::Position;
 
 impl<S: Sink> Consumer<'_, S> {
@@ -241,9 +245,11 @@ impl<S: Sink> Consumer<'_, S> {
         }
         record_metrics(&args.topic, batch, written, write_started, &plan.positions);
         let summary = &mut self.summary;
-        summary.consumed += (batch.events.len() + batch.dead_letters.len()) as u64;
+        summary.consumed += batch.records();
         summary.inserted += written.inserted;
         summary.duplicates += written.duplicates;
+        summary.deleted += written.deleted;
+        summary.superseded += batch.superseded;
         summary.dead_lettered += (batch.dead_letters.len() + written.refused.len()) as u64;
         if args.print_each {
             show::each(batch, written)?;
@@ -253,7 +259,7 @@ impl<S: Sink> Consumer<'_, S> {
             .await;
         let started = self.started;
         self.progress
-            .update(|| show::status_line(summary, &plan.positions, started));
+            .update(|| show::status_line(args, summary, &plan.positions, started));
         if let Some(throttle) = args.throttle {
             // A deliberately slow sink: event i may be written no sooner than i/throttle.
             let due = self.started
@@ -286,13 +292,7 @@ impl Fetchers {
         if !(args.stop_at_end && plan.reached_end()) {
             for (reader, start) in readers {
                 let end = args.stop_at_end.then(|| plan.ends[&reader.partition()]);
-                let fetcher = Fetcher::new(
-                    reader,
-                    start,
-                    end,
-                    args.kafka.timeout,
-                    args.skip_corrupt_batches,
-                );
+                let fetcher = Fetcher::new(reader, start, end, args);
                 tasks.push(tokio::spawn(fetcher.run(tx.clone(), stop.clone())));
             }
         }
@@ -326,7 +326,7 @@ fn record_metrics(
 ) {
     use crate::metrics as m;
     let topic_label = [("topic", topic.to_string())];
-    let consumed = (batch.events.len() + batch.dead_letters.len()) as u64;
+    let consumed = batch.records();
     metrics::counter!(m::CONSUMED, &topic_label).increment(consumed);
     metrics::counter!(m::INSERTED, &topic_label).increment(written.inserted);
     metrics::counter!(m::DUPLICATES, &topic_label).increment(written.duplicates);
@@ -375,6 +375,7 @@ pub(super) struct BatchRules {
     topic: String,
     pub(super) topic_id: Option<String>,
     kind: EventKind,
+    mode: Mode,
     max_event_bytes: usize,
 }
 
@@ -385,13 +386,65 @@ impl BatchRules {
             topic: args.topic.clone(),
             topic_id: topic.topic_id.map(|id| id.to_string()),
             kind: args.kind,
+            mode: if args.upsert {
+                Mode::Upsert(args.kind)
+            } else {
+                Mode::Append
+            },
             max_event_bytes: args.max_event_bytes,
+        }
+    }
+
+    /// The record as an event, or the dead letter saying why it is none.
+    fn landed(&self, partition: i32, r: &FetchedRecord) -> Result<Landed, DeadLetter> {
+        let value = r.value.as_deref();
+        match events::decode_record(self.kind, value, self.max_event_bytes) {
+            Ok(event) => Ok(Landed {
+                event,
+                partition,
+                offset: r.offset,
+                key: r.key.clone(),
+                value: r.value.clone().unwrap_or_default(),
+            }),
+            Err(error) => Err(DeadLetter {
+                partition,
+                offset: r.offset,
+                key: r.key.as_ref().map(|k| k.to_vec()),
+                payload: value.map(<[u8]>::to_vec),
+                error,
+            }),
+        }
+    }
+
+    /// The record as a change of its key's row (`--upsert`): a new value, or — no value, a
+    /// tombstone — the row's deletion; a record without a usable key is a dead letter.
+    fn change(&self, partition: i32, r: &FetchedRecord) -> Result<Change, DeadLetter> {
+        let key = match db::table_key(r.key.as_deref()) {
+            Ok(key) => key.to_string(),
+            Err(error) => {
+                return Err(DeadLetter {
+                    partition,
+                    offset: r.offset,
+                    key: r.key.as_ref().map(|k| k.to_vec()),
+                    payload: r.value.as_ref().map(|v| v.to_vec()),
+                    error,
+                })
+            }
+        };
+        match r.value {
+            None => Ok(Change::Delete(Tombstone {
+                key,
+                partition,
+                offset: r.offset,
+            })),
+            Some(_) => Ok(Change::Put(key, self.landed(partition, r)?)),
         }
     }
 }
 
-/// Decode every record; what cannot be stored becomes a dead letter. Offsets advance past both,
-/// and past whatever else each chunk stepped over.
+/// Decode every record; what cannot be stored becomes a dead letter. Upserting, only the last
+/// change of each key is kept. Offsets advance past all of them, and past whatever else each
+/// chunk stepped over.
 pub(super) fn build_batch(
     rules: &BatchRules,
     chunks: &[Fetched],
@@ -401,27 +454,21 @@ pub(super) fn build_batch(
         group: rules.group.clone(),
         topic: rules.topic.clone(),
         topic_id: rules.topic_id.clone(),
+        mode: rules.mode,
         ..Batch::default()
     };
+    let mut changes = Vec::new();
     let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
     for chunk in chunks {
         for r in &chunk.records {
-            let value = r.value.as_deref();
-            match events::decode_record(rules.kind, value, rules.max_event_bytes) {
-                Ok(event) => batch.events.push(Landed {
-                    event,
-                    partition: chunk.partition,
-                    offset: r.offset,
-                    key: r.key.clone(),
-                    value: r.value.clone().unwrap_or_default(),
-                }),
-                Err(error) => batch.dead_letters.push(DeadLetter {
-                    partition: chunk.partition,
-                    offset: r.offset,
-                    key: r.key.as_ref().map(|k| k.to_vec()),
-                    payload: value.map(<[u8]>::to_vec),
-                    error,
-                }),
+            let decoded = match rules.mode {
+                Mode::Append => rules
+                    .landed(chunk.partition, r)
+                    .map(|l| batch.events.push(l)),
+                Mode::Upsert(_) => rules.change(chunk.partition, r).map(|c| changes.push(c)),
+            };
+            if let Err(letter) = decoded {
+                batch.dead_letters.push(letter);
             }
         }
         if let Some(corrupt) = &chunk.skipped {
@@ -439,6 +486,11 @@ pub(super) fn build_batch(
             to: 0,
         });
         advance.to = advance.to.max(chunk.next_offset);
+    }
+    if !changes.is_empty() {
+        let folded = db::latest_per_key(changes);
+        (batch.events, batch.deletes) = (folded.puts, folded.deletes);
+        batch.superseded = folded.superseded;
     }
     batch.offsets = advances
         .into_values()

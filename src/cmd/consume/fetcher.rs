@@ -6,7 +6,7 @@ use anyhow::{anyhow, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Fetched;
+use super::{Config, Fetched};
 use crate::kafka;
 use crate::kafka::fetch::{FetchError, PartitionReader};
 
@@ -33,6 +33,9 @@ pub(super) struct Fetcher {
     end: Option<i64>,
     timeout: Duration,
     skip_corrupt: bool,
+    /// The topic is compacted: a gap before records is what compaction removed, skipped at once
+    /// and silently.
+    compacted: bool,
     pace: Pace,
 }
 
@@ -41,15 +44,15 @@ impl Fetcher {
         reader: PartitionReader,
         offset: i64,
         end: Option<i64>,
-        timeout: Duration,
-        skip_corrupt: bool,
+        args: &Config,
     ) -> Self {
         Self {
             reader,
             offset,
             end,
-            timeout,
-            skip_corrupt,
+            timeout: args.kafka.timeout,
+            skip_corrupt: args.skip_corrupt_batches,
+            compacted: args.compacted,
             pace: Pace::default(),
         }
     }
@@ -156,9 +159,14 @@ impl Fetcher {
             skipped: None,
         };
         if let Some(gone) = removed {
-            // The broker deleted them without moving its log start (tansu): same as an
-            // OFFSET_OUT_OF_RANGE below the log start, said the same way.
-            self.say_removed(gone.clone());
+            // A gap is believed only once `judge` confirmed it (a reported log start, or one
+            // that lasted): on a compacted topic, a confirmed gap before records is what
+            // compaction removed — older records of keys written again later — and is skipped
+            // silently. Anywhere else the broker deleted them without moving its log start
+            // (tansu): same as an OFFSET_OUT_OF_RANGE below the log start, said the same way.
+            if !(self.compacted && fetch.first_offset.is_some()) {
+                self.say_removed(gone.clone());
+            }
             chunk.next_offset = chunk.next_offset.max(gone.end);
         }
         self.pace

@@ -44,7 +44,15 @@ use mirror::GroupMirror;
 pub async fn run(args: ConsumeArgs) -> Result<()> {
     let target = args.db.target()?;
     crate::metrics::serve(args.metrics.metrics_addr)?;
-    let args = Config::from(args);
+    let mut args = Config::from(args);
+    // Read once: on a compacted topic, gaps in the log are records compaction replaced.
+    args.compacted = match kafka::is_compacted(&args.kafka, &args.topic).await {
+        Ok(compacted) => compacted,
+        Err(e) => {
+            tracing::warn!("cannot read the cleanup.policy of '{}' ({e:#}); treating gaps in its log as records removed by retention", args.topic);
+            false
+        }
+    };
     let timeout = args.kafka.timeout;
     let database = Database::connect(&target, timeout).await?;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
@@ -62,6 +70,10 @@ pub struct Config {
     pub reading: Reading,
     pub membership: Membership,
     pub kind: EventKind,
+    /// `--upsert`: one row per record key in the kind's `_latest` table.
+    pub upsert: bool,
+    /// The topic's `cleanup.policy` compacts it: gaps in its log are not records lost.
+    pub compacted: bool,
     /// Where a partition with no stored offset starts.
     pub from: StartFrom,
     /// Where offsets stored past the log end move to; `None` stops the run instead.
@@ -103,6 +115,8 @@ impl From<ConsumeArgs> for Config {
                 rebalance_timeout: args.rebalance_timeout,
             },
             kind: args.kind,
+            upsert: args.upsert,
+            compacted: false,
             from: args.from,
             reset_offsets_ahead: args.reset_offsets_ahead,
             skip_corrupt_batches: args.skip_corrupt_batches,
@@ -140,6 +154,10 @@ pub struct ConsumeSummary {
     pub consumed: u64,
     pub inserted: u64,
     pub duplicates: u64,
+    /// `--upsert`: rows deleted by tombstones.
+    pub deleted: u64,
+    /// `--upsert`: changes a later change of the same key in the same batch replaced.
+    pub superseded: u64,
     pub dead_lettered: u64,
     pub elapsed_secs: f64,
     /// Per partition: where the run left it (`committed`: the next offset to read) and the lag

@@ -87,6 +87,14 @@ impl<S: Sink> Consumer<'_, S> {
             let p = reader.partition();
             let (earliest, latest) = ranges[&p];
             let start = match stored.get(&p) {
+                Some(&next) if next < earliest && args.compacted => {
+                    tracing::debug!(
+                        "{}/{p}: the log starts at {earliest}, after the stored offset {next} \
+                         (compaction or retention removed the records between); resuming there",
+                        args.topic
+                    );
+                    earliest
+                }
                 Some(&next) if next < earliest => {
                     tracing::warn!(
                         "{}/{p}: stored offset {next} was removed by retention; resuming at \

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::{Config, ConsumeSummary};
-use crate::db::{Batch, Landed, Written};
+use crate::db::{Batch, Landed, Mode, Written};
 use crate::events::ts_millis;
 use crate::kafka::Position;
 use crate::render;
@@ -19,16 +19,25 @@ pub(super) fn each(batch: &Batch, written: &Written) -> Result<()> {
             .any(|(p, o, _)| (*p, *o) == (l.partition, l.offset))
     };
     for landed in batch.events.iter().filter(|l| !refused(l)) {
+        // Upserted, the row's key is the record's.
+        let key = match batch.mode {
+            Mode::Append => Some(landed.event.key()),
+            Mode::Upsert(_) => landed.key_text(),
+        };
         render::line(format!(
             "Stored: {} at {}",
-            landed.event.key(),
+            key.unwrap_or_default(),
             ts_millis::format(landed.event.ts())
         ))?;
+    }
+    for tombstone in &batch.deletes {
+        render::line(format!("Deleted: {}", tombstone.key))?;
     }
     Ok(())
 }
 
 pub(super) fn status_line(
+    args: &Config,
     summary: &ConsumeSummary,
     positions: &BTreeMap<i32, Position>,
     started: Instant,
@@ -38,11 +47,20 @@ pub(super) fn status_line(
         .iter()
         .map(|(p, pos)| format!("{p}:{}", pos.lag))
         .collect();
+    let stored = if args.upsert {
+        format!(
+            "upserted {} · stale {} · deleted {}",
+            summary.inserted, summary.duplicates, summary.deleted
+        )
+    } else {
+        format!(
+            "inserted {} · duplicates {}",
+            summary.inserted, summary.duplicates
+        )
+    };
     format!(
-        "consumed {} · inserted {} · duplicates {} · dead letters {} · {:.0} events/s · lag {}",
+        "consumed {} · {stored} · dead letters {} · {:.0} events/s · lag {}",
         summary.consumed,
-        summary.inserted,
-        summary.duplicates,
         summary.dead_lettered,
         rate,
         lags.join(" ")
@@ -54,14 +72,28 @@ pub(super) fn summary(args: &Config, summary: &ConsumeSummary) -> Result<()> {
         return render::json(summary);
     }
     let kind = args.kind.name();
+    let stored = if args.upsert {
+        format!(
+            "{} rows upserted into {}, {} older than the row stored, {} replaced within a batch, \
+             {} deleted",
+            summary.inserted,
+            args.kind.latest_table(),
+            summary.duplicates,
+            summary.superseded,
+            summary.deleted
+        )
+    } else {
+        format!(
+            "{} inserted, {} duplicates skipped",
+            summary.inserted, summary.duplicates
+        )
+    };
     render::note(format!(
-        "consumed {} {kind} records from '{}' in {:.2}s ({:.1} events/s): {} inserted, {} duplicates skipped, {} dead-lettered",
+        "consumed {} {kind} records from '{}' in {:.2}s ({:.1} events/s): {stored}, {} dead-lettered",
         summary.consumed,
         args.topic,
         summary.elapsed_secs,
         summary.consumed as f64 / summary.elapsed_secs.max(1e-9),
-        summary.inserted,
-        summary.duplicates,
         summary.dead_lettered
     ))?;
     for (p, pos) in &summary.partitions {

@@ -75,6 +75,7 @@ pub(super) async fn write_with_retry<S: Sink>(
                 return Ok(Written {
                     inserted: batch.events.len() as u64,
                     duplicates: 0,
+                    deleted: batch.deletes.len() as u64,
                     dead_lettered: batch.dead_letters.len() as u64,
                     refused: Vec::new(),
                 });
@@ -126,7 +127,8 @@ async fn committed_earlier<S: Sink>(sink: &mut S, batch: &Batch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{DeadLetter, Deadline, Landed, MemberRecord, OffsetAdvance};
+    use crate::db::{DeadLetter, Deadline, Landed, MemberRecord, OffsetAdvance, Tombstone};
+    use crate::events::EventKind;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -197,6 +199,15 @@ mod tests {
         async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
             self.answer().await;
             Ok(events.len() as u64)
+        }
+
+        async fn upsert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
+            self.insert_events(events).await
+        }
+
+        async fn delete_keys(&mut self, _: EventKind, d: &[Tombstone]) -> Result<u64, SinkError> {
+            self.answer().await;
+            Ok(d.len() as u64)
         }
 
         async fn insert_dead_letters(
