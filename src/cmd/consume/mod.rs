@@ -45,14 +45,7 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     let target = args.db.target()?;
     crate::metrics::serve(args.metrics.metrics_addr)?;
     let mut args = Config::from(args);
-    // Read once: on a compacted topic, gaps in the log are records compaction replaced.
-    args.compacted = match kafka::is_compacted(&args.kafka, &args.topic).await {
-        Ok(compacted) => compacted,
-        Err(e) => {
-            tracing::warn!("cannot read the cleanup.policy of '{}' ({e:#}); treating gaps in its log as records removed by retention", args.topic);
-            false
-        }
-    };
+    args.compacted = compacted(&args).await?;
     let timeout = args.kafka.timeout;
     let database = Database::connect(&target, timeout).await?;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
@@ -133,6 +126,36 @@ impl From<ConsumeArgs> for Config {
             max_event_bytes: args.max_event_bytes,
             throttle: args.throttle,
         }
+    }
+}
+
+/// Whether the topic is compacted (read once: there, gaps in the log are records compaction
+/// replaced). A broker that answers but will not say (DescribeConfigs not allowed, say) costs a
+/// warning; one that cannot be reached or refuses us ends the run here, with its own one line.
+async fn compacted(args: &Config) -> Result<bool> {
+    let answered = |e: &anyhow::Error| {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<kafka::retry::BrokerError>())
+            .map(|b| b.code)
+    };
+    match kafka::is_compacted(&args.kafka, &args.topic).await {
+        Ok(compacted) => Ok(compacted),
+        // An unknown topic is named by what comes next, in its own words.
+        Err(e)
+            if answered(&e)
+                == Some(kafka_protocol::error::ResponseError::UnknownTopicOrPartition) =>
+        {
+            Ok(false)
+        }
+        Err(e) if answered(&e).is_some() => {
+            tracing::warn!(
+                "cannot read the cleanup.policy of '{}' ({e:#}); treating gaps in its log as \
+                 records removed by retention",
+                args.topic
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
