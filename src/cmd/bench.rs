@@ -8,6 +8,7 @@
 //! `consume` does by default: it joins, waits for its assignment, and leaves at the end) and
 //! with `--assign all` (every partition alone), on the same backlog, in alternating order.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,9 +19,9 @@ use sqlx::{Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
 use crate::cli::{BenchArgs, DEFAULT_BATCH_SIZE};
-use crate::db::{self, redact, Dialect, Row};
+use crate::db::{self, redact, Change, Dialect, Folded, Landed, Row, Tombstone};
 use crate::events::{Event, EventKind, Generator, Sale};
-use crate::kafka::{self, admin::Admin};
+use crate::kafka::{self, admin::Admin, partitioner::partition_for_key};
 use crate::render;
 
 /// How long the database limits may wait to connect.
@@ -56,6 +57,11 @@ pub struct BenchReport {
     /// With `--assign all`, on the same backlog.
     pub consume_pg_assign_all_per_sec: f64,
     pub consume_pg_assign_all_ratio: f64,
+    /// `consume --upsert` (a lone group member) of `produce --keys` updates, and its limit: the
+    /// same updates, batched as consume batches them, applied by [`db::bulk_upsert_sales`].
+    pub pg_upsert_limit_per_sec: f64,
+    pub consume_pg_upsert_per_sec: f64,
+    pub consume_pg_upsert_ratio: f64,
     pub consume_sqlite_per_sec: f64,
     pub consume_sqlite_ratio: f64,
     pub consume_sqlite_assign_all_per_sec: f64,
@@ -280,6 +286,8 @@ struct Samples {
     /// CPU-seconds per million rows of the PostgreSQL backend loading the limit's COPY.
     cpu_copy: Vec<f64>,
     consume_pg_alone: Vec<f64>,
+    upsert_limit: Vec<f64>,
+    consume_pg_upsert: Vec<f64>,
     consume_sqlite: Vec<f64>,
     consume_sqlite_alone: Vec<f64>,
     startup_member: Vec<f64>,
@@ -366,6 +374,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         };
         consume_both_ways(&ctx, &topic, round, modes, &mut samples).await?;
         delete_topic(&mut admin, &topic).await;
+        upsert_round(&ctx, &args, &mut admin, round, &mut samples).await?;
         startup_both_ways(&ctx, &args, &mut admin, round, modes, &mut samples).await?;
         tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
     }
@@ -418,6 +427,8 @@ impl Samples {
                 .then(|| median(self.cpu_db)),
             pg_copy_db_cpu_secs_per_million: (!self.cpu_copy.is_empty())
                 .then(|| median(self.cpu_copy)),
+            pg_upsert_limit_per_sec: median(self.upsert_limit),
+            consume_pg_upsert_per_sec: median(self.consume_pg_upsert),
             consume_sqlite_per_sec: median(self.consume_sqlite),
             consume_sqlite_assign_all_per_sec: median(self.consume_sqlite_alone),
             startup_member_ms: median(self.startup_member),
@@ -432,6 +443,8 @@ impl Samples {
         r.consume_pg_assign_all_ratio = r.consume_pg_assign_all_per_sec / pg_limit;
         r.consume_pg_writers2_ratio = r.consume_pg_writers2_per_sec / pg_limit;
         r.consume_pg_writers4_ratio = r.consume_pg_writers4_per_sec / pg_limit;
+        r.consume_pg_upsert_ratio =
+            r.consume_pg_upsert_per_sec / r.fetch_limit_per_sec.min(r.pg_upsert_limit_per_sec);
         r.consume_sqlite_ratio = r.consume_sqlite_per_sec / sqlite_limit;
         r.consume_sqlite_assign_all_ratio = r.consume_sqlite_assign_all_per_sec / sqlite_limit;
         r
@@ -502,14 +515,7 @@ async fn consume_both_ways(
         let writers_flag = writers.to_string();
         let mut consume = mode.consume(topic, "pg", &pg_db, &group);
         consume.extend(["--writers", &writers_flag]);
-        // Created (and migrated) first, so its backends can be watched from the start.
-        <Postgres as Dialect>::connect(&pg_db, LIMIT_TIMEOUT)
-            .await?
-            .close()
-            .await;
-        let db_cpu = DbCpu::watch(&ctx.pg_admin, &name);
-        let run = run_child(&ctx.exe, &ctx.brokers, &consume).await?;
-        let db_cpu = db_cpu.stop().await;
+        let (run, db_cpu) = consume_into_pg(ctx, &name, &pg_db, &consume).await?;
         let rate = n / run.secs;
         match (mode, writers) {
             (Reading::Member, 1) => {
@@ -524,7 +530,6 @@ async fn consume_both_ways(
             (Reading::Member, _) => samples.consume_pg_writers4.push(rate),
         }
         samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
-        drop_database(&ctx.pg_admin, &name).await;
     }
     for mode in modes {
         let sqlite_path = ctx
@@ -544,6 +549,127 @@ async fn consume_both_ways(
         remove_sqlite(&sqlite_path);
     }
     Ok(())
+}
+
+/// Run `consume` (its arguments name database `name` at `url`) into that database, fresh:
+/// created and migrated first, so that its backends are watched from the start, and dropped
+/// after. The run, and the CPU-seconds those backends spent.
+async fn consume_into_pg(
+    ctx: &Ctx,
+    name: &str,
+    url: &str,
+    consume: &[&str],
+) -> Result<(ChildRun, Option<f64>)> {
+    <Postgres as Dialect>::connect(url, LIMIT_TIMEOUT)
+        .await?
+        .close()
+        .await;
+    let db_cpu = DbCpu::watch(&ctx.pg_admin, name);
+    let run = run_child(&ctx.exe, &ctx.brokers, consume).await;
+    let db_cpu = db_cpu.stop().await;
+    drop_database(&ctx.pg_admin, name).await;
+    Ok((run?, db_cpu))
+}
+
+/// Keys of the upsert measurement's updates, the share of them that are tombstones (percent),
+/// and the seed both its `produce` and its limit generate them from.
+const UPSERT_KEYS: u64 = 10_000;
+const UPSERT_TOMBSTONE_PERCENT: u32 = 5;
+const UPSERT_SEED: u64 = 27;
+
+/// `consume --upsert` into PostgreSQL against its limit: the limit on the updates
+/// [`upsert_batches`] makes; then `produce --keys … --tombstones … --seed …` of the same updates
+/// onto a topic of its own, consumed to its end as a lone group member into a fresh database.
+async fn upsert_round(
+    ctx: &Ctx,
+    args: &BenchArgs,
+    admin: &mut Admin,
+    round: u32,
+    samples: &mut Samples,
+) -> Result<()> {
+    let batches = upsert_batches(ctx.n, args.partitions);
+    let what = format!("{round}_upsert_limit");
+    let (limit, _) = pg_limit(ctx, &what, &Load::Upsert(&batches), 1).await?;
+    samples.upsert_limit.push(limit);
+    drop(batches);
+    let topic = format!("bench-{}-{round}-upsert", ctx.stamp);
+    admin.create_topic(&topic, args.partitions, 1, &[]).await?;
+    let (count, keys, seed) = (
+        ctx.n.to_string(),
+        UPSERT_KEYS.to_string(),
+        UPSERT_SEED.to_string(),
+    );
+    let tombstones = format!("{UPSERT_TOMBSTONE_PERCENT}%");
+    let produce = [
+        "produce",
+        "--topic",
+        &topic,
+        "--count",
+        &count,
+        "--rate",
+        "0",
+        "--keys",
+        &keys,
+        "--tombstones",
+        &tombstones,
+        "--seed",
+        &seed,
+    ];
+    run_child(&ctx.exe, &ctx.brokers, &produce).await?;
+    let name = format!("streamlab_bench_{}_{round}_upsert", ctx.stamp);
+    let (url, group) = (
+        pg_database_url(&ctx.pg_admin, &name)?,
+        format!("bench-{name}"),
+    );
+    let mut consume = Reading::Member.consume(&topic, "pg", &url, &group);
+    consume.push("--upsert");
+    let (run, _) = consume_into_pg(ctx, &name, &url, &consume).await?;
+    samples.consume_pg_upsert.push(ctx.n as f64 / run.secs);
+    samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+    delete_topic(admin, &topic).await;
+    Ok(())
+}
+
+/// The `n` updates `produce --keys UPSERT_KEYS --tombstones UPSERT_TOMBSTONE_PERCENT% --seed
+/// UPSERT_SEED` makes, as `consume --upsert` writes them: in batches of consume's default size,
+/// each folded to the last change per key; partitions as produce's partitioner puts the keys,
+/// each partition's offsets from 0.
+fn upsert_batches(n: u64, partitions: i32) -> Vec<Folded> {
+    let mut g = Generator::new(EventKind::Sales, Some(UPSERT_SEED));
+    let tombstones = f64::from(UPSERT_TOMBSTONE_PERCENT) / 100.0;
+    let mut next = vec![0i64; partitions.max(1) as usize];
+    let now = OffsetDateTime::now_utc();
+    let mut change = || {
+        let (key, event) = g.next_update(UPSERT_KEYS, tombstones, now);
+        let at = partition_for_key(key.as_bytes(), next.len());
+        let (partition, offset) = (at as i32, next[at]);
+        next[at] += 1;
+        match event {
+            None => Change::Delete(Tombstone {
+                key,
+                partition,
+                offset,
+            }),
+            Some(event) => {
+                let record_key = Some(key.clone().into_bytes().into());
+                let landed = Landed {
+                    event,
+                    partition,
+                    offset,
+                    key: record_key,
+                    value: Default::default(),
+                };
+                Change::Put(key, landed)
+            }
+        }
+    };
+    let batch = DEFAULT_BATCH_SIZE as u64;
+    (0..n.div_ceil(batch))
+        .map(|b| {
+            let size = batch.min(n - b * batch);
+            db::latest_per_key((0..size).map(|_| change()).collect())
+        })
+        .collect()
 }
 
 /// What joining costs at start: consume an empty topic to its end, both ways.
@@ -847,23 +973,69 @@ async fn drop_database(admin_url: &str, name: &str) {
 /// server).
 async fn pg_copy_limit(ctx: &Ctx, round: u32, rows: &[Sale]) -> Result<(f64, Option<f64>)> {
     let rows = as_rows(rows);
-    let whole = pg_copy_load(ctx, &format!("{round}_copy"), &rows, rows.len()).await?;
-    let batched = pg_copy_load(
-        ctx,
-        &format!("{round}_copy_tx"),
-        &rows,
-        DEFAULT_BATCH_SIZE as usize,
-    )
-    .await?;
+    let per_batch = DEFAULT_BATCH_SIZE as usize;
+    pg_limit(ctx, &format!("{round}_copy"), &Load::Copy(&rows), per_batch).await
+}
+
+/// What a PostgreSQL limit loads, in units a transaction takes one or more of: rows, by one
+/// binary COPY into `sales_events`; or upsert batches, each by [`db::bulk_upsert_sales`].
+enum Load<'a> {
+    Copy(&'a [Row<'a, Sale>]),
+    Upsert(&'a [Folded]),
+}
+
+impl Load<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Load::Copy(rows) => rows.len(),
+            Load::Upsert(batches) => batches.len(),
+        }
+    }
+
+    /// Before the clock starts: the upsert's staging table.
+    async fn prepare(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        if let Load::Upsert(_) = self {
+            db::create_upsert_stage(conn, EventKind::Sales).await?;
+        }
+        Ok(())
+    }
+
+    /// Load the units `range` in the caller's transaction: how many events they hold.
+    async fn apply(&self, conn: &mut sqlx::PgConnection, range: Range<usize>) -> Result<u64> {
+        match self {
+            Load::Copy(rows) => Ok(db::bulk_load_sales(conn, &rows[range]).await?),
+            Load::Upsert(batches) => {
+                let mut events = 0;
+                for folded in &batches[range] {
+                    db::bulk_upsert_sales(conn, folded).await?;
+                    events += (folded.puts.len() + folded.deletes.len()) as u64 + folded.superseded;
+                }
+                Ok(events)
+            }
+        }
+    }
+}
+
+/// A PostgreSQL limit: `load` into fresh databases (migrated as `consume`'s are) two ways — all
+/// of it in one transaction, and `per_batch` units a transaction each — whichever is faster,
+/// with the CPU-seconds per million events its backend spent (Linux, local server).
+async fn pg_limit(
+    ctx: &Ctx,
+    what: &str,
+    load: &Load<'_>,
+    per_batch: usize,
+) -> Result<(f64, Option<f64>)> {
+    let whole = pg_load(ctx, what, load, load.len()).await?;
+    let batched = pg_load(ctx, &format!("{what}_tx"), load, per_batch).await?;
     Ok(if batched.0 > whole.0 { batched } else { whole })
 }
 
-/// One way of loading `rows` for [`pg_copy_limit`]: COPYs of `per_transaction` rows, each
+/// One way of loading for [`pg_limit`]: `per_transaction` units of `load` a transaction, each
 /// committed, into a fresh database named after `what`.
-async fn pg_copy_load(
+async fn pg_load(
     ctx: &Ctx,
     what: &str,
-    rows: &[Row<'_, Sale>],
+    load: &Load<'_>,
     per_transaction: usize,
 ) -> Result<(f64, Option<f64>)> {
     let name = format!("streamlab_bench_{}_{what}", ctx.stamp);
@@ -871,15 +1043,18 @@ async fn pg_copy_load(
         <Postgres as Dialect>::connect(&pg_database_url(&ctx.pg_admin, &name)?, LIMIT_TIMEOUT)
             .await?;
     let mut conn = pool.acquire().await?;
+    load.prepare(&mut conn).await?;
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut *conn)
         .await?;
     let cpu_before = process_cpu_secs(backend as u32);
     let started = Instant::now();
     let mut loaded = 0;
-    for chunk in rows.chunks(per_transaction.max(1)) {
+    let per_transaction = per_transaction.max(1);
+    for start in (0..load.len()).step_by(per_transaction) {
         let mut tx = conn.begin().await?;
-        loaded += db::bulk_load_sales(&mut tx, chunk).await?;
+        let units = start..load.len().min(start + per_transaction);
+        loaded += load.apply(&mut tx, units).await?;
         tx.commit().await?;
     }
     let rate = loaded as f64 / started.elapsed().as_secs_f64();
@@ -1054,6 +1229,11 @@ fn broker_rows(r: &BenchReport) -> Vec<ReportRow> {
         String::new(),
     ));
     rows.push((
+        "PostgreSQL upsert limit (binary COPY to a stage + INSERT … ON CONFLICT, per batch)".into(),
+        format!("{:.0} events/s", r.pg_upsert_limit_per_sec),
+        String::new(),
+    ));
+    rows.push((
         "SQLite limit (bulk insert, 1 txn)".into(),
         format!("{:.0} rows/s", r.sqlite_bulk_limit_per_sec),
         String::new(),
@@ -1101,6 +1281,14 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
                 r.consume_pg_assign_all_ratio,
             ),
             "= group member".into(),
+        ),
+        (
+            format!(
+                "consume --upsert → PostgreSQL ({UPSERT_KEYS} keys, \
+                 {UPSERT_TOMBSTONE_PERCENT}% tombstones)"
+            ),
+            consume(r.consume_pg_upsert_per_sec, r.consume_pg_upsert_ratio),
+            target(r.consume_pg_upsert_ratio >= 0.9, "≥ 0.9 × limit"),
         ),
         (
             "consume → SQLite (group member)".into(),

@@ -42,7 +42,7 @@ pub use database::{Database, DatabaseTx};
 pub use deadline::Deadline;
 pub(crate) use error::is_transient;
 pub use error::{classify, postgres_verdict, sqlite_verdict, SinkError, Verdict};
-pub use pg_copy::bulk_load_sales;
+pub use pg_copy::{bulk_load_sales, bulk_upsert_sales, create_upsert_stage, Upserted};
 pub use read::{Offending, Reader, Rows, Share, Throughput};
 pub use target::{redact, Kind, Target, TargetError};
 pub use upsert::{latest_per_key, table_key, Change, Folded, Mode, Tombstone, MAX_KEY_BYTES};
