@@ -466,9 +466,7 @@ async fn produce_and_fetch(
     let sensor_topic = format!("bench-{stamp}-{round}-sensor");
     for (t, kind) in [(&topic, "sales"), (&sensor_topic, "sensor")] {
         admin.create_topic(t, args.partitions, 1, &[]).await?;
-        let produce = [
-            "produce", "--topic", t, "--kind", kind, "--count", &count, "--rate", "0",
-        ];
+        let produce = produce_unlimited(t, &count, &["--kind", kind]);
         let run = run_child(&ctx.exe, &ctx.brokers, &produce).await?;
         if kind == "sales" {
             samples.produce_sales.push(n as f64 / run.secs);
@@ -600,14 +598,7 @@ async fn upsert_round(
         UPSERT_SEED.to_string(),
     );
     let tombstones = format!("{UPSERT_TOMBSTONE_PERCENT}%");
-    let produce = [
-        "produce",
-        "--topic",
-        &topic,
-        "--count",
-        &count,
-        "--rate",
-        "0",
+    let updates = [
         "--keys",
         &keys,
         "--tombstones",
@@ -615,6 +606,7 @@ async fn upsert_round(
         "--seed",
         &seed,
     ];
+    let produce = produce_unlimited(&topic, &count, &updates);
     run_child(&ctx.exe, &ctx.brokers, &produce).await?;
     let name = format!("streamlab_bench_{}_{round}_upsert", ctx.stamp);
     let (url, group) = (
@@ -670,6 +662,13 @@ fn upsert_batches(n: u64, partitions: i32) -> Vec<Folded> {
             db::latest_per_key((0..size).map(|_| change()).collect())
         })
         .collect()
+}
+
+/// `produce --topic … --count … --rate 0` (as fast as it can), then `more`.
+fn produce_unlimited<'a>(topic: &'a str, count: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["produce", "--topic", topic, "--count", count, "--rate", "0"];
+    args.extend_from_slice(more);
+    args
 }
 
 /// What joining costs at start: consume an empty topic to its end, both ways.
@@ -852,14 +851,7 @@ async fn durable_engine(
     for round in 0..args.repeats {
         let topic = format!("bench-{stamp}-{round}-durable");
         admin.create_topic(&topic, args.partitions, 1, &[]).await?;
-        let run = run_child(
-            exe,
-            brokers,
-            &[
-                "produce", "--topic", &topic, "--count", &count, "--rate", "0",
-            ],
-        )
-        .await?;
+        let run = run_child(exe, brokers, &produce_unlimited(&topic, &count, &[])).await?;
         produce.push(events as f64 / run.secs);
         let started = Instant::now();
         let drained = drain(&opts, &topic).await?;
@@ -892,24 +884,8 @@ async fn codec_costs(
     for codec in ["none", "lz4", "zstd", "snappy", "gzip"] {
         let topic = format!("bench-{stamp}-codec-{codec}");
         admin.create_topic(&topic, args.partitions, 1, &[]).await?;
-        let run = run_child(
-            exe,
-            &brokers,
-            &[
-                "produce",
-                "--topic",
-                &topic,
-                "--count",
-                &count,
-                "--rate",
-                "0",
-                "--seed",
-                "7",
-                "--compression",
-                codec,
-            ],
-        )
-        .await?;
+        let produce = produce_unlimited(&topic, &count, &["--seed", "7", "--compression", codec]);
+        let run = run_child(exe, &brokers, &produce).await?;
         let stored = drain(&args.kafka, &topic).await?;
         delete_topic(admin, &topic).await;
         costs.push(CodecCost {
