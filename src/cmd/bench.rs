@@ -62,6 +62,11 @@ pub struct BenchReport {
     pub pg_upsert_limit_per_sec: f64,
     pub consume_pg_upsert_per_sec: f64,
     pub consume_pg_upsert_ratio: f64,
+    /// CPU-seconds per million events of `consume --upsert` (streamlab, the database) and of
+    /// its limit's backend, measured as for the append rows.
+    pub consume_pg_upsert_cpu_secs_per_million: Option<f64>,
+    pub consume_pg_upsert_db_cpu_secs_per_million: Option<f64>,
+    pub pg_upsert_limit_db_cpu_secs_per_million: Option<f64>,
     pub consume_sqlite_per_sec: f64,
     pub consume_sqlite_ratio: f64,
     pub consume_sqlite_assign_all_per_sec: f64,
@@ -280,20 +285,42 @@ struct Samples {
     consume_pg: Vec<f64>,
     consume_pg_writers2: Vec<f64>,
     consume_pg_writers4: Vec<f64>,
-    /// CPU-seconds per million events: streamlab, the database (one writer, member).
-    cpu_streamlab: Vec<f64>,
-    cpu_db: Vec<f64>,
-    /// CPU-seconds per million rows of the PostgreSQL backend loading the limit's COPY.
-    cpu_copy: Vec<f64>,
+    /// CPU per million events of consume → PostgreSQL (one writer, member) and its limit.
+    cpu: CpuSamples,
     consume_pg_alone: Vec<f64>,
     upsert_limit: Vec<f64>,
     consume_pg_upsert: Vec<f64>,
+    cpu_upsert: CpuSamples,
     consume_sqlite: Vec<f64>,
     consume_sqlite_alone: Vec<f64>,
     startup_member: Vec<f64>,
     startup_alone: Vec<f64>,
     rss_produce: u64,
     rss_consume: u64,
+}
+
+/// CPU-seconds per million events of a consume → PostgreSQL run and of its limit, every round's.
+#[derive(Default)]
+struct CpuSamples {
+    /// The streamlab process.
+    streamlab: Vec<f64>,
+    /// The PostgreSQL backends serving it.
+    database: Vec<f64>,
+    /// The PostgreSQL backend loading the limit.
+    limit: Vec<f64>,
+}
+
+impl CpuSamples {
+    /// A consume run of `n` events: the child's CPU-seconds, its database's.
+    fn consumed(&mut self, run: &ChildRun, database: Option<f64>, n: f64) {
+        self.streamlab.extend(run.cpu_secs.map(|s| s * 1e6 / n));
+        self.database.extend(database.map(|s| s * 1e6 / n));
+    }
+
+    /// Medians of streamlab, database, limit: None where nothing was measured.
+    fn medians(self) -> [Option<f64>; 3] {
+        [self.streamlab, self.database, self.limit].map(|xs| (!xs.is_empty()).then(|| median(xs)))
+    }
 }
 
 /// The Kafka settings of bench's own command line, handed to every streamlab it starts.
@@ -361,7 +388,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let rows = generate(ctx.n);
         let (copy, copy_cpu) = pg_copy_limit(&ctx, round, &rows).await?;
         samples.copy.push(copy);
-        samples.cpu_copy.extend(copy_cpu);
+        samples.cpu.limit.extend(copy_cpu);
         samples
             .bulk
             .push(sqlite_bulk_limit(&ctx.workdir, &rows).await?);
@@ -407,6 +434,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 impl Samples {
     /// Medians, ratios to the limits, peak memory.
     fn report(self, ctx: &Ctx, args: &BenchArgs) -> BenchReport {
+        let [cpu_streamlab, cpu_db, cpu_copy] = self.cpu.medians();
+        let [cpu_upsert, cpu_upsert_db, cpu_upsert_limit] = self.cpu_upsert.medians();
         let mut r = BenchReport {
             machine: machine(),
             events: ctx.n,
@@ -421,14 +450,14 @@ impl Samples {
             consume_pg_assign_all_per_sec: median(self.consume_pg_alone),
             consume_pg_writers2_per_sec: median(self.consume_pg_writers2),
             consume_pg_writers4_per_sec: median(self.consume_pg_writers4),
-            consume_pg_cpu_secs_per_million: (!self.cpu_streamlab.is_empty())
-                .then(|| median(self.cpu_streamlab)),
-            consume_pg_db_cpu_secs_per_million: (!self.cpu_db.is_empty())
-                .then(|| median(self.cpu_db)),
-            pg_copy_db_cpu_secs_per_million: (!self.cpu_copy.is_empty())
-                .then(|| median(self.cpu_copy)),
+            consume_pg_cpu_secs_per_million: cpu_streamlab,
+            consume_pg_db_cpu_secs_per_million: cpu_db,
+            pg_copy_db_cpu_secs_per_million: cpu_copy,
             pg_upsert_limit_per_sec: median(self.upsert_limit),
             consume_pg_upsert_per_sec: median(self.consume_pg_upsert),
+            consume_pg_upsert_cpu_secs_per_million: cpu_upsert,
+            consume_pg_upsert_db_cpu_secs_per_million: cpu_upsert_db,
+            pg_upsert_limit_db_cpu_secs_per_million: cpu_upsert_limit,
             consume_sqlite_per_sec: median(self.consume_sqlite),
             consume_sqlite_assign_all_per_sec: median(self.consume_sqlite_alone),
             startup_member_ms: median(self.startup_member),
@@ -518,10 +547,7 @@ async fn consume_both_ways(
         match (mode, writers) {
             (Reading::Member, 1) => {
                 samples.consume_pg.push(rate);
-                samples
-                    .cpu_streamlab
-                    .extend(run.cpu_secs.map(|s| s * 1e6 / n));
-                samples.cpu_db.extend(db_cpu.map(|s| s * 1e6 / n));
+                samples.cpu.consumed(&run, db_cpu, n);
             }
             (Reading::Alone, _) => samples.consume_pg_alone.push(rate),
             (Reading::Member, 2) => samples.consume_pg_writers2.push(rate),
@@ -587,8 +613,9 @@ async fn upsert_round(
 ) -> Result<()> {
     let batches = upsert_batches(ctx.n, args.partitions);
     let what = format!("{round}_upsert_limit");
-    let (limit, _) = pg_limit(ctx, &what, &Load::Upsert(&batches), 1).await?;
+    let (limit, limit_cpu) = pg_limit(ctx, &what, &Load::Upsert(&batches), 1).await?;
     samples.upsert_limit.push(limit);
+    samples.cpu_upsert.limit.extend(limit_cpu);
     drop(batches);
     let topic = format!("bench-{}-{round}-upsert", ctx.stamp);
     admin.create_topic(&topic, args.partitions, 1, &[]).await?;
@@ -615,8 +642,9 @@ async fn upsert_round(
     );
     let mut consume = Reading::Member.consume(&topic, "pg", &url, &group);
     consume.push("--upsert");
-    let (run, _) = consume_into_pg(ctx, &name, &url, &consume).await?;
+    let (run, db_cpu) = consume_into_pg(ctx, &name, &url, &consume).await?;
     samples.consume_pg_upsert.push(ctx.n as f64 / run.secs);
+    samples.cpu_upsert.consumed(&run, db_cpu, ctx.n as f64);
     samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
     delete_topic(admin, &topic).await;
     Ok(())
@@ -1221,7 +1249,6 @@ fn broker_rows(r: &BenchReport) -> Vec<ReportRow> {
 fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
     let rate = events_per_sec;
     let consume = |per_sec: f64, ratio: f64| format!("{} · {ratio:.2} × limit", rate(per_sec));
-    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
     vec![
         (
             "consume → PostgreSQL (group member)".into(),
@@ -1239,16 +1266,13 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             ),
             String::new(),
         ),
-        (
-            "CPU per million events, consume → PostgreSQL: streamlab / database (limit's COPY)"
-                .into(),
-            format!(
-                "{} / {} ({})",
-                cpu(r.consume_pg_cpu_secs_per_million),
-                cpu(r.consume_pg_db_cpu_secs_per_million),
-                cpu(r.pg_copy_db_cpu_secs_per_million)
-            ),
-            String::new(),
+        cpu_row(
+            "consume → PostgreSQL: streamlab / database (limit's COPY)",
+            [
+                r.consume_pg_cpu_secs_per_million,
+                r.consume_pg_db_cpu_secs_per_million,
+                r.pg_copy_db_cpu_secs_per_million,
+            ],
         ),
         (
             "consume → PostgreSQL (--assign all)".into(),
@@ -1265,6 +1289,14 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             ),
             consume(r.consume_pg_upsert_per_sec, r.consume_pg_upsert_ratio),
             target(r.consume_pg_upsert_ratio >= 0.9, "≥ 0.9 × limit"),
+        ),
+        cpu_row(
+            "consume --upsert → PostgreSQL: streamlab / database (limit's)",
+            [
+                r.consume_pg_upsert_cpu_secs_per_million,
+                r.consume_pg_upsert_db_cpu_secs_per_million,
+                r.pg_upsert_limit_db_cpu_secs_per_million,
+            ],
         ),
         (
             "consume → SQLite (group member)".into(),
@@ -1283,6 +1315,16 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             "= group member".into(),
         ),
     ]
+}
+
+/// "CPU per million events, `what`": streamlab / database (the limit's backend).
+fn cpu_row(what: &str, [streamlab, database, limit]: [Option<f64>; 3]) -> ReportRow {
+    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
+    (
+        format!("CPU per million events, {what}"),
+        format!("{} / {} ({})", cpu(streamlab), cpu(database), cpu(limit)),
+        String::new(),
+    )
 }
 
 /// Start-up, latency and memory.
