@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::upsert::{on_conflict_newer, STORED_IS_OLDER};
-use super::{columns, split_kinds, Folded, Row, Tombstone, SALES_COLUMNS, SENSOR_COLUMNS};
+use super::{columns, Row, Tombstone, SALES_COLUMNS, SENSOR_COLUMNS};
 use crate::events::{cents, EventKind, Sale, SensorReading};
 
 const SAVEPOINT: &str = "SAVEPOINT streamlab_copy";
@@ -188,16 +188,6 @@ pub async fn create_upsert_stage(
     );
     sqlx::raw_sql(&statement).execute(conn).await?;
     Ok(())
-}
-
-/// [`bulk_upsert`] of a batch of sales changes folded by [`super::latest_per_key`]: what `bench`
-/// measures `consume --upsert` against (its write limit).
-pub async fn bulk_upsert_sales(
-    conn: &mut PgConnection,
-    folded: &Folded,
-) -> Result<Upserted, sqlx::Error> {
-    let (sales, _) = split_kinds(&folded.puts);
-    bulk_upsert(conn, &sales, &folded.deletes).await
 }
 
 /// The session's staging table of `kind`'s `_latest` table.
