@@ -8,6 +8,7 @@
 //! `consume` does by default: it joins, waits for its assignment, and leaves at the end) and
 //! with `--assign all` (every partition alone), on the same backlog, in alternating order.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,9 +19,9 @@ use sqlx::{Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
 use crate::cli::{BenchArgs, DEFAULT_BATCH_SIZE};
-use crate::db::{self, redact, Dialect, Row};
+use crate::db::{self, redact, Change, Dialect, Folded, Landed, Row, Tombstone, UpsertWay};
 use crate::events::{Event, EventKind, Generator, Sale};
-use crate::kafka::{self, admin::Admin};
+use crate::kafka::{self, admin::Admin, partitioner::partition_for_key};
 use crate::render;
 
 /// How long the database limits may wait to connect.
@@ -56,6 +57,19 @@ pub struct BenchReport {
     /// With `--assign all`, on the same backlog.
     pub consume_pg_assign_all_per_sec: f64,
     pub consume_pg_assign_all_ratio: f64,
+    /// `consume --upsert` (a lone group member) of `produce --keys` updates, and its limit: the
+    /// same updates, batched as consume batches them, applied by [`db::bulk_upsert_sales`] the
+    /// faster of its two ways (each the faster of one transaction and one per batch).
+    pub pg_upsert_limit_per_sec: f64,
+    pub pg_upsert_staged_per_sec: f64,
+    pub pg_upsert_unnest_per_sec: f64,
+    pub consume_pg_upsert_per_sec: f64,
+    pub consume_pg_upsert_ratio: f64,
+    /// CPU-seconds per million events of `consume --upsert` (streamlab, the database) and of
+    /// its limit's backend, measured as for the append rows.
+    pub consume_pg_upsert_cpu_secs_per_million: Option<f64>,
+    pub consume_pg_upsert_db_cpu_secs_per_million: Option<f64>,
+    pub pg_upsert_limit_db_cpu_secs_per_million: Option<f64>,
     pub consume_sqlite_per_sec: f64,
     pub consume_sqlite_ratio: f64,
     pub consume_sqlite_assign_all_per_sec: f64,
@@ -274,18 +288,44 @@ struct Samples {
     consume_pg: Vec<f64>,
     consume_pg_writers2: Vec<f64>,
     consume_pg_writers4: Vec<f64>,
-    /// CPU-seconds per million events: streamlab, the database (one writer, member).
-    cpu_streamlab: Vec<f64>,
-    cpu_db: Vec<f64>,
-    /// CPU-seconds per million rows of the PostgreSQL backend loading the limit's COPY.
-    cpu_copy: Vec<f64>,
+    /// CPU per million events of consume → PostgreSQL (one writer, member) and its limit.
+    cpu: CpuSamples,
     consume_pg_alone: Vec<f64>,
+    /// The upsert limit's two ways: staged COPY, consume's UNNEST statements.
+    upsert_staged: Vec<f64>,
+    upsert_unnest: Vec<f64>,
+    consume_pg_upsert: Vec<f64>,
+    cpu_upsert: CpuSamples,
     consume_sqlite: Vec<f64>,
     consume_sqlite_alone: Vec<f64>,
     startup_member: Vec<f64>,
     startup_alone: Vec<f64>,
     rss_produce: u64,
     rss_consume: u64,
+}
+
+/// CPU-seconds per million events of a consume → PostgreSQL run and of its limit, every round's.
+#[derive(Default)]
+struct CpuSamples {
+    /// The streamlab process.
+    streamlab: Vec<f64>,
+    /// The PostgreSQL backends serving it.
+    database: Vec<f64>,
+    /// The PostgreSQL backend loading the limit.
+    limit: Vec<f64>,
+}
+
+impl CpuSamples {
+    /// A consume run of `n` events: the child's CPU-seconds, its database's.
+    fn consumed(&mut self, run: &ChildRun, database: Option<f64>, n: f64) {
+        self.streamlab.extend(run.cpu_secs.map(|s| s * 1e6 / n));
+        self.database.extend(database.map(|s| s * 1e6 / n));
+    }
+
+    /// Medians of streamlab, database, limit: None where nothing was measured.
+    fn medians(self) -> [Option<f64>; 3] {
+        [self.streamlab, self.database, self.limit].map(|xs| (!xs.is_empty()).then(|| median(xs)))
+    }
 }
 
 /// The Kafka settings of bench's own command line, handed to every streamlab it starts.
@@ -353,7 +393,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let rows = generate(ctx.n);
         let (copy, copy_cpu) = pg_copy_limit(&ctx, round, &rows).await?;
         samples.copy.push(copy);
-        samples.cpu_copy.extend(copy_cpu);
+        samples.cpu.limit.extend(copy_cpu);
         samples
             .bulk
             .push(sqlite_bulk_limit(&ctx.workdir, &rows).await?);
@@ -366,6 +406,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         };
         consume_both_ways(&ctx, &topic, round, modes, &mut samples).await?;
         delete_topic(&mut admin, &topic).await;
+        upsert_round(&ctx, &args, &mut admin, round, &mut samples).await?;
         startup_both_ways(&ctx, &args, &mut admin, round, modes, &mut samples).await?;
         tracing::info!("bench: round {} of {} done", round + 1, args.repeats);
     }
@@ -398,6 +439,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 impl Samples {
     /// Medians, ratios to the limits, peak memory.
     fn report(self, ctx: &Ctx, args: &BenchArgs) -> BenchReport {
+        let [cpu_streamlab, cpu_db, cpu_copy] = self.cpu.medians();
+        let [cpu_upsert, cpu_upsert_db, cpu_upsert_limit] = self.cpu_upsert.medians();
         let mut r = BenchReport {
             machine: machine(),
             events: ctx.n,
@@ -412,12 +455,15 @@ impl Samples {
             consume_pg_assign_all_per_sec: median(self.consume_pg_alone),
             consume_pg_writers2_per_sec: median(self.consume_pg_writers2),
             consume_pg_writers4_per_sec: median(self.consume_pg_writers4),
-            consume_pg_cpu_secs_per_million: (!self.cpu_streamlab.is_empty())
-                .then(|| median(self.cpu_streamlab)),
-            consume_pg_db_cpu_secs_per_million: (!self.cpu_db.is_empty())
-                .then(|| median(self.cpu_db)),
-            pg_copy_db_cpu_secs_per_million: (!self.cpu_copy.is_empty())
-                .then(|| median(self.cpu_copy)),
+            consume_pg_cpu_secs_per_million: cpu_streamlab,
+            consume_pg_db_cpu_secs_per_million: cpu_db,
+            pg_copy_db_cpu_secs_per_million: cpu_copy,
+            pg_upsert_staged_per_sec: median(self.upsert_staged),
+            pg_upsert_unnest_per_sec: median(self.upsert_unnest),
+            consume_pg_upsert_per_sec: median(self.consume_pg_upsert),
+            consume_pg_upsert_cpu_secs_per_million: cpu_upsert,
+            consume_pg_upsert_db_cpu_secs_per_million: cpu_upsert_db,
+            pg_upsert_limit_db_cpu_secs_per_million: cpu_upsert_limit,
             consume_sqlite_per_sec: median(self.consume_sqlite),
             consume_sqlite_assign_all_per_sec: median(self.consume_sqlite_alone),
             startup_member_ms: median(self.startup_member),
@@ -432,6 +478,9 @@ impl Samples {
         r.consume_pg_assign_all_ratio = r.consume_pg_assign_all_per_sec / pg_limit;
         r.consume_pg_writers2_ratio = r.consume_pg_writers2_per_sec / pg_limit;
         r.consume_pg_writers4_ratio = r.consume_pg_writers4_per_sec / pg_limit;
+        r.pg_upsert_limit_per_sec = r.pg_upsert_staged_per_sec.max(r.pg_upsert_unnest_per_sec);
+        r.consume_pg_upsert_ratio =
+            r.consume_pg_upsert_per_sec / r.fetch_limit_per_sec.min(r.pg_upsert_limit_per_sec);
         r.consume_sqlite_ratio = r.consume_sqlite_per_sec / sqlite_limit;
         r.consume_sqlite_assign_all_ratio = r.consume_sqlite_assign_all_per_sec / sqlite_limit;
         r
@@ -453,9 +502,7 @@ async fn produce_and_fetch(
     let sensor_topic = format!("bench-{stamp}-{round}-sensor");
     for (t, kind) in [(&topic, "sales"), (&sensor_topic, "sensor")] {
         admin.create_topic(t, args.partitions, 1, &[]).await?;
-        let produce = [
-            "produce", "--topic", t, "--kind", kind, "--count", &count, "--rate", "0",
-        ];
+        let produce = produce_unlimited(t, &count, &["--kind", kind]);
         let run = run_child(&ctx.exe, &ctx.brokers, &produce).await?;
         if kind == "sales" {
             samples.produce_sales.push(n as f64 / run.secs);
@@ -502,29 +549,18 @@ async fn consume_both_ways(
         let writers_flag = writers.to_string();
         let mut consume = mode.consume(topic, "pg", &pg_db, &group);
         consume.extend(["--writers", &writers_flag]);
-        // Created (and migrated) first, so its backends can be watched from the start.
-        <Postgres as Dialect>::connect(&pg_db, LIMIT_TIMEOUT)
-            .await?
-            .close()
-            .await;
-        let db_cpu = DbCpu::watch(&ctx.pg_admin, &name);
-        let run = run_child(&ctx.exe, &ctx.brokers, &consume).await?;
-        let db_cpu = db_cpu.stop().await;
+        let (run, db_cpu) = consume_into_pg(ctx, &name, &pg_db, &consume).await?;
         let rate = n / run.secs;
         match (mode, writers) {
             (Reading::Member, 1) => {
                 samples.consume_pg.push(rate);
-                samples
-                    .cpu_streamlab
-                    .extend(run.cpu_secs.map(|s| s * 1e6 / n));
-                samples.cpu_db.extend(db_cpu.map(|s| s * 1e6 / n));
+                samples.cpu.consumed(&run, db_cpu, n);
             }
             (Reading::Alone, _) => samples.consume_pg_alone.push(rate),
             (Reading::Member, 2) => samples.consume_pg_writers2.push(rate),
             (Reading::Member, _) => samples.consume_pg_writers4.push(rate),
         }
         samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
-        drop_database(&ctx.pg_admin, &name).await;
     }
     for mode in modes {
         let sqlite_path = ctx
@@ -544,6 +580,139 @@ async fn consume_both_ways(
         remove_sqlite(&sqlite_path);
     }
     Ok(())
+}
+
+/// Run `consume` (its arguments name database `name` at `url`) into that database, fresh:
+/// created and migrated first, so that its backends are watched from the start, and dropped
+/// after. The run, and the CPU-seconds those backends spent.
+async fn consume_into_pg(
+    ctx: &Ctx,
+    name: &str,
+    url: &str,
+    consume: &[&str],
+) -> Result<(ChildRun, Option<f64>)> {
+    <Postgres as Dialect>::connect(url, LIMIT_TIMEOUT)
+        .await?
+        .close()
+        .await;
+    let db_cpu = DbCpu::watch(&ctx.pg_admin, name);
+    let run = run_child(&ctx.exe, &ctx.brokers, consume).await;
+    let db_cpu = db_cpu.stop().await;
+    drop_database(&ctx.pg_admin, name).await;
+    Ok((run?, db_cpu))
+}
+
+/// Keys of the upsert measurement's updates, the share of them that are tombstones (percent),
+/// and the seed both its `produce` and its limit generate them from.
+const UPSERT_KEYS: u64 = 10_000;
+const UPSERT_TOMBSTONE_PERCENT: u32 = 5;
+const UPSERT_SEED: u64 = 27;
+
+/// `consume --upsert` into PostgreSQL against its limit: the limit on the updates
+/// [`upsert_batches`] makes; then `produce --keys … --tombstones … --seed …` of the same updates
+/// onto a topic of its own, consumed to its end as a lone group member into a fresh database.
+async fn upsert_round(
+    ctx: &Ctx,
+    args: &BenchArgs,
+    admin: &mut Admin,
+    round: u32,
+    samples: &mut Samples,
+) -> Result<()> {
+    let batches = upsert_batches(ctx.n, args.partitions);
+    let mut fastest = (0.0, None);
+    for (way, label, rates) in [
+        (UpsertWay::Staged, "staged", &mut samples.upsert_staged),
+        (UpsertWay::Unnest, "unnest", &mut samples.upsert_unnest),
+    ] {
+        let what = format!("{round}_upsert_{label}");
+        let (rate, cpu) = pg_limit(ctx, &what, &Load::Upsert(&batches, way), 1).await?;
+        rates.push(rate);
+        if rate > fastest.0 {
+            fastest = (rate, cpu);
+        }
+    }
+    samples.cpu_upsert.limit.extend(fastest.1);
+    drop(batches);
+    let topic = format!("bench-{}-{round}-upsert", ctx.stamp);
+    admin.create_topic(&topic, args.partitions, 1, &[]).await?;
+    let (count, keys, seed) = (
+        ctx.n.to_string(),
+        UPSERT_KEYS.to_string(),
+        UPSERT_SEED.to_string(),
+    );
+    let tombstones = format!("{UPSERT_TOMBSTONE_PERCENT}%");
+    let updates = [
+        "--keys",
+        &keys,
+        "--tombstones",
+        &tombstones,
+        "--seed",
+        &seed,
+    ];
+    let produce = produce_unlimited(&topic, &count, &updates);
+    run_child(&ctx.exe, &ctx.brokers, &produce).await?;
+    let name = format!("streamlab_bench_{}_{round}_upsert", ctx.stamp);
+    let (url, group) = (
+        pg_database_url(&ctx.pg_admin, &name)?,
+        format!("bench-{name}"),
+    );
+    let mut consume = Reading::Member.consume(&topic, "pg", &url, &group);
+    consume.push("--upsert");
+    let (run, db_cpu) = consume_into_pg(ctx, &name, &url, &consume).await?;
+    samples.consume_pg_upsert.push(ctx.n as f64 / run.secs);
+    samples.cpu_upsert.consumed(&run, db_cpu, ctx.n as f64);
+    samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+    delete_topic(admin, &topic).await;
+    Ok(())
+}
+
+/// The `n` updates `produce --keys UPSERT_KEYS --tombstones UPSERT_TOMBSTONE_PERCENT% --seed
+/// UPSERT_SEED` makes, as `consume --upsert` writes them: in batches of consume's default size,
+/// each folded to the last change per key; partitions as produce's partitioner puts the keys,
+/// each partition's offsets from 0.
+fn upsert_batches(n: u64, partitions: i32) -> Vec<Folded> {
+    let mut g = Generator::new(EventKind::Sales, Some(UPSERT_SEED));
+    let tombstones = f64::from(UPSERT_TOMBSTONE_PERCENT) / 100.0;
+    let mut next = vec![0i64; partitions.max(1) as usize];
+    let now = OffsetDateTime::now_utc();
+    let mut change = || {
+        let (key, event) = g.next_update(UPSERT_KEYS, tombstones, now);
+        let at = partition_for_key(key.as_bytes(), next.len());
+        let (partition, offset) = (at as i32, next[at]);
+        next[at] += 1;
+        match event {
+            None => Change::Delete(Tombstone {
+                key,
+                partition,
+                offset,
+            }),
+            Some(event) => {
+                let record_key = Some(key.clone().into_bytes().into());
+                let landed = Landed {
+                    event,
+                    partition,
+                    offset,
+                    key: record_key,
+                    value: Default::default(),
+                };
+                Change::Put(key, landed)
+            }
+        }
+    };
+    let batch = DEFAULT_BATCH_SIZE as u64;
+    (0..n.div_ceil(batch))
+        .map(|b| {
+            let size = batch.min(n - b * batch);
+            db::latest_per_key((0..size).map(|_| change()).collect())
+        })
+        .collect()
+}
+
+/// `produce --topic … --count … --rate 0` (as fast as it can), then `more`.
+fn produce_unlimited<'a>(topic: &'a str, count: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["produce", "--topic", topic, "--count", count, "--rate", "0"];
+    args.extend_from_slice(more);
+    args
 }
 
 /// What joining costs at start: consume an empty topic to its end, both ways.
@@ -726,14 +895,7 @@ async fn durable_engine(
     for round in 0..args.repeats {
         let topic = format!("bench-{stamp}-{round}-durable");
         admin.create_topic(&topic, args.partitions, 1, &[]).await?;
-        let run = run_child(
-            exe,
-            brokers,
-            &[
-                "produce", "--topic", &topic, "--count", &count, "--rate", "0",
-            ],
-        )
-        .await?;
+        let run = run_child(exe, brokers, &produce_unlimited(&topic, &count, &[])).await?;
         produce.push(events as f64 / run.secs);
         let started = Instant::now();
         let drained = drain(&opts, &topic).await?;
@@ -766,24 +928,8 @@ async fn codec_costs(
     for codec in ["none", "lz4", "zstd", "snappy", "gzip"] {
         let topic = format!("bench-{stamp}-codec-{codec}");
         admin.create_topic(&topic, args.partitions, 1, &[]).await?;
-        let run = run_child(
-            exe,
-            &brokers,
-            &[
-                "produce",
-                "--topic",
-                &topic,
-                "--count",
-                &count,
-                "--rate",
-                "0",
-                "--seed",
-                "7",
-                "--compression",
-                codec,
-            ],
-        )
-        .await?;
+        let produce = produce_unlimited(&topic, &count, &["--seed", "7", "--compression", codec]);
+        let run = run_child(exe, &brokers, &produce).await?;
         let stored = drain(&args.kafka, &topic).await?;
         delete_topic(admin, &topic).await;
         costs.push(CodecCost {
@@ -847,23 +993,69 @@ async fn drop_database(admin_url: &str, name: &str) {
 /// server).
 async fn pg_copy_limit(ctx: &Ctx, round: u32, rows: &[Sale]) -> Result<(f64, Option<f64>)> {
     let rows = as_rows(rows);
-    let whole = pg_copy_load(ctx, &format!("{round}_copy"), &rows, rows.len()).await?;
-    let batched = pg_copy_load(
-        ctx,
-        &format!("{round}_copy_tx"),
-        &rows,
-        DEFAULT_BATCH_SIZE as usize,
-    )
-    .await?;
+    let per_batch = DEFAULT_BATCH_SIZE as usize;
+    pg_limit(ctx, &format!("{round}_copy"), &Load::Copy(&rows), per_batch).await
+}
+
+/// What a PostgreSQL limit loads, in units a transaction takes one or more of: rows, by one
+/// binary COPY into `sales_events`; or upsert batches, each by [`db::bulk_upsert_sales`].
+enum Load<'a> {
+    Copy(&'a [Row<'a, Sale>]),
+    Upsert(&'a [Folded], UpsertWay),
+}
+
+impl Load<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Load::Copy(rows) => rows.len(),
+            Load::Upsert(batches, _) => batches.len(),
+        }
+    }
+
+    /// Before the clock starts: the upsert's staging table.
+    async fn prepare(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        if let Load::Upsert(_, UpsertWay::Staged) = self {
+            db::create_upsert_stage(conn, EventKind::Sales).await?;
+        }
+        Ok(())
+    }
+
+    /// Load the units `range` in the caller's transaction: how many events they hold.
+    async fn apply(&self, conn: &mut sqlx::PgConnection, range: Range<usize>) -> Result<u64> {
+        match self {
+            Load::Copy(rows) => Ok(db::bulk_load_sales(conn, &rows[range]).await?),
+            Load::Upsert(batches, way) => {
+                let mut events = 0;
+                for folded in &batches[range] {
+                    db::bulk_upsert_sales(conn, folded, *way).await?;
+                    events += (folded.puts.len() + folded.deletes.len()) as u64 + folded.superseded;
+                }
+                Ok(events)
+            }
+        }
+    }
+}
+
+/// A PostgreSQL limit: `load` into fresh databases (migrated as `consume`'s are) two ways — all
+/// of it in one transaction, and `per_batch` units a transaction each — whichever is faster,
+/// with the CPU-seconds per million events its backend spent (Linux, local server).
+async fn pg_limit(
+    ctx: &Ctx,
+    what: &str,
+    load: &Load<'_>,
+    per_batch: usize,
+) -> Result<(f64, Option<f64>)> {
+    let whole = pg_load(ctx, what, load, load.len()).await?;
+    let batched = pg_load(ctx, &format!("{what}_tx"), load, per_batch).await?;
     Ok(if batched.0 > whole.0 { batched } else { whole })
 }
 
-/// One way of loading `rows` for [`pg_copy_limit`]: COPYs of `per_transaction` rows, each
+/// One way of loading for [`pg_limit`]: `per_transaction` units of `load` a transaction, each
 /// committed, into a fresh database named after `what`.
-async fn pg_copy_load(
+async fn pg_load(
     ctx: &Ctx,
     what: &str,
-    rows: &[Row<'_, Sale>],
+    load: &Load<'_>,
     per_transaction: usize,
 ) -> Result<(f64, Option<f64>)> {
     let name = format!("streamlab_bench_{}_{what}", ctx.stamp);
@@ -871,15 +1063,18 @@ async fn pg_copy_load(
         <Postgres as Dialect>::connect(&pg_database_url(&ctx.pg_admin, &name)?, LIMIT_TIMEOUT)
             .await?;
     let mut conn = pool.acquire().await?;
+    load.prepare(&mut conn).await?;
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut *conn)
         .await?;
     let cpu_before = process_cpu_secs(backend as u32);
     let started = Instant::now();
     let mut loaded = 0;
-    for chunk in rows.chunks(per_transaction.max(1)) {
+    let per_transaction = per_transaction.max(1);
+    for start in (0..load.len()).step_by(per_transaction) {
         let mut tx = conn.begin().await?;
-        loaded += db::bulk_load_sales(&mut tx, chunk).await?;
+        let units = start..load.len().min(start + per_transaction);
+        loaded += load.apply(&mut tx, units).await?;
         tx.commit().await?;
     }
     let rate = loaded as f64 / started.elapsed().as_secs_f64();
@@ -1054,6 +1249,15 @@ fn broker_rows(r: &BenchReport) -> Vec<ReportRow> {
         String::new(),
     ));
     rows.push((
+        "PostgreSQL upsert limit, per batch: staged binary COPY / UNNEST".into(),
+        format!(
+            "{} / {}",
+            rate(r.pg_upsert_staged_per_sec),
+            rate(r.pg_upsert_unnest_per_sec)
+        ),
+        String::new(),
+    ));
+    rows.push((
         "SQLite limit (bulk insert, 1 txn)".into(),
         format!("{:.0} rows/s", r.sqlite_bulk_limit_per_sec),
         String::new(),
@@ -1065,7 +1269,6 @@ fn broker_rows(r: &BenchReport) -> Vec<ReportRow> {
 fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
     let rate = events_per_sec;
     let consume = |per_sec: f64, ratio: f64| format!("{} · {ratio:.2} × limit", rate(per_sec));
-    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
     vec![
         (
             "consume → PostgreSQL (group member)".into(),
@@ -1083,16 +1286,13 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             ),
             String::new(),
         ),
-        (
-            "CPU per million events, consume → PostgreSQL: streamlab / database (limit's COPY)"
-                .into(),
-            format!(
-                "{} / {} ({})",
-                cpu(r.consume_pg_cpu_secs_per_million),
-                cpu(r.consume_pg_db_cpu_secs_per_million),
-                cpu(r.pg_copy_db_cpu_secs_per_million)
-            ),
-            String::new(),
+        cpu_row(
+            "consume → PostgreSQL: streamlab / database (limit's COPY)",
+            [
+                r.consume_pg_cpu_secs_per_million,
+                r.consume_pg_db_cpu_secs_per_million,
+                r.pg_copy_db_cpu_secs_per_million,
+            ],
         ),
         (
             "consume → PostgreSQL (--assign all)".into(),
@@ -1101,6 +1301,22 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
                 r.consume_pg_assign_all_ratio,
             ),
             "= group member".into(),
+        ),
+        (
+            format!(
+                "consume --upsert → PostgreSQL ({UPSERT_KEYS} keys, \
+                 {UPSERT_TOMBSTONE_PERCENT}% tombstones)"
+            ),
+            consume(r.consume_pg_upsert_per_sec, r.consume_pg_upsert_ratio),
+            target(r.consume_pg_upsert_ratio >= 0.9, "≥ 0.9 × limit"),
+        ),
+        cpu_row(
+            "consume --upsert → PostgreSQL: streamlab / database (limit's)",
+            [
+                r.consume_pg_upsert_cpu_secs_per_million,
+                r.consume_pg_upsert_db_cpu_secs_per_million,
+                r.pg_upsert_limit_db_cpu_secs_per_million,
+            ],
         ),
         (
             "consume → SQLite (group member)".into(),
@@ -1119,6 +1335,16 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             "= group member".into(),
         ),
     ]
+}
+
+/// "CPU per million events, `what`": streamlab / database (the limit's backend).
+fn cpu_row(what: &str, [streamlab, database, limit]: [Option<f64>; 3]) -> ReportRow {
+    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
+    (
+        format!("CPU per million events, {what}"),
+        format!("{} / {} ({})", cpu(streamlab), cpu(database), cpu(limit)),
+        String::new(),
+    )
 }
 
 /// Start-up, latency and memory.

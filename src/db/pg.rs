@@ -13,11 +13,11 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::pg_copy::{copy_rows, Copied, CopyRow};
+use super::pg_copy::{bulk_upsert, copy_rows, Copied, CopyRow, Upserted};
 use super::upsert::{on_conflict_newer, STORED_IS_OLDER};
 use super::{
-    clean_text, columns, redact, DeadLetter, Dialect, Kind, Row, Tombstone, Writer,
-    DEAD_LETTER_COLUMNS,
+    clean_text, columns, redact, split_kinds, DeadLetter, Dialect, Folded, Kind, Row, Tombstone,
+    Writer, DEAD_LETTER_COLUMNS,
 };
 use crate::events::{cents, EventKind, Sale, SensorReading};
 
@@ -218,6 +218,39 @@ impl Dialect for Postgres {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// A way to apply a batch's upserts (`bench` measures `consume --upsert` against the faster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertWay {
+    /// Binary COPY of values and tombstones into a staging table, then one round trip of
+    /// INSERT … SELECT … ON CONFLICT and DELETE … USING the stage.
+    Staged,
+    /// consume's own statements: UNNEST arrays into INSERT … ON CONFLICT, DELETE … USING UNNEST.
+    Unnest,
+}
+
+/// A batch of sales changes folded by [`super::latest_per_key`], applied to `sales_latest`
+/// `way` (the staged way needs [`super::create_upsert_stage`] on this connection first): what
+/// `bench` measures `consume --upsert` against, without its fenced offsets and dead letters.
+pub async fn bulk_upsert_sales(
+    conn: &mut PgConnection,
+    folded: &Folded,
+    way: UpsertWay,
+) -> Result<Upserted, sqlx::Error> {
+    let (sales, _) = split_kinds(&folded.puts);
+    if way == UpsertWay::Staged {
+        return bulk_upsert(conn, &sales, &folded.deletes).await;
+    }
+    let mut done = Upserted::default();
+    if !sales.is_empty() {
+        done.upserted = insert_sales_on_conflict(conn, &sales, true).await?;
+    }
+    if !folded.deletes.is_empty() {
+        let table = EventKind::Sales.latest_table();
+        done.deleted = Postgres::delete_keys(conn, table, &folded.deletes).await?;
+    }
+    Ok(done)
 }
 
 /// Events of one table: COPY first (batches of [`COPY_MIN_ROWS`] or more), the careful way

@@ -13,12 +13,15 @@
 
 use std::collections::HashSet;
 
+use futures::TryStreamExt;
+
 use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Row, SALES_COLUMNS, SENSOR_COLUMNS};
-use crate::events::{cents, Sale, SensorReading};
+use super::upsert::{on_conflict_newer, STORED_IS_OLDER};
+use super::{columns, Row, Tombstone, SALES_COLUMNS, SENSOR_COLUMNS};
+use crate::events::{cents, EventKind, Sale, SensorReading};
 
 const SAVEPOINT: &str = "SAVEPOINT streamlab_copy";
 const RELEASE: &str = "RELEASE SAVEPOINT streamlab_copy";
@@ -38,9 +41,21 @@ pub(super) trait CopyRow: Sync + Sized {
     /// The table the rows go to, and its columns in the order [`CopyRow::encode`] writes them.
     const TABLE: &'static str;
     const COLUMNS: &'static str;
+    /// The kind of event a row holds (whose `_latest` table an upsert writes).
+    const KIND: EventKind;
+    /// Fields of a tuple: the columns, the last two `kafka_partition`, `kafka_offset`.
+    const FIELDS: i16;
     fn id(&self) -> Uuid;
+    /// The record key as text (an upsert's row key).
+    fn key(&self) -> Option<&str>;
+    /// Append each field to `out`.
+    fn encode_fields(&self, out: &mut Vec<u8>);
+
     /// Append the tuple (field count, then each field) to `out`.
-    fn encode(&self, out: &mut Vec<u8>);
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&Self::FIELDS.to_be_bytes());
+        self.encode_fields(out);
+    }
 }
 
 /// The binary COPY stream's header: signature, flags, header extension length.
@@ -115,6 +130,106 @@ pub async fn bulk_load_sales(
     copy.finish().await
 }
 
+/// What [`bulk_upsert`] did: rows inserted or updated, rows deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Upserted {
+    pub upserted: u64,
+    pub deleted: u64,
+}
+
+/// Apply one batch's changes, folded to the last per key ([`super::latest_per_key`]), to the
+/// kind's `_latest` table the strongest way PostgreSQL takes them: one binary COPY of values and
+/// tombstones into a temporary staging table, then one round trip of `INSERT … SELECT … ON
+/// CONFLICT (key) DO UPDATE` (newest wins), `DELETE … USING` (the tombstones, newest wins) and
+/// emptying the stage ([`create_upsert_stage`] made it on this connection). In the caller's
+/// transaction, whatever its shape.
+pub(super) async fn bulk_upsert<R: CopyRow>(
+    conn: &mut PgConnection,
+    puts: &[R],
+    deletes: &[Tombstone],
+) -> Result<Upserted, sqlx::Error> {
+    let (stage, columns) = (stage_table(R::KIND), columns(R::KIND, true));
+    let mut data = Vec::with_capacity(HEADER.len() + (puts.len() + deletes.len()) * 112 + 2);
+    data.extend_from_slice(HEADER);
+    puts.iter().for_each(|row| staged_put(row, &mut data));
+    deletes
+        .iter()
+        .for_each(|t| staged_delete::<R>(t, &mut data));
+    data.extend_from_slice(&TRAILER);
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    copy.send(data).await?;
+    copy.finish().await?;
+    let results: Vec<u64> = sqlx::raw_sql(&apply_stage(R::KIND))
+        .execute_many(&mut *conn)
+        .map_ok(|done| done.rows_affected())
+        .try_collect()
+        .await?;
+    Ok(Upserted {
+        upserted: results.first().copied().unwrap_or(0),
+        deleted: results.get(1).copied().unwrap_or(0),
+    })
+}
+
+/// Create this session's staging table for [`bulk_upsert`] into `kind`'s `_latest` table, if
+/// there is none yet: the table's columns, none of them NOT NULL (a tombstone holds only its
+/// key and position).
+pub async fn create_upsert_stage(
+    conn: &mut PgConnection,
+    kind: EventKind,
+) -> Result<(), sqlx::Error> {
+    let (latest, columns) = (kind.latest_table(), columns(kind, true));
+    let statement = format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {columns} FROM public.{latest} WITH NO DATA",
+        stage_table(kind)
+    );
+    sqlx::raw_sql(&statement).execute(conn).await?;
+    Ok(())
+}
+
+/// The session's staging table of `kind`'s `_latest` table.
+fn stage_table(kind: EventKind) -> String {
+    format!("pg_temp.streamlab_stage_{}", kind.latest_table())
+}
+
+/// The stage's values upserted, its tombstones (no id) deleted, each only over an older row;
+/// then the stage emptied.
+fn apply_stage(kind: EventKind) -> String {
+    let (stage, latest, columns) = (stage_table(kind), kind.latest_table(), columns(kind, true));
+    format!(
+        "INSERT INTO public.{latest} AS t ({columns}) \
+         SELECT {columns} FROM {stage} WHERE id IS NOT NULL {};
+         DELETE FROM public.{latest} AS t \
+         USING (SELECT key, kafka_partition AS p, kafka_offset AS o FROM {stage} \
+         WHERE id IS NULL) AS d WHERE t.key = d.key AND {STORED_IS_OLDER};
+         TRUNCATE {stage}",
+        on_conflict_newer(columns, "now()")
+    )
+}
+
+/// A value as the stage takes it: the key, then the row.
+fn staged_put<R: CopyRow>(row: &R, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(R::FIELDS + 1).to_be_bytes());
+    match row.key() {
+        Some(key) => text(out, key),
+        None => null(out),
+    }
+    row.encode_fields(out);
+}
+
+/// A tombstone as the stage takes it: the key, NULL for every column but the last two, its
+/// position.
+fn staged_delete<R: CopyRow>(tombstone: &Tombstone, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(R::FIELDS + 1).to_be_bytes());
+    text(out, &tombstone.key);
+    (0..R::FIELDS - 2).for_each(|_| null(out));
+    int4(out, tombstone.partition);
+    int8(out, tombstone.offset);
+}
+
 fn copy_statement<R: CopyRow>() -> String {
     format!(
         "COPY {} ({}) FROM STDIN (FORMAT binary)",
@@ -126,14 +241,19 @@ fn copy_statement<R: CopyRow>() -> String {
 impl CopyRow for Row<'_, Sale> {
     const TABLE: &'static str = "public.sales_events";
     const COLUMNS: &'static str = SALES_COLUMNS;
+    const KIND: EventKind = EventKind::Sales;
+    const FIELDS: i16 = 7;
 
     fn id(&self) -> Uuid {
         self.event.id
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn key(&self) -> Option<&str> {
+        self.key
+    }
+
+    fn encode_fields(&self, out: &mut Vec<u8>) {
         let s = self.event;
-        out.extend_from_slice(&7i16.to_be_bytes());
         uuid(out, s.id);
         timestamptz(out, s.ts);
         text(out, &s.store_id);
@@ -147,14 +267,19 @@ impl CopyRow for Row<'_, Sale> {
 impl CopyRow for Row<'_, SensorReading> {
     const TABLE: &'static str = "public.sensor_logs";
     const COLUMNS: &'static str = SENSOR_COLUMNS;
+    const KIND: EventKind = EventKind::Sensor;
+    const FIELDS: i16 = 8;
 
     fn id(&self) -> Uuid {
         self.event.id
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn key(&self) -> Option<&str> {
+        self.key
+    }
+
+    fn encode_fields(&self, out: &mut Vec<u8>) {
         let s = self.event;
-        out.extend_from_slice(&8i16.to_be_bytes());
         uuid(out, s.id);
         text(out, &s.sensor_id);
         out.extend_from_slice(&8i32.to_be_bytes());
@@ -178,6 +303,11 @@ fn timestamptz(out: &mut Vec<u8>, ts: OffsetDateTime) {
     let micros = (ts.unix_timestamp_nanos() / 1000 - PG_EPOCH_MICROS) as i64;
     out.extend_from_slice(&8i32.to_be_bytes());
     out.extend_from_slice(&micros.to_be_bytes());
+}
+
+/// A NULL field.
+fn null(out: &mut Vec<u8>) {
+    out.extend_from_slice(&(-1i32).to_be_bytes());
 }
 
 fn text(out: &mut Vec<u8>, s: &str) {
