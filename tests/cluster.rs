@@ -251,7 +251,7 @@ fn served(routes: &[Route], api: ApiKey, node: i32) -> usize {
 }
 
 /// How long after `since` a request of one of `apis` for `target` was first served: the time to
-/// recover from what the test did then. Printed for the README's figures, and bounded by
+/// recover from what the test did then. Printed for the figures in docs/cluster.md, and bounded by
 /// `--timeout` (10 s here), as the issue asks.
 fn recovery(out: &Outcome, since: &str, apis: &[ApiKey], target: &str) -> Duration {
     let at = out.cluster.when(since);

@@ -53,7 +53,7 @@ fn a_plan_is_printed_then_executed_into_the_database_and_the_kafka_group() {
         let topic = topic(3);
         let group = unique("g");
         // One record per batch: tansu's in-memory engine cannot serve a batch from its middle
-        // (README, Broker notes), and this test moves offsets to any record.
+        // (docs/broker-notes.md), and this test moves offsets to any record.
         produce(&topic, 300)
             .seed(11)
             .args(["--batch-bytes", "1"])
