@@ -965,9 +965,10 @@ pub struct MigrateArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub db: DbOpts,
-    /// Which table to check.
-    #[arg(short, long, value_enum, default_value = "sales")]
-    pub kind: EventKind,
+    /// Which kind's table to check (sales_events / sensor_logs). Default: the one that holds
+    /// rows (sales when both or neither do; the other one is then named, with how to ask for it).
+    #[arg(short, long, value_enum)]
+    pub kind: Option<EventKind>,
     /// Check the table `consume --upsert` keeps (sales_latest / sensor_latest): one row per
     /// key, `key` its primary key.
     #[arg(long)]
