@@ -395,14 +395,6 @@ impl Admin {
             .collect())
     }
 
-    /// Set one topic config with IncrementalAlterConfigs. Never AlterConfigs: that one replaces
-    /// the whole config set and silently drops every other override.
-    pub async fn set_topic_config(&mut self, topic: &str, key: &str, value: &str) -> Result<()> {
-        let change = ConfigChange::Set(key.to_string(), value.to_string());
-        self.alter_topic_configs(topic, std::slice::from_ref(&change))
-            .await
-    }
-
     /// Apply `changes` to a topic's configs in one IncrementalAlterConfigs request: the broker
     /// applies all of them or none. Configs not named are left as they are.
     pub async fn alter_topic_configs(
