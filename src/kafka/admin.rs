@@ -228,9 +228,7 @@ impl Admin {
                     });
                 }
                 // A wrong password or certificate is the same at every broker.
-                Err(e) if e.chain().any(|c| c.is::<super::security::SecurityError>()) => {
-                    return Err(e)
-                }
+                Err(e) if super::security::is_refused(&e) => return Err(e),
                 Err(e) => {
                     tracing::debug!("{e:#}");
                     last_error = Some(e);

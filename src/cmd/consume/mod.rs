@@ -48,6 +48,8 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     // Read once: on a compacted topic, gaps in the log are records compaction replaced.
     args.compacted = match kafka::is_compacted(&args.kafka, &args.topic).await {
         Ok(compacted) => compacted,
+        // A broker that refuses us (TLS, SASL) refuses the run too: one line, not a warning first.
+        Err(e) if kafka::security::is_refused(&e) => return Err(e),
         Err(e) => {
             tracing::warn!("cannot read the cleanup.policy of '{}' ({e:#}); treating gaps in its log as records removed by retention", args.topic);
             false
