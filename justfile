@@ -12,11 +12,16 @@ demo_db := "sqlite://target/demo/warehouse.db"
 default:
     @just --list
 
-# Build the release binary.
+# Build the release binary (no debug info: target/release/streamlab).
 build:
     cargo build --release
 
-# Install the tansu broker once (≈15 minutes the first time, then cached in ~/.cargo/bin).
+# The same build with line tables, for profilers (perf, flamegraphs) and backtraces with file:line:
+# target/profiling/streamlab; `STREAMLAB=target/profiling/streamlab scripts/group-demo` etc. run it.
+build-profiling:
+    cargo build --profile profiling
+
+# Install the tansu broker once (≈15–25 minutes the first time, then cached in ~/.cargo/bin).
 install-broker:
     scripts/broker install
 
@@ -41,7 +46,8 @@ down:
     docker compose down
 
 # The whole pipeline on the embedded default: broker → topic → produce → consume into SQLite → check.
-demo: build broker
+# The broker is installed first, so that its one-time build (≈15–25 minutes) is announced up front.
+demo: install-broker build broker
     mkdir -p target/demo
     {{streamlab}} topic create --topic sales --partitions 3 --config retention.ms=86400000 --if-not-exists
     {{streamlab}} produce --topic sales --kind sales --count 3000 --rate 1000
