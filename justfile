@@ -16,8 +16,8 @@ default:
 build:
     cargo build --release
 
-# The same build with line tables, for profilers (perf, flamegraphs) and backtraces with file:line:
-# target/profiling/streamlab; `STREAMLAB=target/profiling/streamlab scripts/group-demo` etc. run it.
+# `STREAMLAB=target/profiling/streamlab scripts/group-demo` runs the groups demo with it.
+# The release build with line tables (target/profiling/streamlab), for perf, flamegraphs and backtraces.
 build-profiling:
     cargo build --profile profiling
 
@@ -45,8 +45,8 @@ up:
 down:
     docker compose down
 
-# The whole pipeline on the embedded default: broker → topic → produce → consume into SQLite → check.
 # The broker is installed first, so that its one-time build (≈15–25 minutes) is announced up front.
+# The whole pipeline on the embedded default: broker → topic → produce → consume into SQLite → check.
 demo: install-broker build broker
     mkdir -p target/demo
     {{streamlab}} topic create --topic sales --partitions 3 --config retention.ms=86400000 --if-not-exists
