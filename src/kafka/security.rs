@@ -23,9 +23,9 @@ use crate::tls::{self, TlsSettings};
 const KAFKA_TLS: TlsSettings = TlsSettings {
     ca: "ssl.ca.location",
     any_host: "set ssl.endpoint.identification.algorithm=none",
-    ca_as_server:
-        "it is trusted only as the very file ssl.ca.location names: set \
-                   ssl.ca.location to it, or give the server a certificate its CA signed (CA:FALSE)",
+    ca_as_server: "it is trusted only as the very file ssl.ca.location names: set \
+                   ssl.ca.location to it, or give the server a certificate its CA signed \
+                   (CA:FALSE)",
 };
 
 /// Where the SASL username and password are read from when neither the properties file nor
