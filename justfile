@@ -12,11 +12,16 @@ demo_db := "sqlite://target/demo/warehouse.db"
 default:
     @just --list
 
-# Build the release binary.
+# Build the release binary (no debug info: target/release/streamlab).
 build:
     cargo build --release
 
-# Install the tansu broker once (≈15 minutes the first time, then cached in ~/.cargo/bin).
+# `STREAMLAB=target/profiling/streamlab scripts/group-demo` runs the groups demo with it.
+# The release build with line tables (target/profiling/streamlab), for perf, flamegraphs and backtraces.
+build-profiling:
+    cargo build --profile profiling
+
+# Install the tansu broker once (≈15–25 minutes the first time, then cached in ~/.cargo/bin).
 install-broker:
     scripts/broker install
 
@@ -40,8 +45,9 @@ up:
 down:
     docker compose down
 
+# The broker is installed first, so that its one-time build (≈15–25 minutes) is announced up front.
 # The whole pipeline on the embedded default: broker → topic → produce → consume into SQLite → check.
-demo: build broker
+demo: install-broker build broker
     mkdir -p target/demo
     {{streamlab}} topic create --topic sales --partitions 3 --config retention.ms=86400000 --if-not-exists
     {{streamlab}} produce --topic sales --kind sales --count 3000 --rate 1000

@@ -667,7 +667,9 @@ pub struct TopicCreateArgs {
     /// Copies of each partition (1 on a single broker).
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
     pub replication_factor: i16,
-    /// Topic config applied at creation, e.g. retention.ms=86400000. Repeatable.
+    /// Topic config applied at creation, e.g. retention.ms=86400000. Repeatable. A retention.ms
+    /// or retention.bytes without a cleanup.policy also sends cleanup.policy=delete (Kafka's
+    /// default, made explicit: some brokers, tansu among them, delete only where it is set).
     #[arg(short, long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub configs: Vec<(String, String)>,
     /// Succeed (exit 0) when the topic already exists.
@@ -682,6 +684,9 @@ pub struct TopicRetentionArgs {
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// New retention: 1d, 36h, 90m, 500ms, or milliseconds. Without it, show the current value.
+    /// A topic without a cleanup.policy of its own also gets cleanup.policy=delete (Kafka's
+    /// default, made explicit so that every broker deletes what is older), unless the broker's
+    /// default policy is compaction.
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     pub set: Option<Duration>,
 }
@@ -965,9 +970,10 @@ pub struct MigrateArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub db: DbOpts,
-    /// Which table to check.
-    #[arg(short, long, value_enum, default_value = "sales")]
-    pub kind: EventKind,
+    /// Which kind's table to check (sales_events / sensor_logs). Default: the one that holds
+    /// rows (sales when both or neither do; the other one is then named, with how to ask for it).
+    #[arg(short, long, value_enum)]
+    pub kind: Option<EventKind>,
     /// Check the table `consume --upsert` keeps (sales_latest / sensor_latest): one row per
     /// key, `key` its primary key.
     #[arg(long)]

@@ -2,7 +2,7 @@
 //!
 //! `main.rs` only parses and reports. The rooms: `cli` (clap, and nothing else sees it but
 //! `cmd`), `cmd` (one module per subcommand: arguments → configuration → work → output),
-//! `kafka` (the broker), `db` (the databases), `events` (what flows), `render` (what the user
+//! `kafka` (the broker), `db` (the databases), `tls` (a refused certificate in words), `events` (what flows), `render` (what the user
 //! sees); `exit` maps outcomes to exit codes. The tests drive the same library the binary runs.
 
 pub mod cli;
@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod progress;
 pub mod render;
 pub mod shutdown;
+pub mod tls;
 
 pub use cmd::run;

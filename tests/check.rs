@@ -148,3 +148,68 @@ fn an_unreachable_database_exits_1_without_the_password() {
         .timeout("2s")
         .fails(1, &["cannot reach the database"], &["hunter2"]);
 }
+
+#[test]
+fn without_kind_check_finds_the_table_that_holds_rows_and_names_the_others() {
+    for db in TestDb::both() {
+        let topic = topic(3);
+        produce(&topic, 300).kind("sensor").ok();
+        drain(&topic, &db).kind("sensor").ok();
+
+        // The sensors seed's pipeline, checked as a newcomer would: no --kind.
+        let (code, report, stderr) = verdict(check(&db).topic(&topic));
+        assert_eq!(code, Some(0), "{}: {stderr} {report}", db.sink);
+        assert_eq!(
+            (&report["table"], &report["kind"], &report["rows"]),
+            (&"sensor_logs".into(), &"sensor".into(), &300.into())
+        );
+        assert!(report.get("note").is_none(), "{report}");
+        let table = check(&db).ok();
+        assert!(
+            table.contains("sensor_logs") && table.contains("rows 300"),
+            "{table}"
+        );
+        assert!(
+            table.contains("breakdown: ok ") && table.contains("\ntop: "),
+            "{table}"
+        );
+
+        // Asked for the empty kind: one line says which kind holds rows and how to ask for it;
+        // no empty breakdown/top lines.
+        let table = check(&db).kind("sales").ok();
+        assert!(table.contains("rows 0"), "{table}");
+        assert!(
+            table.contains(
+                "note: sales_events is empty; sensor_logs holds 300 rows (`streamlab check --kind sensor`)"
+            ),
+            "{table}"
+        );
+        assert!(
+            !table.contains("breakdown:") && !table.contains("top:"),
+            "{table}"
+        );
+
+        // The upsert tables: asked for with --upsert, named when they are the ones holding rows.
+        streamlab("consume")
+            .topic(&topic)
+            .db(&db)
+            .kind("sensor")
+            .group("latest")
+            .arg("--upsert")
+            .stop_at_end()
+            .ok();
+        db.exec("DELETE FROM sensor_logs");
+        let (_, report, _) = verdict(check(&db));
+        assert_eq!(report["rows"], 0);
+        assert_eq!(
+            report["note"],
+            "sales_events is empty; sensor_latest holds 15 rows (`streamlab check --kind sensor --upsert`)"
+        );
+        let (code, report, stderr) = verdict(check(&db).arg("--upsert"));
+        assert_eq!(code, Some(0), "{stderr} {report}");
+        assert_eq!(
+            (&report["table"], &report["rows"]),
+            (&"sensor_latest".into(), &15.into())
+        );
+    }
+}

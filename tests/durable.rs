@@ -74,16 +74,7 @@ fn retention_removes_records_and_every_command_says_so() {
     let ends = end_offsets_via(&b, &topic);
 
     // topic describe: the log start moves up to the end once retention has run.
-    let gone = wait_until(60, || {
-        offsets_via(&b, &topic)
-            .iter()
-            .all(|(p, &(start, end))| start == end && end == ends[p])
-    });
-    assert!(
-        gone,
-        "retention never removed the records: {:?}",
-        offsets_via(&b, &topic)
-    );
+    wait_until_expired(&b, &topic, &ends);
 
     // check: the 100 records never consumed are reported, and the pipeline is unhealthy.
     let check = || streamlab("check").brokers(&b).url(&db.url).topic(&topic);
@@ -132,4 +123,67 @@ fn retention_removes_records_and_every_command_says_so() {
         ends,
         "it starts at the log end: nothing is left before it"
     );
+}
+
+/// Poll `topic describe` until the log start is the end (`ends`) on every partition: retention
+/// removed every record. Fails the test after 60 s.
+fn wait_until_expired(brokers: &str, topic: &str, ends: &BTreeMap<i64, i64>) {
+    let gone = wait_until(60, || {
+        offsets_via(brokers, topic)
+            .iter()
+            .all(|(p, &(start, end))| start == end && end == ends[p])
+    });
+    assert!(
+        gone,
+        "retention never removed the records of {topic}: {:?}",
+        offsets_via(brokers, topic)
+    );
+}
+
+/// `topic describe --format json` of `topic` on `brokers`: its `cleanup.policy`.
+fn cleanup_policy(brokers: &str, topic: &str) -> serde_json::Value {
+    streamlab("topic describe")
+        .brokers(brokers)
+        .topic(topic)
+        .json()
+        .ok_json()["cleanup_policy"]
+        .clone()
+}
+
+#[test]
+fn retention_ms_alone_deletes_as_on_kafka() {
+    let broker = Tansu::durable();
+    let b = broker.address();
+    // As the seed's tip has it: retention.ms at creation, no cleanup.policy.
+    let created = topic_via(&b, "ret-create", 2, &["retention.ms=2000"]);
+    // Or set later, on a topic created with nothing.
+    let later = topic_via(&b, "ret-set", 2, &[]);
+    let set = streamlab("topic retention")
+        .brokers(&b)
+        .topic(&later)
+        .args(["--set", "2s"])
+        .ok();
+    assert!(
+        set.contains("→ 2000 (2s)")
+            && set.contains("cleanup.policy of '")
+            && set.contains("set to delete"),
+        "{set}"
+    );
+    // A policy of the topic's own is left as it is.
+    let compacted = topic_via(&b, "ret-compact", 1, &["cleanup.policy=compact"]);
+    let set = streamlab("topic retention")
+        .brokers(&b)
+        .topic(&compacted)
+        .args(["--set", "2s"])
+        .ok();
+    assert!(!set.contains("cleanup.policy"), "{set}");
+    assert_eq!(cleanup_policy(&b, &compacted), "compact");
+
+    for (seed, topic) in [(31, &created), (32, &later)] {
+        assert_eq!(cleanup_policy(&b, topic), "delete");
+        produce_and_wait(&b, topic, 100, seed);
+        let ends = end_offsets_via(&b, topic);
+        assert_eq!(ends.values().sum::<i64>(), 100);
+        wait_until_expired(&b, topic, &ends);
+    }
 }

@@ -502,3 +502,84 @@ fn postgres_over_tls_verifies_as_libpq_does() {
         &["server does not support TLS"],
     );
 }
+
+/// No rustls `Debug` text in an error: words only.
+const DEBUG_TEXT: &[&str] = &["Other(", "OtherError", "CaUsedAsEndEntity"];
+
+#[test]
+fn a_self_signed_ca_certificate_is_trusted_where_it_is_the_ca_file_as_openssl_does() {
+    // As `openssl req -x509` makes it: self-signed, CA:TRUE, the servers' own certificate.
+    let certs = Certs::self_signed_ca(&["localhost", "127.0.0.1"]);
+    let kafka = SecureTansu::start(Guard::Tls, &certs);
+    let limit = Duration::from_secs(5);
+    let tls = |ca: &PathBuf, args: &[&str]| {
+        raw(&["--timeout", "3s"])
+            .args(args)
+            .brokers(&kafka.address())
+            .setting("security.protocol=SSL")
+            .setting(&format!("ssl.ca.location={}", ca.display()))
+    };
+    // The certificate's own file, alone or in a bundle with another CA: the whole pipeline.
+    let bundle = certs.dir.path().join("bundle.pem");
+    let text = std::fs::read_to_string(&certs.other_ca).unwrap()
+        + &std::fs::read_to_string(&certs.cert).unwrap();
+    std::fs::write(&bundle, text).unwrap();
+    let db = TestDb::sqlite();
+    for (ca, n) in [(&certs.ca, "30"), (&bundle, "20")] {
+        let topic = unique("selfsigned");
+        let ok = |args: &[&str]| succeeded(&run(tls(ca, args), PASSWORD), args[0]);
+        ok(&["topic", "create", "--topic", &topic]);
+        ok(&["produce", "--topic", &topic, "--count", n, "--rate", "0"]);
+        let (on_topic, into_db) = (["--topic", &topic, "--group", &topic], ["-D", &db.url]);
+        ok(&[&["consume", "--stop-at-end"][..], &on_topic, &into_db].concat());
+        ok(&[&["check", "--max-lag", "0"][..], &on_topic, &into_db].concat());
+    }
+    assert_eq!(db.sales_ids().len(), 50);
+
+    // Another CA only: one line that says what to do, no Debug text.
+    let stderr = refused(
+        tls(&certs.other_ca, &["topic", "list"]),
+        PASSWORD,
+        limit,
+        &["CA:TRUE", "ssl.ca.location"],
+    );
+    for debug in DEBUG_TEXT {
+        assert!(!stderr.contains(debug), "{stderr}");
+    }
+
+    // The name is still checked: a certificate naming another host is refused, unless
+    // ssl.endpoint.identification.algorithm=none.
+    let elsewhere = Certs::self_signed_ca(&["elsewhere.example"]);
+    let kafka = SecureTansu::start(Guard::Tls, &elsewhere);
+    let list = raw(&["--timeout", "3s", "topic", "list"])
+        .brokers(&kafka.address())
+        .setting("security.protocol=SSL")
+        .setting(&format!("ssl.ca.location={}", elsewhere.ca.display()));
+    refused(list.clone(), PASSWORD, limit, &["does not name that host"]);
+    succeeded(
+        &run(
+            list.setting("ssl.endpoint.identification.algorithm=none"),
+            PASSWORD,
+        ),
+        "topic list, any host name",
+    );
+
+    // PostgreSQL serving the same certificate, sslrootcert naming it: sqlx's rustls cannot be
+    // given a verifier, so it is refused — in one line that says what to do.
+    let pg = TlsPostgres::start(&certs);
+    let ca = certs.ca.display();
+    for mode in ["verify-full", "verify-ca"] {
+        let url = pg.url("streamlab_tls", &format!("sslmode={mode}&sslrootcert={ca}"));
+        for command in ["migrate", "check"] {
+            let stderr = refused(
+                raw(&[command, "--timeout", "5s", "-D", &url]),
+                PASSWORD,
+                Duration::from_secs(8),
+                &["CA:TRUE", "sslrootcert", "CA:FALSE"],
+            );
+            for debug in DEBUG_TEXT {
+                assert!(!stderr.contains(debug), "{stderr}");
+            }
+        }
+    }
+}

@@ -22,6 +22,11 @@ const FUTURE_SKEW_MINUTES: i64 = 5;
 pub struct Report {
     pub database: String,
     pub table: String,
+    pub kind: EventKind,
+    /// Other tables that hold rows, and how to check them (one line), when the choice of table
+    /// may not be what was meant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub healthy: bool,
     pub rows: i64,
     pub latest_ts: Option<String>,
@@ -80,14 +85,14 @@ pub async fn run(args: CheckArgs) -> Result<(), crate::exit::Error> {
 async fn report(args: &CheckArgs) -> Result<Report> {
     let target = args.db.target()?;
     let reader = Reader::connect(&target, args.kafka.timeout).await?;
-    let table = table_of(args);
-    if !reader.has_table(table).await? {
-        anyhow::bail!(
+    let subject = Subject::choose(args, &reader).await.map_err(|e| match e {
+        Missing(table) => anyhow::anyhow!(
             "table {table} does not exist in {}: run `streamlab consume` or `streamlab migrate` first",
             redact(&target.url)
-        );
-    }
-    let report = build_report(args, &target, &reader).await?;
+        ),
+        Failed(e) => e,
+    })?;
+    let report = build_report(args, &subject, &target, &reader).await?;
     match args.format {
         Format::Json => render::json(&report)?,
         Format::Table => print_table(&report)?,
@@ -119,11 +124,88 @@ impl RowRule {
 }
 
 /// The table checked: the kind's, or (`--upsert`) its `_latest` table.
-fn table_of(args: &CheckArgs) -> &'static str {
-    if args.upsert {
-        args.kind.latest_table()
+fn table_of(kind: EventKind, upsert: bool) -> &'static str {
+    if upsert {
+        kind.latest_table()
     } else {
-        args.kind.table()
+        kind.table()
+    }
+}
+
+/// What is checked: a kind's table (or its `_latest` table with `--upsert`), and a note naming
+/// other tables that hold rows when the choice may not be what was meant.
+struct Subject {
+    kind: EventKind,
+    table: &'static str,
+    note: Option<String>,
+}
+
+/// Why no table could be chosen.
+enum ChooseError {
+    /// The table to check does not exist (nothing was migrated).
+    Missing(&'static str),
+    Failed(anyhow::Error),
+}
+use ChooseError::{Failed, Missing};
+
+impl From<anyhow::Error> for ChooseError {
+    fn from(e: anyhow::Error) -> Self {
+        Failed(e)
+    }
+}
+
+impl Subject {
+    /// `--kind` when given; else the kind whose table holds rows (sales when both or neither
+    /// do). When the table checked is empty, or another kind's holds rows too, the note names the
+    /// tables that hold rows and the flags that check them.
+    async fn choose(args: &CheckArgs, reader: &Reader) -> Result<Self, ChooseError> {
+        // Every events table that exists, with its row count: the chosen shape's first.
+        let mut holding = Vec::new();
+        for upsert in [args.upsert, !args.upsert] {
+            for kind in EventKind::ALL {
+                let table = table_of(kind, upsert);
+                if reader.has_table(table).await? {
+                    holding.push((kind, upsert, table, reader.rows(table).await?.count));
+                }
+            }
+        }
+        let kind = args.kind.unwrap_or_else(|| {
+            holding
+                .iter()
+                .find(|&&(_, upsert, _, rows)| upsert == args.upsert && rows > 0)
+                .map_or(EventKind::Sales, |&(kind, ..)| kind)
+        });
+        let table = table_of(kind, args.upsert);
+        let Some(&(.., rows)) = holding.iter().find(|(_, _, t, _)| *t == table) else {
+            return Err(Missing(table));
+        };
+        // Worth naming: with an empty table, every other that holds rows; else (the kind was
+        // chosen here) the other kind's table of the same shape.
+        let others: Vec<String> = holding
+            .iter()
+            .filter(|&&(k, upsert, t, n)| {
+                t != table
+                    && n > 0
+                    && (rows == 0 || (args.kind.is_none() && upsert == args.upsert && k != kind))
+            })
+            .map(|&(k, upsert, t, n)| {
+                let flags = format!(
+                    "--kind {}{}",
+                    k.name(),
+                    if upsert { " --upsert" } else { "" }
+                );
+                format!("{t} holds {n} rows (`streamlab check {flags}`)")
+            })
+            .collect();
+        let note = (!others.is_empty()).then(|| {
+            let lead = if rows == 0 {
+                format!("{table} is empty; ")
+            } else {
+                String::new()
+            };
+            format!("{lead}{}", others.join("; "))
+        });
+        Ok(Subject { kind, table, note })
     }
 }
 
@@ -188,14 +270,19 @@ fn row_rules(kind: EventKind, table: &str, upsert: bool) -> Vec<RowRule> {
     rules
 }
 
-async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) -> Result<Report> {
-    let table = table_of(args);
+async fn build_report(
+    args: &CheckArgs,
+    subject: &Subject,
+    target: &db::Target,
+    reader: &Reader,
+) -> Result<Report> {
+    let (kind, table) = (subject.kind, subject.table);
     let mut checks = Vec::new();
 
     // The seed's check: SELECT COUNT(*) AS rows, MAX(ts) AS latest_ts FROM sales_events;
     let landed = reader.rows(table).await?;
 
-    for rule in row_rules(args.kind, table, args.upsert) {
+    for rule in row_rules(kind, table, args.upsert) {
         let offending = reader.offending(table, rule.counts).await?;
         checks.push(rule.judge(offending));
     }
@@ -250,19 +337,19 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
     }
 
     if args.verify_log {
-        checks.push(verify_log(args, reader, &partitions).await?);
+        checks.push(verify_log(args, subject, reader, &partitions).await?);
     }
-    let newest = reader.newest(args.kind, table).await?;
+    let newest = reader.newest(kind, table).await?;
     let throughput = reader.throughput(table).await?;
-    let (category, _) = args.kind.category();
+    let (category, _) = kind.category();
     let breakdown = reader.shares(table, category, None).await?;
-    let top_keys = reader
-        .shares(table, args.kind.key_column(), Some(5))
-        .await?;
+    let top_keys = reader.shares(table, kind.key_column(), Some(5)).await?;
 
     Ok(Report {
         database: redact(&target.url),
         table: table.to_string(),
+        kind,
+        note: subject.note.clone(),
         healthy: checks.iter().all(|c| c.ok),
         rows: landed.count,
         latest_ts: landed.newest_ts,
@@ -283,6 +370,7 @@ async fn build_report(args: &CheckArgs, target: &db::Target, reader: &Reader) ->
 /// value that decodes, or a tombstone), against the table's row for it.
 async fn verify_log(
     args: &CheckArgs,
+    subject: &Subject,
     reader: &Reader,
     partitions: &[Position],
 ) -> Result<CheckResult> {
@@ -304,14 +392,14 @@ async fn verify_log(
                 let value = r.value.as_deref();
                 let change = match value {
                     None => None,
-                    Some(_) if events::decode(args.kind, value).is_ok() => Some((p, r.offset)),
+                    Some(_) if events::decode(subject.kind, value).is_ok() => Some((p, r.offset)),
                     Some(_) => return,
                 };
                 newest.insert(key.to_string(), change);
             })
             .await?;
     }
-    let stored = reader.latest_positions(table_of(args)).await?;
+    let stored = reader.latest_positions(subject.table).await?;
     let differing = log_differences(&newest, &stored);
     Ok(CheckResult {
         name: "log",
@@ -440,6 +528,9 @@ fn print_table(r: &Report) -> Result<()> {
         r.latest_ts.as_deref().unwrap_or("-"),
         if r.healthy { paint(true) } else { paint(false) }
     ))?;
+    if let Some(note) = &r.note {
+        render::line(format!("note: {note}"))?;
+    }
     let mut checks = render::table(["CHECK", "STATUS", "DETAIL"]);
     for c in &r.checks {
         checks.add_row(vec![c.name.to_string(), paint(c.ok), c.detail.clone()]);
@@ -488,13 +579,17 @@ fn print_table(r: &Report) -> Result<()> {
             )
         })
         .collect();
-    render::line(format!("breakdown: {}", shares.join(" · ")))?;
+    if !shares.is_empty() {
+        render::line(format!("breakdown: {}", shares.join(" · ")))?;
+    }
     let top: Vec<String> = r
         .top_keys
         .iter()
         .map(|s| format!("{} {}", s.value, s.rows))
         .collect();
-    render::line(format!("top: {}", top.join(" · ")))?;
+    if !top.is_empty() {
+        render::line(format!("top: {}", top.join(" · ")))?;
+    }
 
     if let Some(first) = r.newest.first() {
         let names: Vec<&String> = first.keys().collect();

@@ -12,10 +12,26 @@ use crate::cli::{
 };
 use crate::duration::human_ms;
 use crate::kafka;
-use crate::kafka::admin::{Admin, ConfigEntry, Created, Deleted};
+use crate::kafka::admin::{Admin, ConfigChange, ConfigEntry, Created, Deleted};
 use crate::render;
 
 const RETENTION_MS: &str = "retention.ms";
+const CLEANUP_POLICY: &str = "cleanup.policy";
+
+/// Kafka's default `cleanup.policy`, made explicit where retention is set and the user chose no
+/// policy: some brokers (tansu) delete old records only where the topic says `delete`.
+const DELETE: &str = "delete";
+
+/// Whether `configs` set a retention limit without saying what happens at it: then `delete`,
+/// Kafka's default, is sent explicitly.
+fn needs_explicit_delete<'a>(keys: impl Iterator<Item = &'a str>) -> bool {
+    let (mut retention, mut policy) = (false, false);
+    for key in keys {
+        retention |= key == RETENTION_MS || key == "retention.bytes";
+        policy |= key == CLEANUP_POLICY;
+    }
+    retention && !policy
+}
 
 pub async fn run(command: TopicCommand) -> Result<()> {
     match command {
@@ -123,21 +139,21 @@ async fn config(args: TopicConfigArgs) -> Result<()> {
 
 async fn create(args: TopicCreateArgs) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
+    let mut configs = args.configs.clone();
+    if needs_explicit_delete(configs.iter().map(|(k, _)| k.as_str())) {
+        configs.push((CLEANUP_POLICY.into(), DELETE.into()));
+    }
     let outcome = admin
         .create_topic(
             &args.topic,
             args.partitions,
             args.replication_factor,
-            &args.configs,
+            &configs,
         )
         .await?;
     match outcome {
         Created::Created => {
-            let configs: Vec<String> = args
-                .configs
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let configs: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let configs = if configs.is_empty() {
                 String::new()
             } else {
@@ -207,11 +223,30 @@ async fn retention(args: TopicRetentionArgs) -> Result<()> {
         Some(new) => {
             // Settled by the command line: it fits.
             let new_ms = i64::try_from(new.as_millis()).unwrap_or(i64::MAX);
-            admin
-                .set_topic_config(&args.topic, RETENTION_MS, &new_ms.to_string())
-                .await?;
+            let mut changes = vec![ConfigChange::Set(RETENTION_MS.into(), new_ms.to_string())];
+            // A topic without a cleanup.policy of its own gets Kafka's default, `delete`,
+            // explicitly — unless the broker's default is another policy (compaction).
+            let configs = admin.describe_topic_configs(&args.topic).await?;
+            let policy = configs.iter().find(|c| c.name == CLEANUP_POLICY);
+            let own_keys = configs.iter().filter(|c| !c.is_default);
+            let default_deletes = policy
+                .and_then(|c| c.value.as_deref())
+                .is_none_or(|p| p.contains(DELETE));
+            let set_policy = default_deletes
+                && needs_explicit_delete(own_keys.map(|c| c.name.as_str()).chain([RETENTION_MS]));
+            if set_policy {
+                changes.push(ConfigChange::Set(CLEANUP_POLICY.into(), DELETE.into()));
+            }
+            admin.alter_topic_configs(&args.topic, &changes).await?;
             let now = current_retention(&mut admin, &args.topic).await?;
             render::line(format!("{RETENTION_MS} of '{}': {old} → {now}", args.topic))?;
+            if set_policy {
+                render::note(format!(
+                    "{CLEANUP_POLICY} of '{}': set to {DELETE} (Kafka's default, explicit so that \
+                     every broker deletes records older than {RETENTION_MS})",
+                    args.topic
+                ))?;
+            }
         }
     }
     Ok(())
@@ -299,7 +334,7 @@ async fn cleanup_policy(admin: &mut Admin, topic: &str) -> Result<Option<String>
     let configs = admin.describe_topic_configs(topic).await?;
     Ok(configs
         .into_iter()
-        .find(|c| c.name == "cleanup.policy")
+        .find(|c| c.name == CLEANUP_POLICY)
         .and_then(|c| c.value))
 }
 

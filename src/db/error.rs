@@ -77,6 +77,31 @@ impl SinkError {
     }
 }
 
+/// The settings that mend a refused PostgreSQL server certificate.
+const PG_TLS: crate::tls::TlsSettings = crate::tls::TlsSettings {
+    ca: "sslrootcert",
+    any_host: "use sslmode=verify-ca",
+    ca_as_server:
+        "streamlab's PostgreSQL client (rustls) refuses one even where sslrootcert names \
+                   it, unlike libpq: give the server a certificate its CA signed (CA:FALSE), as \
+                   scripts/secure-certs makes",
+};
+
+/// A server certificate the TLS client refused, in one line that says what to do; None for
+/// any other error.
+pub fn tls_refusal(e: &sqlx::Error) -> Option<String> {
+    let tls: &rustls::Error = match e {
+        sqlx::Error::Io(io) => io.get_ref()?.downcast_ref()?,
+        sqlx::Error::Tls(inner) => inner.downcast_ref()?,
+        _ => return None,
+    };
+    let rustls::Error::InvalidCertificate(cause) = tls else {
+        return None;
+    };
+    let (what, remedy) = crate::tls::certificate_refusal(cause, &PG_TLS);
+    Some(format!("TLS: the server's certificate {what}: {remedy}"))
+}
+
 /// What to do about a database error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

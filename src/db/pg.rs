@@ -103,6 +103,15 @@ async fn migrate(pool: &PgPool, shown: &str, limit: Duration) -> anyhow::Result<
         .context(doing)
 }
 
+/// "cannot connect to PostgreSQL at URL: why", a refused certificate said in words.
+fn connect_failed(shown: &str, e: sqlx::Error) -> anyhow::Error {
+    let doing = format!("cannot connect to PostgreSQL at {shown}");
+    match super::error::tls_refusal(&e) {
+        Some(refusal) => anyhow::anyhow!("{doing}: {refusal}"),
+        None => anyhow::Error::new(e).context(doing),
+    }
+}
+
 /// "`doing`: no answer within 10s`hint`".
 fn silent(doing: &str, limit: Duration, hint: &str) -> anyhow::Error {
     anyhow::anyhow!(
@@ -131,7 +140,7 @@ impl Dialect for Postgres {
         let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))
             .await
             .map_err(|_| anyhow::anyhow!("cannot reach PostgreSQL at {shown} within {timeout:?}"))?
-            .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+            .map_err(|e| connect_failed(&shown, e))?;
         let limit = super::connect_timeout(timeout);
         if !exists {
             create_database(url, limit).await?;
@@ -141,7 +150,7 @@ impl Dialect for Postgres {
             .acquire_timeout(limit)
             .connect_with(options)
             .await
-            .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+            .map_err(|e| connect_failed(&shown, e))?;
         migrate(&pool, &shown, limit).await?;
         Ok(pool)
     }

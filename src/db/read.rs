@@ -102,7 +102,10 @@ impl Reader {
                 limit: super::connect_timeout(timeout),
                 database: target.describe(),
             }),
-            Ok(Err(e)) => Err(unreachable(&e)),
+            Ok(Err(e)) => Err(match super::error::tls_refusal(&e) {
+                Some(refusal) => unreachable(&refusal),
+                None => unreachable(&e),
+            }),
             Err(_) => Err(unreachable(&"no answer in time")),
         }
     }

@@ -228,9 +228,7 @@ impl Admin {
                     });
                 }
                 // A wrong password or certificate is the same at every broker.
-                Err(e) if e.chain().any(|c| c.is::<super::security::SecurityError>()) => {
-                    return Err(e)
-                }
+                Err(e) if super::security::is_refused(&e) => return Err(e),
                 Err(e) => {
                     tracing::debug!("{e:#}");
                     last_error = Some(e);
@@ -393,14 +391,6 @@ impl Admin {
                 is_default: lists_defaults && c.config_source != SOURCE_TOPIC,
             })
             .collect())
-    }
-
-    /// Set one topic config with IncrementalAlterConfigs. Never AlterConfigs: that one replaces
-    /// the whole config set and silently drops every other override.
-    pub async fn set_topic_config(&mut self, topic: &str, key: &str, value: &str) -> Result<()> {
-        let change = ConfigChange::Set(key.to_string(), value.to_string());
-        self.alter_topic_configs(topic, std::slice::from_ref(&change))
-            .await
     }
 
     /// Apply `changes` to a topic's configs in one IncrementalAlterConfigs request: the broker

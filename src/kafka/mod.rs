@@ -91,7 +91,7 @@ pub async fn connect(opts: &Config) -> Result<Client> {
     }
     match admin::Admin::connect(opts).await {
         Ok(admin) => drop(admin),
-        Err(e) if e.chain().any(|c| c.is::<security::SecurityError>()) => return Err(e),
+        Err(e) if security::is_refused(&e) => return Err(e),
         // Unreachable or not up yet: rskafka retries until the deadline.
         Err(_) => {}
     }

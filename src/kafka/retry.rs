@@ -57,10 +57,7 @@ impl Retry {
     /// was refused or went unanswered as [`Retry::Refresh`], anything else (a security refusal,
     /// an undecodable answer) as [`Retry::Fatal`].
     pub fn of(err: &anyhow::Error) -> Self {
-        if err
-            .chain()
-            .any(|c| c.is::<super::security::SecurityError>())
-        {
+        if super::security::is_refused(err) {
             return Retry::Fatal;
         }
         if let Some(broker) = err.chain().find_map(|c| c.downcast_ref::<BrokerError>()) {

@@ -17,6 +17,17 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use crate::tls::{self, TlsSettings};
+
+/// The settings that mend a refused broker certificate.
+const KAFKA_TLS: TlsSettings = TlsSettings {
+    ca: "ssl.ca.location",
+    any_host: "set ssl.endpoint.identification.algorithm=none",
+    ca_as_server: "it is trusted only as the very file ssl.ca.location names: set \
+                   ssl.ca.location to it, or give the server a certificate its CA signed \
+                   (CA:FALSE)",
+};
+
 /// Where the SASL username and password are read from when neither the properties file nor
 /// `-X` gives them (so a secret need not sit in a file or on the command line).
 pub const USERNAME_ENV: &str = "STREAMLAB_SASL_USERNAME";
@@ -538,17 +549,20 @@ fn tls_settings(props: &Properties) -> Result<Tls, String> {
     }
     let verify_hostname = verify_hostname(props)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = verifier(ca.as_deref(), provider.clone())?;
+    let cas = match &ca {
+        Some(path) => read_certificates(path, "ssl.ca.location")?,
+        None => Vec::new(),
+    };
+    let verifier = Verifier {
+        webpki: verifier(ca.as_deref(), &cas, provider.clone())?,
+        verify_hostname,
+        cas,
+    };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?;
-    let builder = if verify_hostname {
-        builder.with_webpki_verifier(verifier)
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyHostname(verifier)))
-    };
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let config = client_identity(builder, certificate.as_deref(), key.as_deref())?;
     Ok(Tls {
         ca,
@@ -573,14 +587,15 @@ fn verify_hostname(props: &Properties) -> Result<bool, String> {
     }
 }
 
-/// The CAs a broker's certificate must lead to: `ssl.ca.location`'s, or the system's.
-fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+/// The CAs a broker's certificate must lead to: `ssl.ca.location`'s (`cas`, read from `ca`),
+/// or the system's.
+fn roots(ca: Option<&Path>, cas: &[CertificateDer<'static>]) -> Result<RootCertStore, String> {
     let Some(path) = ca else {
         return Ok(system_roots());
     };
     let mut roots = RootCertStore::empty();
-    for cert in read_certificates(path, "ssl.ca.location")? {
-        roots.add(cert).map_err(|e| {
+    for cert in cas {
+        roots.add(cert.clone()).map_err(|e| {
             format!(
                 "ssl.ca.location {}: not a usable CA certificate: {e}",
                 path.display()
@@ -593,9 +608,10 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
 /// The verifier of a broker's certificate chain against [`roots`].
 fn verifier(
     ca: Option<&Path>,
+    cas: &[CertificateDer<'static>],
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<WebPkiServerVerifier>, String> {
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca, cas)?), provider)
         .build()
         .map_err(|e| match ca {
             Some(path) => format!("ssl.ca.location {}: {e}", path.display()),
@@ -659,12 +675,25 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-/// `ssl.endpoint.identification.algorithm=none`: the chain must still lead to a trusted CA;
-/// only the host name is not compared.
+/// A broker's certificate checked as librdkafka (OpenSSL) checks it: webpki's verdict on the
+/// chain and the name, with two differences.
+/// - `ssl.endpoint.identification.algorithm=none`: the chain must still lead to a trusted CA;
+///   only the host name is not compared.
+/// - A self-signed certificate marked CA:TRUE (what `openssl req -x509` makes by default) that
+///   is byte for byte one of `ssl.ca.location`'s certificates is trusted as itself, as OpenSSL
+///   trusts a certificate it was given directly. webpki refuses any CA certificate as a server's
+///   own (`CaUsedAsEndEntity`), after it has checked the validity period; the name is then
+///   checked here (unless the setting above says not to), and the handshake's signature by its
+///   key as for any certificate.
 #[derive(Debug)]
-struct AnyHostname(Arc<WebPkiServerVerifier>);
+struct Verifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    verify_hostname: bool,
+    /// `ssl.ca.location`'s certificates (none: the system's CAs are trusted).
+    cas: Vec<CertificateDer<'static>>,
+}
 
-impl ServerCertVerifier for AnyHostname {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -673,13 +702,28 @@ impl ServerCertVerifier for AnyHostname {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let verdict = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        let verdict = match verdict {
+            Err(rustls::Error::InvalidCertificate(cause))
+                if tls::is_ca_used_as_end_entity(&cause)
+                    && self.cas.iter().any(|ca| ca.as_ref() == end_entity.as_ref()) =>
+            {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&cert, server_name)
+                    .map(|()| ServerCertVerified::assertion())
+            }
+            other => other,
+        };
+        match verdict {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.verify_hostname => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -690,7 +734,7 @@ impl ServerCertVerifier for AnyHostname {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -699,11 +743,11 @@ impl ServerCertVerifier for AnyHostname {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -720,6 +764,11 @@ impl fmt::Display for SecurityError {
 
 impl std::error::Error for SecurityError {}
 
+/// Whether `err` is (or was caused by) a [`SecurityError`]: retrying cannot help.
+pub fn is_refused(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.is::<SecurityError>())
+}
+
 /// `message` as a [`SecurityError`].
 pub fn refused(message: impl Into<String>) -> anyhow::Error {
     SecurityError(message.into()).into()
@@ -731,22 +780,13 @@ pub fn explain_tls_error(addr: &str, err: &std::io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match tls {
-        Some(rustls::Error::InvalidCertificate(cause)) => match cause {
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
-                "TLS: the certificate of {addr} is not trusted ({cause:?}): set ssl.ca.location to the CA that signed it"
-            ),
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!(
-                    "TLS: the certificate of {addr} does not name that host: connect by a name it lists, or set ssl.endpoint.identification.algorithm=none"
-                )
-            }
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                format!("TLS: the certificate of {addr} has expired")
-            }
-            other => format!("TLS: the certificate of {addr} is refused: {other:?}"),
-        },
+        Some(rustls::Error::InvalidCertificate(cause)) => {
+            let (what, remedy) = tls::certificate_refusal(cause, &KAFKA_TLS);
+            format!("TLS: the certificate of {addr} {what}: {remedy}")
+        }
         Some(rustls::Error::AlertReceived(alert)) => format!(
-            "TLS: {addr} ended the handshake ({alert:?}): does it want a client certificate (ssl.certificate.location, ssl.key.location) or trust ours?"
+            "TLS: {addr} ended the handshake ({}): does it want a client certificate (ssl.certificate.location, ssl.key.location) or trust ours?",
+            tls::words(&format!("{alert:?}"))
         ),
         Some(rustls::Error::InvalidMessage(_)) | Some(rustls::Error::InappropriateMessage { .. }) => {
             not_tls(addr)

@@ -50,21 +50,29 @@ pub struct Certs {
     key_pem: String,
 }
 
+/// A self-signed CA certificate named `name`, naming `hosts` too (none for a plain CA).
+fn self_signed_ca(
+    name: &str,
+    hosts: &[&str],
+) -> (rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let mut params = CertificateParams::new(hosts).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let key_pem = key.serialize_pem();
+    (CertifiedIssuer::self_signed(params, key).unwrap(), key_pem)
+}
+
 impl Certs {
     pub fn new() -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-            KeyUsagePurpose,
-        };
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let issuer = ca("streamlab test CA");
-        let other = ca("some other CA");
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let (issuer, _) = self_signed_ca("streamlab test CA", &[]);
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
@@ -72,16 +80,27 @@ impl Certs {
             .distinguished_name
             .push(DnType::CommonName, "localhost");
         let cert = params.signed_by(&key, &issuer).unwrap();
+        Self::written(issuer.pem(), cert.pem(), key.serialize_pem())
+    }
 
+    /// One certificate as `openssl req -x509` makes it: self-signed and marked CA:TRUE, naming
+    /// `hosts`; the servers show it, and it is its own CA (`ca` is a copy of `cert`).
+    pub fn self_signed_ca(hosts: &[&str]) -> Self {
+        let (cert, key_pem) = self_signed_ca("localhost", hosts);
+        Self::written(cert.pem(), cert.pem(), key_pem)
+    }
+
+    /// The PEM files in a directory of their own, with an unrelated CA beside them.
+    fn written(ca_pem: String, cert_pem: String, key_pem: String) -> Self {
+        let (other, _) = self_signed_ca("some other CA", &[]);
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
             path
         };
-        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
         Self {
-            ca: write("ca.pem", &issuer.pem()),
+            ca: write("ca.pem", &ca_pem),
             other_ca: write("other-ca.pem", &other.pem()),
             cert: write("server.pem", &cert_pem),
             key: write("server.key", &key_pem),
