@@ -40,6 +40,7 @@ fn every_event_lands_exactly_once_across_reruns_and_replays() {
             "{}: {out}",
             db.sink
         );
+        assert_eq!(db.sales_ids(), seeded_ids(11, 500), "{}", db.sink);
         assert_eq!(db.count("sales_events"), 500);
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 
@@ -59,11 +60,9 @@ fn every_event_lands_exactly_once_across_reruns_and_replays() {
             (500, 0, 500),
             "{out}"
         );
+        // Exactly the first run's ids, each once: nothing added, nothing lost.
+        assert_eq!(db.sales_ids(), seeded_ids(11, 500), "{}", db.sink);
         assert_eq!(db.count("sales_events"), 500);
-        assert_eq!(
-            db.scalar("SELECT COUNT(DISTINCT id) FROM sales_events"),
-            500
-        );
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 
         // Ordinary Kafka tooling sees the group's position: librdkafka reads the commit.
@@ -126,24 +125,34 @@ fn a_consumer_killed_with_sigkill_resumes_without_loss_or_duplicates() {
         let n = 30_000;
         produce(&topic, n).seed(11).ok();
         streamlab("migrate").db(&db).ok();
-        for _ in 0..4 {
+        let rows = || db.count("sales_events");
+        for kill in 1..=4 {
             // Alone: a SIGKILLed group member stays in the group until its session expires, and
-            // the next one would wait for that (tests/group.rs kills members).
-            let child = member(&db, &topic).assign_all().batch_size(300).spawn();
-            // Kill it at a random moment once it is writing (or has finished).
-            let before = db.count("sales_events");
-            wait_until(20, || db.count("sales_events") != before);
+            // the next one would wait for that (tests/group.rs kills members). Throttled, so the
+            // stream is still going when the kill comes (the resume below is not).
+            let child = member(&db, &topic)
+                .assign_all()
+                .batch_size(300)
+                .throttle(5000)
+                .spawn();
+            // Kill it at a random moment once it is writing.
+            let before = rows();
+            wait_for_rows(20, &format!("kill {kill}: a batch"), rows, before + 1);
             std::thread::sleep(Duration::from_millis(rand::random_range(0..200)));
             child.kill();
+            // The kill landed mid-stream: this run had written, and not everything.
+            assert_mid_stream(&format!("kill {kill} ({})", db.sink), rows(), before, n);
         }
         consume(&db, &topic).ok();
         assert_eq!(db.sales_ids(), seeded_ids(11, n), "{}", db.sink);
         assert_eq!(db.count("sales_events"), n as i64, "{}", db.sink);
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
-        // Every row's provenance matches a distinct Kafka position.
+        // Every row's provenance is a distinct Kafka position, and every position is a row.
         assert_eq!(
-            db.scalar("SELECT COUNT(*) FROM (SELECT DISTINCT kafka_partition, kafka_offset FROM sales_events) AS p"),
-            n as i64
+            db.sales_positions(),
+            every_position(&end_offsets(&topic)),
+            "{}",
+            db.sink
         );
     }
 }
@@ -152,20 +161,40 @@ fn a_consumer_killed_with_sigkill_resumes_without_loss_or_duplicates() {
 fn sigterm_finishes_the_batch_commits_and_exits_zero() {
     for db in TestDb::both() {
         let topic = topic(2);
-        let producer = streamlab("produce").topic(&topic).rate(500).spawn();
-        let consumer = member(&db, &topic).json().spawn();
-        std::thread::sleep(Duration::from_secs(2));
-        assert!(producer.terminate().succeeded());
-        std::thread::sleep(Duration::from_millis(500));
-        let out = consumer.terminate();
+        let n = 6000;
+        produce(&topic, n).seed(12).ok();
+        streamlab("migrate").db(&db).ok();
+        // Throttled to 1,000 events a second in batches of 500: a stream of several seconds.
+        let consumer = member(&db, &topic)
+            .batch_size(500)
+            .throttle(1000)
+            .json()
+            .spawn();
+        let rows = || db.count("sales_events");
+        wait_for_rows(30, &format!("a first batch ({})", db.sink), rows, 1);
+        consumer.signal("TERM");
+        // The signal came mid-stream: rows written, and more to come.
+        let at_signal = rows();
+        assert_mid_stream(&format!("SIGTERM ({})", db.sink), at_signal, 0, n);
+        let out = consumer.exit_within(Duration::from_secs(30), "consume after SIGTERM");
         assert!(out.succeeded(), "{}", out.stderr);
-        assert!(out.json()["consumed"].is_u64(), "{}", out.stdout);
-        // Whatever it committed is consistent: rows = stored offsets, and a resume completes it.
-        let rows = db.count("sales_events");
-        let stored: i64 = db.stored_offsets(&topic).values().sum();
-        assert_eq!(rows, stored, "{}", db.sink);
+        // It committed what it reports, and stopped early: what it consumed is exactly what
+        // is stored, rows and offsets.
+        let summary = out.json();
+        let stored = db.count("sales_events");
+        assert!(stored >= at_signal && stored < n as i64, "{stored} of {n}");
+        assert_eq!(counted(&summary, "inserted") as i64, stored, "{summary}");
+        assert_eq!(counted(&summary, "consumed") as i64, stored, "{summary}");
+        let reported: BTreeMap<i64, i64> = next_offsets(&summary)
+            .into_iter()
+            .filter(|(_, next)| *next > 0)
+            .collect();
+        assert_eq!(reported, db.stored_offsets(&topic), "{summary}");
+        assert_eq!(db.stored_offsets(&topic).values().sum::<i64>(), stored);
+        // A resume completes it: exactly the produced ids, offsets at the log ends.
         consume(&db, &topic).ok();
-        assert_eq!(db.count("sales_events"), total_records(&topic));
+        assert_eq!(db.sales_ids(), seeded_ids(12, n), "{}", db.sink);
+        assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
     }
 }
 
@@ -298,6 +327,7 @@ fn several_writers_store_every_event_once_each_over_its_own_partitions() {
             "{}: {out}",
             db.sink
         );
+        assert_eq!(db.sales_ids(), seeded_ids(31, 3000), "{}", db.sink);
         assert_eq!(db.count("sales_events"), 3000);
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 
@@ -318,10 +348,12 @@ fn several_writers_store_every_event_once_each_over_its_own_partitions() {
             "{}: {out}",
             db.sink
         );
-        assert_eq!(
-            db.scalar("SELECT COUNT(DISTINCT id) FROM sales_events"),
-            4000
-        );
+        // Exactly the ids of both seeds, each once.
+        let both: BTreeSet<String> = seeded_ids(31, 3000)
+            .into_iter()
+            .chain(seeded_ids(32, 1000))
+            .collect();
+        assert_eq!(db.sales_ids(), both, "{}", db.sink);
         assert_eq!(db.count("sales_events"), 4000);
         assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
     }

@@ -37,7 +37,8 @@ fn connection_options_work_before_and_after_the_subcommand() {
     ] {
         let started = Instant::now();
         cmd.fails(1, &["127.0.0.1:1"], &[]);
-        assert!(started.elapsed() < Duration::from_secs(5), "{cmd:?}");
+        // Under the 10 s default with room for a busy machine: the flag's 1 s bounded it.
+        assert!(started.elapsed() < Duration::from_secs(8), "{cmd:?}");
     }
 }
 
@@ -131,7 +132,8 @@ fn the_database_is_settled_from_sink_and_url_before_anything_connects() {
         let started = Instant::now();
         let stderr = cmd.fails(2, &[says], &["hunter2"]);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{cmd:?}");
+        // A connection attempt to 10.255.255.1 would wait out the 10 s default --timeout.
+        assert!(started.elapsed() < Duration::from_secs(8), "{cmd:?}");
     }
     // The URL alone is enough.
     let db = TestDb::sqlite();
@@ -180,7 +182,9 @@ fn watch_quits_on_ctrl_c_and_gives_the_terminal_back() {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(report["shown"], true, "the dashboard showed: {report}");
     assert_eq!(report["exit"], 0, "{report}");
-    assert!(report["seconds"].as_f64().unwrap() < 3.0, "{report}");
+    // Quit on the key, not at some later moment (pty_keys gives up after 10 s); the margin is
+    // for a busy machine.
+    assert!(report["seconds"].as_f64().unwrap() < 5.0, "{report}");
     assert_eq!(report["left_alternate_screen"], true, "{report}");
     assert_eq!(report["cursor_shown"], true, "{report}");
     assert_eq!(report["canonical_and_echo"], true, "{report}");

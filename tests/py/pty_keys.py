@@ -2,7 +2,8 @@
 
     pty_keys.py WAIT_FOR KEYS -- COMMAND ARGS...
 
-Waits (up to 30 s) until the screen shows WAIT_FOR, writes KEYS (Python escapes, e.g. '\\x03' for
+Waits (up to 30 s) until the screen shows WAIT_FOR ("shown": false if it never does, or the
+command ended first), writes KEYS (Python escapes, e.g. '\\x03' for
 Ctrl-C), then waits up to 10 s for the command to exit. Prints one JSON object: the exit code,
 seconds from the keys to the exit, whether the terminal was given back (alternate screen left,
 cursor shown, canonical mode and echo on again) and the tail of the output. Standard library only.
@@ -28,6 +29,7 @@ def main():
     out = b""
 
     def read(until):
+        """True once the screen shows WAIT_FOR; False if the command ended or `until` passed first."""
         nonlocal out
         while time.time() < until:
             ready, _, _ = select.select([fd], [], [], 0.1)
@@ -44,7 +46,7 @@ def main():
                 return False
             if wait_for and wait_for in out:
                 return True
-        return True
+        return False
 
     shown = read(time.time() + 30)
     pressed = time.time()

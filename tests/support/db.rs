@@ -70,15 +70,24 @@ impl TestDb {
 
     /// Stored next offsets per partition for `topic`.
     pub fn stored_offsets(&self, topic: &str) -> BTreeMap<i64, i64> {
-        self.lines(&format!(
+        self.pairs(&format!(
             "SELECT kafka_partition, next_offset FROM streamlab_offsets WHERE topic = '{topic}' ORDER BY 1"
         ))
-        .iter()
-        .map(|l| {
-            let (p, o) = l.split_once('|').unwrap();
-            (p.parse().unwrap(), o.parse().unwrap())
-        })
+        .into_iter()
         .collect()
+    }
+
+    /// Rows of two integers.
+    fn pairs(&self, sql: &str) -> Vec<(i64, i64)> {
+        self.lines(sql)
+            .iter()
+            .map(|l| {
+                let (a, b) = l
+                    .split_once('|')
+                    .unwrap_or_else(|| panic!("{sql} gave {l:?}"));
+                (a.parse().unwrap(), b.parse().unwrap())
+            })
+            .collect()
     }
 
     /// Every stored sales id.
@@ -86,6 +95,15 @@ impl TestDb {
         self.lines("SELECT id FROM sales_events")
             .into_iter()
             .collect()
+    }
+
+    /// Every stored sales row's Kafka position `(partition, offset)`; panics on a position
+    /// stored twice.
+    pub fn sales_positions(&self) -> BTreeSet<(i64, i64)> {
+        let rows = self.pairs("SELECT kafka_partition, kafka_offset FROM sales_events");
+        let positions: BTreeSet<(i64, i64)> = rows.iter().copied().collect();
+        assert_eq!(positions.len(), rows.len(), "a Kafka position stored twice");
+        positions
     }
 
     pub fn exec(&self, sql: &str) {

@@ -16,6 +16,7 @@ pub mod cluster;
 mod cmd;
 mod db;
 pub mod front;
+pub mod metrics;
 pub mod proxy;
 pub mod secure;
 mod tansu;
@@ -67,6 +68,15 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{n:016x}")
 }
 
+/// A port nothing listens on on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Wait until `f` holds, up to `secs` seconds.
 pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -77,6 +87,37 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     false
+}
+
+/// Wait up to `secs` seconds until `rows()` reaches `at_least` (a process is writing), failing
+/// the test, naming `what`, if it does not; returns the rows then.
+pub fn wait_for_rows(secs: u64, what: &str, mut rows: impl FnMut() -> i64, at_least: i64) -> i64 {
+    let mut seen = 0;
+    let reached = wait_until(secs, || {
+        seen = rows();
+        seen >= at_least
+    });
+    assert!(
+        reached,
+        "{what}: {seen} rows after {secs} s, waited for {at_least}"
+    );
+    seen
+}
+
+/// A fault that must land mid-stream did: `rows` (counted right after it) are more than the
+/// `before` the process started with, and fewer than the `total` the stream holds.
+pub fn assert_mid_stream(what: &str, rows: i64, before: i64, total: usize) {
+    assert!(
+        before < rows && rows < total as i64,
+        "{what} did not land mid-stream: {rows} rows at it ({before} before it, {total} in all)"
+    );
+}
+
+/// Every position `(partition, offset)` below the `ends` (from the start of each log).
+pub fn every_position(ends: &BTreeMap<i64, i64>) -> BTreeSet<(i64, i64)> {
+    ends.iter()
+        .flat_map(|(&p, &end)| (0..end).map(move |o| (p, o)))
+        .collect()
 }
 
 // --- Topics and what they hold -------------------------------------------------------------------
