@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod group;
 pub mod names;
 pub mod partitioner;
+pub mod records;
 pub mod retry;
 mod sasl;
 pub mod security;

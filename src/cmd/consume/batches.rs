@@ -20,7 +20,7 @@ use crate::db::{
 };
 use crate::events::{self, EventKind};
 use crate::kafka::admin::TopicMetadata;
-use crate::kafka::fetch::FetchedRecord;
+use crate::kafka::records::FetchedRecord;
 use crate::kafka::Position;
 
 impl<S: Sink> Consumer<'_, S> {

@@ -304,7 +304,7 @@ impl Pace {
     /// any other (tansu: records deleted without moving the log start, or an append in progress)
     /// only once it lasts [`GAP_CONFIRM`]. An answer that holds the requested offset — every
     /// answer of Apache Kafka, which refuses an offset below its log start — has no gap.
-    fn judge(&mut self, fetch: &kafka::fetch::Fetch, requested: i64, now: Instant) -> Gap {
+    fn judge(&mut self, fetch: &kafka::records::Fetch, requested: i64, now: Instant) -> Gap {
         match fetch.removed_before(requested) {
             None => Gap::None,
             Some(gone) if fetch.gap_reported(requested) => Gap::Removed(gone),
@@ -343,7 +343,7 @@ mod tests {
 
     /// A fetch answer at `requested` holding records `first..end`, the broker reporting
     /// `log_start`.
-    fn answer(log_start: i64, first: i64, end: i64, requested: i64) -> kafka::fetch::Fetch {
+    fn answer(log_start: i64, first: i64, end: i64, requested: i64) -> kafka::records::Fetch {
         use kafka_protocol::messages::fetch_response::PartitionData;
         use kafka_protocol::records::{
             Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -376,7 +376,7 @@ mod tests {
             .with_last_stable_offset(end)
             .with_log_start_offset(log_start)
             .with_records(Some(buf.freeze()));
-        kafka::fetch::read_partition(data, requested)
+        kafka::records::read_partition(data, requested)
     }
 
     #[test]
