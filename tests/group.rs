@@ -562,7 +562,7 @@ async fn crafted_member(
     };
     use kafka_protocol::protocol::StrBytes;
     use std::sync::atomic::Ordering;
-    use streamlab::kafka::group::decode_assignment;
+    use streamlab::kafka::assign::decode_assignment;
     use streamlab::kafka::wire::WireConnection;
 
     let s = |t: &str| StrBytes::from_string(t.to_string());

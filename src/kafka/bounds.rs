@@ -204,7 +204,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::kafka::group::{decode_assignment, decode_subscription, Subscription};
+    use crate::kafka::assign::{decode_assignment, decode_subscription, Subscription};
 
     /// The system allocator, remembering the largest single request made on each thread, so a
     /// test can show that hostile sizes were refused before anything was sized by them.

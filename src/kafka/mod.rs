@@ -5,6 +5,7 @@
 //! connection that speaks `kafka-protocol` messages at versions negotiated with ApiVersions.
 
 pub mod admin;
+pub mod assign;
 pub mod bounds;
 #[cfg(test)]
 mod fake;
