@@ -1,0 +1,226 @@
+//! The limits the pipeline is held to: the same rows loaded straight into each database (binary
+//! COPY, upserts, SQLite's multi-row INSERT), and the events both they and `produce` make.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use sqlx::{Connection, Postgres, Sqlite};
+use time::OffsetDateTime;
+
+use super::cpu::process_cpu_secs;
+use super::{drop_database, pg_database_url, remove_sqlite, Ctx, LIMIT_TIMEOUT};
+use crate::cli::DEFAULT_BATCH_SIZE;
+use crate::db::{self, Change, Dialect, Folded, Landed, Row, Tombstone, UpsertWay};
+use crate::events::{Event, EventKind, Generator, Sale};
+use crate::kafka::partitioner::partition_for_key;
+
+/// Keys of the upsert measurement's updates, the share of them that are tombstones (percent),
+/// and the seed both its `produce` and its limit generate them from.
+pub(super) const UPSERT_KEYS: u64 = 10_000;
+pub(super) const UPSERT_TOMBSTONE_PERCENT: u32 = 5;
+pub(super) const UPSERT_SEED: u64 = 27;
+
+/// The `n` updates `produce --keys UPSERT_KEYS --tombstones UPSERT_TOMBSTONE_PERCENT% --seed
+/// UPSERT_SEED` makes, as `consume --upsert` writes them: in batches of consume's default size,
+/// each folded to the last change per key; partitions as produce's partitioner puts the keys,
+/// each partition's offsets from 0.
+pub(super) fn upsert_batches(n: u64, partitions: i32) -> Vec<Folded> {
+    let mut g = Generator::new(EventKind::Sales, Some(UPSERT_SEED));
+    let tombstones = f64::from(UPSERT_TOMBSTONE_PERCENT) / 100.0;
+    let mut next = vec![0i64; partitions.max(1) as usize];
+    let now = OffsetDateTime::now_utc();
+    let mut change = || {
+        let (key, event) = g.next_update(UPSERT_KEYS, tombstones, now);
+        let at = partition_for_key(key.as_bytes(), next.len());
+        let (partition, offset) = (at as i32, next[at]);
+        next[at] += 1;
+        match event {
+            None => Change::Delete(Tombstone {
+                key,
+                partition,
+                offset,
+            }),
+            Some(event) => {
+                let record_key = Some(key.clone().into_bytes().into());
+                let landed = Landed {
+                    event,
+                    partition,
+                    offset,
+                    key: record_key,
+                    value: Default::default(),
+                };
+                Change::Put(key, landed)
+            }
+        }
+    };
+    let batch = DEFAULT_BATCH_SIZE as u64;
+    (0..n.div_ceil(batch))
+        .map(|b| {
+            let size = batch.min(n - b * batch);
+            db::latest_per_key((0..size).map(|_| change()).collect())
+        })
+        .collect()
+}
+
+pub(super) fn generate(n: u64) -> Vec<Sale> {
+    // Unseeded: time-ordered v7 ids, like the events consume writes (random ids would make the
+    // primary-key index the bottleneck and understate the limit).
+    // Timestamps a few microseconds apart, as a fast producer stamps them: a million equal
+    // timestamps would make the index on ts a pile of duplicates and understate the limit.
+    let mut g = Generator::new(EventKind::Sales, None);
+    let start = OffsetDateTime::now_utc();
+    (0..n)
+        .map(
+            |i| match g.next_event(start + time::Duration::microseconds(2 * i as i64)) {
+                Event::Sale(s) => s,
+                Event::Sensor(_) => unreachable!("a sales generator makes sales"),
+            },
+        )
+        .collect()
+}
+
+/// The PostgreSQL write limit: binary COPY of the rows into `sales_events` of a fresh database
+/// (migrated as `consume`'s are), encoded as `consume` encodes them, loaded two ways — in one
+/// COPY and one transaction, and as COPYs of `consume`'s default batch size, a transaction each —
+/// whichever is faster. Also the CPU-seconds per million rows its backend spent (Linux, local
+/// server).
+pub(super) async fn pg_copy_limit(
+    ctx: &Ctx,
+    round: u32,
+    rows: &[Sale],
+) -> Result<(f64, Option<f64>)> {
+    let rows = as_rows(rows);
+    let per_batch = DEFAULT_BATCH_SIZE as usize;
+    pg_limit(ctx, &format!("{round}_copy"), &Load::Copy(&rows), per_batch).await
+}
+
+/// What a PostgreSQL limit loads, in units a transaction takes one or more of: rows, by one
+/// binary COPY into `sales_events`; or upsert batches, each by [`db::bulk_upsert_sales`].
+pub(super) enum Load<'a> {
+    Copy(&'a [Row<'a, Sale>]),
+    Upsert(&'a [Folded], UpsertWay),
+}
+
+impl Load<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Load::Copy(rows) => rows.len(),
+            Load::Upsert(batches, _) => batches.len(),
+        }
+    }
+
+    /// Before the clock starts: the upsert's staging table.
+    async fn prepare(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        if let Load::Upsert(_, UpsertWay::Staged) = self {
+            db::create_upsert_stage(conn, EventKind::Sales).await?;
+        }
+        Ok(())
+    }
+
+    /// Load the units `range` in the caller's transaction: how many events they hold.
+    async fn apply(&self, conn: &mut sqlx::PgConnection, range: Range<usize>) -> Result<u64> {
+        match self {
+            Load::Copy(rows) => Ok(db::bulk_load_sales(conn, &rows[range]).await?),
+            Load::Upsert(batches, way) => {
+                let mut events = 0;
+                for folded in &batches[range] {
+                    db::bulk_upsert_sales(conn, folded, *way).await?;
+                    events += (folded.puts.len() + folded.deletes.len()) as u64 + folded.superseded;
+                }
+                Ok(events)
+            }
+        }
+    }
+}
+
+/// A PostgreSQL limit: `load` into fresh databases (migrated as `consume`'s are) two ways — all
+/// of it in one transaction, and `per_batch` units a transaction each — whichever is faster,
+/// with the CPU-seconds per million events its backend spent (Linux, local server).
+pub(super) async fn pg_limit(
+    ctx: &Ctx,
+    what: &str,
+    load: &Load<'_>,
+    per_batch: usize,
+) -> Result<(f64, Option<f64>)> {
+    let whole = pg_load(ctx, what, load, load.len()).await?;
+    let batched = pg_load(ctx, &format!("{what}_tx"), load, per_batch).await?;
+    Ok(if batched.0 > whole.0 { batched } else { whole })
+}
+
+/// One way of loading for [`pg_limit`]: `per_transaction` units of `load` a transaction, each
+/// committed, into a fresh database named after `what`.
+async fn pg_load(
+    ctx: &Ctx,
+    what: &str,
+    load: &Load<'_>,
+    per_transaction: usize,
+) -> Result<(f64, Option<f64>)> {
+    let name = format!("streamlab_bench_{}_{what}", ctx.stamp);
+    let pool =
+        <Postgres as Dialect>::connect(&pg_database_url(&ctx.pg_admin, &name)?, LIMIT_TIMEOUT)
+            .await?;
+    let mut conn = pool.acquire().await?;
+    load.prepare(&mut conn).await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let cpu_before = process_cpu_secs(backend as u32);
+    let started = Instant::now();
+    let mut loaded = 0;
+    let per_transaction = per_transaction.max(1);
+    for start in (0..load.len()).step_by(per_transaction) {
+        let mut tx = conn.begin().await?;
+        let units = start..load.len().min(start + per_transaction);
+        loaded += load.apply(&mut tx, units).await?;
+        tx.commit().await?;
+    }
+    let rate = loaded as f64 / started.elapsed().as_secs_f64();
+    let cpu = cpu_before
+        .zip(process_cpu_secs(backend as u32))
+        .map(|(before, after)| (after - before) * 1e6 / loaded.max(1) as f64);
+    drop(conn);
+    pool.close().await;
+    drop_database(&ctx.pg_admin, &name).await;
+    Ok((rate, cpu))
+}
+
+/// The rows as a consumer would write them from partition 0, offsets 0, 1, 2…
+fn as_rows(rows: &[Sale]) -> Vec<Row<'_, Sale>> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, event)| Row {
+            event,
+            key: None,
+            partition: 0,
+            offset: i as i64,
+        })
+        .collect()
+}
+
+/// The rows inserted into a fresh SQLite file (migrated as `consume`'s are) in one
+/// transaction, with the statement `consume` uses (one prepared multi-row INSERT, a thousand
+/// rows at a time): the SQLite limit.
+pub(super) async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f64> {
+    let path = workdir.join("limit.db");
+    remove_sqlite(&path);
+    let pool = <Sqlite as Dialect>::connect(&format!("sqlite://{}", path.display()), LIMIT_TIMEOUT)
+        .await?;
+    let mut conn = pool.acquire().await?;
+    // A cache big enough for the whole transaction: with SQLite's default 2 MB, a million-row
+    // transaction spills pages mid-way and measures the spill, not the database.
+    sqlx::query("PRAGMA cache_size = -262144")
+        .execute(&mut *conn)
+        .await?;
+    let rows = as_rows(rows);
+    let started = Instant::now();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    Sqlite::insert_sales(&mut tx, &rows, false).await?;
+    tx.commit().await?;
+    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+    pool.close().await;
+    remove_sqlite(&path);
+    Ok(rate)
+}

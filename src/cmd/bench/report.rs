@@ -1,0 +1,404 @@
+//! The figures: every round's samples, their medians and ratios to the limits (the JSON in
+//! `target/bench/latest.json`), and the table printed.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::children::ChildRun;
+use super::cpu::machine;
+use super::limits::{UPSERT_KEYS, UPSERT_TOMBSTONE_PERCENT};
+use super::Ctx;
+use crate::cli::BenchArgs;
+use crate::render;
+
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    pub machine: String,
+    pub events: u64,
+    pub repeats: u32,
+    pub produce_sales_per_sec: f64,
+    pub produce_sales_mb_per_sec: f64,
+    pub produce_sensor_per_sec: f64,
+    pub fetch_limit_per_sec: f64,
+    pub pg_copy_limit_per_sec: f64,
+    pub sqlite_bulk_limit_per_sec: f64,
+    /// As a lone group member (the default).
+    pub consume_pg_per_sec: f64,
+    pub consume_pg_ratio: f64,
+    /// As a lone group member with `--writers 2` and `--writers 4`.
+    pub consume_pg_writers2_per_sec: f64,
+    pub consume_pg_writers2_ratio: f64,
+    pub consume_pg_writers4_per_sec: f64,
+    pub consume_pg_writers4_ratio: f64,
+    /// CPU-seconds per million events of `consume` into PostgreSQL (one writer, group member):
+    /// the streamlab process (getrusage of the child; None off Unix) and the PostgreSQL
+    /// backends serving it (/proc/PID/stat of their pg_stat_activity pids, sampled every 25 ms;
+    /// None off Linux or when PostgreSQL runs elsewhere).
+    pub consume_pg_cpu_secs_per_million: Option<f64>,
+    pub consume_pg_db_cpu_secs_per_million: Option<f64>,
+    /// The same for the PostgreSQL limit: its one backend, loading the binary COPY.
+    pub pg_copy_db_cpu_secs_per_million: Option<f64>,
+    /// With `--assign all`, on the same backlog.
+    pub consume_pg_assign_all_per_sec: f64,
+    pub consume_pg_assign_all_ratio: f64,
+    /// `consume --upsert` (a lone group member) of `produce --keys` updates, and its limit: the
+    /// same updates, batched as consume batches them, applied by [`db::bulk_upsert_sales`] the
+    /// faster of its two ways (each the faster of one transaction and one per batch).
+    pub pg_upsert_limit_per_sec: f64,
+    pub pg_upsert_staged_per_sec: f64,
+    pub pg_upsert_unnest_per_sec: f64,
+    pub consume_pg_upsert_per_sec: f64,
+    pub consume_pg_upsert_ratio: f64,
+    /// CPU-seconds per million events of `consume --upsert` (streamlab, the database) and of
+    /// its limit's backend, measured as for the append rows.
+    pub consume_pg_upsert_cpu_secs_per_million: Option<f64>,
+    pub consume_pg_upsert_db_cpu_secs_per_million: Option<f64>,
+    pub pg_upsert_limit_db_cpu_secs_per_million: Option<f64>,
+    pub consume_sqlite_per_sec: f64,
+    pub consume_sqlite_ratio: f64,
+    pub consume_sqlite_assign_all_per_sec: f64,
+    pub consume_sqlite_assign_all_ratio: f64,
+    /// `consume --stop-at-end` of an empty topic, start to exit: as a lone group member (join,
+    /// assignment, leave) and with `--assign all`.
+    pub startup_member_ms: f64,
+    pub startup_assign_all_ms: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub produce_peak_rss_mib: f64,
+    pub consume_peak_rss_mib: f64,
+    /// `produce --compression`: speed and stored size per codec.
+    pub codecs: Vec<CodecCost>,
+    /// The same produce and fetch on the durable broker (`--durable-broker`).
+    pub durable_produce_per_sec: Option<f64>,
+    pub durable_fetch_per_sec: Option<f64>,
+}
+
+/// What one `--compression` codec costs (produce speed) and saves (bytes in the log).
+#[derive(Debug, Clone, Serialize)]
+pub struct CodecCost {
+    pub codec: String,
+    pub produce_per_sec: f64,
+    pub stored_bytes_per_event: f64,
+}
+
+pub(super) fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Every round's figures, before medians.
+#[derive(Default)]
+pub(super) struct Samples {
+    pub(super) produce_sales: Vec<f64>,
+    pub(super) produce_sensor: Vec<f64>,
+    pub(super) mb_per_sec: Vec<f64>,
+    pub(super) fetch: Vec<f64>,
+    pub(super) copy: Vec<f64>,
+    pub(super) bulk: Vec<f64>,
+    pub(super) consume_pg: Vec<f64>,
+    pub(super) consume_pg_writers2: Vec<f64>,
+    pub(super) consume_pg_writers4: Vec<f64>,
+    /// CPU per million events of consume → PostgreSQL (one writer, member) and its limit.
+    pub(super) cpu: CpuSamples,
+    pub(super) consume_pg_alone: Vec<f64>,
+    /// The upsert limit's two ways: staged COPY, consume's UNNEST statements.
+    pub(super) upsert_staged: Vec<f64>,
+    pub(super) upsert_unnest: Vec<f64>,
+    pub(super) consume_pg_upsert: Vec<f64>,
+    pub(super) cpu_upsert: CpuSamples,
+    pub(super) consume_sqlite: Vec<f64>,
+    pub(super) consume_sqlite_alone: Vec<f64>,
+    pub(super) startup_member: Vec<f64>,
+    pub(super) startup_alone: Vec<f64>,
+    pub(super) rss_produce: u64,
+    pub(super) rss_consume: u64,
+}
+
+/// CPU-seconds per million events of a consume → PostgreSQL run and of its limit, every round's.
+#[derive(Default)]
+pub(super) struct CpuSamples {
+    /// The streamlab process.
+    pub(super) streamlab: Vec<f64>,
+    /// The PostgreSQL backends serving it.
+    pub(super) database: Vec<f64>,
+    /// The PostgreSQL backend loading the limit.
+    pub(super) limit: Vec<f64>,
+}
+
+impl CpuSamples {
+    /// A consume run of `n` events: the child's CPU-seconds, its database's.
+    pub(super) fn consumed(&mut self, run: &ChildRun, database: Option<f64>, n: f64) {
+        self.streamlab.extend(run.cpu_secs.map(|s| s * 1e6 / n));
+        self.database.extend(database.map(|s| s * 1e6 / n));
+    }
+
+    /// Medians of streamlab, database, limit: None where nothing was measured.
+    fn medians(self) -> [Option<f64>; 3] {
+        [self.streamlab, self.database, self.limit].map(|xs| (!xs.is_empty()).then(|| median(xs)))
+    }
+}
+
+impl Samples {
+    /// Medians, ratios to the limits, peak memory.
+    pub(super) fn report(self, ctx: &Ctx, args: &BenchArgs) -> BenchReport {
+        let [cpu_streamlab, cpu_db, cpu_copy] = self.cpu.medians();
+        let [cpu_upsert, cpu_upsert_db, cpu_upsert_limit] = self.cpu_upsert.medians();
+        let mut r = BenchReport {
+            machine: machine(),
+            events: ctx.n,
+            repeats: args.repeats,
+            produce_sales_per_sec: median(self.produce_sales),
+            produce_sensor_per_sec: median(self.produce_sensor),
+            produce_sales_mb_per_sec: median(self.mb_per_sec),
+            fetch_limit_per_sec: median(self.fetch),
+            pg_copy_limit_per_sec: median(self.copy),
+            sqlite_bulk_limit_per_sec: median(self.bulk),
+            consume_pg_per_sec: median(self.consume_pg),
+            consume_pg_assign_all_per_sec: median(self.consume_pg_alone),
+            consume_pg_writers2_per_sec: median(self.consume_pg_writers2),
+            consume_pg_writers4_per_sec: median(self.consume_pg_writers4),
+            consume_pg_cpu_secs_per_million: cpu_streamlab,
+            consume_pg_db_cpu_secs_per_million: cpu_db,
+            pg_copy_db_cpu_secs_per_million: cpu_copy,
+            pg_upsert_staged_per_sec: median(self.upsert_staged),
+            pg_upsert_unnest_per_sec: median(self.upsert_unnest),
+            consume_pg_upsert_per_sec: median(self.consume_pg_upsert),
+            consume_pg_upsert_cpu_secs_per_million: cpu_upsert,
+            consume_pg_upsert_db_cpu_secs_per_million: cpu_upsert_db,
+            pg_upsert_limit_db_cpu_secs_per_million: cpu_upsert_limit,
+            consume_sqlite_per_sec: median(self.consume_sqlite),
+            consume_sqlite_assign_all_per_sec: median(self.consume_sqlite_alone),
+            startup_member_ms: median(self.startup_member),
+            startup_assign_all_ms: median(self.startup_alone),
+            produce_peak_rss_mib: self.rss_produce as f64 / 1024.0,
+            consume_peak_rss_mib: self.rss_consume as f64 / 1024.0,
+            ..BenchReport::default()
+        };
+        let pg_limit = r.fetch_limit_per_sec.min(r.pg_copy_limit_per_sec);
+        let sqlite_limit = r.fetch_limit_per_sec.min(r.sqlite_bulk_limit_per_sec);
+        r.consume_pg_ratio = r.consume_pg_per_sec / pg_limit;
+        r.consume_pg_assign_all_ratio = r.consume_pg_assign_all_per_sec / pg_limit;
+        r.consume_pg_writers2_ratio = r.consume_pg_writers2_per_sec / pg_limit;
+        r.consume_pg_writers4_ratio = r.consume_pg_writers4_per_sec / pg_limit;
+        r.pg_upsert_limit_per_sec = r.pg_upsert_staged_per_sec.max(r.pg_upsert_unnest_per_sec);
+        r.consume_pg_upsert_ratio =
+            r.consume_pg_upsert_per_sec / r.fetch_limit_per_sec.min(r.pg_upsert_limit_per_sec);
+        r.consume_sqlite_ratio = r.consume_sqlite_per_sec / sqlite_limit;
+        r.consume_sqlite_assign_all_ratio = r.consume_sqlite_assign_all_per_sec / sqlite_limit;
+        r
+    }
+}
+
+fn codec_table(costs: &[CodecCost]) -> comfy_table::Table {
+    let mut t = render::table(["--compression", "PRODUCE", "STORED", "VS NONE"]);
+    let none = costs
+        .iter()
+        .find(|c| c.codec == "none")
+        .map_or(f64::NAN, |c| c.stored_bytes_per_event);
+    for c in costs {
+        t.add_row(vec![
+            c.codec.clone(),
+            format!("{:.0} events/s", c.produce_per_sec),
+            format!("{:.1} bytes/event", c.stored_bytes_per_event),
+            format!("{:.0} %", 100.0 * c.stored_bytes_per_event / none),
+        ]);
+    }
+    t
+}
+
+/// A row of the report: measure, result, target.
+type ReportRow = (String, String, String);
+
+fn events_per_sec(x: f64) -> String {
+    format!("{x:.0} events/s")
+}
+
+/// The broker's and the databases' own rates: the limits the pipeline is held to.
+fn broker_rows(r: &BenchReport) -> Vec<ReportRow> {
+    let rate = events_per_sec;
+    let mut rows = vec![
+        (
+            "produce sales (unlimited)".into(),
+            format!(
+                "{} · {:.1} MB/s",
+                rate(r.produce_sales_per_sec),
+                r.produce_sales_mb_per_sec
+            ),
+            target(r.produce_sales_per_sec >= 500_000.0, "≥ 500000 events/s"),
+        ),
+        (
+            "produce sensor (unlimited)".into(),
+            rate(r.produce_sensor_per_sec),
+            String::new(),
+        ),
+        (
+            "fetch limit (read and discard)".into(),
+            rate(r.fetch_limit_per_sec),
+            String::new(),
+        ),
+    ];
+    if let (Some(produce), Some(fetch)) = (r.durable_produce_per_sec, r.durable_fetch_per_sec) {
+        rows.push((
+            "durable broker: produce / fetch".into(),
+            format!("{} / {}", rate(produce), rate(fetch)),
+            String::new(),
+        ));
+    }
+    rows.push((
+        "PostgreSQL limit (binary COPY)".into(),
+        format!("{:.0} rows/s", r.pg_copy_limit_per_sec),
+        String::new(),
+    ));
+    rows.push((
+        "PostgreSQL upsert limit, per batch: staged binary COPY / UNNEST".into(),
+        format!(
+            "{} / {}",
+            rate(r.pg_upsert_staged_per_sec),
+            rate(r.pg_upsert_unnest_per_sec)
+        ),
+        String::new(),
+    ));
+    rows.push((
+        "SQLite limit (bulk insert, 1 txn)".into(),
+        format!("{:.0} rows/s", r.sqlite_bulk_limit_per_sec),
+        String::new(),
+    ));
+    rows
+}
+
+/// consume's rates, each with its ratio to the limit.
+fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
+    let rate = events_per_sec;
+    let consume = |per_sec: f64, ratio: f64| format!("{} · {ratio:.2} × limit", rate(per_sec));
+    vec![
+        (
+            "consume → PostgreSQL (group member)".into(),
+            consume(r.consume_pg_per_sec, r.consume_pg_ratio),
+            target(r.consume_pg_ratio >= 0.9, "≥ 0.9 × limit"),
+        ),
+        (
+            "consume → PostgreSQL, --writers 2 / 4".into(),
+            format!(
+                "{} · {:.2} × / {} · {:.2} ×",
+                rate(r.consume_pg_writers2_per_sec),
+                r.consume_pg_writers2_ratio,
+                rate(r.consume_pg_writers4_per_sec),
+                r.consume_pg_writers4_ratio
+            ),
+            String::new(),
+        ),
+        cpu_row(
+            "consume → PostgreSQL: streamlab / database (limit's COPY)",
+            [
+                r.consume_pg_cpu_secs_per_million,
+                r.consume_pg_db_cpu_secs_per_million,
+                r.pg_copy_db_cpu_secs_per_million,
+            ],
+        ),
+        (
+            "consume → PostgreSQL (--assign all)".into(),
+            consume(
+                r.consume_pg_assign_all_per_sec,
+                r.consume_pg_assign_all_ratio,
+            ),
+            "= group member".into(),
+        ),
+        (
+            format!(
+                "consume --upsert → PostgreSQL ({UPSERT_KEYS} keys, \
+                 {UPSERT_TOMBSTONE_PERCENT}% tombstones)"
+            ),
+            consume(r.consume_pg_upsert_per_sec, r.consume_pg_upsert_ratio),
+            target(r.consume_pg_upsert_ratio >= 0.9, "≥ 0.9 × limit"),
+        ),
+        cpu_row(
+            "consume --upsert → PostgreSQL: streamlab / database (limit's)",
+            [
+                r.consume_pg_upsert_cpu_secs_per_million,
+                r.consume_pg_upsert_db_cpu_secs_per_million,
+                r.pg_upsert_limit_db_cpu_secs_per_million,
+            ],
+        ),
+        (
+            "consume → SQLite (group member)".into(),
+            consume(r.consume_sqlite_per_sec, r.consume_sqlite_ratio),
+            target(
+                r.consume_sqlite_per_sec >= 300_000.0 && r.consume_sqlite_ratio >= 0.7,
+                "≥ 300000 and ≥ 0.7 ×",
+            ),
+        ),
+        (
+            "consume → SQLite (--assign all)".into(),
+            consume(
+                r.consume_sqlite_assign_all_per_sec,
+                r.consume_sqlite_assign_all_ratio,
+            ),
+            "= group member".into(),
+        ),
+    ]
+}
+
+/// "CPU per million events, `what`": streamlab / database (the limit's backend).
+fn cpu_row(what: &str, [streamlab, database, limit]: [Option<f64>; 3]) -> ReportRow {
+    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
+    (
+        format!("CPU per million events, {what}"),
+        format!("{} / {} ({})", cpu(streamlab), cpu(database), cpu(limit)),
+        String::new(),
+    )
+}
+
+/// Start-up, latency and memory.
+fn other_rows(r: &BenchReport) -> Vec<ReportRow> {
+    let mut rows = vec![(
+        "consume start-up, empty topic (member / --assign all)".into(),
+        format!(
+            "{:.0} ms / {:.0} ms",
+            r.startup_member_ms, r.startup_assign_all_ms
+        ),
+        String::new(),
+    )];
+    if let (Some(p50), Some(p99)) = (r.latency_p50_ms, r.latency_p99_ms) {
+        rows.push((
+            "latency at 10000 events/s (p50 / p99)".into(),
+            format!("{p50:.0} ms / {p99:.0} ms"),
+            target(p99 <= 30.0, "p99 ≤ 30 ms"),
+        ));
+    }
+    rows.push((
+        format!("peak RSS produce / consume (backlog of {})", r.events),
+        format!(
+            "{:.1} MiB / {:.1} MiB",
+            r.produce_peak_rss_mib, r.consume_peak_rss_mib
+        ),
+        target(r.consume_peak_rss_mib <= 64.0, "consume ≤ 64 MiB"),
+    ));
+    rows
+}
+
+/// The target column: the target, marked MISSED when the figure does not meet it.
+fn target(met: bool, text: &str) -> String {
+    if met {
+        text.to_string()
+    } else {
+        format!("MISSED: {text}")
+    }
+}
+
+pub(super) fn print_report(r: &BenchReport) -> Result<()> {
+    let mut t = render::table(["MEASURE", "RESULT", "TARGET"]);
+    for (measure, result, target) in broker_rows(r)
+        .into_iter()
+        .chain(consume_rows(r))
+        .chain(other_rows(r))
+    {
+        t.add_row(vec![measure, result, target]);
+    }
+    render::line(format!(
+        "streamlab bench · {} events × {} repeats (medians) · {}\n{t}",
+        r.events, r.repeats, r.machine
+    ))?;
+    render::line(codec_table(&r.codecs))?;
+    render::line("written to target/bench/latest.json")?;
+    Ok(())
+}
