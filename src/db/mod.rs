@@ -17,11 +17,13 @@
 //!   members as the coordinator describes them, completed by what the database recorded.
 //! - [`Deadline`] (`deadline.rs`) gives every statement of a sink a deadline; `error.rs` says
 //!   what a database error means: retry, set the rows aside, or stop.
+//! - [`measure`]: what `bench` asks of a database besides writing to it.
 
 mod database;
 mod deadline;
 pub mod dlq;
 mod error;
+pub mod measure;
 pub mod members;
 mod offsets;
 pub mod pg;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
+use crate::db;
+
 /// CPU-seconds (user + system) of the children this process has waited for, so far.
 #[cfg(unix)]
 pub(super) fn children_cpu_secs() -> Option<f64> {
@@ -58,12 +60,7 @@ impl DbCpu {
             let mut seen = std::collections::BTreeMap::<i32, f64>::new();
             let mut measurable = true;
             while !until.is_cancelled() {
-                let pids: Vec<i32> =
-                    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
-                        .bind(&name)
-                        .fetch_all(&mut conn)
-                        .await
-                        .ok()?;
+                let pids: Vec<i32> = db::measure::pg_backend_pids(&mut conn, &name).await.ok()?;
                 for pid in pids {
                     match process_cpu_secs(pid as u32) {
                         Some(secs) => {

@@ -10,7 +10,7 @@ use sqlx::{Connection, Postgres, Sqlite};
 use time::OffsetDateTime;
 
 use super::cpu::process_cpu_secs;
-use super::{drop_database, pg_database_url, remove_sqlite, Ctx, LIMIT_TIMEOUT};
+use super::{pg_database_url, remove_sqlite, Ctx, LIMIT_TIMEOUT};
 use crate::cli::DEFAULT_BATCH_SIZE;
 use crate::db::{self, Change, Dialect, Folded, Landed, Row, Tombstone, UpsertWay};
 use crate::events::{Event, EventKind, Generator, Sale};
@@ -163,9 +163,7 @@ async fn pg_load(
             .await?;
     let mut conn = pool.acquire().await?;
     load.prepare(&mut conn).await?;
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *conn)
-        .await?;
+    let backend: i32 = db::measure::pg_backend_pid(&mut conn).await?;
     let cpu_before = process_cpu_secs(backend as u32);
     let started = Instant::now();
     let mut loaded = 0;
@@ -182,7 +180,7 @@ async fn pg_load(
         .map(|(before, after)| (after - before) * 1e6 / loaded.max(1) as f64);
     drop(conn);
     pool.close().await;
-    drop_database(&ctx.pg_admin, &name).await;
+    db::measure::pg_drop_database(&ctx.pg_admin, &name).await;
     Ok((rate, cpu))
 }
 
@@ -208,11 +206,7 @@ pub(super) async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f
     let pool = <Sqlite as Dialect>::connect(&format!("sqlite://{}", path.display()), LIMIT_TIMEOUT)
         .await?;
     let mut conn = pool.acquire().await?;
-    // A cache big enough for the whole transaction: with SQLite's default 2 MB, a million-row
-    // transaction spills pages mid-way and measures the spill, not the database.
-    sqlx::query("PRAGMA cache_size = -262144")
-        .execute(&mut *conn)
-        .await?;
+    db::measure::sqlite_large_cache(&mut conn).await?;
     let rows = as_rows(rows);
     let started = Instant::now();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;

@@ -28,7 +28,7 @@ use sqlx::{Connection, Postgres};
 use time::OffsetDateTime;
 
 use crate::cli::BenchArgs;
-use crate::db::{redact, Dialect, UpsertWay};
+use crate::db::{self, redact, Dialect, UpsertWay};
 use crate::kafka::admin::Admin;
 
 use broker::{codec_costs, delete_topic, drain, durable_engine};
@@ -237,7 +237,7 @@ async fn consume_into_pg(
     let db_cpu = DbCpu::watch(&ctx.pg_admin, name);
     let run = run_child(&ctx.exe, &ctx.brokers, consume).await;
     let db_cpu = db_cpu.stop().await;
-    drop_database(&ctx.pg_admin, name).await;
+    db::measure::pg_drop_database(&ctx.pg_admin, name).await;
     Ok((run?, db_cpu))
 }
 
@@ -379,15 +379,9 @@ async fn latency(
         .status();
     let _ = consumer.wait();
     let mut conn = sqlx::PgConnection::connect(&db_url).await?;
-    // ingested_at is now() of the writing transaction, which commits right after.
-    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
-         FROM (SELECT EXTRACT(EPOCH FROM ingested_at - ts) * 1000 AS ms FROM sales_events) AS l",
-    )
-    .fetch_one(&mut conn)
-    .await?;
+    let (p50, p99) = db::measure::pg_ingest_latency_ms(&mut conn).await?;
     conn.close().await?;
-    drop_database(pg_admin, &name).await;
+    db::measure::pg_drop_database(pg_admin, &name).await;
     delete_topic(admin, &topic).await;
     Ok((p50.unwrap_or(f64::NAN), p99.unwrap_or(f64::NAN)))
 }
@@ -402,12 +396,4 @@ fn pg_database_url(admin_url: &str, name: &str) -> Result<String> {
     let mut url = url::Url::parse(admin_url).context("--pg-url")?;
     url.set_path(&format!("/{name}"));
     Ok(url.to_string())
-}
-
-async fn drop_database(admin_url: &str, name: &str) {
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
 }
