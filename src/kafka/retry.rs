@@ -60,8 +60,8 @@ impl Retry {
         if super::security::is_refused(err) {
             return Retry::Fatal;
         }
-        if let Some(broker) = err.chain().find_map(|c| c.downcast_ref::<BrokerError>()) {
-            return Self::of_code(broker.code);
+        if let Some(code) = BrokerError::code_in(err) {
+            return Self::of_code(code);
         }
         let connection = err
             .chain()
@@ -85,6 +85,13 @@ pub struct BrokerError {
 }
 
 impl BrokerError {
+    /// The error code a broker answered, where `err` came from such an answer.
+    pub fn code_in(err: &anyhow::Error) -> Option<ResponseError> {
+        err.chain()
+            .find_map(|c| c.downcast_ref::<BrokerError>())
+            .map(|b| b.code)
+    }
+
     /// `Err` when `code` is an error, naming `what` was asked and the broker's message.
     pub fn check(
         code: i16,

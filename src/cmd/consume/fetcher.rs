@@ -33,8 +33,8 @@ pub(super) struct Fetcher {
     end: Option<i64>,
     timeout: Duration,
     skip_corrupt: bool,
-    /// The topic is compacted: a gap before records is what compaction removed, skipped at once
-    /// and silently.
+    /// The topic is compacted: a gap before records, once confirmed, is what compaction
+    /// removed, skipped silently.
     compacted: bool,
     pace: Pace,
 }

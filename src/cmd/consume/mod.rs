@@ -133,11 +133,7 @@ impl From<ConsumeArgs> for Config {
 /// replaced). A broker that answers but will not say (DescribeConfigs not allowed, say) costs a
 /// warning; one that cannot be reached or refuses us ends the run here, with its own one line.
 async fn compacted(args: &Config) -> Result<bool> {
-    let answered = |e: &anyhow::Error| {
-        e.chain()
-            .find_map(|c| c.downcast_ref::<kafka::retry::BrokerError>())
-            .map(|b| b.code)
-    };
+    let answered = kafka::retry::BrokerError::code_in;
     match kafka::is_compacted(&args.kafka, &args.topic).await {
         Ok(compacted) => Ok(compacted),
         // An unknown topic is named by what comes next, in its own words.
