@@ -329,15 +329,6 @@ fn partitions_table(partitions: &[PartitionDescription], compacted: bool) -> com
     table
 }
 
-/// The topic's `cleanup.policy`, as the broker reports it.
-async fn cleanup_policy(admin: &mut Admin, topic: &str) -> Result<Option<String>> {
-    let configs = admin.describe_topic_configs(topic).await?;
-    Ok(configs
-        .into_iter()
-        .find(|c| c.name == CLEANUP_POLICY)
-        .and_then(|c| c.value))
-}
-
 /// Records present and offsets spanned per partition: on a compacted topic (its log has
 /// gaps) the records are read and counted, over offsets from 0 when the topic only compacts
 /// (nothing moves its start; tansu reports the first record left as the start); elsewhere both
@@ -382,7 +373,7 @@ async fn describe(args: TopicDescribeArgs) -> Result<()> {
     let metadata = admin.topic(&args.topic).await?;
     let mut topic = kafka::fetch::TopicReaders::of(&args.kafka, metadata);
     let retention = current_retention(&mut admin, &args.topic).await?;
-    let cleanup_policy = cleanup_policy(&mut admin, &args.topic).await?;
+    let cleanup_policy = admin.cleanup_policy(&args.topic).await?;
     let ranges = topic.ranges().await?;
     let compacted = cleanup_policy.as_deref().is_some_and(kafka::compacts);
     let present = records_present(&mut topic, &ranges, cleanup_policy.as_deref()).await?;

@@ -352,6 +352,15 @@ impl Admin {
             .collect())
     }
 
+    /// The topic's `cleanup.policy`, as the broker reports it (None: not reported).
+    pub async fn cleanup_policy(&mut self, topic: &str) -> Result<Option<String>> {
+        let configs = self.describe_topic_configs(topic).await?;
+        Ok(configs
+            .into_iter()
+            .find(|c| c.name == "cleanup.policy")
+            .and_then(|c| c.value))
+    }
+
     /// A topic's configuration (DescribeConfigs).
     ///
     /// All configs are asked for (a null key list): tansu 0.6 cannot decode a request that names

@@ -164,13 +164,11 @@ pub async fn topic_metadata(opts: &Config, topic: &str) -> Result<admin::TopicMe
 /// Whether `topic`'s `cleanup.policy` compacts it (`compact` or `compact,delete`): its log then
 /// has gaps wherever older records of a key were removed, which are not records lost.
 pub async fn is_compacted(opts: &Config, topic: &str) -> Result<bool> {
-    let configs = admin::Admin::connect(opts)
+    let policy = admin::Admin::connect(opts)
         .await?
-        .describe_topic_configs(topic)
+        .cleanup_policy(topic)
         .await?;
-    Ok(configs
-        .iter()
-        .any(|c| c.name == "cleanup.policy" && c.value.as_deref().is_some_and(compacts)))
+    Ok(policy.as_deref().is_some_and(compacts))
 }
 
 /// Whether a `cleanup.policy` value compacts: `compact`, `compact,delete`, `delete,compact`.
