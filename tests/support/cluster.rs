@@ -156,7 +156,6 @@ fn preferred_coordinator(group: &str) -> i32 {
 }
 
 struct Node {
-    port: u16,
     /// Cancelled when the broker is killed: its listener and every connection end.
     life: CancellationToken,
 }
@@ -187,7 +186,7 @@ impl Cluster {
             .collect();
         let state = Arc::new(Mutex::new(State {
             alive: [true; 3],
-            ports: ports.clone().try_into().unwrap(),
+            ports: ports.try_into().unwrap(),
             ..State::default()
         }));
         let cluster = Self {
@@ -196,9 +195,9 @@ impl Cluster {
             state,
             nodes: Mutex::new(Vec::new()),
         };
-        for ((node, listener), port) in NODES.into_iter().zip(listeners).zip(ports) {
+        for (node, listener) in NODES.into_iter().zip(listeners) {
             let life = cluster.serve(node, listener);
-            cluster.nodes.lock().unwrap().push(Node { port, life });
+            cluster.nodes.lock().unwrap().push(Node { life });
         }
         cluster
     }
@@ -237,7 +236,7 @@ impl Cluster {
     }
 
     fn port(&self, node: i32) -> u16 {
-        self.nodes.lock().unwrap()[(node - 1) as usize].port
+        self.with(|s| s.ports[(node - 1) as usize])
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
