@@ -120,15 +120,12 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
             .batch_size(200)
             .spawn()
     };
+    let held = |m: &Running| m.assignment_in(&group, &topic, &db);
     let a = member(&via_proxy, &format!("{}s", TIMEOUT.as_secs()));
-    assert!(
-        wait_until(30, || a.assignment().is_some()),
-        "{}",
-        a.output()
-    );
+    assert!(wait_until(30, || held(&a).is_some()), "{}", a.output());
     // b waits out a's frozen transaction (its locks) without giving up.
     let b = member(&db.url, "30s");
-    let settled = |a: &Running, b: &Running| match (a.assignment(), b.assignment()) {
+    let settled = |a: &Running, b: &Running| match (held(a), held(b)) {
         (Some((ga, pa)), Some((gb, pb))) => ga == gb && pa.len() == 1 && pb.len() == 1,
         _ => false,
     };
@@ -138,7 +135,7 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
         a.output(),
         b.output()
     );
-    let (generation, held_by_a) = a.assignment().unwrap();
+    let (generation, held_by_a) = held(&a).unwrap();
     let written_by_a = || {
         let p = held_by_a.iter().next().unwrap();
         db.scalar(&format!(
@@ -162,8 +159,7 @@ fn a_group_member_whose_database_stops_answering_leaves_the_group_and_exits_1() 
     // before a's 30 s session would have expired.
     let left = Instant::now();
     assert!(
-        wait_until(25, || b
-            .assignment()
+        wait_until(25, || held(&b)
             .is_some_and(|(g, ps)| g > generation && ps.len() == 2)),
         "b:\n{}",
         b.output()
@@ -242,23 +238,7 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
             ],
         );
         streamlab("migrate").db(&db).ok();
-        let reason = match db.sink {
-            "pg" => {
-                db.exec(&format!(
-                    "ALTER TABLE sales_events ADD CONSTRAINT no_closed_store \
-                     CHECK (store_id <> '{closed}')"
-                ));
-                "no_closed_store"
-            }
-            _ => {
-                db.exec(&format!(
-                    "CREATE TRIGGER no_closed_store BEFORE INSERT ON sales_events \
-                     WHEN NEW.store_id = '{closed}' \
-                     BEGIN SELECT RAISE(ABORT, 'store {closed} is closed'); END"
-                ));
-                "is closed"
-            }
-        };
+        let reason = db.refuse_sales_of(&closed);
 
         let out = drain(&topic, &db).batch_size(500).json().ok_json();
 
@@ -288,10 +268,7 @@ fn events_the_database_refuses_become_dead_letters_and_the_stream_goes_on() {
         assert_eq!(db.sales_ids(), stored, "{}", db.sink);
 
         // Each refused record is in dead_letters once, byte for byte, with the database's reason.
-        let payload = match db.sink {
-            "pg" => "convert_from(payload, 'UTF8')",
-            _ => "CAST(payload AS TEXT)",
-        };
+        let payload = db.payload_as_text();
         let letters = db.lines(&format!(
             "SELECT {payload} FROM dead_letters WHERE topic = '{topic}'"
         ));

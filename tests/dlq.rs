@@ -48,141 +48,156 @@ fn raw_records(topic: &str) -> Vec<(Value, Value)> {
 #[test]
 fn dead_letters_are_listed_shown_replayed_exactly_once_and_purged() {
     for db in TestDb::both() {
-        let topic = topic(1);
-        // Offsets 0..4: four sales events (each over 100 bytes); 4: not JSON; 5: no value.
-        produce(&topic, 4).seed(51).ok();
-        produce_raw(&topic, 0, b"bad", vec![Some(b"not json".to_vec()), None]);
-        let strict = consume_json(&brokers(), &topic, &db.url).args(["--max-event-bytes", "100"]);
-        assert_eq!(counted(&strict.ok_json(), "dead_lettered"), 6);
-
-        assert_eq!(listed(&db, &[]), [6, 5, 4, 3, 2, 1]);
-        assert_eq!(listed(&db, &["--limit", "2"]), [6, 5]);
-        assert_eq!(listed(&db, &["--reason", "not a sales event"]), [5]);
-        assert_eq!(
-            listed(&db, &["--reason", "than --max-event-bytes 100"]),
-            [4, 3, 2, 1]
-        );
-        assert_eq!(
-            listed(&db, &["--topic", &topic, "--since", "1h"]),
-            [6, 5, 4, 3, 2, 1]
-        );
-        assert_eq!(listed(&db, &["--since", "2999-01-01T00:00:00Z"]), [0i64; 0]);
-        assert_eq!(listed(&db, &["--topic", "other-topic"]), [0i64; 0]);
-        assert_eq!(listed(&db, &["--id", "2,5"]), [5, 2]);
-        let table = streamlab("dlq list").db(&db).ok();
-        assert!(table.contains("6 dead letter(s)"), "{table}");
-
-        let shown = dlq("show", &db).id(5).ok_json();
-        assert_eq!(shown["payload"]["utf8"], "not json");
-        assert_eq!(shown["payload"]["hex"], "6e6f74206a736f6e");
-        assert_eq!(shown["key"]["utf8"], "bad");
-        assert_eq!(
-            (&shown["partition"], &shown["offset"]),
-            (&0.into(), &4.into())
-        );
-        let shown = dlq("show", &db).id(6).ok_json();
-        assert_eq!(shown["payload"], Value::Null);
-        assert!(
-            shown["error"].as_str().unwrap().contains("null payload"),
-            "{shown}"
-        );
-        let text = streamlab("dlq show").db(&db).id(5).ok();
-        assert!(
-            text.contains("payload: (8 bytes, UTF-8)\nnot json"),
-            "{text}"
-        );
-        streamlab("dlq show")
-            .db(&db)
-            .id(99)
-            .fails(1, &["no dead letter with id 99"], &[]);
-
-        // Today's rules still refuse them: nothing moves.
-        let same = dlq("replay", &db)
-            .id(1)
-            .args(["--max-event-bytes", "100"])
-            .ok_json();
-        assert_eq!(ids(&same["replayed"]), [0i64; 0]);
-        assert_eq!(ids(&same["still_failing"]), [1]);
-        assert_eq!(listed(&db, &[]).len(), 6);
-
-        // The default limit lets the four events in, exactly once.
-        let done = dlq("replay", &db).ok_json();
-        assert_eq!(ids(&done["replayed"]), [1, 2, 3, 4]);
-        assert_eq!(
-            done["stored"],
-            serde_json::json!({"inserted": 4, "duplicates": 0})
-        );
-        assert_eq!(ids(&done["still_failing"]), [5, 6]);
-        assert_eq!(db.sales_ids(), seeded_ids(51, 4));
-        assert_eq!(listed(&db, &[]), [6, 5]);
-        let again = dlq("replay", &db).ok_json();
-        assert_eq!(ids(&again["replayed"]), [0i64; 0]);
-        assert_eq!(
-            again["stored"],
-            serde_json::json!({"inserted": 0, "duplicates": 0})
-        );
-        assert_eq!(db.sales_ids().len(), 4);
-
-        // The same events produced again and dead-lettered: replayed, they are duplicates.
-        produce(&topic, 4).seed(51).ok();
-        strict.ok_json();
-        assert_eq!(listed(&db, &[]), [10, 9, 8, 7, 6, 5]);
-        let dup = dlq("replay", &db)
-            .args(["--reason", "larger than"])
-            .ok_json();
-        assert_eq!(ids(&dup["replayed"]), [7, 8, 9, 10]);
-        assert_eq!(
-            dup["stored"],
-            serde_json::json!({"inserted": 0, "duplicates": 4})
-        );
-
-        // The raw record re-produced, key and all, to another topic; its letter is gone.
-        let fixed = crate::support::topic(1);
-        let out = dlq("replay", &db)
-            .id(5)
-            .args(["--to-topic", &fixed])
-            .ok_json();
-        assert_eq!(ids(&out["replayed"]), [5]);
-        assert_eq!(
-            raw_records(&fixed),
-            [(Value::from("bad"), Value::from("not json"))]
-        );
-        assert_eq!(listed(&db, &[]), [6]);
-
-        // Purge: what failed before a moment goes, what failed after stays.
-        std::thread::sleep(Duration::from_millis(1100));
-        let cut = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
-        produce_raw(&topic, 0, b"late", vec![Some(b"{\"late\": true}".to_vec())]);
-        consume_json(&brokers(), &topic, &db.url).ok_json();
-        assert_eq!(listed(&db, &[]), [11, 6]);
-        let purged = dlq("purge", &db)
-            .args(["--before", &cut, "--execute"])
-            .ok_json();
-        assert_eq!(
-            (&purged["purged"], ids(&purged["ids"])),
-            (&1.into(), vec![6])
-        );
-        assert_eq!(listed(&db, &[]), [11]);
-        let none = dlq("purge", &db)
-            .args(["--before", &cut, "--execute"])
-            .ok_json();
-        assert_eq!(none["purged"], 0);
-        let out = streamlab("dlq purge")
-            .db(&db)
-            .args([
-                "--before",
-                "2999-01-01T00:00:00Z",
-                "--reason",
-                "not a sales",
-                "--execute",
-            ])
-            .ok();
-        assert_eq!(out.trim(), "purged 1 dead letter(s): ids 11");
-        assert_eq!(listed(&db, &[]), [0i64; 0]);
+        let (topic, strict) = six_dead_letters(&db);
+        list_and_show(&db, &topic);
+        replay_exactly_once(&db, &topic, &strict);
+        purge_what_failed_before(&db, &topic);
     }
+}
+
+/// Offsets 0..4 of a new topic: four sales events (each over 100 bytes); 4: not JSON; 5: no
+/// value — all six dead letters of a consume with `--max-event-bytes 100` (returned).
+fn six_dead_letters(db: &TestDb) -> (String, Cmd) {
+    let topic = topic(1);
+    produce(&topic, 4).seed(51).ok();
+    produce_raw(&topic, 0, b"bad", vec![Some(b"not json".to_vec()), None]);
+    let strict = consume_json(&brokers(), &topic, &db.url).args(["--max-event-bytes", "100"]);
+    assert_eq!(counted(&strict.ok_json(), "dead_lettered"), 6);
+    (topic, strict)
+}
+
+fn list_and_show(db: &TestDb, topic: &str) {
+    assert_eq!(listed(db, &[]), [6, 5, 4, 3, 2, 1]);
+    assert_eq!(listed(db, &["--limit", "2"]), [6, 5]);
+    assert_eq!(listed(db, &["--reason", "not a sales event"]), [5]);
+    assert_eq!(
+        listed(db, &["--reason", "than --max-event-bytes 100"]),
+        [4, 3, 2, 1]
+    );
+    assert_eq!(
+        listed(db, &["--topic", topic, "--since", "1h"]),
+        [6, 5, 4, 3, 2, 1]
+    );
+    assert_eq!(listed(db, &["--since", "2999-01-01T00:00:00Z"]), [0i64; 0]);
+    assert_eq!(listed(db, &["--topic", "other-topic"]), [0i64; 0]);
+    assert_eq!(listed(db, &["--id", "2,5"]), [5, 2]);
+    let table = streamlab("dlq list").db(db).ok();
+    assert!(table.contains("6 dead letter(s)"), "{table}");
+
+    let shown = dlq("show", db).id(5).ok_json();
+    assert_eq!(shown["payload"]["utf8"], "not json");
+    assert_eq!(shown["payload"]["hex"], "6e6f74206a736f6e");
+    assert_eq!(shown["key"]["utf8"], "bad");
+    assert_eq!(
+        (&shown["partition"], &shown["offset"]),
+        (&0.into(), &4.into())
+    );
+    let shown = dlq("show", db).id(6).ok_json();
+    assert_eq!(shown["payload"], Value::Null);
+    assert!(
+        shown["error"].as_str().unwrap().contains("null payload"),
+        "{shown}"
+    );
+    let text = streamlab("dlq show").db(db).id(5).ok();
+    assert!(
+        text.contains("payload: (8 bytes, UTF-8)\nnot json"),
+        "{text}"
+    );
+    streamlab("dlq show")
+        .db(db)
+        .id(99)
+        .fails(1, &["no dead letter with id 99"], &[]);
+}
+
+fn replay_exactly_once(db: &TestDb, topic: &str, strict: &Cmd) {
+    // Today's rules still refuse them: nothing moves.
+    let same = dlq("replay", db)
+        .id(1)
+        .args(["--max-event-bytes", "100"])
+        .ok_json();
+    assert_eq!(ids(&same["replayed"]), [0i64; 0]);
+    assert_eq!(ids(&same["still_failing"]), [1]);
+    assert_eq!(listed(db, &[]).len(), 6);
+
+    // The default limit lets the four events in, exactly once.
+    let done = dlq("replay", db).ok_json();
+    assert_eq!(ids(&done["replayed"]), [1, 2, 3, 4]);
+    assert_eq!(
+        done["stored"],
+        serde_json::json!({"inserted": 4, "duplicates": 0})
+    );
+    assert_eq!(ids(&done["still_failing"]), [5, 6]);
+    assert_eq!(db.sales_ids(), seeded_ids(51, 4));
+    assert_eq!(listed(db, &[]), [6, 5]);
+    let again = dlq("replay", db).ok_json();
+    assert_eq!(ids(&again["replayed"]), [0i64; 0]);
+    assert_eq!(
+        again["stored"],
+        serde_json::json!({"inserted": 0, "duplicates": 0})
+    );
+    assert_eq!(db.sales_ids().len(), 4);
+
+    // The same events produced again and dead-lettered: replayed, they are duplicates.
+    produce(topic, 4).seed(51).ok();
+    strict.ok_json();
+    assert_eq!(listed(db, &[]), [10, 9, 8, 7, 6, 5]);
+    let dup = dlq("replay", db)
+        .args(["--reason", "larger than"])
+        .ok_json();
+    assert_eq!(ids(&dup["replayed"]), [7, 8, 9, 10]);
+    assert_eq!(
+        dup["stored"],
+        serde_json::json!({"inserted": 0, "duplicates": 4})
+    );
+
+    // The raw record re-produced, key and all, to another topic; its letter is gone.
+    let fixed = crate::support::topic(1);
+    let out = dlq("replay", db)
+        .id(5)
+        .args(["--to-topic", &fixed])
+        .ok_json();
+    assert_eq!(ids(&out["replayed"]), [5]);
+    assert_eq!(
+        raw_records(&fixed),
+        [(Value::from("bad"), Value::from("not json"))]
+    );
+    assert_eq!(listed(db, &[]), [6]);
+}
+
+fn purge_what_failed_before(db: &TestDb, topic: &str) {
+    // Purge: what failed before a moment goes, what failed after stays.
+    std::thread::sleep(Duration::from_millis(1100));
+    let cut = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    produce_raw(topic, 0, b"late", vec![Some(b"{\"late\": true}".to_vec())]);
+    consume_json(&brokers(), topic, &db.url).ok_json();
+    assert_eq!(listed(db, &[]), [11, 6]);
+    let purged = dlq("purge", db)
+        .args(["--before", &cut, "--execute"])
+        .ok_json();
+    assert_eq!(
+        (&purged["purged"], ids(&purged["ids"])),
+        (&1.into(), vec![6])
+    );
+    assert_eq!(listed(db, &[]), [11]);
+    let none = dlq("purge", db)
+        .args(["--before", &cut, "--execute"])
+        .ok_json();
+    assert_eq!(none["purged"], 0);
+    let out = streamlab("dlq purge")
+        .db(db)
+        .args([
+            "--before",
+            "2999-01-01T00:00:00Z",
+            "--reason",
+            "not a sales",
+            "--execute",
+        ])
+        .ok();
+    assert_eq!(out.trim(), "purged 1 dead letter(s): ids 11");
+    assert_eq!(listed(db, &[]), [0i64; 0]);
 }
 
 #[test]

@@ -18,6 +18,8 @@ const SESSION: Duration = Duration::from_secs(6);
 struct Member {
     name: &'static str,
     process: Running,
+    /// A streamlab member's `group describe` (its assignment as the database recorded it).
+    describe: Option<(Cmd, String)>,
 }
 
 impl Member {
@@ -32,7 +34,12 @@ impl Member {
             .batch_size(500)
             .json()
             .spawn();
-        Self { name, process }
+        let describe = Some((describe_members(group, topic, db), topic.to_string()));
+        Self {
+            name,
+            process,
+            describe,
+        }
     }
 
     /// A librdkafka consumer in the same group (it takes part in the protocol, stores nothing;
@@ -46,6 +53,7 @@ impl Member {
         Self {
             name,
             process: Running::start(python, true),
+            describe: None,
         }
     }
 
@@ -53,16 +61,16 @@ impl Member {
         self.process.output()
     }
 
-    /// The latest assignment this member reported: (generation, partitions). librdkafka's
-    /// callbacks carry no generation; its assignments count as generation -1.
+    /// The latest assignment this member reported: (generation, partitions) — a streamlab
+    /// member's as `group describe` shows it, librdkafka's from its JSON events (its callbacks
+    /// carry no generation: its assignments count as generation -1).
     fn current(&self) -> Option<(i32, BTreeSet<i32>)> {
+        if let Some((describe, topic)) = &self.describe {
+            return self.process.assignment_via(describe, topic);
+        }
         let mut current = None;
         for line in self.process.lines() {
-            if line.contains(" generation ") {
-                if let Some(assigned) = assignment(&line) {
-                    current = Some(assigned);
-                }
-            } else if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                 if let Some(assigned) = event["assigned"].as_array() {
                     let ps = assigned.iter().map(|p| p.as_i64().unwrap() as i32);
                     current = Some((-1, ps.collect()));
@@ -370,9 +378,15 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
 }
 
-/// Each member's assignments as it logged them: generation → partitions.
-fn generations(stderr: &str) -> BTreeMap<i32, BTreeSet<i32>> {
-    stderr.lines().filter_map(assignment).collect()
+/// A member's assignments as its JSON summary lists them: generation → partitions.
+fn generations(summary: &serde_json::Value) -> BTreeMap<i64, Vec<i64>> {
+    let assignments = summary["assignments"].as_array();
+    let each = assignments.into_iter().flatten().map(|a| {
+        let partitions = a["partitions"].as_array().unwrap();
+        let partitions = partitions.iter().map(|p| p.as_i64().unwrap());
+        (a["generation"].as_i64().unwrap(), partitions.collect())
+    });
+    each.collect()
 }
 
 #[test]
@@ -404,7 +418,7 @@ fn three_consumers_of_one_group_started_together_share_the_partitions() {
             out.stderr
         );
         inserted_by.push(counted(&out.json(), "inserted"));
-        assignments.push(generations(&out.stderr));
+        assignments.push(generations(&out.json()));
         outputs.push(out.stderr);
     }
     // Shared: every member was given partitions, and more than one stored events. (Which
@@ -547,22 +561,10 @@ impl HandCraftedMember {
     }
 }
 
-async fn crafted_member(
-    group: &str,
-    metadata: bytes::Bytes,
-    stop: &std::sync::atomic::AtomicBool,
-    log: &Mutex<CraftedLog>,
-) {
-    use kafka_protocol::error::ResponseError;
-    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
-    use kafka_protocol::messages::leave_group_request::MemberIdentity;
-    use kafka_protocol::messages::{
-        FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-        SyncGroupRequest,
-    };
+/// A connection to `group`'s coordinator, found with FindCoordinator at the broker.
+async fn coordinator_of(group: &str) -> streamlab::kafka::wire::WireConnection {
+    use kafka_protocol::messages::FindCoordinatorRequest;
     use kafka_protocol::protocol::StrBytes;
-    use std::sync::atomic::Ordering;
-    use streamlab::kafka::assign::decode_assignment;
     use streamlab::kafka::wire::WireConnection;
 
     let s = |t: &str| StrBytes::from_string(t.to_string());
@@ -582,21 +584,53 @@ async fn crafted_member(
         Some(c) if version >= 4 => (c.host.to_string(), c.port),
         _ => (found.host.to_string(), found.port),
     };
-    let mut conn = WireConnection::connect(&format!("{host}:{port}"), &opts)
+    WireConnection::connect(&format!("{host}:{port}"), &opts)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// JoinGroup for `group` as `member_id` (empty: a new member), offering the range protocol.
+fn join_request(
+    group: &str,
+    member_id: &str,
+    metadata: bytes::Bytes,
+) -> kafka_protocol::messages::JoinGroupRequest {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{GroupId, JoinGroupRequest};
+    use kafka_protocol::protocol::StrBytes;
+    let s = |t: &str| StrBytes::from_string(t.to_string());
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_session_timeout_ms(6_000)
+        .with_rebalance_timeout_ms(30_000)
+        .with_member_id(s(member_id))
+        .with_protocol_type(s("consumer"))
+        .with_protocols(vec![JoinGroupRequestProtocol::default()
+            .with_name(s("range"))
+            .with_metadata(metadata)])
+}
+
+async fn crafted_member(
+    group: &str,
+    metadata: bytes::Bytes,
+    stop: &std::sync::atomic::AtomicBool,
+    log: &Mutex<CraftedLog>,
+) {
+    use kafka_protocol::error::ResponseError;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::{
+        GroupId, HeartbeatRequest, LeaveGroupRequest, SyncGroupRequest,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use std::sync::atomic::Ordering;
+    use streamlab::kafka::assign::decode_assignment;
+
+    let s = |t: &str| StrBytes::from_string(t.to_string());
+    let mut conn = coordinator_of(group).await;
 
     let mut member_id = String::new();
     'join: while !stop.load(Ordering::SeqCst) {
-        let join = JoinGroupRequest::default()
-            .with_group_id(GroupId(s(group)))
-            .with_session_timeout_ms(6_000)
-            .with_rebalance_timeout_ms(30_000)
-            .with_member_id(s(&member_id))
-            .with_protocol_type(s("consumer"))
-            .with_protocols(vec![JoinGroupRequestProtocol::default()
-                .with_name(s("range"))
-                .with_metadata(metadata.clone())]);
+        let join = join_request(group, &member_id, metadata.clone());
         let joined = match conn.call_within(join, 9, Duration::from_secs(45)).await {
             Ok(joined) => joined,
             Err(e) => {

@@ -230,15 +230,21 @@ fn what_cannot_be_done_is_refused_and_changes_nothing() {
         &["topic 'no-such-topic-x' does not exist"],
     );
 
-    // A live member: refused, naming it.
+    refused_while_a_member_lives(&db, &topic, &group);
+}
+
+/// A live member: refused, naming it; once it stopped, the reset goes through (a partition with
+/// no stored row gets one); a database that cannot say whom it recorded fails closed.
+fn refused_while_a_member_lives(db: &TestDb, topic: &str, group: &str) {
+    let base = || reset(db, group, topic);
     let member = streamlab("consume")
-        .topic(&topic)
-        .db(&db)
-        .group(&group)
+        .topic(topic)
+        .db(db)
+        .group(group)
         .spawn();
     let mut member_id = String::new();
     assert!(wait_until(30, || {
-        let described = streamlab("group describe").group(&group).json().ok_json();
+        let described = streamlab("group describe").group(group).json().ok_json();
         member_id = described["members"][0]["member_id"]
             .as_str()
             .unwrap_or_default()
@@ -246,18 +252,18 @@ fn what_cannot_be_done_is_refused_and_changes_nothing() {
         !member_id.is_empty()
     }));
     // It reads partitions 1 and 2 from their start; once it has, nothing moves.
-    let ends = end_offsets(&topic);
-    assert!(wait_until(30, || db.stored_offsets(&topic) == ends));
+    let ends = end_offsets(topic);
+    assert!(wait_until(30, || db.stored_offsets(topic) == ends));
     base().arg("--to-earliest").execute().fails(
         1,
         &["has 1 live member(s)", &member_id, "stop them first"],
         &[],
     );
-    assert_eq!(db.stored_offsets(&topic), ends);
+    assert_eq!(db.stored_offsets(topic), ends);
     assert!(member.terminate().succeeded());
     let plan = base().arg("--to-earliest").execute().ok_json();
     assert_eq!(moves(&plan).len(), 3);
-    assert!(db.stored_offsets(&topic).values().all(|&o| o == 0));
+    assert!(db.stored_offsets(topic).values().all(|&o| o == 0));
     // A partition with no stored row gets one (the fence: it must still be absent).
     db.exec(&format!(
         "DELETE FROM streamlab_offsets WHERE topic = '{topic}' AND kafka_partition = 2"
@@ -265,13 +271,13 @@ fn what_cannot_be_done_is_refused_and_changes_nothing() {
     let plan = base().arg("--to-latest").partition(2).execute().ok_json();
     assert_eq!(moves(&plan), BTreeMap::from([(2, (Value::Null, ends[&2]))]));
     assert_eq!(
-        db.stored_offsets(&topic),
+        db.stored_offsets(topic),
         BTreeMap::from([(0, 0), (1, 0), (2, ends[&2])])
     );
-    assert_eq!(committed_in_kafka(&group, &topic)[&2], ends[&2]);
+    assert_eq!(committed_in_kafka(group, topic)[&2], ends[&2]);
 
     // A database that cannot say whom it recorded is not "no members": refused (fail closed).
-    let now = db.stored_offsets(&topic);
+    let now = db.stored_offsets(topic);
     db.exec("ALTER TABLE streamlab_members RENAME TO members_kept");
     db.exec(&format!(
         "CREATE VIEW streamlab_members AS SELECT '{group}' AS consumer_group, \
@@ -283,11 +289,17 @@ fn what_cannot_be_done_is_refused_and_changes_nothing() {
         &["reading the members recorded for group", "integer overflow"],
         &[],
     );
-    assert_eq!(db.stored_offsets(&topic), now);
+    assert_eq!(db.stored_offsets(topic), now);
     db.exec("DROP VIEW streamlab_members");
     db.exec("ALTER TABLE members_kept RENAME TO streamlab_members");
+}
 
-    // Bad input to every flag: exit 2 before anything connects.
+/// Bad input to every flag: exit 2 before anything connects (the topic and group need not exist).
+#[test]
+fn bad_input_to_every_flag_is_a_usage_error() {
+    let db = TestDb::sqlite();
+    let (topic, group) = (unique("t"), unique("g"));
+    let base = || reset(&db, &group, &topic);
     for (extra, says) in [
         (&[][..], "required arguments were not provided"),
         (&["--to-earliest", "--to-latest"][..], "cannot be used with"),

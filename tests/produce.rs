@@ -1,7 +1,6 @@
 //! `streamlab produce` against the real broker; what landed is read back with librdkafka.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::support::*;
 use streamlab::kafka::partitioner::partition_for_key;
@@ -136,8 +135,10 @@ fn a_rate_limited_run_sends_rate_times_duration() {
 fn sigterm_flushes_and_reports_exactly_what_was_acknowledged() {
     let topic = topic(3);
     let child = streamlab("produce").topic(&topic).rate(300).json().spawn();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Mid-stream: records on the broker, the producer still sending.
+    let mid_stream = wait_until(30, || total_records(&topic) > 100);
     let out = child.terminate();
+    assert!(mid_stream, "no records on the broker:\n{}", out.stderr);
     assert!(out.succeeded(), "{}", out.stderr);
     let sent = sent(&out.json()) as i64;
     assert!(sent > 100, "{}", out.stdout);

@@ -217,42 +217,45 @@ fn hostile_configuration_gets_a_clear_error_and_no_password() {
         .fails(2, &["mysql://x is not a database streamlab writes to"], &[]);
 }
 
-/// A password, wherever a database URL carries it, appears in no output: not in `--help` (which
-/// would show `[env: DATABASE_URL=…]`), not in errors, not in `check`'s JSON, not at `-vv` or
-/// with everything traced.
-#[test]
-fn a_database_password_appears_in_no_output() {
-    const SECRET: &str = "s3cr3tpw";
-    /// Run with `DATABASE_URL=url` (and `STREAMLAB_TEST_PG`, read by `bench`); `trace` logs
-    /// everything of every crate. Fails the test if `secret` shows anywhere.
-    fn run(cmd: &Cmd, url: &str, secret: &str, trace: bool) -> Run {
-        let mut cmd = cmd
-            .clone()
-            .env("DATABASE_URL", url)
-            .env("STREAMLAB_TEST_PG", url);
-        if trace {
-            cmd = cmd.env("RUST_LOG", "trace");
-        } else if cmd.argv().iter().any(|a| a == "-vv") {
-            cmd = cmd.env_remove("RUST_LOG"); // let -vv choose the levels
-        }
-        let out = cmd.run();
-        for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-            assert!(
-                !text.contains(secret),
-                "streamlab {:?} with DATABASE_URL={url} shows the password on {stream}:\n{text}",
-                cmd.argv()
-            );
-        }
-        out
-    }
-    fn failed(out: &Run) -> bool {
-        !out.succeeded() && !out.stderr.contains("panicked")
-    }
-    /// `-vv` first, then `cmd`'s arguments.
-    fn verbose(cmd: &Cmd) -> Cmd {
-        streamlab("").arg("-vv").args(cmd.argv())
-    }
+const SECRET: &str = "s3cr3tpw";
 
+/// Run with `DATABASE_URL=url` (and `STREAMLAB_TEST_PG`, read by `bench`); `trace` logs
+/// everything of every crate. Fails the test if `secret` shows anywhere.
+fn run_hiding(cmd: &Cmd, url: &str, secret: &str, trace: bool) -> Run {
+    let mut cmd = cmd
+        .clone()
+        .env("DATABASE_URL", url)
+        .env("STREAMLAB_TEST_PG", url);
+    if trace {
+        cmd = cmd.env("RUST_LOG", "trace");
+    } else if cmd.argv().iter().any(|a| a == "-vv") {
+        cmd = cmd.env_remove("RUST_LOG"); // let -vv choose the levels
+    }
+    let out = cmd.run();
+    for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        assert!(
+            !text.contains(secret),
+            "streamlab {:?} with DATABASE_URL={url} shows the password on {stream}:\n{text}",
+            cmd.argv()
+        );
+    }
+    out
+}
+
+fn failed(out: &Run) -> bool {
+    !out.succeeded() && !out.stderr.contains("panicked")
+}
+
+/// `-vv` first, then `cmd`'s arguments.
+fn verbose(cmd: &Cmd) -> Cmd {
+    streamlab("").arg("-vv").args(cmd.argv())
+}
+
+/// A password, wherever a database URL carries it, appears in no output: not in `--help` (which
+/// would show `[env: DATABASE_URL=…]`), not in errors, not at `-vv` or with everything traced.
+#[test]
+fn a_database_password_appears_in_no_output_when_the_database_is_unreachable() {
+    let run = run_hiding;
     let topic = topic(1);
     // Nothing listens on port 1: every connection attempt fails, so errors are printed.
     let unreachable = [
@@ -286,7 +289,14 @@ fn a_database_password_appears_in_no_output() {
         let migrate = streamlab("migrate").sink("pg");
         assert!(failed(&run(&verbose(&migrate), url, SECRET, false)));
     }
+}
 
+/// The same with a database that answers: nor in `migrate`'s, `consume`'s or `check`'s output,
+/// `check`'s JSON included.
+#[test]
+fn a_database_password_appears_in_no_output_when_the_database_answers() {
+    let run = run_hiding;
+    let topic = topic(1);
     // A reachable database, its password in each place a URL can carry one. The local server
     // trusts 127.0.0.1 and ignores passwords, so SECRET serves; a STREAMLAB_TEST_PG with a
     // password of its own (a server that checks it) is tested with that password instead.

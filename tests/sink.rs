@@ -102,15 +102,7 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
     );
     let mut g = Generator::new(EventKind::Sales, Some(31));
     let closed = g.stores()[4].clone();
-    match db.sink {
-        "pg" => db.exec(&format!(
-            "ALTER TABLE sales_events ADD CONSTRAINT no_closed_store CHECK (store_id <> '{closed}')"
-        )),
-        _ => db.exec(&format!(
-            "CREATE TRIGGER no_closed_store BEFORE INSERT ON sales_events \
-             WHEN NEW.store_id = '{closed}' BEGIN SELECT RAISE(ABORT, 'store {closed} is closed'); END"
-        )),
-    }
+    let reason = db.refuse_sales_of(&closed);
     let mut events: Vec<Landed> = (0..300)
         .map(|i| landed(g.next_event(OffsetDateTime::now_utc()), i))
         .collect();
@@ -165,10 +157,6 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
     assert_eq!(written.dead_lettered, refused.len() as u64 + 1);
     let offsets: Vec<i64> = written.refused.iter().map(|r| r.1).collect();
     assert_eq!(offsets, refused);
-    let reason = match db.sink {
-        "pg" => "no_closed_store",
-        _ => "is closed",
-    };
     assert!(
         written.refused.iter().any(|r| r.2.contains(reason)),
         "{written:?}"
@@ -201,10 +189,7 @@ async fn isolate<S: Sink>(sink: S, db: &TestDb) {
         let original = String::from_utf8(batch.events[offset as usize].value.to_vec()).unwrap();
         let stored = db.lines(&format!(
             "SELECT {} FROM dead_letters WHERE kafka_offset = {offset}",
-            match db.sink {
-                "pg" => "convert_from(payload, 'UTF8')",
-                _ => "CAST(payload AS TEXT)",
-            }
+            db.payload_as_text()
         ));
         assert_eq!(stored, vec![original]);
     }

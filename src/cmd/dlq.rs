@@ -9,9 +9,7 @@
 //! Letters of corrupt batches (`consume --skip-corrupt-batches`) hold a raw record batch, not a
 //! record: replay leaves them alone.
 
-use std::collections::BTreeMap;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::cli::{
@@ -228,10 +226,6 @@ struct StillFailing {
 /// payload is a whole raw record batch.
 const CORRUPT_BATCH: &str = "skipped with --skip-corrupt-batches";
 
-/// Largest produce request `--to-topic` sends to one partition, in bytes (produce's
-/// --batch-bytes default).
-const REQUEST_BYTES: usize = 1 << 20;
-
 async fn replay(args: DlqReplayArgs) -> Result<()> {
     let timeout = args.kafka.timeout;
     let (target, reader) = open(&args.db, timeout).await?;
@@ -263,7 +257,12 @@ async fn replay(args: DlqReplayArgs) -> Result<()> {
         match &args.to_topic {
             Some(topic) => {
                 let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
-                let produce = produce_raw(&args.kafka, topic, &letters);
+                let now = time::OffsetDateTime::now_utc();
+                let records = letters
+                    .iter()
+                    .map(|l| kafka::produce::record(l.key.clone(), l.payload.clone(), now))
+                    .collect();
+                let produce = kafka::produce::send_placed(&args.kafka, topic, records);
                 dlq::claim_then(&mut sink, &ids, produce)
                     .await
                     .map_err(anyhow::Error::new)?;
@@ -349,69 +348,6 @@ fn print_replay(report: &Replay) -> Result<()> {
     Ok(())
 }
 
-/// Produce each letter's raw record (key and value as they came) to `topic`, placed as Kafka's
-/// default partitioner places keyed records (round robin without a key), in requests of at most
-/// [`REQUEST_BYTES`] per partition; returns once the broker acknowledged every one.
-async fn produce_raw(opts: &kafka::Config, topic: &str, letters: &[Letter]) -> Result<()> {
-    use rskafka::client::partition::Compression;
-    let client = kafka::connect(opts).await?;
-    let partitions = kafka::partitions_of(&client, topic).await?;
-    let clients = kafka::partition_clients(&client, topic, &partitions).await?;
-    let mut by_partition: BTreeMap<usize, Vec<rskafka::record::Record>> = BTreeMap::new();
-    for (i, l) in letters.iter().enumerate() {
-        let at = match &l.key {
-            Some(key) => kafka::partitioner::partition_for_key(key, partitions.len()),
-            None => i % partitions.len(),
-        };
-        by_partition
-            .entry(at)
-            .or_default()
-            .push(rskafka::record::Record {
-                key: l.key.clone(),
-                value: l.payload.clone(),
-                headers: Default::default(),
-                timestamp: super::produce::chrono_ts(time::OffsetDateTime::now_utc()),
-            });
-    }
-    for (at, records) in by_partition {
-        for request in requests(records, REQUEST_BYTES) {
-            let produced = clients[at].produce(request, Compression::NoCompression);
-            tokio::time::timeout(opts.timeout, produced)
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "producing to {topic}/{}: no answer within {:?}",
-                        partitions[at],
-                        opts.timeout
-                    )
-                })?
-                .with_context(|| format!("producing to {topic}/{}", partitions[at]))?;
-        }
-    }
-    Ok(())
-}
-
-/// `records` in order, cut into requests of at most `max_bytes` (a larger record goes alone).
-fn requests(
-    records: Vec<rskafka::record::Record>,
-    max_bytes: usize,
-) -> Vec<Vec<rskafka::record::Record>> {
-    let mut requests: Vec<Vec<rskafka::record::Record>> = Vec::new();
-    let mut size = 0;
-    for record in records {
-        let bytes = record.approximate_size();
-        match requests.last_mut() {
-            Some(last) if size + bytes <= max_bytes => last.push(record),
-            _ => {
-                requests.push(vec![record]);
-                size = 0;
-            }
-        }
-        size += bytes;
-    }
-    requests
-}
-
 #[derive(Serialize)]
 struct Purged {
     database: String,
@@ -466,34 +402,6 @@ async fn purge(args: DlqPurgeArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(bytes: usize) -> rskafka::record::Record {
-        rskafka::record::Record {
-            key: None,
-            value: Some(vec![b'x'; bytes]),
-            headers: Default::default(),
-            timestamp: super::super::produce::chrono_ts(time::OffsetDateTime::now_utc()),
-        }
-    }
-
-    #[test]
-    fn produce_requests_stay_within_the_byte_limit_and_in_order() {
-        let sizes = [400_000, 400_000, 400_000, 2_000_000, 10];
-        let cut = requests(sizes.iter().map(|&n| record(n)).collect(), REQUEST_BYTES);
-        let lens: Vec<Vec<usize>> = cut
-            .iter()
-            .map(|r| r.iter().map(|x| x.value.as_ref().unwrap().len()).collect())
-            .collect();
-        assert_eq!(
-            lens,
-            [
-                vec![400_000, 400_000],
-                vec![400_000],
-                vec![2_000_000],
-                vec![10]
-            ]
-        );
-    }
 
     #[test]
     fn tables_show_control_characters_escaped() {

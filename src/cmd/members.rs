@@ -32,7 +32,7 @@ pub struct Member {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recorded_client: Option<String>,
     /// The generation it recorded (None: not recorded).
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i32>,
     /// Topic → partitions (from the broker, else from the database's record); `None`: unknown.
     pub partitions: Option<BTreeMap<String, Vec<i32>>>,

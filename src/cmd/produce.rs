@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::Record;
 use serde::Serialize;
@@ -211,12 +210,9 @@ fn next_record(args: &ProduceArgs, generator: &mut Generator) -> Record {
             (event.key().to_string(), Some(event))
         }
     };
-    Record {
-        key: Some(key.into_bytes()),
-        value: event.as_ref().map(Event::to_json),
-        headers: Default::default(),
-        timestamp: chrono_ts(event.map_or_else(|| to_millis(now), |e| e.ts())),
-    }
+    let value = event.as_ref().map(Event::to_json);
+    let at = event.map_or_else(|| to_millis(now), |e| e.ts());
+    kafka::produce::record(Some(key.into_bytes()), value, at)
 }
 
 fn print_summary(summary: &ProduceSummary, partitions: &[i32]) -> Result<()> {
@@ -232,11 +228,6 @@ fn print_summary(summary: &ProduceSummary, partitions: &[i32]) -> Result<()> {
         render::note(format!("  partition {p}: {n}"))?;
     }
     Ok(())
-}
-
-pub(crate) fn chrono_ts(ts: OffsetDateTime) -> DateTime<Utc> {
-    let ms = (ts.unix_timestamp_nanos() / 1_000_000) as i64;
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 /// Batch records for one partition: send as soon as a batch is full or has lingered briefly.

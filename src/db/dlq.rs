@@ -305,103 +305,26 @@ impl Statements for DatabaseTx {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use super::*;
-    use crate::db::{
-        Batch, DeadLetter, Deadline, MemberRecord, OffsetAdvance, Savepoint, Tombstone,
-    };
-    use crate::events::EventKind;
+    use crate::db::memory::{Faults, MemorySink};
+    use crate::db::Deadline;
 
-    /// A database whose DELETE removes `removes` rows, and whose statements (`hang_delete`) or
-    /// COMMIT (`hang_commit`) never answer.
-    #[derive(Clone, Copy, Default)]
-    struct Fake {
-        removes: u64,
-        hang_delete: bool,
-        hang_commit: bool,
-    }
-
-    async fn maybe_hang(hang: bool) {
-        if hang {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    impl Sink for Fake {
-        type Tx = Fake;
-        async fn begin(&mut self) -> Result<Fake, SinkError> {
-            Ok(*self)
-        }
-        async fn load_offsets(
-            &mut self,
-            _: &str,
-            _: &str,
-        ) -> Result<BTreeMap<i32, i64>, SinkError> {
-            Ok(BTreeMap::new())
-        }
-        async fn stored_topic_ids(
-            &mut self,
-            _: &str,
-            _: &str,
-        ) -> Result<BTreeMap<i32, String>, SinkError> {
-            Ok(BTreeMap::new())
-        }
-        async fn record_member(&mut self, _: &MemberRecord) -> Result<(), SinkError> {
-            Ok(())
-        }
-    }
-
-    impl SinkTx for Fake {
-        async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
-            Ok(events.len() as u64)
-        }
-        async fn upsert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
-            Ok(events.len() as u64)
-        }
-        async fn delete_keys(&mut self, _: EventKind, d: &[Tombstone]) -> Result<u64, SinkError> {
-            Ok(d.len() as u64)
-        }
-        async fn insert_dead_letters(
-            &mut self,
-            _: &str,
-            _: &[DeadLetter],
-        ) -> Result<u64, SinkError> {
-            Ok(0)
-        }
-        async fn advance(&mut self, _: &Batch, _: &OffsetAdvance) -> Result<bool, SinkError> {
-            Ok(true)
-        }
-        async fn savepoint(&mut self, _: Savepoint) -> Result<(), SinkError> {
-            Ok(())
-        }
-        async fn commit(self) -> Result<(), SinkError> {
-            maybe_hang(self.hang_commit).await;
-            Ok(())
-        }
-    }
-
-    impl Statements for Fake {
-        async fn execute(&mut self, _: &str) -> Result<u64, SinkError> {
-            maybe_hang(self.hang_delete).await;
-            Ok(self.removes)
-        }
-    }
-
-    async fn claim(fake: Fake, produced: anyhow::Result<()>) -> Result<(), TakeError> {
-        let mut sink = Deadline::new(fake, Duration::from_millis(200), "SQLite at x.db");
+    async fn claim(faults: Faults, produced: anyhow::Result<()>) -> Result<(), TakeError> {
+        let db = MemorySink::with(faults);
+        let mut sink = Deadline::new(db, Duration::from_millis(200), "SQLite at x.db");
         claim_then(&mut sink, &[1, 2], async { produced }).await
     }
 
     #[tokio::test]
     async fn each_step_of_a_claim_says_what_became_of_the_letters() {
-        let fine = Fake {
-            removes: 2,
-            ..Fake::default()
+        let fine = Faults {
+            affects: 2,
+            ..Faults::default()
         };
         assert!(claim(fine, Ok(())).await.is_ok());
-        let taken = claim(Fake { removes: 1, ..fine }, Ok(()))
+        let taken = claim(Faults { affects: 1, ..fine }, Ok(()))
             .await
             .unwrap_err();
         assert!(
@@ -422,8 +345,8 @@ mod tests {
             "producing to t/0: refused; the dead letters were kept (records acknowledged before \
              the failure may be in the topic)"
         );
-        let silent = Fake {
-            hang_delete: true,
+        let silent = Faults {
+            hang_statements: true,
             ..fine
         };
         let unanswered = claim(silent, Ok(())).await.unwrap_err();
@@ -431,7 +354,7 @@ mod tests {
             unanswered.to_string(),
             "SQLite at x.db did not answer within 200ms; nothing was changed"
         );
-        let commit = Fake {
+        let commit = Faults {
             hang_commit: true,
             ..fine
         };

@@ -25,6 +25,8 @@ pub mod dlq;
 mod error;
 pub mod measure;
 pub mod members;
+#[cfg(test)]
+pub mod memory;
 mod offsets;
 pub mod pg;
 mod pg_copy;

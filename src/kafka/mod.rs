@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod group;
 pub mod names;
 pub mod partitioner;
+pub mod produce;
 pub mod records;
 pub mod retry;
 mod sasl;

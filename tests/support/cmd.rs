@@ -457,10 +457,40 @@ impl Running {
         self.output.lock().unwrap().both.clone()
     }
 
-    /// The latest consumer-group assignment it logged ("… generation N: partitions [..]").
-    pub fn assignment(&self) -> Option<(i32, BTreeSet<i32>)> {
-        let output = self.output.lock().unwrap();
-        output.both.iter().rev().find_map(|l| assignment(l))
+    /// Its assignment in `group` as `group describe --format json` reports it from `db`'s
+    /// record of the members: see [`Running::assignment_via`].
+    pub fn assignment_in(
+        &self,
+        group: &str,
+        topic: &str,
+        db: &TestDb,
+    ) -> Option<(i32, BTreeSet<i32>)> {
+        self.assignment_via(&describe_members(group, topic, db), topic)
+    }
+
+    /// Its assignment as `describe` ([`describe_members`]) reports it: the generation and its
+    /// partitions of `topic` in the row naming this process ("… pid N"). `None` until it
+    /// recorded one.
+    pub fn assignment_via(&self, describe: &Cmd, topic: &str) -> Option<(i32, BTreeSet<i32>)> {
+        let described = describe.run();
+        if !described.succeeded() {
+            return None; // not a group yet
+        }
+        let me = format!(" pid {}", self.child.id());
+        let members = described.json()["members"].as_array()?.clone();
+        let member = members.iter().find(|m| {
+            m["recorded_client"]
+                .as_str()
+                .is_some_and(|c| c.ends_with(&me))
+        })?;
+        let partitions = member["partitions"][topic].as_array()?;
+        Some((
+            member["generation"].as_i64()? as i32,
+            partitions
+                .iter()
+                .map(|p| p.as_i64().unwrap() as i32)
+                .collect(),
+        ))
     }
 
     /// Wait for the exit, then for the last of its output.
@@ -520,15 +550,12 @@ impl Drop for Running {
     }
 }
 
-/// The assignment in one of consume's log lines: "group 'G' generation N: partitions [a, b] of
-/// 'T'".
-pub fn assignment(line: &str) -> Option<(i32, BTreeSet<i32>)> {
-    let rest = line.split_once(" generation ")?.1;
-    let (generation, rest) = rest.split_once(": partitions [")?;
-    let (list, _) = rest.split_once(']')?;
-    let partitions = list
-        .split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
-    Some((generation.parse().ok()?, partitions))
+/// `group describe --format json` of `group`'s members of `topic`, with what `db` recorded of
+/// them (generations and partitions, which tansu's DescribeGroups does not report).
+pub fn describe_members(group: &str, topic: &str, db: &TestDb) -> Cmd {
+    streamlab("group describe")
+        .group(group)
+        .topic(topic)
+        .db(db)
+        .json()
 }

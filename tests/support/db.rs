@@ -106,6 +106,36 @@ impl TestDb {
         positions
     }
 
+    /// Make the database refuse sales of `store` (a CHECK constraint; a trigger in SQLite);
+    /// returns what its error says.
+    pub fn refuse_sales_of(&self, store: &str) -> &'static str {
+        match self.sink {
+            "pg" => {
+                self.exec(&format!(
+                    "ALTER TABLE sales_events ADD CONSTRAINT no_closed_store \
+                     CHECK (store_id <> '{store}')"
+                ));
+                "no_closed_store"
+            }
+            _ => {
+                self.exec(&format!(
+                    "CREATE TRIGGER no_closed_store BEFORE INSERT ON sales_events \
+                     WHEN NEW.store_id = '{store}' \
+                     BEGIN SELECT RAISE(ABORT, 'store {store} is closed'); END"
+                ));
+                "is closed"
+            }
+        }
+    }
+
+    /// SQL reading `dead_letters.payload` as text.
+    pub fn payload_as_text(&self) -> &'static str {
+        match self.sink {
+            "pg" => "convert_from(payload, 'UTF8')",
+            _ => "CAST(payload AS TEXT)",
+        }
+    }
+
     pub fn exec(&self, sql: &str) {
         self.query(sql);
     }

@@ -21,7 +21,7 @@ pub mod proxy;
 pub mod secure;
 mod tansu;
 
-pub use cmd::{assignment, streamlab, Cmd, Run, Running};
+pub use cmd::{describe_members, streamlab, Cmd, Run, Running};
 pub use db::{psql, TestDb};
 pub use tansu::Tansu;
 

@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::write::database_unanswered;
-use super::{Consumer, Ended};
+use super::{Assigned, Consumer, Ended};
 use crate::db::{Holding, MemberRecord, Sink};
 use crate::kafka;
 use crate::kafka::admin::TopicMetadata;
@@ -118,6 +118,11 @@ impl<S: Sink> Consumer<'_, S> {
             let watch = self.watch_partitions(&generation);
             self.mirror.member = Some((assignment.member_id.clone(), assignment.generation));
             self.record_holding(&mut recorded, &assignment).await;
+            self.summary.assignments.push(Assigned {
+                generation: assignment.generation,
+                partitions: assignment.partitions.clone(),
+                leader: assignment.leader,
+            });
             tracing::info!(
                 "group '{}' generation {}: partitions {:?} of '{}'{}",
                 args.group,

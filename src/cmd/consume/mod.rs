@@ -182,6 +182,18 @@ pub struct ConsumeSummary {
     /// Per partition: where the run left it (`committed`: the next offset to read) and the lag
     /// behind the last stable end it saw.
     pub partitions: BTreeMap<i32, Position>,
+    /// As a group member: each assignment the group gave it, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assignments: Vec<Assigned>,
+}
+
+/// One assignment a group member was given.
+#[derive(Debug, Serialize)]
+pub struct Assigned {
+    pub generation: i32,
+    pub partitions: Vec<i32>,
+    /// It led the group (and computed the assignment).
+    pub leader: bool,
 }
 
 /// How a consumer gets its partitions.

@@ -127,124 +127,9 @@ async fn committed_earlier<S: Sink>(sink: &mut S, batch: &Batch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{DeadLetter, Deadline, Landed, MemberRecord, OffsetAdvance, Tombstone};
-    use crate::events::EventKind;
+    use crate::db::memory::{Faults, MemorySink};
+    use crate::db::{Deadline, OffsetAdvance};
     use std::collections::BTreeMap;
-    use std::sync::Arc;
-
-    /// A sink in memory. `lose_first_reply`: the first COMMIT commits and then loses its
-    /// reply, as a connection dropped during COMMIT does. `frozen`: no statement ever answers.
-    #[derive(Default, Clone)]
-    struct MemSink {
-        state: Arc<std::sync::Mutex<MemState>>,
-        lose_first_reply: bool,
-        frozen: bool,
-    }
-
-    #[derive(Default)]
-    struct MemState {
-        offsets: BTreeMap<i32, i64>,
-        commits: usize,
-    }
-
-    struct MemTx {
-        state: Arc<std::sync::Mutex<MemState>>,
-        staged: Vec<(i32, i64)>,
-        lose_first_reply: bool,
-        frozen: bool,
-    }
-
-    impl MemTx {
-        async fn answer(&self) {
-            if self.frozen {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    impl Sink for MemSink {
-        type Tx = MemTx;
-
-        async fn begin(&mut self) -> Result<MemTx, SinkError> {
-            Ok(MemTx {
-                state: Arc::clone(&self.state),
-                staged: Vec::new(),
-                lose_first_reply: self.lose_first_reply,
-                frozen: self.frozen,
-            })
-        }
-
-        async fn load_offsets(
-            &mut self,
-            _: &str,
-            _: &str,
-        ) -> Result<BTreeMap<i32, i64>, SinkError> {
-            Ok(self.state.lock().unwrap().offsets.clone())
-        }
-
-        async fn stored_topic_ids(
-            &mut self,
-            _: &str,
-            _: &str,
-        ) -> Result<BTreeMap<i32, String>, SinkError> {
-            Ok(BTreeMap::new())
-        }
-
-        async fn record_member(&mut self, _: &MemberRecord) -> Result<(), SinkError> {
-            Ok(())
-        }
-    }
-
-    impl db::SinkTx for MemTx {
-        async fn insert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
-            self.answer().await;
-            Ok(events.len() as u64)
-        }
-
-        async fn upsert_events(&mut self, events: &[Landed]) -> Result<u64, SinkError> {
-            self.insert_events(events).await
-        }
-
-        async fn delete_keys(&mut self, _: EventKind, d: &[Tombstone]) -> Result<u64, SinkError> {
-            self.answer().await;
-            Ok(d.len() as u64)
-        }
-
-        async fn insert_dead_letters(
-            &mut self,
-            _: &str,
-            letters: &[DeadLetter],
-        ) -> Result<u64, SinkError> {
-            Ok(letters.len() as u64)
-        }
-
-        async fn advance(&mut self, _: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
-            let stored = self
-                .state
-                .lock()
-                .unwrap()
-                .offsets
-                .get(&advance.partition)
-                .copied();
-            self.staged.push((advance.partition, advance.to));
-            Ok(stored == advance.from)
-        }
-
-        async fn savepoint(&mut self, _: db::Savepoint) -> Result<(), SinkError> {
-            Ok(())
-        }
-
-        async fn commit(self) -> Result<(), SinkError> {
-            let mut state = self.state.lock().unwrap();
-            state.offsets.extend(self.staged);
-            state.commits += 1;
-            if self.lose_first_reply && state.commits == 1 {
-                let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "reply lost");
-                return Err(SinkError::Database(sqlx::Error::Io(lost)));
-            }
-            Ok(())
-        }
-    }
 
     fn batch(from: Option<i64>, to: i64) -> Batch {
         Batch {
@@ -261,15 +146,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_whose_reply_was_lost_is_recognised_not_fenced() {
-        let mut sink = MemSink {
+        let mut sink = MemorySink::with(Faults {
             lose_first_reply: true,
-            ..MemSink::default()
-        };
+            ..Faults::default()
+        });
         let written = write_with_retry(&mut sink, &batch(None, 10), Duration::from_secs(5))
             .await
             .expect("the retry sees its own commit");
         assert_eq!(written.dead_lettered, 0);
-        assert_eq!(sink.state.lock().unwrap().offsets[&0], 10);
+        assert_eq!(sink.offsets()[&0], 10);
         // A genuine competitor is still fenced.
         let err = write_with_retry(&mut sink, &batch(Some(3), 7), Duration::from_secs(5))
             .await
@@ -280,10 +165,10 @@ mod tests {
     #[tokio::test]
     async fn a_database_that_stops_answering_ends_the_write_after_two_deadlines() {
         let timeout = Duration::from_millis(300);
-        let frozen = MemSink {
-            frozen: true,
-            ..MemSink::default()
-        };
+        let frozen = MemorySink::with(Faults {
+            hang_statements: true,
+            ..Faults::default()
+        });
         let mut sink = Deadline::new(frozen, timeout, "PostgreSQL at postgres://db/x");
         let started = Instant::now();
         let err = write_with_retry(&mut sink, &batch(None, 10), timeout)
