@@ -13,6 +13,7 @@
 //! successor even if it has not noticed yet.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,8 +23,8 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    DescribeGroupsRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    SyncGroupRequest,
+    DescribeGroupsRequest, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
@@ -97,14 +98,14 @@ pub enum Beat {
     Expelled,
 }
 
-/// One member of a consumer group, subscribed to one topic.
-pub struct GroupMember {
+/// One member of a consumer group, subscribed to one topic, asking the cluster through `C`.
+pub struct GroupMember<C = Coordinator> {
     opts: Config,
     group: String,
     topic: String,
     membership: Membership,
-    /// Found again on its own whenever it moves.
-    coordinator: GroupCoordinator,
+    /// Where requests go: the real coordinator is found again on its own whenever it moves.
+    coordinator: C,
     member_id: String,
     generation: i32,
     protocol_name: String,
@@ -123,12 +124,29 @@ pub struct GroupMember {
 
 impl GroupMember {
     pub fn new(opts: &Config, group: &str, topic: &str, membership: Membership) -> Self {
+        let coordinator = Coordinator {
+            opts: opts.clone(),
+            coordinator: GroupCoordinator::new(opts, group),
+        };
+        Self::asking(coordinator, opts, group, topic, membership)
+    }
+}
+
+impl<C: GroupRequests> GroupMember<C> {
+    /// A member that sends its requests to `coordinator`.
+    fn asking(
+        coordinator: C,
+        opts: &Config,
+        group: &str,
+        topic: &str,
+        membership: Membership,
+    ) -> Self {
         Self {
             opts: opts.clone(),
             group: group.to_string(),
             topic: topic.to_string(),
             membership,
-            coordinator: GroupCoordinator::new(opts, group),
+            coordinator,
             member_id: String::new(),
             generation: -1,
             protocol_name: RANGE.to_string(),
@@ -268,7 +286,7 @@ impl GroupMember {
     }
 
     /// JoinGroup: the coordinator's answer, or the round it asks for instead.
-    async fn send_join(&mut self) -> Result<Step<kafka_protocol::messages::JoinGroupResponse>> {
+    async fn send_join(&mut self) -> Result<Step<JoinGroupResponse>> {
         let metadata = encode_subscription(&self.topic);
         let request = JoinGroupRequest::default()
             .with_group_id(GroupId(str_bytes(&self.group)))
@@ -287,18 +305,7 @@ impl GroupMember {
             .rebalance_timeout
             .max(JAVA_REBALANCE_TIMEOUT)
             + self.opts.timeout;
-        // A moved coordinator is followed with the same member id: the group lives on there.
-        let joined = self
-            .coordinator
-            .call(|conn| {
-                let request = request.clone();
-                Box::pin(async move {
-                    let joined = conn.call_within(request, 9, join_wait).await?;
-                    coordinator_error(joined.error_code, || "JoinGroup".into())?;
-                    Ok(joined)
-                })
-            })
-            .await?;
+        let joined = self.coordinator.join(request, join_wait).await?;
         match ResponseError::try_from_code(joined.error_code) {
             None => {}
             Some(ResponseError::MemberIdRequired) => {
@@ -350,7 +357,7 @@ impl GroupMember {
         assignments: Vec<SyncGroupRequestAssignment>,
         leader: bool,
         named_leader: &str,
-    ) -> Result<Step<kafka_protocol::messages::SyncGroupResponse>> {
+    ) -> Result<Step<SyncGroupResponse>> {
         let request = SyncGroupRequest::default()
             .with_group_id(GroupId(str_bytes(&self.group)))
             .with_generation_id(self.generation)
@@ -359,17 +366,7 @@ impl GroupMember {
             .with_protocol_name(Some(str_bytes(&self.protocol_name)))
             .with_assignments(assignments);
         let wait = self.membership.rebalance_timeout + self.opts.timeout;
-        let synced = self
-            .coordinator
-            .call(|conn| {
-                let request = request.clone();
-                Box::pin(async move {
-                    let synced = conn.call_within(request, 5, wait).await?;
-                    coordinator_error(synced.error_code, || "SyncGroup".into())?;
-                    Ok(synced)
-                })
-            })
-            .await?;
+        let synced = self.coordinator.sync(request, wait).await?;
         match ResponseError::try_from_code(synced.error_code) {
             None => {}
             Some(ResponseError::UnknownMemberId) => {
@@ -508,11 +505,7 @@ impl GroupMember {
             // A topic that is gone is left out (its subscribers get nothing of it). Anything
             // else (a broker that did not answer) must not become an empty plan, which would
             // idle every member: fail this round and join again.
-            Admin::connect(&self.opts)
-                .await?
-                .partitions_of(&names)
-                .await
-                .context("the group leader could not read its members' topics")?
+            self.coordinator.partitions_of(&names).await?
         };
         let plan = range_assign(members, &partitions);
         tracing::debug!("group '{}' leader assigns {plan:?}", self.group);
@@ -533,17 +526,7 @@ impl GroupMember {
             .with_group_id(GroupId(str_bytes(&self.group)))
             .with_generation_id(self.generation)
             .with_member_id(str_bytes(&self.member_id));
-        let response = self
-            .coordinator
-            .call(|conn| {
-                let request = request.clone();
-                Box::pin(async move {
-                    let beat = conn.call_capped(request, 4).await?;
-                    coordinator_error(beat.error_code, || "Heartbeat".into())?;
-                    Ok(beat)
-                })
-            })
-            .await?;
+        let response = self.coordinator.heartbeat(request).await?;
         match ResponseError::try_from_code(response.error_code) {
             None => Ok(Beat::Alive),
             Some(ResponseError::RebalanceInProgress) => Ok(Beat::Rebalance),
@@ -650,20 +633,129 @@ impl GroupMember {
         if self.member_id.is_empty() {
             return;
         }
-        let (group, member_id) = (self.group.clone(), self.member_id.clone());
-        let left = self
-            .coordinator
-            .call(|conn| {
-                let (group, member_id) = (group.clone(), member_id.clone());
-                Box::pin(async move { leave_group(conn, &group, &member_id).await })
-            })
-            .await;
-        match left {
+        match self.coordinator.leave(&self.member_id).await {
             Ok(_) => tracing::debug!("left group '{}' as {}", self.group, self.member_id),
             Err(e) => tracing::debug!("leaving group '{}': {e:#}", self.group),
         }
         self.member_id.clear();
         self.generation = -1;
+    }
+}
+
+/// What a member asks of the cluster: its group's coordinator, and — as leader — the partitions
+/// of its members' topics. Answers come back with their error codes, which are the member's
+/// business, except those saying the coordinator moved: the real one follows it
+/// ([`GroupCoordinator::call`]). A trait so that the member's state machine is tested against
+/// canned answers.
+pub trait GroupRequests: Send {
+    /// JoinGroup, answered within `wait` (the coordinator holds it until the group forms).
+    fn join(
+        &mut self,
+        request: JoinGroupRequest,
+        wait: Duration,
+    ) -> impl Future<Output = Result<JoinGroupResponse>> + Send;
+    /// SyncGroup, answered within `wait`.
+    fn sync(
+        &mut self,
+        request: SyncGroupRequest,
+        wait: Duration,
+    ) -> impl Future<Output = Result<SyncGroupResponse>> + Send;
+    fn heartbeat(
+        &mut self,
+        request: HeartbeatRequest,
+    ) -> impl Future<Output = Result<HeartbeatResponse>> + Send;
+    /// LeaveGroup for `member_id`; an error code is an error.
+    fn leave(&mut self, member_id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn describe(&mut self) -> impl Future<Output = Result<GroupDescription>> + Send;
+    /// The partition ids of each of `topics` that exists (see [`Admin::partitions_of`]).
+    fn partitions_of(
+        &mut self,
+        topics: &[&str],
+    ) -> impl Future<Output = Result<BTreeMap<String, Vec<i32>>>> + Send;
+    /// Drop the connection: the next request opens a new one.
+    fn forget(&mut self);
+}
+
+/// The real cluster behind a member: its group's coordinator, followed wherever it moves (with
+/// the same member id: the group lives on there), and any live broker for the leader's
+/// Metadata.
+pub struct Coordinator {
+    opts: Config,
+    coordinator: GroupCoordinator,
+}
+
+impl GroupRequests for Coordinator {
+    async fn join(
+        &mut self,
+        request: JoinGroupRequest,
+        wait: Duration,
+    ) -> Result<JoinGroupResponse> {
+        self.coordinator
+            .call(|conn| {
+                let request = request.clone();
+                Box::pin(async move {
+                    let joined = conn.call_within(request, 9, wait).await?;
+                    coordinator_error(joined.error_code, || "JoinGroup".into())?;
+                    Ok(joined)
+                })
+            })
+            .await
+    }
+
+    async fn sync(
+        &mut self,
+        request: SyncGroupRequest,
+        wait: Duration,
+    ) -> Result<SyncGroupResponse> {
+        self.coordinator
+            .call(|conn| {
+                let request = request.clone();
+                Box::pin(async move {
+                    let synced = conn.call_within(request, 5, wait).await?;
+                    coordinator_error(synced.error_code, || "SyncGroup".into())?;
+                    Ok(synced)
+                })
+            })
+            .await
+    }
+
+    async fn heartbeat(&mut self, request: HeartbeatRequest) -> Result<HeartbeatResponse> {
+        self.coordinator
+            .call(|conn| {
+                let request = request.clone();
+                Box::pin(async move {
+                    let beat = conn.call_capped(request, 4).await?;
+                    coordinator_error(beat.error_code, || "Heartbeat".into())?;
+                    Ok(beat)
+                })
+            })
+            .await
+    }
+
+    async fn leave(&mut self, member_id: &str) -> Result<()> {
+        let group = self.coordinator.group().to_string();
+        self.coordinator
+            .call(|conn| {
+                let (group, member_id) = (group.clone(), member_id.to_string());
+                Box::pin(async move { leave_group(conn, &group, &member_id).await })
+            })
+            .await
+    }
+
+    async fn describe(&mut self) -> Result<GroupDescription> {
+        self.coordinator.describe().await
+    }
+
+    async fn partitions_of(&mut self, topics: &[&str]) -> Result<BTreeMap<String, Vec<i32>>> {
+        Admin::connect(&self.opts)
+            .await?
+            .partitions_of(topics)
+            .await
+            .context("the group leader could not read its members' topics")
+    }
+
+    fn forget(&mut self) {
+        self.coordinator.forget();
     }
 }
 
@@ -803,3 +895,6 @@ fn str_bytes(s: &str) -> StrBytes {
 fn millis(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
+
+#[cfg(test)]
+mod tests;

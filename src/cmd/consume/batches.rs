@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::fetcher::Fetcher;
+use super::lanes::{batch_limit, Lanes, Write};
 use super::plan::Plan;
 use super::show;
 use super::write::write_with_retry;
@@ -82,16 +83,9 @@ impl<S: Sink> Consumer<'_, S> {
     }
 
     /// Take what the fetchers deliver until the end, `stop`, or a failure, and write it with
-    /// `--writers` writers side by side.
-    ///
-    /// Each writer (a lane) owns a share of the partitions and writes its batches one after
-    /// another, each in one transaction on a connection of its own, fenced from the end of the
-    /// lane's previous batch — so batches of one partition commit in order, and lanes never
-    /// touch each other's offsets. While a lane's batch is being written, its next one is
-    /// fetched (with one writer, decoded too). A lane that is idle takes whatever has arrived
-    /// at once (when caught up, each event is written as soon as it is fetched); under a
-    /// backlog batches fill up to `--batch-size`, and a lane holding its next batch stops the
-    /// intake (backpressure).
+    /// `--writers` writers side by side, each batch in one transaction on a connection of its
+    /// own. Which lane writes what and when is [`Lanes`]' business; this only awaits the
+    /// fetch channel and the writes and tells it what happened.
     async fn batches(
         &mut self,
         fetchers: &mut Fetchers,
@@ -99,50 +93,16 @@ impl<S: Sink> Consumer<'_, S> {
         stop: &CancellationToken,
     ) -> Result<()> {
         let args = self.args;
-        // Throttled, batches stay small (a quarter second's worth) so the pace is even.
-        let batch_limit = match args.throttle {
-            Some(t) => args.batch_size.min((t as usize / 4).max(1)),
-            None => args.batch_size,
-        };
-        let writers = args.writers.clamp(1, plan.positions.len().max(1));
-        let lane_of: BTreeMap<i32, usize> = plan
-            .positions
-            .keys()
-            .enumerate()
-            .map(|(i, &partition)| (partition, i % writers))
-            .collect();
-        let mut lanes: Vec<Lane> = (0..writers).map(|_| Lane::default()).collect();
-        // One writer decodes its next batch while the current one is written; with several,
-        // the others' writes overlap the decoding, and building ahead would only cost memory.
-        let prebuild = writers == 1;
-        // Where each partition's next batch is fenced from: the end of the last one handed to
-        // its lane (which commits, or the run ends, before the next is written).
-        let mut handed = plan.committed.clone();
+        let partitions: Vec<i32> = plan.positions.keys().copied().collect();
+        let limit = batch_limit(args.batch_size, args.throttle);
+        let mut lanes = Lanes::new(&partitions, plan.committed.clone(), args.writers, limit);
         let mut writing = FuturesUnordered::new();
-        // The channel still delivers; a fetch failure, reported once what came before it is in.
-        let (mut open, mut failure) = (true, None);
         loop {
             if !stop.is_cancelled() {
-                for (i, lane) in lanes.iter_mut().enumerate() {
-                    if lane.ready.is_none()
-                        && !lane.pending.is_empty()
-                        && (!lane.busy || (prebuild && lane.records >= batch_limit))
-                    {
-                        let chunks = std::mem::take(&mut lane.pending);
-                        lane.records = 0;
-                        let batch = build_batch(&self.rules, &chunks, &handed);
-                        for advance in &batch.offsets {
-                            handed.insert(advance.partition, Some(advance.to));
-                        }
-                        lane.ready = Some((chunks, batch));
-                    }
-                    if !lane.busy {
-                        if let Some((chunks, batch)) = lane.ready.take() {
-                            lane.busy = true;
-                            let sink = self.sink.clone();
-                            writing.push(write_lane(i, sink, chunks, batch, args.kafka.timeout));
-                        }
-                    }
+                let rules = &self.rules;
+                for due in lanes.due(|chunks, handed| build_batch(rules, chunks, handed)) {
+                    let sink = self.sink.clone();
+                    writing.push(write_lane(due, sink, args.kafka.timeout));
                 }
             }
             if writing.is_empty() {
@@ -153,57 +113,21 @@ impl<S: Sink> Consumer<'_, S> {
                 if stop.is_cancelled() {
                     return Ok(());
                 }
-                if !open || failure.is_some() {
-                    fetchers.at_end = failure.is_none();
-                    return failure.map_or(Ok(()), Err);
+                if !fetchers.delivering() {
+                    fetchers.at_end = fetchers.failure.is_none();
+                    return fetchers.failure.take().map_or(Ok(()), Err);
                 }
             }
-            // A lane holds at most the batch it writes and the next one: memory stays bounded
-            // by the writers, not the backlog.
-            let intake = open
-                && failure.is_none()
-                && !stop.is_cancelled()
-                && !lanes
-                    .iter()
-                    .any(|l| l.ready.is_some() || (l.busy && l.records >= batch_limit));
+            let intake = fetchers.delivering() && !stop.is_cancelled() && lanes.wants_intake();
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
-                Some((lane, chunks, batch, started, written)) = writing.next(),
-                    if !writing.is_empty() =>
-                {
-                    lanes[lane].busy = false;
-                    self.written(&chunks, &batch, &written?, started, plan, stop)
+                Some((due, started, written)) = writing.next(), if !writing.is_empty() => {
+                    lanes.written(due.lane);
+                    self.written(&due.chunks, &due.batch, &written?, started, plan, stop)
                         .await?;
                 }
-                item = fetchers.rx.recv(), if intake => {
-                    open = item.is_some();
-                    let mut next = item;
-                    while let Some(item) = next.take() {
-                        let fetched = match item {
-                            Ok(fetched) => fetched,
-                            Err(e) => {
-                                failure = Some(e);
-                                break;
-                            }
-                        };
-                        let lane = &mut lanes[lane_of[&fetched.partition]];
-                        lane.records += fetched.records.len();
-                        lane.pending.push(fetched);
-                        if lane.records >= batch_limit {
-                            break;
-                        }
-                        // What is already fetched joins without waiting.
-                        next = match fetchers.rx.try_recv() {
-                            Ok(item) => Some(item),
-                            Err(mpsc::error::TryRecvError::Empty) => None,
-                            Err(mpsc::error::TryRecvError::Disconnected) => {
-                                open = false;
-                                None
-                            }
-                        };
-                    }
-                }
+                item = fetchers.rx.recv(), if intake => fetchers.deliver(item, &mut lanes),
             }
         }
     }
@@ -278,6 +202,10 @@ struct Fetchers {
     rx: mpsc::Receiver<Result<Fetched>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The channel still delivers.
+    open: bool,
+    /// A fetch failure, reported once what came before it is in.
+    failure: Option<anyhow::Error>,
     /// Whether the loop ended because the partitions reached their end (or had none to read).
     at_end: bool,
 }
@@ -300,7 +228,42 @@ impl Fetchers {
             rx,
             stop,
             tasks,
+            open: true,
+            failure: None,
             at_end: false,
+        }
+    }
+
+    /// Whether more may come: the channel is open and no fetch failed.
+    fn delivering(&self) -> bool {
+        self.open && self.failure.is_none()
+    }
+
+    /// Hand `item`, and whatever else has already arrived, to the lanes: until a lane is full,
+    /// the channel closes, or a fetch fails.
+    fn deliver(&mut self, item: Option<Result<Fetched>>, lanes: &mut Lanes) {
+        self.open = item.is_some();
+        let mut next = item;
+        while let Some(item) = next.take() {
+            let full = match item {
+                Ok(fetched) => lanes.take(fetched),
+                Err(e) => {
+                    self.failure = Some(e);
+                    break;
+                }
+            };
+            if full {
+                break;
+            }
+            // What is already fetched joins without waiting.
+            next = match self.rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.open = false;
+                    None
+                }
+            };
         }
     }
 
@@ -343,29 +306,15 @@ fn record_metrics(
     }
 }
 
-/// One writer's share of the batch loop: what it has fetched, the batch built from it, and
-/// whether its previous batch is still being written.
-#[derive(Default)]
-struct Lane {
-    /// Fetched, not yet in a batch, and how many records that is.
-    pending: Vec<Fetched>,
-    records: usize,
-    /// Built (decoded, fenced from the lane's batch before it), waiting for the lane's write.
-    ready: Option<(Vec<Fetched>, Batch)>,
-    busy: bool,
-}
-
-/// Write lane `lane`'s batch on a clone of the sink (a connection of its own).
+/// Write `due`'s batch on a clone of the sink (a connection of its own).
 async fn write_lane<S: Sink>(
-    lane: usize,
+    due: Write,
     mut sink: S,
-    chunks: Vec<Fetched>,
-    batch: Batch,
     timeout: Duration,
-) -> (usize, Vec<Fetched>, Batch, Instant, Result<Written>) {
+) -> (Write, Instant, Result<Written>) {
     let started = Instant::now();
-    let written = write_with_retry(&mut sink, &batch, timeout).await;
-    (lane, chunks, batch, started, written)
+    let written = write_with_retry(&mut sink, &due.batch, timeout).await;
+    (due, started, written)
 }
 
 /// What `build_batch` needs of the command line, and the id of the topic the offsets belong

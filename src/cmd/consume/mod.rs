@@ -17,6 +17,7 @@
 
 mod batches;
 mod fetcher;
+mod lanes;
 mod member;
 mod mirror;
 mod plan;
