@@ -11,8 +11,9 @@ use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;
 use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
 
-use super::security::{refused, Sasl};
+use super::security::Sasl;
 use super::wire::WireConnection;
+use super::Error;
 
 /// Kafka's UNSUPPORTED_SASL_MECHANISM.
 const UNSUPPORTED_MECHANISM: i16 = 33;
@@ -30,9 +31,9 @@ pub async fn authenticate(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> 
 async fn handshake(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
     let addr = conn.addr().to_string();
     let mechanism = sasl.mechanism.name();
-    conn.version_for::<SaslHandshakeRequest>(1).map_err(|_| {
-        refused(format!("{addr} does not offer SASL (no SaslHandshake): is security.protocol right for this listener?"))
-    })?;
+    if conn.version_for::<SaslHandshakeRequest>(1).is_err() {
+        return Err(Error::refused(format!("{addr} does not offer SASL (no SaslHandshake): is security.protocol right for this listener?")));
+    }
     let handshake = conn
         .call_capped(
             SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism)),
@@ -43,7 +44,7 @@ async fn handshake(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
         0 => Ok(()),
         UNSUPPORTED_MECHANISM => {
             let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
-            Err(refused(format!(
+            Err(Error::refused(format!(
                 "{addr} does not offer SASL mechanism {mechanism} (it offers {}): set sasl.mechanism",
                 if offered.is_empty() {
                     "none".to_string()
@@ -52,10 +53,10 @@ async fn handshake(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
                 }
             )))
         }
-        ILLEGAL_STATE => Err(refused(format!(
+        ILLEGAL_STATE => Err(Error::refused(format!(
             "{addr} refused the SASL handshake (already authenticated?)"
         ))),
-        code => Err(refused(format!(
+        code => Err(Error::refused(format!(
             "{addr} refused the SASL handshake (error {code})"
         ))),
     }
@@ -67,18 +68,18 @@ async fn exchange(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
     let mechanism = sasl.mechanism.name();
     let user = &sasl.username;
     let config = SASLConfig::with_credentials(None, user.clone(), sasl.password.expose().into())
-        .map_err(|e| refused(format!("SASL set-up for user '{user}': {e}")))?;
+        .map_err(|e| Error::refused(format!("SASL set-up for user '{user}': {e}")))?;
     let name = Mechname::parse(mechanism.as_bytes()).expect("a valid mechanism name");
     let mut session = SASLClient::new(config)
         .start_suggested(&[name])
-        .map_err(|e| refused(format!("SASL {mechanism}: {e}")))?;
+        .map_err(|e| Error::refused(format!("SASL {mechanism}: {e}")))?;
     let mut received: Option<Bytes> = None;
     loop {
         let mut to_send = Cursor::new(Vec::new());
         let state = session
             .step(received.as_deref(), &mut to_send)
             .map_err(|e| {
-                refused(format!(
+                Error::refused(format!(
                     "SASL {mechanism} authentication of user '{user}' with {addr} failed: {e}"
                 ))
             })?;
@@ -96,7 +97,7 @@ async fn exchange(conn: &mut WireConnection, sasl: &Sasl) -> Result<()> {
                     .as_ref()
                     .map(|m| format!(": {}", m.as_str()))
                     .unwrap_or_default();
-                return Err(refused(format!(
+                return Err(Error::refused(format!(
                     "authentication failed: {addr} refused user '{user}' (SASL {mechanism}){why}; check sasl.username, sasl.password and sasl.mechanism"
                 )));
             }

@@ -3,8 +3,8 @@
 //! `-X key=value` (as kcat) — and used by both connection paths: rskafka's data path
 //! ([`super::connect`]) and the kafka-protocol connection ([`super::wire`]).
 //!
-//! Three rooms: [`properties`] reads `key = value` text (pure), [`settings`] says what the
-//! keys mean (pure, but for the certificate files), [`tls`] is the rustls side — roots, client
+//! Three rooms: `properties` reads `key = value` text (pure), `settings` says what the keys
+//! mean (pure, but for the certificate files), `tls` is the rustls side — roots, client
 //! identity, the verifier of a broker's certificate, the wording of a refused handshake. A
 //! connection refused for these settings is a [`super::Error::Refused`]. The password is kept in
 //! a [`Secret`], which no `Debug` or `Display` shows.
