@@ -248,6 +248,25 @@ impl WireConnection {
     }
 }
 
+/// What the SASL exchange asks of a connection; the same calls as above.
+impl super::sasl::Framed for WireConnection {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn offers<R: Request>(&self, cap: i16) -> bool {
+        self.version_for::<R>(cap).is_ok()
+    }
+
+    fn call_capped<R: Request + Send + Sync>(
+        &mut self,
+        request: R,
+        cap: i16,
+    ) -> impl std::future::Future<Output = Result<R::Response>> + Send {
+        WireConnection::call_capped(self, request, cap)
+    }
+}
+
 /// A connection that could not be made, was left half way, or went unanswered: worth another
 /// one (see [`super::retry::Retry`]); or one answered in TLS, which is not. I/O errors say the
 /// same in their own type. Made only inside a [`Error::Connection`], where callers look for it.
