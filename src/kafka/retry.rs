@@ -253,6 +253,8 @@ mod tests {
         assert_eq!(Retry::of(&anyhow::anyhow!("undecodable")), Retry::Fatal);
         let broken = crate::kafka::Error::from(ConnectionError::Broken("b:1".into()));
         assert_eq!(Retry::of(&broken.into()), Retry::Refresh);
+        let tls = crate::kafka::Error::from(ConnectionError::AnsweredTls);
+        assert_eq!(Retry::of(&tls.into()), Retry::Fatal);
         let refused = crate::kafka::Error::refused("TLS: no").context("connecting");
         assert_eq!(Retry::of(&refused), Retry::Fatal);
     }

@@ -278,8 +278,8 @@ pub enum ConnectionError {
     Broken(String),
     #[error("{0} to {1} timed out after {2:?}")]
     TimedOut(String, String, Duration),
-    /// The broker answered a plaintext request with TLS: a TLS listener, which another
-    /// connection without TLS would reach again.
+    /// The broker answered a plaintext request with TLS: a TLS listener, which a new plaintext
+    /// connection would reach again (no retry helps).
     #[error("the broker answered with TLS")]
     AnsweredTls,
 }
