@@ -193,20 +193,40 @@ const MAX_TEXT: usize = 128;
 /// `numeric(12,2)` holds up to 10 integer digits.
 const MAX_AMOUNT: f64 = 9_999_999_999.99;
 
+/// Why a record cannot be stored: the reason its dead letter carries, one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<&str> for Invalid {
+    fn from(reason: &str) -> Self {
+        Self(reason.to_string())
+    }
+}
+
+/// The reason as the dead letter stores it.
+impl From<Invalid> for String {
+    fn from(reason: Invalid) -> Self {
+        reason.0
+    }
+}
+
 /// Decode and validate one record value. `Err` is the reason it goes to the dead letters.
-pub fn decode(kind: EventKind, payload: Option<&[u8]>) -> Result<Event, String> {
+pub fn decode(kind: EventKind, payload: Option<&[u8]>) -> Result<Event, Invalid> {
     let bytes = payload.ok_or("record has no value (null payload)")?;
     if bytes.is_empty() {
         return Err("record value is empty".into());
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("value is not UTF-8: {e}"))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| Invalid(format!("value is not UTF-8: {e}")))?;
     let event = match kind {
         EventKind::Sales => Event::Sale(
-            serde_json::from_str::<Sale>(text).map_err(|e| format!("not a sales event: {e}"))?,
+            serde_json::from_str::<Sale>(text)
+                .map_err(|e| Invalid(format!("not a sales event: {e}")))?,
         ),
         EventKind::Sensor => Event::Sensor(
             serde_json::from_str::<SensorReading>(text)
-                .map_err(|e| format!("not a sensor event: {e}"))?,
+                .map_err(|e| Invalid(format!("not a sensor event: {e}")))?,
         ),
     };
     validate(&event)?;
@@ -219,36 +239,38 @@ pub fn decode_record(
     kind: EventKind,
     value: Option<&[u8]>,
     max_bytes: usize,
-) -> Result<Event, String> {
+) -> Result<Event, Invalid> {
     match value {
-        Some(v) if v.len() > max_bytes => Err(format!(
+        Some(v) if v.len() > max_bytes => Err(Invalid(format!(
             "record value is {} bytes, larger than --max-event-bytes {max_bytes}",
             v.len()
-        )),
+        ))),
         _ => decode(kind, value),
     }
 }
 
-fn text_field(name: &str, value: &str) -> Result<(), String> {
+fn text_field(name: &str, value: &str) -> Result<(), Invalid> {
     if value.trim().is_empty() {
-        return Err(format!("{name} is empty"));
+        return Err(Invalid(format!("{name} is empty")));
     }
     if value.chars().count() > MAX_TEXT {
-        return Err(format!("{name} is longer than {MAX_TEXT} characters"));
+        return Err(Invalid(format!(
+            "{name} is longer than {MAX_TEXT} characters"
+        )));
     }
     Ok(())
 }
 
-fn validate(event: &Event) -> Result<(), String> {
+fn validate(event: &Event) -> Result<(), Invalid> {
     match event {
         Event::Sale(s) => {
             text_field("store_id", &s.store_id)?;
             text_field("channel", &s.channel)?;
             if !s.amount_usd.is_finite() || s.amount_usd.abs() > MAX_AMOUNT {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "amount_usd {} does not fit numeric(12,2)",
                     s.amount_usd
-                ));
+                )));
             }
         }
         Event::Sensor(r) => {
@@ -256,7 +278,7 @@ fn validate(event: &Event) -> Result<(), String> {
             text_field("unit", &r.unit)?;
             text_field("status", &r.status)?;
             if !r.val.is_finite() || r.val.abs() > 1e15 {
-                return Err(format!("val {} is out of range", r.val));
+                return Err(Invalid(format!("val {} is out of range", r.val)));
             }
         }
     }
@@ -579,13 +601,14 @@ mod tests {
         ];
         for payload in cases {
             let reason = decode(EventKind::Sales, payload).unwrap_err();
-            assert!(!reason.is_empty());
+            assert!(!reason.0.is_empty());
         }
         let sensor = Generator::new(EventKind::Sensor, None)
             .next_event(now())
             .to_json();
         assert!(decode(EventKind::Sales, Some(&sensor))
             .unwrap_err()
+            .0
             .contains("not a sales event"));
     }
 }
@@ -616,7 +639,7 @@ mod fuzz {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             for kind in [EventKind::Sales, EventKind::Sensor] {
                 if let Err(reason) = decode(kind, Some(&bytes)) {
-                    prop_assert!(!reason.is_empty());
+                    prop_assert!(!reason.0.is_empty());
                 }
             }
         }
@@ -638,7 +661,7 @@ mod fuzz {
                         // Whatever is accepted survives the round trip and fits the schema.
                         prop_assert_eq!(decode(kind, Some(&event.to_json())).unwrap(), event);
                     }
-                    Err(reason) => prop_assert!(!reason.is_empty()),
+                    Err(reason) => prop_assert!(!reason.0.is_empty()),
                 }
             }
         }

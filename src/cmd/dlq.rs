@@ -299,7 +299,10 @@ async fn into_table(
                     value: value.map(|v| v.to_vec()).unwrap_or_default().into(),
                 },
             )),
-            Err(error) => report.still_failing.push(StillFailing { id: l.id, error }),
+            Err(error) => report.still_failing.push(StillFailing {
+                id: l.id,
+                error: error.into(),
+            }),
         }
     }
     let taken = dlq::take(sink, &events).await.map_err(anyhow::Error::new)?;

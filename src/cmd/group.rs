@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::members::{self, Member};
 use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
 use crate::db::{redact, Reader};
-use crate::kafka::admin::{Admin, UnknownTopic};
+use crate::kafka::admin::Admin;
 use crate::kafka::group::GroupDescription;
 use crate::kafka::{self, Position};
 use crate::render;
@@ -270,7 +270,7 @@ async fn topic_report(
 ) -> Result<TopicReport> {
     let ranges = match kafka::fetch::TopicReaders::open(opts, topic).await {
         Ok(mut readers) => Some(readers.ranges().await?),
-        Err(e) if e.downcast_ref::<UnknownTopic>().is_some() => None,
+        Err(e) if matches!(kafka::Error::of(&e), Some(kafka::Error::UnknownTopic(_))) => None,
         Err(e) => return Err(e),
     };
     let mut ids: BTreeSet<i32> = committed.keys().copied().collect();

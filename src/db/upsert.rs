@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use super::Landed;
-use crate::events::EventKind;
+use crate::events::{EventKind, Invalid};
 
 /// How a batch's events are stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,18 +52,19 @@ pub const MAX_KEY_BYTES: usize = 512;
 
 /// The record key as the table's primary key: UTF-8 text, present, not empty, no NUL (which
 /// PostgreSQL text cannot hold), at most [`MAX_KEY_BYTES`]. `Err` is the dead letter's reason.
-pub fn table_key(key: Option<&[u8]>) -> Result<&str, String> {
+pub fn table_key(key: Option<&[u8]>) -> Result<&str, Invalid> {
     let bytes = key.ok_or("record has no key (--upsert stores one row per record key)")?;
     if bytes.is_empty() {
         return Err("record key is empty (--upsert stores one row per record key)".into());
     }
     if bytes.len() > MAX_KEY_BYTES {
-        return Err(format!(
+        return Err(Invalid(format!(
             "record key is {} bytes, longer than the {MAX_KEY_BYTES} an upsert key may have",
             bytes.len()
-        ));
+        )));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("record key is not UTF-8: {e}"))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| Invalid(format!("record key is not UTF-8: {e}")))?;
     if text.contains('\0') {
         return Err("record key contains a NUL character".into());
     }
@@ -214,7 +215,7 @@ mod tests {
             (Some(&long[..]), "513 bytes"),
         ] {
             let err = table_key(key).unwrap_err();
-            assert!(err.contains(reason), "{err}");
+            assert!(err.0.contains(reason), "{err}");
         }
         assert_eq!(
             table_key(Some(&long[..MAX_KEY_BYTES])).map(str::len),

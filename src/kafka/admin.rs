@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use super::retry::{BrokerError, Retry, Retrying};
 use super::wire::WireConnection;
-use super::Config;
+use super::{Config, Error};
 
 const RESOURCE_TOPIC: i8 = 2;
 const CONFIG_OP_SET: i8 = 0;
@@ -228,7 +228,7 @@ impl Admin {
                     });
                 }
                 // A wrong password or certificate is the same at every broker.
-                Err(e) if super::security::is_refused(&e) => return Err(e),
+                Err(e) if Error::is_refused(&e) => return Err(e),
                 Err(e) => {
                     tracing::debug!("{e:#}");
                     last_error = Some(e);
@@ -281,7 +281,7 @@ impl Admin {
     }
 
     /// [`Admin::metadata`]; with `skip_missing`, names that are not topics (unknown, invalid,
-    /// not visible to us) are left out instead of failing with [`UnknownTopic`].
+    /// not visible to us) are left out instead of failing with [`Error::UnknownTopic`].
     async fn described(
         &mut self,
         topics: Option<&[&str]>,
@@ -303,7 +303,7 @@ impl Admin {
                     | ResponseError::InvalidTopicException
                     | ResponseError::TopicAuthorizationFailed,
                 ) if skip_missing => continue,
-                Some(ResponseError::UnknownTopicOrPartition) => bail!(UnknownTopic(name)),
+                Some(ResponseError::UnknownTopicOrPartition) => bail!(Error::UnknownTopic(name)),
                 _ => check(topic.error_code, None, || {
                     format!("metadata for topic '{name}'")
                 })?,
@@ -330,13 +330,13 @@ impl Admin {
         Ok(out)
     }
 
-    /// One topic's metadata, or [`UnknownTopic`].
+    /// One topic's metadata, or [`Error::UnknownTopic`].
     pub async fn topic(&mut self, name: &str) -> Result<TopicMetadata> {
         self.metadata(Some(&[name]))
             .await?
             .into_iter()
             .find(|t| t.name == name && !t.partitions.is_empty())
-            .ok_or_else(|| UnknownTopic(name.to_string()).into())
+            .ok_or_else(|| Error::UnknownTopic(name.to_string()).into())
     }
 
     /// The partition ids of each of `names` that is a topic, in one request. Names that are not
@@ -382,7 +382,7 @@ impl Admin {
         if ResponseError::try_from_code(result.error_code)
             == Some(ResponseError::UnknownTopicOrPartition)
         {
-            bail!(UnknownTopic(topic.to_string()));
+            bail!(Error::UnknownTopic(topic.to_string()));
         }
         check(result.error_code, result.error_message.as_ref(), || {
             format!("cannot describe the configs of topic '{topic}'")
@@ -435,7 +435,7 @@ impl Admin {
         if ResponseError::try_from_code(result.error_code)
             == Some(ResponseError::UnknownTopicOrPartition)
         {
-            bail!(UnknownTopic(topic.to_string()));
+            bail!(Error::UnknownTopic(topic.to_string()));
         }
         check(result.error_code, result.error_message.as_ref(), || {
             let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
@@ -583,23 +583,6 @@ fn broker_timeout_ms(wait: std::time::Duration) -> i32 {
         .unwrap_or(i32::MAX)
         .max(1)
 }
-
-/// The topic asked about does not exist (a typed error, so callers can tell it from a broker
-/// that did not answer).
-#[derive(Debug)]
-pub struct UnknownTopic(pub String);
-
-impl std::fmt::Display for UnknownTopic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = &self.0;
-        write!(
-            f,
-            "topic '{name}' does not exist; create it with `streamlab topic create --topic {name}`"
-        )
-    }
-}
-
-impl std::error::Error for UnknownTopic {}
 
 /// The broker that keeps a consumer group's offsets, and a connection to it.
 ///

@@ -44,7 +44,7 @@ pub fn decode_subscription(bytes: &[u8]) -> Result<Subscription> {
     let Some((version, body)) = split_version(bytes) else {
         bail!("an empty subscription");
     };
-    bounds::check_subscription(body, version)?;
+    bounds::check_subscription(body, version).map_err(super::Error::from)?;
     let mut buf = Bytes::copy_from_slice(body);
     let s = ConsumerProtocolSubscription::decode(&mut buf, version)
         .context("an undecodable subscription")?;
@@ -80,7 +80,7 @@ pub fn decode_assignment(bytes: &[u8]) -> Result<BTreeMap<String, Vec<i32>>> {
     let Some((version, body)) = split_version(bytes) else {
         return Ok(BTreeMap::new());
     };
-    bounds::check_assignment(body)?;
+    bounds::check_assignment(body).map_err(super::Error::from)?;
     let mut buf = Bytes::copy_from_slice(body);
     let a = ConsumerProtocolAssignment::decode(&mut buf, version)
         .context("an undecodable assignment")?;

@@ -34,19 +34,10 @@
 //! ([`super::wire::MAX_RESPONSE_BYTES`]), the counts inside it are not. rskafka, which does the data path,
 //! grows its vectors as elements arrive and is not affected.
 
-use std::fmt;
-
 /// Bytes that cannot be what they claim: an impossible count or length, or cut short.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed(String);
-
-impl fmt::Display for Malformed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Malformed {}
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub(super) String);
 
 /// The newest version of each consumer-protocol message this walker (and `kafka-protocol`)
 /// knows. Newer versions only append fields, so their bytes are read as this version.

@@ -107,10 +107,12 @@ impl PartitionReader {
                 let mut admin = Admin::connect(&self.opts).await?;
                 let topics = admin.metadata(Some(&[self.topic.as_str()])).await?;
                 // Between two leaders (an election): LEADER_NOT_AVAILABLE, which is retried.
-                leader_of(&topics, self.partition).ok_or_else(|| BrokerError {
-                    code: ResponseError::LeaderNotAvailable,
-                    what: format!("no leader is known for {}/{}", self.topic, self.partition),
-                    detail: String::new(),
+                leader_of(&topics, self.partition).ok_or_else(|| {
+                    super::Error::Broker(BrokerError {
+                        code: ResponseError::LeaderNotAvailable,
+                        what: format!("no leader is known for {}/{}", self.topic, self.partition),
+                        detail: String::new(),
+                    })
                 })?
             }
         };
@@ -446,14 +448,14 @@ pub async fn offset_ranges(readers: &mut [PartitionReader]) -> Result<BTreeMap<i
 }
 
 /// A fetch answer's error code: out of range, worth another look ([`Retry`] says which), or
-/// the end of the run. Typed ([`BrokerError`]) so the reader can tell a moved leader.
+/// the end of the run. Typed ([`super::Error::Broker`]) so the reader can tell a moved leader.
 fn classify(err: ResponseError, what: impl FnOnce() -> String) -> FetchError {
     let error = || {
-        anyhow!(BrokerError {
+        anyhow!(super::Error::Broker(BrokerError {
             code: err,
             what: what(),
             detail: String::new(),
-        })
+        }))
     };
     match err {
         ResponseError::OffsetOutOfRange => FetchError::OffsetOutOfRange,

@@ -218,7 +218,7 @@ impl<C: GroupRequests> GroupMember<C> {
                 }
                 Ok(Round::AgainAtOnce) => {}
                 Ok(Round::Again) => {}
-                Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+                Err(e) if matches!(super::Error::of(&e), Some(Fatal(_))) => return Err(e),
                 Err(e) => {
                     tracing::debug!("joining group '{}': {e:#}", self.group);
                     // The connection may be what failed; the next attempt opens a new one.
@@ -864,17 +864,8 @@ impl GroupCoordinator {
 /// The rebalance timeout (max.poll.interval.ms) Java consumers send by default.
 const JAVA_REBALANCE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Errors that no retry can fix.
-#[derive(Debug)]
-struct Fatal(String);
-
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Fatal {}
+/// Errors that no retry can fix: `Fatal(message)` makes a [`super::Error::Fatal`].
+use super::Error::Fatal;
 
 /// Answers that mean "the group moved on; join again".
 fn is_rejoin(e: ResponseError) -> bool {

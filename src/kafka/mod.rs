@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod assign;
 pub mod bounds;
+mod error;
 #[cfg(test)]
 mod fake;
 pub mod fetch;
@@ -19,6 +20,8 @@ pub mod retry;
 mod sasl;
 pub mod security;
 pub mod wire;
+
+pub use error::Error;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,7 +97,7 @@ pub async fn connect(opts: &Config) -> Result<Client> {
     }
     match admin::Admin::connect(opts).await {
         Ok(admin) => drop(admin),
-        Err(e) if security::is_refused(&e) => return Err(e),
+        Err(e) if Error::is_refused(&e) => return Err(e),
         // Unreachable or not up yet: rskafka retries until the deadline.
         Err(_) => {}
     }
@@ -128,7 +131,7 @@ pub async fn partitions_of(client: &Client, topic: &str) -> Result<Vec<i32>> {
     let topics = client.list_topics().await.context("listing topics")?;
     match topics.into_iter().find(|t| t.name == topic) {
         Some(t) if !t.partitions.is_empty() => Ok(t.partitions.into_iter().collect()),
-        _ => Err(admin::UnknownTopic(topic.to_string()).into()),
+        _ => Err(Error::UnknownTopic(topic.to_string()).into()),
     }
 }
 
@@ -157,7 +160,7 @@ pub async fn partition_clients(
     Ok(out)
 }
 
-/// The topic's metadata (partitions, leaders, id), or [`admin::UnknownTopic`].
+/// The topic's metadata (partitions, leaders, id), or [`Error::UnknownTopic`].
 pub async fn topic_metadata(opts: &Config, topic: &str) -> Result<admin::TopicMetadata> {
     admin::Admin::connect(opts).await?.topic(topic).await
 }

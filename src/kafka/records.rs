@@ -10,11 +10,12 @@
 
 use std::collections::HashSet;
 
-use anyhow::anyhow;
 use bytes::{Buf, Bytes};
 use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
+
+use super::bounds::Malformed;
 
 /// The fixed part of a v2 record batch, from its base offset to its record count.
 const BATCH_HEADER: usize = 61;
@@ -94,7 +95,7 @@ impl Fetch {
 pub struct CorruptBatch {
     pub first_offset: i64,
     pub last_offset: i64,
-    pub reason: String,
+    pub reason: Malformed,
     pub raw: Bytes,
 }
 
@@ -210,30 +211,30 @@ struct BatchHeader {
 
 impl BatchHeader {
     /// `Ok(None)`: the batch is not all there (cut by the fetch size limit).
-    fn peek(buf: &Bytes) -> Result<Option<Self>, String> {
+    fn peek(buf: &Bytes) -> Result<Option<Self>, Malformed> {
         let batch_length = peek_i32(buf, 8);
         let total_len = usize::try_from(batch_length)
             .ok()
             .filter(|&l| l + LOG_OVERHEAD >= BATCH_HEADER)
             .map(|l| l + LOG_OVERHEAD)
-            .ok_or_else(|| format!("impossible batch length {batch_length}"))?;
+            .ok_or_else(|| Malformed(format!("impossible batch length {batch_length}")))?;
         if buf.len() < total_len {
             return Ok(None);
         }
         let magic = buf[16] as i8;
         if magic != 2 {
-            return Err(format!(
+            return Err(Malformed(format!(
                 "message format v{magic} (only v2 record batches are read)"
-            ));
+            )));
         }
         let attributes = peek_i16(buf, 21);
         let base_offset = peek_i64(buf, 0);
         let last_offset_delta = peek_i32(buf, 23);
         let record_count = peek_i32(buf, 57);
         if last_offset_delta < 0 || record_count < 0 {
-            return Err(format!(
+            return Err(Malformed(format!(
                 "negative record count {record_count} or offset delta {last_offset_delta}"
-            ));
+            )));
         }
         Ok(Some(Self {
             base_offset,
@@ -280,7 +281,7 @@ fn decode_batch(
     header: &BatchHeader,
     mut raw: Bytes,
     from: i64,
-) -> Result<Vec<FetchedRecord>, String> {
+) -> Result<Vec<FetchedRecord>, Malformed> {
     let count = header.record_count;
     if !header.compressed {
         check_records(&raw[BATCH_HEADER..], count)?;
@@ -293,11 +294,11 @@ fn decode_batch(
             Compression::Lz4 => Lz4::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
             Compression::Zstd => Zstd::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
         };
-        check_records(&plain, count).map_err(|e| anyhow!(e))?;
+        check_records(&plain, count)?;
         Ok(plain)
     };
     let set = RecordBatchDecoder::decode_with_custom_compression(&mut raw, Some(decompress))
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| Malformed(format!("{e:#}")))?;
     Ok(set
         .records
         .into_iter()
@@ -312,63 +313,72 @@ fn decode_batch(
 }
 
 /// Walk `count` v2 records in `buf` and refuse any length or count larger than what is left.
-fn check_records(mut buf: &[u8], count: i32) -> Result<(), String> {
+fn check_records(mut buf: &[u8], count: i32) -> Result<(), Malformed> {
     // The smallest record: length, attributes, timestamp and offset deltas, key and value
     // lengths, header count — a byte each.
     if usize::try_from(count).unwrap_or(usize::MAX) > buf.len() / 7 + 1 {
-        return Err(format!(
+        return Err(Malformed(format!(
             "the batch announces {count} records in {} bytes",
             buf.len()
-        ));
+        )));
     }
     for _ in 0..count {
         let len = varint(&mut buf)?;
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l <= buf.len())
-            .ok_or_else(|| format!("a record announces {len} bytes, {} are left", buf.len()))?;
+            .ok_or_else(|| {
+                Malformed(format!(
+                    "a record announces {len} bytes, {} are left",
+                    buf.len()
+                ))
+            })?;
         let (mut record, rest) = buf.split_at(len);
         buf = rest;
-        record = record.get(1..).ok_or("an empty record")?; // attributes
+        record = record
+            .get(1..)
+            .ok_or_else(|| Malformed("an empty record".into()))?; // attributes
         varint(&mut record)?; // timestamp delta
         varint(&mut record)?; // offset delta
         skip_bytes(&mut record, "key")?;
         skip_bytes(&mut record, "value")?;
         let headers = varint(&mut record)?;
         if headers < 0 || headers as u64 > record.len() as u64 {
-            return Err(format!(
+            return Err(Malformed(format!(
                 "a record announces {headers} headers in {} bytes",
                 record.len()
-            ));
+            )));
         }
     }
     Ok(())
 }
 
-fn skip_bytes(buf: &mut &[u8], what: &str) -> Result<(), String> {
+fn skip_bytes(buf: &mut &[u8], what: &str) -> Result<(), Malformed> {
     let len = varint(buf)?;
     if len < -1 || len > buf.len() as i64 {
-        return Err(format!(
+        return Err(Malformed(format!(
             "a record {what} announces {len} bytes, {} are left",
             buf.len()
-        ));
+        )));
     }
     *buf = &buf[usize::try_from(len.max(0)).expect("checked")..];
     Ok(())
 }
 
 /// A zig-zag varint (Kafka's varint and varlong).
-fn varint(buf: &mut &[u8]) -> Result<i64, String> {
+fn varint(buf: &mut &[u8]) -> Result<i64, Malformed> {
     let mut value: u64 = 0;
     for shift in (0..70).step_by(7) {
-        let (&byte, rest) = buf.split_first().ok_or("a record ends inside a varint")?;
+        let (&byte, rest) = buf
+            .split_first()
+            .ok_or_else(|| Malformed("a record ends inside a varint".into()))?;
         *buf = rest;
         value |= u64::from(byte & 0x7f) << shift.min(63);
         if byte & 0x80 == 0 {
             return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
         }
     }
-    Err("a varint longer than 10 bytes".into())
+    Err(Malformed("a varint longer than 10 bytes".into()))
 }
 
 #[cfg(test)]

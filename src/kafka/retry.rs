@@ -5,8 +5,9 @@
 //! NOT_LEADER_OR_FOLLOWER once it is not any more, a coordinator NOT_COORDINATOR, and a broker
 //! that dies closes its connections and refuses new ones. None of that is a reason to stop:
 //! the caller looks the leader or coordinator up again and retries, for up to `--timeout` after
-//! the first failure. Errors are classified by type ([`BrokerError`] for an error code, I/O or
-//! [`super::wire::ConnectionError`] for a connection), never by their text.
+//! the first failure. Errors are classified by their [`super::Error`] variant
+//! ([`super::Error::Broker`] for an error code, [`super::Error::Connection`] for a connection) or
+//! an I/O error, never by their text.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use kafka_protocol::error::ResponseError;
+
+use super::wire::ConnectionError;
 
 /// What a failed broker call calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,24 +60,19 @@ impl Retry {
     /// was refused or went unanswered as [`Retry::Refresh`], anything else (a security refusal,
     /// an undecodable answer) as [`Retry::Fatal`].
     pub fn of(err: &anyhow::Error) -> Self {
-        if super::security::is_refused(err) {
-            return Retry::Fatal;
-        }
-        if let Some(code) = BrokerError::code_in(err) {
-            return Self::of_code(code);
-        }
-        let connection = err
-            .chain()
-            .any(|c| c.is::<std::io::Error>() || c.is::<super::wire::ConnectionError>());
-        if connection {
-            Retry::Refresh
-        } else {
-            Retry::Fatal
+        match super::Error::of(err) {
+            Some(super::Error::Broker(b)) => Self::of_code(b.code),
+            Some(super::Error::Connection(ConnectionError::AnsweredTls)) => Retry::Fatal,
+            Some(super::Error::Connection(_)) => Retry::Refresh,
+            Some(_) => Retry::Fatal,
+            None if err.chain().any(|c| c.is::<std::io::Error>()) => Retry::Refresh,
+            None => Retry::Fatal,
         }
     }
 }
 
 /// A broker answered a request (or one topic, partition or group in it) with an error code.
+/// Made only inside a [`super::Error::Broker`], where callers look for it.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {code}{detail}")]
 pub struct BrokerError {
@@ -87,24 +85,26 @@ pub struct BrokerError {
 impl BrokerError {
     /// The error code a broker answered, where `err` came from such an answer.
     pub fn code_in(err: &anyhow::Error) -> Option<ResponseError> {
-        err.chain()
-            .find_map(|c| c.downcast_ref::<BrokerError>())
-            .map(|b| b.code)
+        match super::Error::of(err) {
+            Some(super::Error::Broker(b)) => Some(b.code),
+            _ => None,
+        }
     }
 
-    /// `Err` when `code` is an error, naming `what` was asked and the broker's message.
+    /// `Err` ([`super::Error::Broker`]) when `code` is an error, naming `what` was asked and the
+    /// broker's message.
     pub fn check(
         code: i16,
         message: Option<&str>,
         what: impl FnOnce() -> String,
-    ) -> Result<(), Self> {
+    ) -> Result<(), super::Error> {
         match ResponseError::try_from_code(code) {
             None => Ok(()),
-            Some(code) => Err(Self {
+            Some(code) => Err(super::Error::Broker(Self {
                 code,
                 what: what(),
                 detail: message.map(|m| format!(": {m}")).unwrap_or_default(),
-            }),
+            })),
         }
     }
 }
@@ -238,18 +238,25 @@ mod tests {
         assert_eq!(Retry::of_code(E::CoordinatorLoadInProgress), Retry::Wait);
         assert_eq!(Retry::of_code(E::GroupAuthorizationFailed), Retry::Fatal);
 
-        let coded = anyhow::Error::new(BrokerError {
+        let coded = anyhow::Error::new(crate::kafka::Error::Broker(BrokerError {
             code: E::NotCoordinator,
             what: "committing".into(),
             detail: String::new(),
-        })
+        }))
         .context("mirroring");
+        assert_eq!(BrokerError::code_in(&coded), Some(E::NotCoordinator));
         assert_eq!(Retry::of(&coded), Retry::Coordinator);
         let refused =
             anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
                 .context("cannot reach Kafka at 127.0.0.1:1");
         assert_eq!(Retry::of(&refused), Retry::Refresh);
         assert_eq!(Retry::of(&anyhow::anyhow!("undecodable")), Retry::Fatal);
+        let broken = crate::kafka::Error::from(ConnectionError::Broken("b:1".into()));
+        assert_eq!(Retry::of(&broken.into()), Retry::Refresh);
+        let tls = crate::kafka::Error::from(ConnectionError::AnsweredTls);
+        assert_eq!(Retry::of(&tls.into()), Retry::Fatal);
+        let refused = crate::kafka::Error::refused("TLS: no").context("connecting");
+        assert_eq!(Retry::of(&refused), Retry::Fatal);
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::security::{self, Security};
-use super::Config;
+use super::{Config, Error};
 
 /// A connection's byte stream: plain TCP or TLS over it.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -59,7 +59,7 @@ impl WireConnection {
         let timeout = opts.timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| ConnectionError::Unreachable(addr.to_string(), timeout))?
+            .map_err(|_| Error::from(ConnectionError::Unreachable(addr.to_string(), timeout)))?
             .with_context(|| format!("cannot reach Kafka at {addr}"))?;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Io> = match &opts.security.tls {
@@ -185,7 +185,7 @@ impl WireConnection {
         timeout: Duration,
     ) -> Result<Bytes> {
         if self.broken {
-            return Err(ConnectionError::Broken(self.addr.clone()).into());
+            return Err(Error::from(ConnectionError::Broken(self.addr.clone())).into());
         }
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
@@ -208,7 +208,13 @@ impl WireConnection {
         self.broken = true;
         let mut body = tokio::time::timeout(timeout, self.round_trip(&frame))
             .await
-            .map_err(|_| ConnectionError::TimedOut(name.clone(), self.addr.clone(), timeout))?
+            .map_err(|_| {
+                Error::from(ConnectionError::TimedOut(
+                    name.clone(),
+                    self.addr.clone(),
+                    timeout,
+                ))
+            })?
             .with_context(|| format!("{name} to {}", self.addr))?;
         self.broken = false;
 
@@ -229,7 +235,7 @@ impl WireConnection {
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).await?;
         if looks_like_tls(&size) {
-            return Err(AnsweredTls.into());
+            return Err(Error::from(ConnectionError::AnsweredTls).into());
         }
         let size = i32::from_be_bytes(size);
         let size = usize::try_from(size).map_err(|_| anyhow!("negative response size"))?;
@@ -242,8 +248,28 @@ impl WireConnection {
     }
 }
 
+/// What the SASL exchange asks of a connection; the same calls as above.
+impl super::sasl::Framed for WireConnection {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn offers<R: Request>(&self, cap: i16) -> bool {
+        self.version_for::<R>(cap).is_ok()
+    }
+
+    fn call_capped<R: Request + Send + Sync>(
+        &mut self,
+        request: R,
+        cap: i16,
+    ) -> impl std::future::Future<Output = Result<R::Response>> + Send {
+        WireConnection::call_capped(self, request, cap)
+    }
+}
+
 /// A connection that could not be made, was left half way, or went unanswered: worth another
-/// one (see [`super::retry::Retry`]). I/O errors say the same in their own type.
+/// one (see [`super::retry::Retry`]); or one answered in TLS, which is not. I/O errors say the
+/// same in their own type. Made only inside a [`Error::Connection`], where callers look for it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     #[error("cannot reach Kafka at {0}: no answer within {1:?}")]
@@ -252,6 +278,10 @@ pub enum ConnectionError {
     Broken(String),
     #[error("{0} to {1} timed out after {2:?}")]
     TimedOut(String, String, Duration),
+    /// The broker answered a plaintext request with TLS: a TLS listener, which a new plaintext
+    /// connection would reach again (no retry helps).
+    #[error("the broker answered with TLS")]
+    AnsweredTls,
 }
 
 /// UNSUPPORTED_VERSION: the broker does not know the ApiVersions version asked for.
@@ -274,23 +304,14 @@ fn looks_like_tls(size: &[u8; 4]) -> bool {
     matches!(size[0], 0x15 | 0x16) && size[1] == 0x03 && size[2] <= 0x04
 }
 
-/// The broker answered a plaintext request with TLS.
-#[derive(Debug)]
-struct AnsweredTls;
-
-impl std::fmt::Display for AnsweredTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the broker answered with TLS")
-    }
-}
-
-impl std::error::Error for AnsweredTls {}
-
 /// The first request on a connection failed: say what that usually means for the security
 /// settings (a TLS listener reached without TLS, or one that closes on what it cannot read).
 fn first_answer_error(addr: &str, security: &Security, err: anyhow::Error) -> anyhow::Error {
-    if err.chain().any(|c| c.is::<AnsweredTls>()) {
-        return security::refused(format!(
+    if matches!(
+        Error::of(&err),
+        Some(Error::Connection(ConnectionError::AnsweredTls))
+    ) {
+        return Error::refused(format!(
             "{addr} is a TLS listener and security.protocol is {}: set security.protocol=SSL (or SASL_SSL) and ssl.ca.location",
             security.protocol.name()
         ));
@@ -304,7 +325,7 @@ fn first_answer_error(addr: &str, security: &Security, err: anyhow::Error) -> an
         })
     });
     if closed && security.tls.is_none() {
-        return security::refused(format!(
+        return Error::refused(format!(
             "{addr} closed the connection at the first request (security.protocol is {}): a TLS listener? then set security.protocol=SSL or SASL_SSL",
             security.protocol.name()
         ));
@@ -325,15 +346,15 @@ async fn tls_handshake(
         .trim_start_matches('[')
         .trim_end_matches(']');
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
-        security::refused(format!(
+        Error::refused(format!(
             "TLS: '{host}' (of {addr}) is not a host name or IP address"
         ))
     })?;
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(security::refused(security::explain_tls_error(addr, &e))),
-        Err(_) => Err(security::refused(format!(
+        Ok(Err(e)) => Err(Error::refused(security::explain_tls_error(addr, &e))),
+        Err(_) => Err(Error::refused(format!(
             "TLS: {addr} did not finish the handshake within {timeout:?}: is it a plaintext listener? (then security.protocol=PLAINTEXT or SASL_PLAINTEXT)"
         ))),
     }

@@ -360,7 +360,7 @@ impl BatchRules {
                 offset: r.offset,
                 key: r.key.as_ref().map(|k| k.to_vec()),
                 payload: value.map(<[u8]>::to_vec),
-                error,
+                error: error.into(),
             }),
         }
     }
@@ -376,7 +376,7 @@ impl BatchRules {
                     offset: r.offset,
                     key: r.key.as_ref().map(|k| k.to_vec()),
                     payload: r.value.as_ref().map(|v| v.to_vec()),
-                    error,
+                    error: error.into(),
                 })
             }
         };
