@@ -403,7 +403,9 @@ impl TopicConfigArgs {
     /// The changes asked for, each key at most once.
     fn settle(self, kafka: kafka::Config) -> Result<topic::Configs, exit::Error> {
         use crate::kafka::admin::ConfigChange;
-        let changes: Vec<ConfigChange> = (self.set.into_iter())
+        let changes: Vec<ConfigChange> = self
+            .set
+            .into_iter()
             .map(|(k, v)| ConfigChange::Set(k, v))
             .chain(self.delete.into_iter().map(ConfigChange::Delete))
             .collect();
@@ -810,8 +812,11 @@ pub struct TopicRetentionArgs {
 
 impl TopicRetentionArgs {
     fn settle(self, kafka: kafka::Config) -> Result<topic::Retention, exit::Error> {
-        let set_ms = (self.set.map(|d| i64::try_from(d.as_millis())).transpose())
-            .map_err(|_| usage("--set: retention is too long"))?;
+        let too_long = |_| usage("--set: retention is too long");
+        let set_ms = self
+            .set
+            .map(|d| i64::try_from(d.as_millis()).map_err(too_long));
+        let set_ms = set_ms.transpose()?;
         Ok(topic::Retention {
             kafka,
             topic: self.topic,
