@@ -1,16 +1,25 @@
 //! Every command-line option, in one place (the sqlx-cli `opt.rs` pattern). Connection options are
 //! defined once and flattened into the commands that need them.
+//!
+//! Each command's arguments are settled here, once, into the plain configuration its `cmd` module
+//! runs (ripgrep's `HiArgs` pattern): [`Cli::into_job`] returns a [`Job`], and every usage error
+//! — a bad flag, a database that cannot be meant — ends the run there, before anything connects.
+//! Nothing below this module sees a clap type.
 
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::db;
+use crate::cmd::{
+    bench, check, completions, consume, dlq, group, migrate, offsets, produce, topic, watch, Job,
+};
 use crate::events::EventKind;
+use crate::exit::{self, usage};
 pub use crate::kafka::StartFrom;
+use crate::render::Format;
+use crate::{db, kafka};
 
-/// `consume --batch-size` unless given (also the batch `bench` loads its PostgreSQL limit in).
-pub const DEFAULT_BATCH_SIZE: u32 = 5000;
 #[derive(Debug, Parser)]
 #[command(
     name = "streamlab",
@@ -53,76 +62,35 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The subcommand with the global connection options handed to it; usage errors in them
-    /// end the run here, before anything connects.
-    pub fn into_command(self) -> Result<Command, crate::exit::Error> {
+    /// The subcommand, settled into what its `cmd` module runs: the global connection options
+    /// and every usage error clap cannot see by itself end the run here (exit 2), before
+    /// anything connects.
+    pub fn into_job(self) -> Result<Job, exit::Error> {
         let kafka = self.kafka.config()?;
         if kafka.brokers.is_empty() {
-            return Err(crate::exit::usage(
+            return Err(usage(
                 "--bootstrap-server names no broker (expected HOST:PORT[,HOST:PORT…])",
             ));
         }
-        let mut command = self.command;
-        match &mut command {
-            Command::Topic(topic) => match topic {
-                TopicCommand::Create(a) => a.kafka = kafka,
-                TopicCommand::Retention(a) => a.kafka = kafka,
-                TopicCommand::List(a) => a.kafka = kafka,
-                TopicCommand::Describe(a) => a.kafka = kafka,
-                TopicCommand::Delete(a) => a.kafka = kafka,
-                TopicCommand::Config(a) => a.kafka = kafka,
-            },
-            Command::Offsets(OffsetsCommand::Reset(a)) => a.kafka = kafka,
-            Command::Group(group) => match group {
-                GroupCommand::List(a) => a.kafka = kafka,
-                GroupCommand::Describe(a) => a.kafka = kafka,
-            },
-            Command::Dlq(dlq) => match dlq {
-                DlqCommand::List(a) => a.kafka = kafka,
-                DlqCommand::Show(a) => a.kafka = kafka,
-                DlqCommand::Replay(a) => a.kafka = kafka,
-                DlqCommand::Purge(a) => a.kafka = kafka,
-            },
-            Command::Produce(a) => a.kafka = kafka,
-            Command::Consume(a) => a.kafka = kafka,
-            Command::Check(a) => a.kafka = kafka,
-            Command::Watch(a) => a.kafka = kafka,
-            Command::Bench(a) => a.kafka = kafka,
-            Command::Migrate(a) => a.timeout = kafka.timeout,
-            Command::Completions(_) => {}
-        }
-        command.settle()?;
-        Ok(command)
+        self.command.settle(kafka)
     }
 }
 
 impl Command {
-    /// Every usage error clap cannot see by itself, found before anything runs.
-    fn settle(&self) -> Result<(), crate::exit::Error> {
-        use crate::exit::usage;
-        match self {
-            Command::Produce(a) if !a.rate.is_finite() || a.rate < 0.0 => Err(usage(format!(
-                "--rate must be 0 (unlimited) or positive, got {}",
-                a.rate
-            ))),
-            Command::Consume(a) if a.print_each && a.format == Format::Json => Err(usage(
-                "--print-each prints lines for people: it does not mix with --format json",
-            )),
-            Command::Consume(a) => a.db.target().map(drop),
-            Command::Check(a) => a.db.target().map(drop),
-            Command::Migrate(a) => a.db.target().map(drop),
-            Command::Watch(a) => a.db.optional_target().map(drop),
-            Command::Offsets(OffsetsCommand::Reset(a)) => a.db.target().map(drop),
-            Command::Group(GroupCommand::Describe(a)) => a.db.optional_target().map(drop),
-            Command::Dlq(dlq) => dlq.db().target().map(drop),
-            Command::Topic(TopicCommand::Config(a)) => a.changes().map(drop),
-            Command::Topic(TopicCommand::Retention(a))
-                if a.set.is_some_and(|d| i64::try_from(d.as_millis()).is_err()) =>
-            {
-                Err(usage("--set: retention is too long"))
-            }
-            _ => Ok(()),
-        }
+    fn settle(self, kafka: kafka::Config) -> Result<Job, exit::Error> {
+        Ok(match self {
+            Command::Topic(command) => Job::Topic(command.settle(kafka)?),
+            Command::Produce(args) => Job::Produce(args.settle(kafka)?),
+            Command::Consume(args) => Job::Consume(args.settle(kafka)?),
+            Command::Migrate(args) => Job::Migrate(args.settle(kafka.timeout)?),
+            Command::Check(args) => Job::Check(args.settle(kafka)?),
+            Command::Watch(args) => Job::Watch(args.settle(kafka)?),
+            Command::Bench(args) => Job::Bench(args.settle(kafka)),
+            Command::Offsets(OffsetsCommand::Reset(args)) => Job::OffsetsReset(args.settle(kafka)?),
+            Command::Group(command) => Job::Group(command.settle(kafka)?),
+            Command::Dlq(command) => Job::Dlq(command.settle(kafka)?),
+            Command::Completions(args) => Job::Completions(args.settle()),
+        })
     }
 }
 
@@ -161,6 +129,15 @@ pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+impl CompletionsArgs {
+    fn settle(self) -> completions::Config {
+        completions::Config {
+            shell: self.shell,
+            command: <Cli as clap::CommandFactory>::command,
+        }
+    }
 }
 
 /// How to reach Kafka. Parsed once at the top (global: before or after the subcommand) and
@@ -216,23 +193,19 @@ pub struct KafkaOpts {
     pub property: Vec<String>,
 }
 
-/// Settings `bench` hands the streamlab processes it starts (properties-file text): the ones
-/// its own command line gave, so its children connect the same way.
-pub const INHERITED_PROPERTIES_ENV: &str = "STREAMLAB_KAFKA_PROPERTIES";
-
 impl KafkaOpts {
     /// What the kafka layer needs from these flags: a usage error (exit 2) names a bad key, file
     /// or value, never a secret.
-    pub fn config(&self) -> Result<crate::kafka::Config, crate::exit::Error> {
+    pub fn config(&self) -> Result<kafka::Config, exit::Error> {
         use crate::kafka::security::{Properties, Security};
         let mut props = Properties::default();
-        if let Ok(text) = std::env::var(INHERITED_PROPERTIES_ENV) {
+        if let Ok(text) = std::env::var(bench::INHERITED_PROPERTIES_ENV) {
             props
-                .parse_text(&text, INHERITED_PROPERTIES_ENV)
-                .map_err(crate::exit::usage)?;
+                .parse_text(&text, bench::INHERITED_PROPERTIES_ENV)
+                .map_err(usage)?;
         }
         if let Some(path) = &self.command_config {
-            props.read_file(path).map_err(crate::exit::usage)?;
+            props.read_file(path).map_err(usage)?;
         }
         for (n, setting) in self.property.iter().enumerate() {
             match setting.split_once('=') {
@@ -240,16 +213,16 @@ impl KafkaOpts {
                     props.set(key, value, "-X");
                 }
                 _ => {
-                    return Err(crate::exit::usage(format!(
+                    return Err(usage(format!(
                         "-X expects KEY=VALUE (the {} -X has no '=')",
                         ordinal(n + 1)
                     )))
                 }
             }
         }
-        let security = Security::from_properties(&props, |name| std::env::var(name).ok())
-            .map_err(crate::exit::usage)?;
-        Ok(crate::kafka::Config {
+        let security =
+            Security::from_properties(&props, |name| std::env::var(name).ok()).map_err(usage)?;
+        Ok(kafka::Config {
             brokers: self
                 .bootstrap_server
                 .split(',')
@@ -303,13 +276,13 @@ impl DbOpts {
     /// Settle which database is meant before anything connects ([`db::Target::settle`]):
     /// `--sink` and the URL's scheme must agree, either one alone is enough, and a URL of
     /// another database is a usage error.
-    pub fn target(&self) -> Result<db::Target, crate::exit::Error> {
+    fn target(&self) -> Result<db::Target, exit::Error> {
         let kind = self.sink.map(db::Kind::from);
         db::Target::settle(kind, self.database_url.as_deref()).map_err(usage_of)
     }
 
     /// Like [`DbOpts::target`], for commands where the database is optional.
-    pub fn optional_target(&self) -> Result<Option<db::Target>, crate::exit::Error> {
+    fn optional_target(&self) -> Result<Option<db::Target>, exit::Error> {
         match (self.sink, &self.database_url) {
             (None, None) => Ok(None),
             _ => self.target().map(Some),
@@ -318,8 +291,7 @@ impl DbOpts {
 }
 
 /// A database that cannot be used, in the words of the command line (exit 2).
-fn usage_of(e: db::TargetError) -> crate::exit::Error {
-    use crate::exit::usage;
+fn usage_of(e: db::TargetError) -> exit::Error {
     match e {
         db::TargetError::Unnamed => {
             usage("say which database: --sink pg|sqlite, or -D postgres://… | sqlite://…")
@@ -343,14 +315,22 @@ impl From<SinkKind> for db::Kind {
     }
 }
 
-/// How results are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// For people: tables and sentences.
-    #[value(alias = "text")]
-    Table,
-    /// For scripts: one JSON document on stdout.
-    Json,
+/// `--format`: clap's face of [`Format`] (how results are printed). The help has no final period,
+/// as clap's derive shows a doc comment.
+impl ValueEnum for Format {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Format::Table, Format::Json]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Format::Table => PossibleValue::new("table")
+                .alias("text")
+                .help("For people: tables and sentences"),
+            Format::Json => {
+                PossibleValue::new("json").help("For scripts: one JSON document on stdout")
+            }
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,15 +349,36 @@ pub enum TopicCommand {
     Config(TopicConfigArgs),
 }
 
+impl TopicCommand {
+    fn settle(self, kafka: kafka::Config) -> Result<topic::Job, exit::Error> {
+        Ok(match self {
+            TopicCommand::Create(args) => topic::Job::Create(args.settle(kafka)),
+            TopicCommand::Retention(args) => topic::Job::Retention(args.settle(kafka)?),
+            TopicCommand::List(args) => topic::Job::List(args.settle(kafka)),
+            TopicCommand::Describe(args) => topic::Job::Describe(args.settle(kafka)),
+            TopicCommand::Delete(args) => topic::Job::Delete(args.settle(kafka)),
+            TopicCommand::Config(args) => topic::Job::Config(args.settle(kafka)?),
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TopicDeleteArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Succeed (exit 0) when there is no such topic.
     #[arg(long)]
     pub if_exists: bool,
+}
+
+impl TopicDeleteArgs {
+    fn settle(self, kafka: kafka::Config) -> topic::Delete {
+        topic::Delete {
+            kafka,
+            topic: self.topic,
+            if_exists: self.if_exists,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -386,8 +387,6 @@ pub struct TopicDeleteArgs {
     streamlab topic config --topic sales --set retention.ms=86400000 --set cleanup.policy=delete\n  \
     streamlab topic config --topic sales --delete retention.ms")]
 pub struct TopicConfigArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Set a config on the topic, e.g. retention.ms=86400000. Repeatable.
@@ -402,24 +401,29 @@ pub struct TopicConfigArgs {
 
 impl TopicConfigArgs {
     /// The changes asked for, each key at most once.
-    pub fn changes(&self) -> Result<Vec<crate::kafka::admin::ConfigChange>, crate::exit::Error> {
+    fn settle(self, kafka: kafka::Config) -> Result<topic::Configs, exit::Error> {
         use crate::kafka::admin::ConfigChange;
         let changes: Vec<ConfigChange> = self
             .set
-            .iter()
-            .map(|(k, v)| ConfigChange::Set(k.clone(), v.clone()))
-            .chain(self.delete.iter().map(|k| ConfigChange::Delete(k.clone())))
+            .into_iter()
+            .map(|(k, v)| ConfigChange::Set(k, v))
+            .chain(self.delete.into_iter().map(ConfigChange::Delete))
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for change in &changes {
             if !seen.insert(change.key()) {
-                return Err(crate::exit::usage(format!(
+                return Err(usage(format!(
                     "{} is named more than once in --set/--delete: say once what it becomes",
                     change.key()
                 )));
             }
         }
-        Ok(changes)
+        Ok(topic::Configs {
+            kafka,
+            topic: self.topic,
+            changes,
+            format: self.format,
+        })
     }
 }
 
@@ -450,8 +454,6 @@ pub enum OffsetsCommand {
     streamlab offsets reset --group streamlab --topic sales -D sqlite://lab.db --shift-by -100 --partition 0 --execute"
 )]
 pub struct OffsetsResetArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub db: DbOpts,
     /// The consumer group whose offsets move.
@@ -496,6 +498,31 @@ pub struct OffsetsResetArgs {
     pub format: Format,
 }
 
+impl OffsetsResetArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<offsets::Reset, exit::Error> {
+        use offsets::To;
+        // Exactly one is given: clap's argument group requires it.
+        let to = match (self.to_datetime, self.to_offset, self.shift_by) {
+            (Some(at), _, _) => To::Datetime(at),
+            (_, Some(offset), _) => To::Offset(offset),
+            (_, _, Some(by)) => To::Shift(by),
+            _ if self.to_latest => To::Latest,
+            _ => To::Earliest,
+        };
+        Ok(offsets::Reset {
+            target: self.db.target()?,
+            kafka,
+            group: self.group,
+            topic: self.topic,
+            partitions: self.partitions,
+            to,
+            execute: self.execute,
+            force: self.force,
+            format: self.format,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// The consumer groups the cluster knows, with their state and member count.
@@ -505,18 +532,32 @@ pub enum GroupCommand {
     Describe(GroupDescribeArgs),
 }
 
+impl GroupCommand {
+    fn settle(self, kafka: kafka::Config) -> Result<group::Job, exit::Error> {
+        Ok(match self {
+            GroupCommand::List(args) => group::Job::List(args.settle(kafka)),
+            GroupCommand::Describe(args) => group::Job::Describe(args.settle(kafka)?),
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GroupListArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
 
+impl GroupListArgs {
+    fn settle(self, kafka: kafka::Config) -> group::List {
+        group::List {
+            kafka,
+            format: self.format,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GroupDescribeArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(short, long)]
     pub group: String,
     /// Only this topic (default: every topic the group has offsets for or is assigned).
@@ -529,6 +570,18 @@ pub struct GroupDescribeArgs {
     pub db: DbOpts,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+impl GroupDescribeArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<group::Describe, exit::Error> {
+        Ok(group::Describe {
+            target: self.db.optional_target()?,
+            kafka,
+            group: self.group,
+            topic: self.topic,
+            format: self.format,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -548,13 +601,13 @@ pub enum DlqCommand {
 }
 
 impl DlqCommand {
-    pub fn db(&self) -> &DbOpts {
-        match self {
-            DlqCommand::List(a) => &a.db,
-            DlqCommand::Show(a) => &a.db,
-            DlqCommand::Replay(a) => &a.db,
-            DlqCommand::Purge(a) => &a.db,
-        }
+    fn settle(self, kafka: kafka::Config) -> Result<dlq::Job, exit::Error> {
+        Ok(match self {
+            DlqCommand::List(args) => dlq::Job::List(args.settle(kafka.timeout)?),
+            DlqCommand::Show(args) => dlq::Job::Show(args.settle(kafka.timeout)?),
+            DlqCommand::Replay(args) => dlq::Job::Replay(Box::new(args.settle(kafka)?)),
+            DlqCommand::Purge(args) => dlq::Job::Purge(args.settle(kafka.timeout)?),
+        })
     }
 }
 
@@ -576,10 +629,20 @@ pub struct DlqFilterArgs {
     pub ids: Vec<i64>,
 }
 
+impl From<DlqFilterArgs> for db::dlq::Filter {
+    fn from(f: DlqFilterArgs) -> Self {
+        db::dlq::Filter {
+            topic: f.topic,
+            since: f.since,
+            before: None,
+            reason: f.reason,
+            ids: f.ids,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DlqListArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub db: DbOpts,
     #[command(flatten)]
@@ -591,10 +654,20 @@ pub struct DlqListArgs {
     pub format: Format,
 }
 
+impl DlqListArgs {
+    fn settle(self, timeout: Duration) -> Result<dlq::List, exit::Error> {
+        Ok(dlq::List {
+            timeout,
+            target: self.db.target()?,
+            filter: self.filter.into(),
+            limit: self.limit,
+            format: self.format,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DlqShowArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub db: DbOpts,
     /// The dead letter's id (from `dlq list`).
@@ -602,6 +675,17 @@ pub struct DlqShowArgs {
     pub id: i64,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+impl DlqShowArgs {
+    fn settle(self, timeout: Duration) -> Result<dlq::Show, exit::Error> {
+        Ok(dlq::Show {
+            timeout,
+            target: self.db.target()?,
+            id: self.id,
+            format: self.format,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -613,8 +697,6 @@ pub struct DlqShowArgs {
     before replaying the letters still listed."
 )]
 pub struct DlqReplayArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub db: DbOpts,
     #[command(flatten)]
@@ -636,10 +718,23 @@ pub struct DlqReplayArgs {
     pub format: Format,
 }
 
+impl DlqReplayArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<dlq::Replay, exit::Error> {
+        Ok(dlq::Replay {
+            target: self.db.target()?,
+            kafka,
+            filter: self.filter.into(),
+            kind: self.kind,
+            max_event_bytes: self.max_event_bytes,
+            to_topic: self.to_topic,
+            limit: self.limit,
+            format: self.format,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DlqPurgeArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub db: DbOpts,
     /// Delete those that failed before this time: RFC 3339 or a duration ago (7d).
@@ -654,10 +749,23 @@ pub struct DlqPurgeArgs {
     pub format: Format,
 }
 
+impl DlqPurgeArgs {
+    fn settle(self, timeout: Duration) -> Result<dlq::Purge, exit::Error> {
+        Ok(dlq::Purge {
+            timeout,
+            target: self.db.target()?,
+            filter: db::dlq::Filter {
+                before: Some(self.before),
+                ..self.filter.into()
+            },
+            execute: self.execute,
+            format: self.format,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TopicCreateArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     /// Topic name: letters, digits, '.', '_' and '-', at most 249 characters.
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
@@ -677,10 +785,21 @@ pub struct TopicCreateArgs {
     pub if_not_exists: bool,
 }
 
+impl TopicCreateArgs {
+    fn settle(self, kafka: kafka::Config) -> topic::Create {
+        topic::Create {
+            kafka,
+            topic: self.topic,
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            configs: self.configs,
+            if_not_exists: self.if_not_exists,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TopicRetentionArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// New retention: 1d, 36h, 90m, 500ms, or milliseconds. Without it, show the current value.
@@ -691,18 +810,38 @@ pub struct TopicRetentionArgs {
     pub set: Option<Duration>,
 }
 
+impl TopicRetentionArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<topic::Retention, exit::Error> {
+        let too_long = |_| usage("--set: retention is too long");
+        let set_ms = self
+            .set
+            .map(|d| i64::try_from(d.as_millis()).map_err(too_long));
+        let set_ms = set_ms.transpose()?;
+        Ok(topic::Retention {
+            kafka,
+            topic: self.topic,
+            set_ms,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TopicListArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
 
+impl TopicListArgs {
+    fn settle(self, kafka: kafka::Config) -> topic::List {
+        topic::List {
+            kafka,
+            format: self.format,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TopicDescribeArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Also show this consumer group's members and the partitions each holds (brokers that do
@@ -711,6 +850,17 @@ pub struct TopicDescribeArgs {
     pub group: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+impl TopicDescribeArgs {
+    fn settle(self, kafka: kafka::Config) -> topic::Describe {
+        topic::Describe {
+            kafka,
+            topic: self.topic,
+            group: self.group,
+            format: self.format,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -722,12 +872,34 @@ pub enum CompressionArg {
     Zstd,
 }
 
+impl From<CompressionArg> for rskafka::client::partition::Compression {
+    fn from(c: CompressionArg) -> Self {
+        use rskafka::client::partition::Compression;
+        match c {
+            CompressionArg::None => Compression::NoCompression,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Lz4 => Compression::Lz4,
+            CompressionArg::Snappy => Compression::Snappy,
+            CompressionArg::Zstd => Compression::Zstd,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PartitionerArg {
     /// Apache Kafka's default for keyed records: murmur2(key) % partitions.
     Murmur2,
     /// Spread evenly regardless of key.
     RoundRobin,
+}
+
+impl From<PartitionerArg> for produce::Partitioner {
+    fn from(p: PartitionerArg) -> Self {
+        match p {
+            PartitionerArg::Murmur2 => produce::Partitioner::Murmur2,
+            PartitionerArg::RoundRobin => produce::Partitioner::RoundRobin,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -739,8 +911,6 @@ pub enum PartitionerArg {
     updated about 40 times); 5% of them are tombstones (a key with no value) that delete it."
 )]
 pub struct ProduceArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub metrics: MetricsOpts,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
@@ -786,6 +956,33 @@ pub struct ProduceArgs {
     pub batch_bytes: usize,
 }
 
+impl ProduceArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<produce::Config, exit::Error> {
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            return Err(usage(format!(
+                "--rate must be 0 (unlimited) or positive, got {}",
+                self.rate
+            )));
+        }
+        Ok(produce::Config {
+            kafka,
+            metrics_addr: self.metrics.metrics_addr,
+            topic: self.topic,
+            kind: self.kind,
+            rate: self.rate,
+            count: self.count,
+            duration: self.duration,
+            seed: self.seed,
+            keys: self.keys,
+            tombstones: self.tombstones,
+            compression: self.compression.into(),
+            partitioner: self.partitioner.into(),
+            format: self.format,
+            batch_bytes: self.batch_bytes,
+        })
+    }
+}
+
 /// `--tombstones 5%`: a percentage (the `%` optional) as a share, 0..=1.
 fn parse_percent(text: &str) -> Result<f64, String> {
     let number = text.trim().trim_end_matches('%').trim();
@@ -802,8 +999,8 @@ impl ValueEnum for EventKind {
     fn value_variants<'a>() -> &'a [Self] {
         &EventKind::ALL
     }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.name()).help(self.shape()))
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()).help(self.shape()))
     }
 }
 
@@ -812,8 +1009,8 @@ impl ValueEnum for StartFrom {
     fn value_variants<'a>() -> &'a [Self] {
         &[StartFrom::Earliest, StartFrom::Latest]
     }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.name()))
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
     }
 }
 
@@ -834,8 +1031,6 @@ pub enum AssignAll {
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[command(flatten)]
     pub db: DbOpts,
     #[command(flatten)]
@@ -907,7 +1102,7 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub stop_at_end: bool,
     /// Most events written in one database transaction.
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, default_value_t = consume::DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
     /// Independent writers, each over its own share of the partitions (the i-th partition read
     /// goes to writer i mod N) with its own database connection, transactions and offset fence.
@@ -930,14 +1125,65 @@ pub struct ConsumeArgs {
     pub throttle: Option<u32>,
 }
 
+impl ConsumeArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<consume::Config, exit::Error> {
+        use consume::Reading;
+        if self.print_each && self.format == Format::Json {
+            return Err(usage(
+                "--print-each prints lines for people: it does not mix with --format json",
+            ));
+        }
+        let target = self.db.target()?;
+        if self.join_group {
+            tracing::warn!(
+                "--join-group is no longer needed: consume joins its --group unless told \
+                 --assign all or --partition"
+            );
+        }
+        let reading = match (self.assign, self.partitions) {
+            (Some(AssignAll::All), _) => Reading::All,
+            (None, only) if only.is_empty() => Reading::Member,
+            (None, only) => Reading::Only(only),
+        };
+        Ok(consume::Config {
+            kafka,
+            target,
+            metrics_addr: self.metrics.metrics_addr,
+            topic: self.topic,
+            group: self.group,
+            reading,
+            membership: kafka::group::Membership {
+                session_timeout: self.session_timeout,
+                rebalance_timeout: self.rebalance_timeout,
+            },
+            kind: self.kind,
+            upsert: self.upsert,
+            compacted: false,
+            from: self.from,
+            reset_offsets_ahead: self.reset_offsets_ahead,
+            skip_corrupt_batches: self.skip_corrupt_batches,
+            metadata_refresh: self.metadata_refresh,
+            stop_at_end: self.stop_at_end,
+            batch_size: self.batch_size as usize,
+            writers: if self.throttle.is_some() {
+                1
+            } else {
+                self.writers as usize
+            },
+            print_each: self.print_each,
+            json: self.format == Format::Json,
+            max_event_bytes: self.max_event_bytes,
+            throttle: self.throttle,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(
     after_help = "Keys: q, Esc or Ctrl-C quit, p pauses. Piped (not a terminal), one JSON snapshot per \
     interval is printed instead:\n  streamlab watch --topic sales --sink sqlite --count 1 | jq .total"
 )]
 pub struct WatchArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     #[arg(short, long, value_parser = crate::kafka::names::parse_topic_name)]
     pub topic: String,
     /// Consumer group whose position is shown, and which of its members holds each partition.
@@ -958,12 +1204,33 @@ pub struct WatchArgs {
     pub count: Option<u64>,
 }
 
+impl WatchArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<watch::Config, exit::Error> {
+        Ok(watch::Config {
+            target: self.db.optional_target()?,
+            kafka,
+            topic: self.topic,
+            group: self.group,
+            kind: self.kind,
+            interval: self.interval,
+            count: self.count,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     #[command(flatten)]
     pub db: DbOpts,
-    #[arg(skip)]
-    pub timeout: Duration,
+}
+
+impl MigrateArgs {
+    fn settle(self, timeout: Duration) -> Result<migrate::Config, exit::Error> {
+        Ok(migrate::Config {
+            target: self.db.target()?,
+            timeout,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -995,14 +1262,26 @@ pub struct CheckArgs {
     /// Fail (exit 1) when total lag exceeds this many events.
     #[arg(long, requires = "topic")]
     pub max_lag: Option<i64>,
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
+}
+
+impl CheckArgs {
+    fn settle(self, kafka: kafka::Config) -> Result<check::Config, exit::Error> {
+        Ok(check::Config {
+            target: self.db.target()?,
+            kafka,
+            kind: self.kind,
+            upsert: self.upsert,
+            verify_log: self.verify_log,
+            topic: self.topic,
+            group: self.group,
+            format: self.format,
+            max_lag: self.max_lag,
+        })
+    }
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
-    #[arg(skip)]
-    pub kafka: crate::kafka::Config,
     /// Events per measurement.
     #[arg(short = 'n', long, default_value_t = 1_000_000)]
     pub events: u64,
@@ -1027,6 +1306,20 @@ pub struct BenchArgs {
     /// How long to measure end-to-end latency at 10,000 events/s (0 skips it).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub latency: Duration,
+}
+
+impl BenchArgs {
+    fn settle(self, kafka: kafka::Config) -> bench::Config {
+        bench::Config {
+            kafka,
+            events: self.events,
+            repeats: self.repeats,
+            partitions: self.partitions,
+            pg_url: self.pg_url,
+            durable_broker: self.durable_broker,
+            latency: self.latency,
+        }
+    }
 }
 
 // The options that may carry a secret are shown redacted by `Debug` (a `Cli` in a log or a
@@ -1059,7 +1352,6 @@ impl std::fmt::Debug for DbOpts {
 impl std::fmt::Debug for BenchArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BenchArgs")
-            .field("kafka", &self.kafka)
             .field("events", &self.events)
             .field("repeats", &self.repeats)
             .field("partitions", &self.partitions)

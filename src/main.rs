@@ -10,8 +10,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     streamlab::logging::init(cli.verbose, cli.quiet);
     streamlab::render::set_quiet(cli.quiet);
-    let command = match cli.into_command() {
-        Ok(command) => command,
+    let job = match cli.into_job() {
+        Ok(job) => job,
         Err(err) => return streamlab::exit::report(&err),
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(streamlab::run(command)) {
+    match runtime.block_on(streamlab::run(job)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => streamlab::exit::report(&err),
     }

@@ -13,6 +13,15 @@ use anstyle::{AnsiColor, Style};
 use comfy_table::{presets, Table};
 use serde::Serialize;
 
+/// How results are printed (`--format`; its clap face is in `cli`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// For people: tables and sentences.
+    Table,
+    /// For scripts: one JSON document on stdout.
+    Json,
+}
+
 static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// `-q`: from now on, [`note`] prints nothing and progress is not shown.

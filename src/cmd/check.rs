@@ -8,12 +8,11 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::members::{self, GroupView};
-use crate::cli::{CheckArgs, Format};
 use crate::db::dlq::{self, Letter};
 use crate::db::{self, redact, Offending, Reader, Share, Throughput};
 use crate::events::{self, EventKind};
 use crate::kafka::{self, Position};
-use crate::render;
+use crate::render::{self, Format};
 
 /// How far in the future a `ts` may be before it counts as impossible (clock skew allowance).
 const FUTURE_SKEW_MINUTES: i64 = 5;
@@ -69,8 +68,26 @@ pub struct StoredOffset {
     pub committed: i64,
 }
 
+/// `check`, settled: which database and table, and what else to compare.
+pub struct Config {
+    pub kafka: kafka::Config,
+    pub target: db::Target,
+    /// The kind's table to check; `None`: the one that holds rows.
+    pub kind: Option<EventKind>,
+    /// Check the `_latest` table `consume --upsert` keeps.
+    pub upsert: bool,
+    /// Compare each key's newest record in the topic with its row (with `upsert` and `topic`).
+    pub verify_log: bool,
+    /// Also compare the stored offsets with this topic's log.
+    pub topic: Option<String>,
+    pub group: String,
+    pub format: Format,
+    /// Unhealthy when total lag exceeds this.
+    pub max_lag: Option<i64>,
+}
+
 /// `check`: the report, then exit 1 when it is unhealthy.
-pub async fn run(args: CheckArgs) -> Result<(), crate::exit::Error> {
+pub async fn run(args: Config) -> Result<(), crate::exit::Error> {
     let report = report(&args).await?;
     if report.healthy {
         return Ok(());
@@ -82,9 +99,9 @@ pub async fn run(args: CheckArgs) -> Result<(), crate::exit::Error> {
 }
 
 /// Build the report and print it.
-async fn report(args: &CheckArgs) -> Result<Report> {
-    let target = args.db.target()?;
-    let reader = Reader::connect(&target, args.kafka.timeout).await?;
+async fn report(args: &Config) -> Result<Report> {
+    let target = &args.target;
+    let reader = Reader::connect(target, args.kafka.timeout).await?;
     let subject = Subject::choose(args, &reader).await.map_err(|e| match e {
         Missing(table) => anyhow::anyhow!(
             "table {table} does not exist in {}: run `streamlab consume` or `streamlab migrate` first",
@@ -92,7 +109,7 @@ async fn report(args: &CheckArgs) -> Result<Report> {
         ),
         Failed(e) => e,
     })?;
-    let report = build_report(args, &subject, &target, &reader).await?;
+    let report = build_report(args, &subject, target, &reader).await?;
     match args.format {
         Format::Json => render::json(&report)?,
         Format::Table => print_table(&report)?,
@@ -158,7 +175,7 @@ impl Subject {
     /// `--kind` when given; else the kind whose table holds rows (sales when both or neither
     /// do). When the table checked is empty, or another kind's holds rows too, the note names the
     /// tables that hold rows and the flags that check them.
-    async fn choose(args: &CheckArgs, reader: &Reader) -> Result<Self, ChooseError> {
+    async fn choose(args: &Config, reader: &Reader) -> Result<Self, ChooseError> {
         // Every events table that exists, with its row count: the chosen shape's first.
         let mut holding = Vec::new();
         for upsert in [args.upsert, !args.upsert] {
@@ -271,7 +288,7 @@ fn row_rules(kind: EventKind, table: &str, upsert: bool) -> Vec<RowRule> {
 }
 
 async fn build_report(
-    args: &CheckArgs,
+    args: &Config,
     subject: &Subject,
     target: &db::Target,
     reader: &Reader,
@@ -369,7 +386,7 @@ async fn build_report(
 /// `--verify-log`: each key's newest record in the log, up to the group's stored offsets (a
 /// value that decodes, or a tombstone), against the table's row for it.
 async fn verify_log(
-    args: &CheckArgs,
+    args: &Config,
     subject: &Subject,
     reader: &Reader,
     partitions: &[Position],
@@ -489,10 +506,7 @@ fn failing(
 
 /// With --topic, the group's stored positions in the topic's logs; without, the offsets the
 /// database holds for the group.
-async fn positions(
-    args: &CheckArgs,
-    reader: &Reader,
-) -> Result<(Vec<Position>, Vec<StoredOffset>)> {
+async fn positions(args: &Config, reader: &Reader) -> Result<(Vec<Position>, Vec<StoredOffset>)> {
     let stored = reader
         .stored_offsets(&args.group, args.topic.as_deref())
         .await?;

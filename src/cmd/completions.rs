@@ -2,13 +2,19 @@
 
 use anyhow::Result;
 
-use crate::cli::{Cli, CompletionsArgs};
 use crate::render;
 
-pub fn run(args: CompletionsArgs) -> Result<()> {
-    let mut command = <Cli as clap::CommandFactory>::command();
+/// `completions`, settled: the shell, and how to build the command tree to complete (clap's,
+/// which `cli` owns).
+pub struct Config {
+    pub shell: clap_complete::Shell,
+    pub command: fn() -> clap::Command,
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let mut command = (config.command)();
     let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut command, "streamlab", &mut script);
+    clap_complete::generate(config.shell, &mut command, "streamlab", &mut script);
     render::bytes(&script)?;
     Ok(())
 }

@@ -12,41 +12,72 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::cli::{
-    DlqCommand, DlqFilterArgs, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs, Format,
-};
 use crate::db::dlq::{self, Filter, Letter, Order, Taken};
 use crate::db::{self, redact, Database, Deadline, Landed, Reader, Target};
-use crate::events;
+use crate::events::{self, EventKind};
 use crate::kafka;
-use crate::render;
+use crate::render::{self, Format};
 
-pub async fn run(command: DlqCommand) -> Result<()> {
-    match command {
-        DlqCommand::List(args) => list(args).await,
-        DlqCommand::Show(args) => show(args).await,
-        DlqCommand::Replay(args) => replay(args).await,
-        DlqCommand::Purge(args) => purge(args).await,
-    }
+/// A `dlq` subcommand, settled.
+pub enum Job {
+    List(List),
+    Show(Show),
+    /// Boxed: it holds the Kafka configuration the others do without.
+    Replay(Box<Replay>),
+    Purge(Purge),
 }
 
-impl From<&DlqFilterArgs> for Filter {
-    fn from(f: &DlqFilterArgs) -> Self {
-        Filter {
-            topic: f.topic.clone(),
-            since: f.since,
-            before: None,
-            reason: f.reason.clone(),
-            ids: f.ids.clone(),
-        }
-    }
+/// `dlq list`, settled.
+pub struct List {
+    pub timeout: std::time::Duration,
+    pub target: Target,
+    pub filter: Filter,
+    /// At most this many (the newest).
+    pub limit: Option<u32>,
+    pub format: Format,
 }
 
-/// The database, for reading (and purging).
-async fn open(db: &crate::cli::DbOpts, timeout: std::time::Duration) -> Result<(Target, Reader)> {
-    let target = db.target()?;
-    let reader = Reader::connect(&target, timeout).await?;
-    Ok((target, reader))
+/// `dlq show`, settled.
+pub struct Show {
+    pub timeout: std::time::Duration,
+    pub target: Target,
+    pub id: i64,
+    pub format: Format,
+}
+
+/// `dlq replay`, settled.
+pub struct Replay {
+    pub kafka: kafka::Config,
+    pub target: Target,
+    pub filter: Filter,
+    /// What the payloads should be, and how large they may be (decoding into the table).
+    pub kind: EventKind,
+    pub max_event_bytes: usize,
+    /// Instead of decoding: produce the raw records to this topic.
+    pub to_topic: Option<String>,
+    /// At most this many (the oldest first).
+    pub limit: Option<u32>,
+    pub format: Format,
+}
+
+/// `dlq purge`, settled.
+pub struct Purge {
+    pub timeout: std::time::Duration,
+    pub target: Target,
+    /// Which letters go (`before` always set).
+    pub filter: Filter,
+    /// Delete them (otherwise only list what would go).
+    pub execute: bool,
+    pub format: Format,
+}
+
+pub async fn run(job: Job) -> Result<()> {
+    match job {
+        Job::List(args) => list(args).await,
+        Job::Show(args) => show(args).await,
+        Job::Replay(args) => replay(*args).await,
+        Job::Purge(args) => purge(args).await,
+    }
 }
 
 #[derive(Serialize)]
@@ -56,11 +87,11 @@ struct Listing {
     dead_letters: Vec<Letter>,
 }
 
-async fn list(args: DlqListArgs) -> Result<()> {
-    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
-    let filter = Filter::from(&args.filter);
+async fn list(args: List) -> Result<()> {
+    let (target, filter) = (&args.target, &args.filter);
+    let reader = Reader::connect(target, args.timeout).await?;
     let letters = reader
-        .dead_letter_rows(&filter, Order::NewestFirst, args.limit, false)
+        .dead_letter_rows(filter, Order::NewestFirst, args.limit, false)
         .await?;
     let listing = Listing {
         database: redact(&target.url),
@@ -147,8 +178,9 @@ struct ShownLetter {
     payload: Option<Shown>,
 }
 
-async fn show(args: DlqShowArgs) -> Result<()> {
-    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
+async fn show(args: Show) -> Result<()> {
+    let target = &args.target;
+    let reader = Reader::connect(target, args.timeout).await?;
     let filter = Filter {
         ids: vec![args.id],
         ..Filter::default()
@@ -199,7 +231,7 @@ async fn show(args: DlqShowArgs) -> Result<()> {
 }
 
 #[derive(Serialize)]
-struct Replay {
+struct Replayed {
     database: String,
     /// The letters taken out of `dead_letters`, by id.
     replayed: Vec<i64>,
@@ -226,19 +258,18 @@ struct StillFailing {
 /// payload is a whole raw record batch.
 const CORRUPT_BATCH: &str = "skipped with --skip-corrupt-batches";
 
-async fn replay(args: DlqReplayArgs) -> Result<()> {
-    let timeout = args.kafka.timeout;
-    let (target, reader) = open(&args.db, timeout).await?;
-    let filter = Filter::from(&args.filter);
+async fn replay(args: Replay) -> Result<()> {
+    let (timeout, target, filter) = (args.kafka.timeout, &args.target, &args.filter);
+    let reader = Reader::connect(target, timeout).await?;
     let (corrupt, mut letters): (Vec<Letter>, Vec<Letter>) = reader
-        .dead_letter_rows(&filter, Order::OldestFirst, None, true)
+        .dead_letter_rows(filter, Order::OldestFirst, None, true)
         .await?
         .into_iter()
         .partition(|l| l.error.starts_with(CORRUPT_BATCH));
     if let Some(limit) = args.limit {
         letters.truncate(limit as usize);
     }
-    let mut report = Replay {
+    let mut report = Replayed {
         database: redact(&target.url),
         replayed: Vec::new(),
         into: match &args.to_topic {
@@ -250,7 +281,7 @@ async fn replay(args: DlqReplayArgs) -> Result<()> {
         corrupt_batches: corrupt.iter().map(|l| l.id).collect(),
     };
     if !letters.is_empty() {
-        let database = Database::connect(&target, timeout).await?;
+        let database = Database::connect(target, timeout).await?;
         // Every statement gets --timeout, as consume's.
         let limit = db::connect_timeout(timeout);
         let mut sink = Deadline::new(database, limit, target.describe());
@@ -280,10 +311,10 @@ async fn replay(args: DlqReplayArgs) -> Result<()> {
 /// Decode each letter again with today's rules; store those that pass and take them out of
 /// `dead_letters` in one transaction. What still fails, or what the database refuses, stays.
 async fn into_table(
-    args: &DlqReplayArgs,
+    args: &Replay,
     letters: &[Letter],
     sink: &mut Deadline<Database>,
-    report: &mut Replay,
+    report: &mut Replayed,
 ) -> Result<()> {
     let mut events = Vec::new();
     for l in letters {
@@ -322,7 +353,7 @@ async fn into_table(
     Ok(())
 }
 
-fn print_replay(report: &Replay) -> Result<()> {
+fn print_replay(report: &Replayed) -> Result<()> {
     let mut line = format!(
         "replayed {} dead letter(s) into {}",
         report.replayed.len(),
@@ -362,17 +393,14 @@ struct Purged {
     ids: Vec<i64>,
 }
 
-async fn purge(args: DlqPurgeArgs) -> Result<()> {
-    let (target, reader) = open(&args.db, args.kafka.timeout).await?;
-    let filter = Filter {
-        before: Some(args.before),
-        ..Filter::from(&args.filter)
-    };
+async fn purge(args: Purge) -> Result<()> {
+    let (target, filter) = (&args.target, &args.filter);
+    let reader = Reader::connect(target, args.timeout).await?;
     let ids = if args.execute {
-        reader.purge_dead_letters(&filter).await?
+        reader.purge_dead_letters(filter).await?
     } else {
         let letters = reader
-            .dead_letter_rows(&filter, Order::OldestFirst, None, false)
+            .dead_letter_rows(filter, Order::OldestFirst, None, false)
             .await?;
         letters.iter().map(|l| l.id).collect()
     };

@@ -8,17 +8,39 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::members::{self, Member};
-use crate::cli::{Format, GroupCommand, GroupDescribeArgs, GroupListArgs};
-use crate::db::{redact, Reader};
+use crate::db::{self, redact, Reader};
 use crate::kafka::admin::Admin;
 use crate::kafka::group::GroupDescription;
 use crate::kafka::{self, Position};
-use crate::render;
+use crate::render::{self, Format};
 
-pub async fn run(command: GroupCommand) -> Result<()> {
-    match command {
-        GroupCommand::List(args) => list(args).await,
-        GroupCommand::Describe(args) => describe(args).await,
+/// A `group` subcommand, settled.
+pub enum Job {
+    List(List),
+    Describe(Describe),
+}
+
+/// `group list`, settled.
+pub struct List {
+    pub kafka: kafka::Config,
+    pub format: Format,
+}
+
+/// `group describe`, settled.
+pub struct Describe {
+    pub kafka: kafka::Config,
+    pub group: String,
+    /// Only this topic; `None`: every topic the group has offsets for or is assigned.
+    pub topic: Option<String>,
+    /// Also the offsets stored in this database, side by side with Kafka's.
+    pub target: Option<db::Target>,
+    pub format: Format,
+}
+
+pub async fn run(job: Job) -> Result<()> {
+    match job {
+        Job::List(args) => list(args).await,
+        Job::Describe(args) => describe(args).await,
     }
 }
 
@@ -31,7 +53,7 @@ struct GroupSummary {
     members: Option<usize>,
 }
 
-async fn list(args: GroupListArgs) -> Result<()> {
+async fn list(args: List) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
     let mut groups = Vec::new();
     for listed in admin.list_groups().await? {
@@ -142,10 +164,10 @@ struct DatabaseSide {
     agrees: bool,
 }
 
-async fn describe(args: GroupDescribeArgs) -> Result<()> {
-    let db = match args.db.optional_target()? {
+async fn describe(args: Describe) -> Result<()> {
+    let db = match &args.target {
         Some(target) => {
-            let reader = Reader::connect(&target, args.kafka.timeout).await?;
+            let reader = Reader::connect(target, args.kafka.timeout).await?;
             Some((reader, redact(&target.url)))
         }
         None => None,
@@ -232,7 +254,7 @@ fn state_and_members(
 
 /// A report per topic, and with a database how many partitions it disagrees with Kafka on.
 async fn topic_reports(
-    args: &GroupDescribeArgs,
+    args: &Describe,
     topics: &BTreeSet<String>,
     committed: &BTreeMap<String, BTreeMap<i32, i64>>,
     stored: Option<&BTreeMap<(String, i32), i64>>,

@@ -1,9 +1,10 @@
-//! The command layer: one module per subcommand, each turning its parsed arguments into the
-//! configuration the layers below take, doing the work, and rendering the outcome.
+//! The command layer: one module per subcommand, each taking its settled configuration (a plain
+//! struct of its own, which `cli` builds from clap's arguments), doing the work, and rendering
+//! the outcome.
 //!
-//! This is the only layer that sees `cli`'s types below `Cli::into_command` and the only one that
-//! decides an exit code (through [`exit::Error`]); `kafka`, `db`, `events` and `render` know
-//! nothing of the command line.
+//! No module here sees clap's argument types: `Cli::into_job` settles every usage error and
+//! hands over a [`Job`]. This is the only layer that decides an exit code (through
+//! [`exit::Error`]); `kafka`, `db`, `events` and `render` know nothing of the command line.
 
 pub mod bench;
 pub mod check;
@@ -18,25 +19,39 @@ pub mod produce;
 pub mod topic;
 pub mod watch;
 
-use crate::cli::Command;
 use crate::{exit, render};
 use members::MemberView;
 
-/// Run one command. Usage errors were settled by `Cli::into_command`; what fails here is the
+/// One command, settled: each variant holds what its module's `run` takes.
+pub enum Job {
+    Topic(topic::Job),
+    Produce(produce::Config),
+    Consume(consume::Config),
+    Migrate(migrate::Config),
+    Check(check::Config),
+    Watch(watch::Config),
+    Bench(bench::Config),
+    OffsetsReset(offsets::Reset),
+    Group(group::Job),
+    Dlq(dlq::Job),
+    Completions(completions::Config),
+}
+
+/// Run one command. Usage errors were settled by `Cli::into_job`; what fails here is the
 /// world (exit 1), or an unhealthy `check`.
-pub async fn run(command: Command) -> Result<(), exit::Error> {
-    match command {
-        Command::Topic(cmd) => topic::run(cmd).await?,
-        Command::Produce(args) => produce::run(args).await?,
-        Command::Consume(args) => consume::run(args).await?,
-        Command::Migrate(args) => migrate::run(args).await?,
-        Command::Check(args) => return check::run(args).await,
-        Command::Watch(args) => watch::run(args).await?,
-        Command::Bench(args) => bench::run(args).await?,
-        Command::Completions(args) => completions::run(args)?,
-        Command::Offsets(cmd) => offsets::run(cmd).await?,
-        Command::Group(cmd) => group::run(cmd).await?,
-        Command::Dlq(cmd) => dlq::run(cmd).await?,
+pub async fn run(job: Job) -> Result<(), exit::Error> {
+    match job {
+        Job::Topic(job) => topic::run(job).await?,
+        Job::Produce(config) => produce::run(config).await?,
+        Job::Consume(config) => consume::run(config).await?,
+        Job::Migrate(config) => migrate::run(config).await?,
+        Job::Check(config) => return check::run(config).await,
+        Job::Watch(config) => watch::run(config).await?,
+        Job::Bench(config) => bench::run(config).await?,
+        Job::Completions(config) => completions::run(config)?,
+        Job::OffsetsReset(reset) => offsets::run(reset).await?,
+        Job::Group(job) => group::run(job).await?,
+        Job::Dlq(job) => dlq::run(job).await?,
     }
     Ok(())
 }

@@ -14,22 +14,33 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::members;
-use crate::cli::{Format, OffsetsCommand, OffsetsResetArgs};
 use crate::db::{self, redact, Batch, Database, Deadline, OffsetAdvance, Reader, SinkError};
 use crate::events::ts_millis;
+use crate::kafka;
 use crate::kafka::admin::{Admin, GroupCoordinator};
 use crate::kafka::fetch::{self, PartitionReader};
-use crate::render;
+use crate::render::{self, Format};
 
-pub async fn run(command: OffsetsCommand) -> Result<()> {
-    match command {
-        OffsetsCommand::Reset(args) => reset(args).await,
-    }
+/// `offsets reset`, settled: whose offsets, where they go, and whether to move them.
+pub struct Reset {
+    pub kafka: kafka::Config,
+    /// The database that holds the group's offsets.
+    pub target: db::Target,
+    pub group: String,
+    pub topic: String,
+    /// Only these partitions; empty: all.
+    pub partitions: Vec<i32>,
+    pub to: To,
+    /// Apply the plan (otherwise only print it).
+    pub execute: bool,
+    /// Set aside the members the database records where the broker cannot describe the group.
+    pub force: bool,
+    pub format: Format,
 }
 
 /// Where the offsets go.
 #[derive(Debug, Clone, Copy)]
-enum Target {
+pub enum To {
     Earliest,
     Latest,
     Datetime(OffsetDateTime),
@@ -37,25 +48,14 @@ enum Target {
     Shift(i64),
 }
 
-impl Target {
-    /// Exactly one is given: clap's argument group requires it.
-    fn of(args: &OffsetsResetArgs) -> Self {
-        match (args.to_datetime, args.to_offset, args.shift_by) {
-            (Some(at), _, _) => Target::Datetime(at),
-            (_, Some(offset), _) => Target::Offset(offset),
-            (_, _, Some(by)) => Target::Shift(by),
-            _ if args.to_latest => Target::Latest,
-            _ => Target::Earliest,
-        }
-    }
-
+impl To {
     fn describe(self) -> String {
         match self {
-            Target::Earliest => "earliest".into(),
-            Target::Latest => "latest".into(),
-            Target::Datetime(at) => format!("datetime {}", ts_millis::format(at)),
-            Target::Offset(offset) => format!("offset {offset}"),
-            Target::Shift(by) => format!("shift by {by:+}"),
+            To::Earliest => "earliest".into(),
+            To::Latest => "latest".into(),
+            To::Datetime(at) => format!("datetime {}", ts_millis::format(at)),
+            To::Offset(offset) => format!("offset {offset}"),
+            To::Shift(by) => format!("shift by {by:+}"),
         }
     }
 }
@@ -84,11 +84,10 @@ struct Move {
     note: Option<String>,
 }
 
-async fn reset(args: OffsetsResetArgs) -> Result<()> {
-    let target = args.db.target()?;
-    let to = Target::of(&args);
+pub async fn run(args: Reset) -> Result<()> {
+    let (target, to) = (&args.target, args.to);
     let (group, topic) = (args.group.as_str(), args.topic.as_str());
-    let reader = Reader::connect(&target, args.kafka.timeout).await?;
+    let reader = Reader::connect(target, args.kafka.timeout).await?;
     let shown = redact(&target.url);
 
     let mut admin = Admin::connect(&args.kafka).await?;
@@ -115,7 +114,7 @@ async fn reset(args: OffsetsResetArgs) -> Result<()> {
     };
     if args.execute {
         let topic_id = metadata.topic_id.map(|id| id.to_string());
-        execute(&plan, &target, topic_id, args.kafka.timeout).await?;
+        execute(&plan, target, topic_id, args.kafka.timeout).await?;
     }
     // The plan first: what the database now holds is shown even if mirroring fails.
     match args.format {
@@ -281,7 +280,7 @@ async fn refuse_live_members(
 
 /// Each partition's move, or one error naming every partition the target cannot apply to.
 async fn plan(
-    to: Target,
+    to: To,
     stored: &BTreeMap<i32, i64>,
     ranges: &BTreeMap<i32, (i64, i64)>,
     readers: &mut [PartitionReader],
@@ -294,12 +293,7 @@ async fn plan(
         let current = stored.get(&partition).copied();
         match new_offset(to, current, start, end, reader).await? {
             Ok((new, mut note)) => {
-                if new < end
-                    && matches!(
-                        to,
-                        Target::Offset(_) | Target::Shift(_) | Target::Datetime(_)
-                    )
-                {
+                if new < end && matches!(to, To::Offset(_) | To::Shift(_) | To::Datetime(_)) {
                     note = note.or(skipped_from(reader, new).await?);
                 }
                 moves.push(Move {
@@ -316,7 +310,7 @@ async fn plan(
     }
     if !refused.is_empty() {
         let hint = match to {
-            Target::Datetime(_) => " (--to-earliest replays all the log holds)",
+            To::Datetime(_) => " (--to-earliest replays all the log holds)",
             _ => "",
         };
         bail!(
@@ -329,7 +323,7 @@ async fn plan(
 
 /// Where one partition goes (with a note when kept within the log), or why it cannot.
 async fn new_offset(
-    to: Target,
+    to: To,
     current: Option<i64>,
     start: i64,
     end: i64,
@@ -351,17 +345,17 @@ async fn new_offset(
         }
     };
     Ok(match to {
-        Target::Earliest => Ok((start, None)),
-        Target::Latest => Ok((end, None)),
-        Target::Offset(offset) if offset < start || offset > end => Err(format!(
+        To::Earliest => Ok((start, None)),
+        To::Latest => Ok((end, None)),
+        To::Offset(offset) if offset < start || offset > end => Err(format!(
             "offset {offset} is outside its log ({start}..={end})"
         )),
-        Target::Offset(offset) => Ok((offset, None)),
-        Target::Shift(by) => match current {
+        To::Offset(offset) => Ok((offset, None)),
+        To::Shift(by) => match current {
             Some(current) => Ok(within(current.saturating_add(by))),
             None => Err("no stored offset to shift from (use --to-offset or --to-earliest)".into()),
         },
-        Target::Datetime(at) => {
+        To::Datetime(at) => {
             let ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000)?;
             // Records before the log start were removed (retention): a time older than the first
             // record left asks for records that are gone.

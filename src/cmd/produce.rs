@@ -11,11 +11,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::cli::{CompressionArg, Format, PartitionerArg, ProduceArgs};
-use crate::events::{to_millis, Event, Generator};
+use crate::events::{to_millis, Event, EventKind, Generator};
 use crate::kafka::{self, partitioner};
 use crate::progress::Progress;
-use crate::{render, shutdown};
+use crate::render::{self, Format};
+use crate::shutdown;
 
 /// How long a sender waits for more records before sending a partial batch.
 const LINGER: Duration = Duration::from_millis(5);
@@ -33,20 +33,40 @@ pub struct ProduceSummary {
     pub rate: f64,
 }
 
-impl From<CompressionArg> for Compression {
-    fn from(c: CompressionArg) -> Self {
-        match c {
-            CompressionArg::None => Compression::NoCompression,
-            CompressionArg::Gzip => Compression::Gzip,
-            CompressionArg::Lz4 => Compression::Lz4,
-            CompressionArg::Snappy => Compression::Snappy,
-            CompressionArg::Zstd => Compression::Zstd,
-        }
-    }
+/// `produce`, settled: what to send, where, how fast, for how long.
+pub struct Config {
+    pub kafka: kafka::Config,
+    /// Serve Prometheus metrics here while running.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub topic: String,
+    pub kind: EventKind,
+    /// Events per second, finite and not negative; 0: as fast as possible.
+    pub rate: f64,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    pub seed: Option<u64>,
+    /// Keyed updates of this many keys instead of events.
+    pub keys: Option<u64>,
+    /// With `keys`: the share of records that are tombstones, 0..=1.
+    pub tombstones: f64,
+    pub compression: Compression,
+    pub partitioner: Partitioner,
+    pub format: Format,
+    /// Largest record batch sent to one partition in one request, in bytes.
+    pub batch_bytes: usize,
 }
 
-pub async fn run(args: ProduceArgs) -> Result<()> {
-    crate::metrics::serve(args.metrics.metrics_addr)?;
+/// How keyed events are spread over partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioner {
+    /// Apache Kafka's default for keyed records: murmur2(key) % partitions.
+    Murmur2,
+    /// Evenly, regardless of key.
+    RoundRobin,
+}
+
+pub async fn run(args: Config) -> Result<()> {
+    crate::metrics::serve(args.metrics_addr)?;
     let cancel = shutdown::on_signal();
     let client = kafka::connect(&args.kafka).await?;
     let partitions = kafka::partitions_of(&client, &args.topic).await?;
@@ -95,7 +115,7 @@ type Senders = Vec<tokio::task::JoinHandle<Result<()>>>;
 /// One bounded queue and one sender task per partition.
 fn spawn_senders(
     clients: Vec<Arc<PartitionClient>>,
-    args: &ProduceArgs,
+    args: &Config,
     acked: &Arc<Vec<AtomicU64>>,
     tombstones: &Arc<AtomicU64>,
 ) -> (Vec<mpsc::Sender<Record>>, Senders) {
@@ -106,7 +126,7 @@ fn spawn_senders(
         queues.push(tx);
         let acked = Arc::clone(acked);
         let tombstones = Arc::clone(tombstones);
-        let compression = args.compression.into();
+        let compression = args.compression;
         let batch_bytes = args.batch_bytes;
         senders.push(tokio::spawn(async move {
             let acked = (&acked[index], &*tombstones);
@@ -129,7 +149,7 @@ async fn join_senders(senders: Senders) -> Result<Option<anyhow::Error>> {
 
 /// How many events are due by now: event i is due at start + i/rate, so a run is evenly spread
 /// instead of a second's worth in one burst (`--rate 0`: the next thousand, at once).
-fn due(args: &ProduceArgs, start: Instant, generated: u64, limit: u64) -> u64 {
+fn due(args: &Config, start: Instant, generated: u64, limit: u64) -> u64 {
     let due = if args.rate == 0.0 {
         generated + 1024
     } else {
@@ -141,7 +161,7 @@ fn due(args: &ProduceArgs, start: Instant, generated: u64, limit: u64) -> u64 {
 /// Generate events into the partitions' queues until the count, the duration or a signal says
 /// stop. `true`: a sender stopped taking records (its join reports why).
 async fn generate(
-    args: &ProduceArgs,
+    args: &Config,
     queues: &[mpsc::Sender<Record>],
     acked: &[AtomicU64],
     cancel: &tokio_util::sync::CancellationToken,
@@ -176,8 +196,8 @@ async fn generate(
             let record = next_record(args, &mut generator);
             let key = record.key.as_deref().unwrap_or_default();
             let index = match args.partitioner {
-                PartitionerArg::Murmur2 => partitioner::partition_for_key(key, queues.len()),
-                PartitionerArg::RoundRobin => {
+                Partitioner::Murmur2 => partitioner::partition_for_key(key, queues.len()),
+                Partitioner::RoundRobin => {
                     round_robin = (round_robin + 1) % queues.len();
                     round_robin
                 }
@@ -201,7 +221,7 @@ async fn generate(
 
 /// The next record: an event keyed by its store or sensor, or with `--keys` an update of one of
 /// the keys (a tombstone, no value, at the `--tombstones` rate).
-fn next_record(args: &ProduceArgs, generator: &mut Generator) -> Record {
+fn next_record(args: &Config, generator: &mut Generator) -> Record {
     let now = OffsetDateTime::now_utc();
     let (key, event) = match args.keys {
         Some(keys) => generator.next_update(keys, args.tombstones, now),

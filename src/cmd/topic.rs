@@ -6,14 +6,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::members;
-use crate::cli::{
-    Format, TopicCommand, TopicConfigArgs, TopicCreateArgs, TopicDeleteArgs, TopicDescribeArgs,
-    TopicListArgs, TopicRetentionArgs,
-};
 use crate::duration::human_ms;
 use crate::kafka;
 use crate::kafka::admin::{Admin, ConfigChange, ConfigEntry, Created, Deleted};
-use crate::render;
+use crate::render::{self, Format};
 
 const RETENTION_MS: &str = "retention.ms";
 const CLEANUP_POLICY: &str = "cleanup.policy";
@@ -33,18 +29,78 @@ fn needs_explicit_delete<'a>(keys: impl Iterator<Item = &'a str>) -> bool {
     retention && !policy
 }
 
-pub async fn run(command: TopicCommand) -> Result<()> {
-    match command {
-        TopicCommand::Create(args) => create(args).await,
-        TopicCommand::Retention(args) => retention(args).await,
-        TopicCommand::List(args) => list(args).await,
-        TopicCommand::Describe(args) => describe(args).await,
-        TopicCommand::Delete(args) => delete(args).await,
-        TopicCommand::Config(args) => config(args).await,
+/// A `topic` subcommand, settled.
+pub enum Job {
+    Create(Create),
+    Retention(Retention),
+    List(List),
+    Describe(Describe),
+    Delete(Delete),
+    Config(Configs),
+}
+
+/// `topic create`, settled.
+pub struct Create {
+    pub kafka: kafka::Config,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    /// Topic configs applied at creation, in the order given.
+    pub configs: Vec<(String, String)>,
+    pub if_not_exists: bool,
+}
+
+/// `topic retention`, settled.
+pub struct Retention {
+    pub kafka: kafka::Config,
+    pub topic: String,
+    /// The new `retention.ms`; `None` shows the current one.
+    pub set_ms: Option<i64>,
+}
+
+/// `topic list`, settled.
+pub struct List {
+    pub kafka: kafka::Config,
+    pub format: Format,
+}
+
+/// `topic describe`, settled.
+pub struct Describe {
+    pub kafka: kafka::Config,
+    pub topic: String,
+    /// Also this group's members and their partitions.
+    pub group: Option<String>,
+    pub format: Format,
+}
+
+/// `topic delete`, settled.
+pub struct Delete {
+    pub kafka: kafka::Config,
+    pub topic: String,
+    pub if_exists: bool,
+}
+
+/// `topic config`, settled.
+pub struct Configs {
+    pub kafka: kafka::Config,
+    pub topic: String,
+    /// The changes asked for, each key at most once (none: only show the configs).
+    pub changes: Vec<ConfigChange>,
+    pub format: Format,
+}
+
+pub async fn run(job: Job) -> Result<()> {
+    match job {
+        Job::Create(args) => create(args).await,
+        Job::Retention(args) => retention(args).await,
+        Job::List(args) => list(args).await,
+        Job::Describe(args) => describe(args).await,
+        Job::Delete(args) => delete(args).await,
+        Job::Config(args) => config(args).await,
     }
 }
 
-async fn delete(args: TopicDeleteArgs) -> Result<()> {
+async fn delete(args: Delete) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
     match admin.delete_topic(&args.topic).await? {
         Deleted::Deleted => render::note(format!("deleted topic '{}'", args.topic))?,
@@ -76,8 +132,8 @@ struct ConfigChanged {
     new: Option<String>,
 }
 
-async fn config(args: TopicConfigArgs) -> Result<()> {
-    let changes = args.changes()?;
+async fn config(args: Configs) -> Result<()> {
+    let changes = args.changes;
     let mut admin = Admin::connect(&args.kafka).await?;
     // Some brokers (tansu) describe the configs of a topic that does not exist as empty.
     admin.topic(&args.topic).await?;
@@ -137,7 +193,7 @@ async fn config(args: TopicConfigArgs) -> Result<()> {
     }
 }
 
-async fn create(args: TopicCreateArgs) -> Result<()> {
+async fn create(args: Create) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
     let mut configs = args.configs.clone();
     if needs_explicit_delete(configs.iter().map(|(k, _)| k.as_str())) {
@@ -179,12 +235,12 @@ async fn create(args: TopicCreateArgs) -> Result<()> {
 /// A topic's `retention.ms`: its value (None when the broker does not report one, i.e. it is
 /// not set on the topic) and whether it is the broker's default rather than a topic override.
 #[derive(Debug, Clone, Copy, Serialize)]
-struct Retention {
+struct CurrentRetention {
     ms: Option<i64>,
     is_default: bool,
 }
 
-impl std::fmt::Display for Retention {
+impl std::fmt::Display for CurrentRetention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.ms {
             None => write!(f, "not set on the topic (the broker default applies)"),
@@ -194,10 +250,10 @@ impl std::fmt::Display for Retention {
     }
 }
 
-async fn current_retention(admin: &mut Admin, topic: &str) -> Result<Retention> {
+async fn current_retention(admin: &mut Admin, topic: &str) -> Result<CurrentRetention> {
     let configs = admin.describe_topic_configs(topic).await?;
     let Some(entry) = configs.into_iter().find(|c| c.name == RETENTION_MS) else {
-        return Ok(Retention {
+        return Ok(CurrentRetention {
             ms: None,
             is_default: true,
         });
@@ -206,23 +262,21 @@ async fn current_retention(admin: &mut Admin, topic: &str) -> Result<Retention> 
     let ms = value
         .parse::<i64>()
         .map_err(|_| anyhow::anyhow!("the broker reported {RETENTION_MS}={value}, not a number"))?;
-    Ok(Retention {
+    Ok(CurrentRetention {
         ms: Some(ms),
         is_default: entry.is_default,
     })
 }
 
-async fn retention(args: TopicRetentionArgs) -> Result<()> {
+async fn retention(args: Retention) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
     // Some brokers (tansu) describe the configs of a topic that does not exist as empty;
     // metadata says plainly whether it exists.
     admin.metadata(Some(&[args.topic.as_str()])).await?;
     let old = current_retention(&mut admin, &args.topic).await?;
-    match args.set {
+    match args.set_ms {
         None => render::line(format!("{RETENTION_MS} of '{}': {old}", args.topic))?,
-        Some(new) => {
-            // Settled by the command line: it fits.
-            let new_ms = i64::try_from(new.as_millis()).unwrap_or(i64::MAX);
+        Some(new_ms) => {
             let mut changes = vec![ConfigChange::Set(RETENTION_MS.into(), new_ms.to_string())];
             // A topic without a cleanup.policy of its own gets Kafka's default, `delete`,
             // explicitly — unless the broker's default is another policy (compaction).
@@ -258,7 +312,7 @@ struct TopicSummary {
     partitions: usize,
 }
 
-async fn list(args: TopicListArgs) -> Result<()> {
+async fn list(args: List) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
     let topics: Vec<TopicSummary> = admin
         .metadata(None)
@@ -368,7 +422,7 @@ struct TopicDescription {
     group: Option<members::GroupView>,
 }
 
-async fn describe(args: TopicDescribeArgs) -> Result<()> {
+async fn describe(args: Describe) -> Result<()> {
     let mut admin = Admin::connect(&args.kafka).await?;
     let metadata = admin.topic(&args.topic).await?;
     let mut topic = kafka::fetch::TopicReaders::of(&args.kafka, metadata);

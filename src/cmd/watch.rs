@@ -20,11 +20,10 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::members;
-use crate::cli::WatchArgs;
-use crate::db::Reader;
-use crate::events::ts_millis;
+use crate::db::{self, Reader};
+use crate::events::{ts_millis, EventKind};
 use crate::kafka::fetch::TopicReaders;
-use crate::kafka::{admin::GroupCoordinator, Position};
+use crate::kafka::{self, admin::GroupCoordinator, Position};
 use crate::{render, shutdown};
 
 /// Rate samples kept for the sparklines (at 1 s, two minutes).
@@ -71,7 +70,21 @@ pub struct SinkView {
     pub delay_ms: Option<i64>,
 }
 
-pub async fn run(args: WatchArgs) -> Result<()> {
+/// `watch`, settled: what to show, how often, for how long.
+pub struct Config {
+    pub kafka: kafka::Config,
+    pub topic: String,
+    pub group: String,
+    /// Also what landed in this database; the group's position is then read from it.
+    pub target: Option<db::Target>,
+    /// Which table to count (with `target`).
+    pub kind: EventKind,
+    pub interval: Duration,
+    /// Stop after this many snapshots; `None`: until q or Ctrl-C.
+    pub count: Option<u64>,
+}
+
+pub async fn run(args: Config) -> Result<()> {
     let mut source = Source::connect(&args).await?;
     let cancel = shutdown::on_signal();
     let mut history = History::default();
@@ -181,10 +194,10 @@ struct Source {
 }
 
 impl Source {
-    async fn connect(args: &WatchArgs) -> Result<Self> {
+    async fn connect(args: &Config) -> Result<Self> {
         let topic = TopicReaders::open(&args.kafka, &args.topic).await?;
-        let reader = match args.db.optional_target()? {
-            Some(target) => Some(Reader::connect(&target, args.kafka.timeout).await?),
+        let reader = match &args.target {
+            Some(target) => Some(Reader::connect(target, args.kafka.timeout).await?),
             None => None,
         };
         Ok(Self {
@@ -194,7 +207,7 @@ impl Source {
         })
     }
 
-    async fn snapshot(&mut self, args: &WatchArgs) -> Result<Snapshot> {
+    async fn snapshot(&mut self, args: &Config) -> Result<Snapshot> {
         let ranges = self.topic.ranges().await?;
         let ids: Vec<i32> = ranges.keys().copied().collect();
         let (committed, position_source) = match &self.reader {
@@ -236,7 +249,7 @@ impl Source {
         })
     }
 
-    async fn group_offsets(&mut self, args: &WatchArgs, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {
+    async fn group_offsets(&mut self, args: &Config, ids: &[i32]) -> Result<BTreeMap<i32, i64>> {
         let fetched = self.coordinator.fetch(&args.topic, ids).await;
         if fetched.is_err() {
             self.coordinator.forget();
@@ -245,7 +258,7 @@ impl Source {
     }
 
     /// Partition → the member holding it. Best effort: a dashboard without owners is still useful.
-    async fn owners(&mut self, args: &WatchArgs) -> BTreeMap<i32, String> {
+    async fn owners(&mut self, args: &Config) -> BTreeMap<i32, String> {
         let (view, failed) = members::described_or_recorded(
             &mut self.coordinator,
             self.reader.as_ref(),
@@ -270,7 +283,7 @@ impl Source {
     }
 }
 
-async fn db_offsets(reader: &Reader, args: &WatchArgs) -> Result<BTreeMap<i32, i64>> {
+async fn db_offsets(reader: &Reader, args: &Config) -> Result<BTreeMap<i32, i64>> {
     let stored = reader
         .stored_offsets(&args.group, Some(&args.topic))
         .await
@@ -281,7 +294,7 @@ async fn db_offsets(reader: &Reader, args: &WatchArgs) -> Result<BTreeMap<i32, i
         .collect())
 }
 
-async fn sink_view(reader: &Reader, args: &WatchArgs) -> Result<SinkView> {
+async fn sink_view(reader: &Reader, args: &Config) -> Result<SinkView> {
     let table = args.kind.table();
     let landed = reader
         .rows(table)

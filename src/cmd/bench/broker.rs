@@ -8,7 +8,6 @@ use anyhow::Result;
 
 use super::children::{produce_unlimited, run_child};
 use super::report::{median, CodecCost};
-use crate::cli::BenchArgs;
 use crate::kafka::{self, admin::Admin};
 
 /// What reading a whole topic found.
@@ -60,7 +59,7 @@ pub(super) async fn drain(opts: &kafka::Config, topic: &str) -> Result<Drained> 
 /// the repeats, as for the in-memory figures.
 pub(super) async fn durable_engine(
     exe: &Path,
-    args: &BenchArgs,
+    args: &super::Config,
     brokers: &str,
     stamp: i64,
     n: u64,
@@ -92,7 +91,7 @@ pub(super) async fn durable_engine(
 /// back to see how many bytes it holds.
 pub(super) async fn codec_costs(
     exe: &Path,
-    args: &BenchArgs,
+    args: &super::Config,
     admin: &mut Admin,
     stamp: i64,
     events: u64,

@@ -29,7 +29,7 @@ pub(super) static CHILD_PROPERTIES: std::sync::OnceLock<kafka::security::Secret>
 pub(super) fn streamlab_child(exe: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(exe);
     if let Some(text) = CHILD_PROPERTIES.get() {
-        command.env(crate::cli::INHERITED_PROPERTIES_ENV, text.expose());
+        command.env(super::INHERITED_PROPERTIES_ENV, text.expose());
     }
     let mut rest = args.iter();
     while let Some(&arg) = rest.next() {

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::cpu::process_cpu_secs;
 use super::{pg_database_url, remove_sqlite, Ctx, LIMIT_TIMEOUT};
-use crate::cli::DEFAULT_BATCH_SIZE;
+use crate::cmd::consume::DEFAULT_BATCH_SIZE;
 use crate::db::{self, Change, Dialect, Folded, Landed, Row, Tombstone, UpsertWay};
 use crate::events::{Event, EventKind, Generator, Sale};
 use crate::kafka::partitioner::partition_for_key;

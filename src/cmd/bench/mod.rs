@@ -27,9 +27,8 @@ use anyhow::{Context, Result};
 use sqlx::{Connection, Postgres};
 use time::OffsetDateTime;
 
-use crate::cli::BenchArgs;
 use crate::db::{self, redact, Dialect, UpsertWay};
-use crate::kafka::admin::Admin;
+use crate::kafka::{self, admin::Admin};
 
 use broker::{codec_costs, delete_topic, drain, durable_engine};
 use children::{
@@ -43,6 +42,10 @@ use limits::{
 use report::{print_report, Samples};
 
 pub use report::{BenchReport, CodecCost};
+
+/// Settings `bench` hands the streamlab processes it starts (properties-file text): the ones
+/// its own command line gave, so its children connect the same way.
+pub const INHERITED_PROPERTIES_ENV: &str = "STREAMLAB_KAFKA_PROPERTIES";
 
 /// How long the database limits may wait to connect.
 const LIMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +61,24 @@ struct Ctx {
     n: u64,
 }
 
-pub async fn run(args: BenchArgs) -> Result<()> {
+/// `bench`, settled: how much to measure, how often, and where.
+pub struct Config {
+    pub kafka: kafka::Config,
+    /// Events per measurement.
+    pub events: u64,
+    /// Runs of each measurement (medians are reported).
+    pub repeats: u32,
+    /// Partitions of the bench topics.
+    pub partitions: i32,
+    /// PostgreSQL's maintenance database: bench databases are created and dropped there.
+    pub pg_url: String,
+    /// Also measure produce and fetch on this broker.
+    pub durable_broker: Option<String>,
+    /// How long to measure end-to-end latency (zero: not at all).
+    pub latency: Duration,
+}
+
+pub async fn run(args: Config) -> Result<()> {
     let _ = CHILD_PROPERTIES.set(args.kafka.security.source.to_text());
     let ctx = Ctx {
         exe: std::env::current_exe()?,
@@ -130,7 +150,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 /// consume's reader and discard it (the fetch limit). The sales topic is the round's backlog.
 async fn produce_and_fetch(
     ctx: &Ctx,
-    args: &BenchArgs,
+    args: &Config,
     admin: &mut Admin,
     round: u32,
     samples: &mut Samples,
@@ -246,7 +266,7 @@ async fn consume_into_pg(
 /// onto a topic of its own, consumed to its end as a lone group member into a fresh database.
 async fn upsert_round(
     ctx: &Ctx,
-    args: &BenchArgs,
+    args: &Config,
     admin: &mut Admin,
     round: u32,
     samples: &mut Samples,
@@ -302,7 +322,7 @@ async fn upsert_round(
 /// What joining costs at start: consume an empty topic to its end, both ways.
 async fn startup_both_ways(
     ctx: &Ctx,
-    args: &BenchArgs,
+    args: &Config,
     admin: &mut Admin,
     round: u32,
     modes: [Reading; 2],

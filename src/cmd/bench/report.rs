@@ -8,7 +8,6 @@ use super::children::ChildRun;
 use super::cpu::machine;
 use super::limits::{UPSERT_KEYS, UPSERT_TOMBSTONE_PERCENT};
 use super::Ctx;
-use crate::cli::BenchArgs;
 use crate::render;
 
 #[derive(Debug, Default, Serialize)]
@@ -140,7 +139,7 @@ impl CpuSamples {
 
 impl Samples {
     /// Medians, ratios to the limits, peak memory.
-    pub(super) fn report(self, ctx: &Ctx, args: &BenchArgs) -> BenchReport {
+    pub(super) fn report(self, ctx: &Ctx, args: &super::Config) -> BenchReport {
         let [cpu_streamlab, cpu_db, cpu_copy] = self.cpu.medians();
         let [cpu_upsert, cpu_upsert_db, cpu_upsert_limit] = self.cpu_upsert.medians();
         let mut r = BenchReport {

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::cli::{AssignAll, ConsumeArgs, Format};
 use crate::db::{self, Database, Deadline, Sink};
 use crate::events::EventKind;
 use crate::kafka::admin::TopicMetadata;
@@ -42,22 +41,28 @@ use crate::shutdown;
 use batches::BatchRules;
 use mirror::GroupMirror;
 
-pub async fn run(args: ConsumeArgs) -> Result<()> {
-    let target = args.db.target()?;
-    crate::metrics::serve(args.metrics.metrics_addr)?;
-    let mut args = Config::from(args);
+/// `consume --batch-size` unless given (also the batch `bench` loads its PostgreSQL limit in).
+pub const DEFAULT_BATCH_SIZE: u32 = 5000;
+
+pub async fn run(mut args: Config) -> Result<()> {
+    crate::metrics::serve(args.metrics_addr)?;
     args.compacted = compacted(&args).await?;
     let timeout = args.kafka.timeout;
-    let database = Database::connect(&target, timeout).await?;
+    let database = Database::connect(&args.target, timeout).await?;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
     let limit = db::connect_timeout(timeout);
-    consume(&args, Deadline::new(database, limit, target.describe())).await
+    let described = args.target.describe();
+    consume(&args, Deadline::new(database, limit, described)).await
 }
 
-/// What a consume run is asked to do: the command line, settled. The loop below `run` reads
-/// this, never clap's arguments.
+/// What a consume run is asked to do: the command line, settled (by `cli`). The loop below
+/// `run` reads this, never clap's arguments.
 pub struct Config {
     pub kafka: kafka::Config,
+    /// The database written to.
+    pub target: db::Target,
+    /// Serve Prometheus metrics here while running.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub topic: String,
     pub group: String,
     /// As a member, every partition alone, or the named ones (checked against the topic later).
@@ -80,54 +85,11 @@ pub struct Config {
     /// Writers side by side, each over its own partitions (1 with --throttle).
     pub writers: usize,
     pub print_each: bool,
+    /// `--format json`: the summary as one JSON document.
     pub json: bool,
     pub max_event_bytes: usize,
     /// Events per second at most (a deliberately slow sink).
     pub throttle: Option<u32>,
-}
-
-impl From<ConsumeArgs> for Config {
-    fn from(args: ConsumeArgs) -> Self {
-        if args.join_group {
-            tracing::warn!(
-                "--join-group is no longer needed: consume joins its --group unless told \
-                 --assign all or --partition"
-            );
-        }
-        let reading = match (args.assign, args.partitions) {
-            (Some(AssignAll::All), _) => Reading::All,
-            (None, only) if only.is_empty() => Reading::Member,
-            (None, only) => Reading::Only(only),
-        };
-        Self {
-            kafka: args.kafka,
-            topic: args.topic,
-            group: args.group,
-            reading,
-            membership: Membership {
-                session_timeout: args.session_timeout,
-                rebalance_timeout: args.rebalance_timeout,
-            },
-            kind: args.kind,
-            upsert: args.upsert,
-            compacted: false,
-            from: args.from,
-            reset_offsets_ahead: args.reset_offsets_ahead,
-            skip_corrupt_batches: args.skip_corrupt_batches,
-            metadata_refresh: args.metadata_refresh,
-            stop_at_end: args.stop_at_end,
-            batch_size: args.batch_size as usize,
-            writers: if args.throttle.is_some() {
-                1
-            } else {
-                args.writers as usize
-            },
-            print_each: args.print_each,
-            json: args.format == Format::Json,
-            max_event_bytes: args.max_event_bytes,
-            throttle: args.throttle,
-        }
-    }
 }
 
 /// Whether the topic is compacted (read once: there, gaps in the log are records compaction
