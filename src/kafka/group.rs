@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
     DescribeGroupsRequest, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -684,22 +684,68 @@ pub struct Coordinator {
     coordinator: GroupCoordinator,
 }
 
+/// A group request whose answer carries one error code: how high a version we fill, and what
+/// the request is called in errors.
+trait Coded: Request + Clone + Send + Sync + 'static {
+    const CAP: i16;
+    const NAME: &'static str;
+    fn code(answer: &Self::Response) -> i16;
+}
+
+impl Coded for JoinGroupRequest {
+    const CAP: i16 = 9;
+    const NAME: &'static str = "JoinGroup";
+    fn code(answer: &JoinGroupResponse) -> i16 {
+        answer.error_code
+    }
+}
+
+impl Coded for SyncGroupRequest {
+    const CAP: i16 = 5;
+    const NAME: &'static str = "SyncGroup";
+    fn code(answer: &SyncGroupResponse) -> i16 {
+        answer.error_code
+    }
+}
+
+impl Coded for HeartbeatRequest {
+    const CAP: i16 = 4;
+    const NAME: &'static str = "Heartbeat";
+    fn code(answer: &HeartbeatResponse) -> i16 {
+        answer.error_code
+    }
+}
+
+impl Coordinator {
+    /// `request` at the coordinator, answered within `wait` (else `--timeout`); a code saying
+    /// the coordinator moved is followed ([`GroupCoordinator::call`]), any other comes back.
+    async fn ask<R: Coded>(&mut self, request: R, wait: Option<Duration>) -> Result<R::Response>
+    where
+        R::Response: Send,
+    {
+        self.coordinator
+            .call(|conn| {
+                let request = request.clone();
+                Box::pin(async move {
+                    let answer = match wait {
+                        Some(wait) => conn.call_within(request, R::CAP, wait).await?,
+                        None => conn.call_capped(request, R::CAP).await?,
+                    };
+                    coordinator_error(R::code(&answer), || R::NAME.into())?;
+                    Ok(answer)
+                })
+            })
+            .await
+    }
+}
+
 impl GroupRequests for Coordinator {
     async fn join(
         &mut self,
         request: JoinGroupRequest,
         wait: Duration,
     ) -> Result<JoinGroupResponse> {
-        self.coordinator
-            .call(|conn| {
-                let request = request.clone();
-                Box::pin(async move {
-                    let joined = conn.call_within(request, 9, wait).await?;
-                    coordinator_error(joined.error_code, || "JoinGroup".into())?;
-                    Ok(joined)
-                })
-            })
-            .await
+        self.ask(request, Some(wait)).await
     }
 
     async fn sync(
@@ -707,29 +753,11 @@ impl GroupRequests for Coordinator {
         request: SyncGroupRequest,
         wait: Duration,
     ) -> Result<SyncGroupResponse> {
-        self.coordinator
-            .call(|conn| {
-                let request = request.clone();
-                Box::pin(async move {
-                    let synced = conn.call_within(request, 5, wait).await?;
-                    coordinator_error(synced.error_code, || "SyncGroup".into())?;
-                    Ok(synced)
-                })
-            })
-            .await
+        self.ask(request, Some(wait)).await
     }
 
     async fn heartbeat(&mut self, request: HeartbeatRequest) -> Result<HeartbeatResponse> {
-        self.coordinator
-            .call(|conn| {
-                let request = request.clone();
-                Box::pin(async move {
-                    let beat = conn.call_capped(request, 4).await?;
-                    coordinator_error(beat.error_code, || "Heartbeat".into())?;
-                    Ok(beat)
-                })
-            })
-            .await
+        self.ask(request, None).await
     }
 
     async fn leave(&mut self, member_id: &str) -> Result<()> {
