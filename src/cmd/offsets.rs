@@ -292,7 +292,7 @@ async fn plan(
         let (start, end) = ranges[&partition];
         let current = stored.get(&partition).copied();
         match new_offset(to, current, start, end, reader).await? {
-            Ok((new, mut note)) => {
+            Landing::At(new, mut note) => {
                 if new < end && matches!(to, To::Offset(_) | To::Shift(_) | To::Datetime(_)) {
                     note = note.or(skipped_from(reader, new).await?);
                 }
@@ -305,7 +305,7 @@ async fn plan(
                     note,
                 })
             }
-            Err(why) => refused.push(format!("partition {partition}: {why}")),
+            Landing::Refused(why) => refused.push(format!("partition {partition}: {why}")),
         }
     }
     if !refused.is_empty() {
@@ -321,39 +321,46 @@ async fn plan(
     Ok(moves)
 }
 
-/// Where one partition goes (with a note when kept within the log), or why it cannot.
+/// Where one partition goes, or why it cannot.
+enum Landing {
+    /// This offset, with a note when it was kept within the log.
+    At(i64, Option<String>),
+    Refused(String),
+}
+
+/// Where one partition goes ([`Landing`]); an error only when the broker could not be read.
 async fn new_offset(
     to: To,
     current: Option<i64>,
     start: i64,
     end: i64,
     reader: &mut PartitionReader,
-) -> Result<Result<(i64, Option<String>), String>> {
+) -> Result<Landing> {
     let within = |wanted: i64| {
         if wanted < start {
-            (
-                start,
-                Some(format!("{wanted} is before the log start: kept at {start}")),
-            )
+            let note = format!("{wanted} is before the log start: kept at {start}");
+            Landing::At(start, Some(note))
         } else if wanted > end {
-            (
+            Landing::At(
                 end,
                 Some(format!("{wanted} is past the log end: kept at {end}")),
             )
         } else {
-            (wanted, None)
+            Landing::At(wanted, None)
         }
     };
     Ok(match to {
-        To::Earliest => Ok((start, None)),
-        To::Latest => Ok((end, None)),
-        To::Offset(offset) if offset < start || offset > end => Err(format!(
+        To::Earliest => Landing::At(start, None),
+        To::Latest => Landing::At(end, None),
+        To::Offset(offset) if offset < start || offset > end => Landing::Refused(format!(
             "offset {offset} is outside its log ({start}..={end})"
         )),
-        To::Offset(offset) => Ok((offset, None)),
+        To::Offset(offset) => Landing::At(offset, None),
         To::Shift(by) => match current {
-            Some(current) => Ok(within(current.saturating_add(by))),
-            None => Err("no stored offset to shift from (use --to-offset or --to-earliest)".into()),
+            Some(current) => within(current.saturating_add(by)),
+            None => Landing::Refused(
+                "no stored offset to shift from (use --to-offset or --to-earliest)".into(),
+            ),
         },
         To::Datetime(at) => {
             let ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000)?;
@@ -362,7 +369,7 @@ async fn new_offset(
             if start > 0 && start < end {
                 if let Some(first) = reader.timestamp_at(start).await? {
                     if ms < first {
-                        return Ok(Err(format!(
+                        return Ok(Landing::Refused(format!(
                             "{} is before its log start (records before offset {start} were \
                              removed; the first left is from {})",
                             ts_millis::format(at),
@@ -372,9 +379,9 @@ async fn new_offset(
                 }
             }
             match reader.offset_for_time(ms).await? {
-                Some(offset) => Ok(within(offset)),
+                Some(offset) => within(offset),
                 // No record that recent: the end, as Kafka's tool does.
-                None => Ok((end, None)),
+                None => Landing::At(end, None),
             }
         }
     })
