@@ -1027,6 +1027,10 @@ pub struct BenchArgs {
     /// How long to measure end-to-end latency at 10,000 events/s (0 skips it).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub latency: Duration,
+    /// Run one hot path (consume-sales, consume-sensor, produce-sales, produce-sensor) over
+    /// --events events without broker or database, for `scripts/cost` to count under callgrind.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub cost: Option<String>,
 }
 
 // The options that may carry a secret are shown redacted by `Debug` (a `Cli` in a log or a

@@ -45,7 +45,7 @@ pub use deadline::Deadline;
 pub(crate) use error::is_transient;
 pub use error::{classify, postgres_verdict, sqlite_verdict, SinkError, Verdict};
 pub use pg::{bulk_upsert_sales, UpsertWay};
-pub use pg_copy::{bulk_load_sales, create_upsert_stage, Upserted};
+pub use pg_copy::{bulk_load_sales, copy_streams, create_upsert_stage, Upserted};
 pub use read::{Offending, Reader, Rows, Share, Throughput};
 pub use target::{redact, Kind, Target, TargetError};
 pub use upsert::{latest_per_key, table_key, Change, Folded, Mode, Tombstone, MAX_KEY_BYTES};

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::upsert::{on_conflict_newer, STORED_IS_OLDER};
-use super::{columns, Row, Tombstone, SALES_COLUMNS, SENSOR_COLUMNS};
+use super::{columns, split_kinds, Landed, Row, Tombstone, SALES_COLUMNS, SENSOR_COLUMNS};
 use crate::events::{cents, EventKind, Sale, SensorReading};
 
 const SAVEPOINT: &str = "SAVEPOINT streamlab_copy";
@@ -68,17 +68,7 @@ pub(super) async fn copy_rows<R: CopyRow>(
     conn: &mut PgConnection,
     rows: &[R],
 ) -> Result<Copied, sqlx::Error> {
-    let mut seen = HashSet::with_capacity(rows.len());
-    let mut data = Vec::with_capacity(HEADER.len() + rows.len() * 96 + TRAILER.len());
-    data.extend_from_slice(HEADER);
-    let mut unique = 0u64;
-    for row in rows {
-        if seen.insert(row.id()) {
-            row.encode(&mut data);
-            unique += 1;
-        }
-    }
-    data.extend_from_slice(&TRAILER);
+    let (data, unique) = copy_data(rows);
     sqlx::query(SAVEPOINT).execute(&mut *conn).await?;
     let copied = async {
         let mut copy = conn.copy_in_raw(&copy_statement::<R>()).await?;
@@ -102,6 +92,33 @@ pub(super) async fn copy_rows<R: CopyRow>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The binary COPY stream of `rows`: the first occurrence of each id (as `ON CONFLICT` keeps
+/// it), and how many rows that is.
+fn copy_data<R: CopyRow>(rows: &[R]) -> (Vec<u8>, u64) {
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut data = Vec::with_capacity(HEADER.len() + rows.len() * 96 + TRAILER.len());
+    data.extend_from_slice(HEADER);
+    let mut unique = 0u64;
+    for row in rows {
+        if seen.insert(row.id()) {
+            row.encode(&mut data);
+            unique += 1;
+        }
+    }
+    data.extend_from_slice(&TRAILER);
+    (data, unique)
+}
+
+/// The COPY streams consume sends for a batch of `events` (its sales, its sensor readings;
+/// `None` for a kind the batch has none of), without a database: what `bench --cost` counts.
+pub fn copy_streams(events: &[Landed]) -> [Option<Vec<u8>>; 2] {
+    let (sales, sensors) = split_kinds(events);
+    [
+        (!sales.is_empty()).then(|| copy_data(&sales).0),
+        (!sensors.is_empty()).then(|| copy_data(&sensors).0),
+    ]
 }
 
 /// Load `rows` into `sales_events` the fastest way PostgreSQL takes rows: one binary COPY,

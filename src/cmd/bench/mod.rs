@@ -15,6 +15,7 @@
 
 mod broker;
 mod children;
+mod cost;
 mod cpu;
 mod limits;
 mod report;
@@ -59,6 +60,9 @@ struct Ctx {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if let Some(path) = &args.cost {
+        return cost::run(path, args.events);
+    }
     let _ = CHILD_PROPERTIES.set(args.kafka.security.source.to_text());
     let ctx = Ctx {
         exe: std::env::current_exe()?,
