@@ -320,7 +320,8 @@ fn text_field(name: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err(format!("{name} is empty"));
     }
-    if value.chars().count() > MAX_TEXT {
+    // No more characters than bytes: only a long text needs counting.
+    if value.len() > MAX_TEXT && value.chars().count() > MAX_TEXT {
         return Err(format!("{name} is longer than {MAX_TEXT} characters"));
     }
     Ok(())

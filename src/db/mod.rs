@@ -323,8 +323,12 @@ pub struct Row<'a, E> {
 
 /// Split a batch's events into the two kinds (a consumer reads one kind, but the type allows both).
 pub(crate) fn split_kinds(events: &[Landed]) -> (Vec<Row<'_, Sale>>, Vec<Row<'_, SensorReading>>) {
-    let mut sales = Vec::new();
-    let mut sensors = Vec::new();
+    let sale_count = events
+        .iter()
+        .filter(|l| matches!(l.event, Event::Sale(_)))
+        .count();
+    let mut sales = Vec::with_capacity(sale_count);
+    let mut sensors = Vec::with_capacity(events.len() - sale_count);
     for landed in events {
         let (partition, offset) = (landed.partition, landed.offset);
         match &landed.event {
