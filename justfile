@@ -94,7 +94,17 @@ bench *ARGS: build broker
     status=0
     {{streamlab}} bench -b "127.0.0.1:$STREAMLAB_BROKER_PORT" --durable-broker "$STREAMLAB_BROKERS" {{ARGS}} || status=$?
     scripts/broker stop
-    exit $status
+    if [ "$status" -ne 0 ]; then exit "$status"; fi
+    if command -v valgrind >/dev/null; then
+        scripts/cost --json-into target/bench/latest.json
+    else
+        echo "instructions per event: not measured (valgrind is not installed)"
+    fi
+
+# Instructions per event of the hot paths without broker or database, counted by callgrind:
+# a figure noise cannot move (scripts/cost; `just bench` prints it too). PATHS: consume-sales …
+cost *PATHS: build
+    scripts/cost {{PATHS}}
 
 # Produce + consume for SOAK_MINUTES (default 10) while the consumer is killed again and again,
 # then print the totals (SOAK_RATE, SOAK_SINK=sqlite|pg, SOAK_DATABASE_URL).

@@ -1306,6 +1306,10 @@ pub struct BenchArgs {
     /// How long to measure end-to-end latency at 10,000 events/s (0 skips it).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub latency: Duration,
+    /// Run one hot path (consume-sales, consume-sensor, produce-sales, produce-sensor) over
+    /// --events events without broker or database, for `scripts/cost` to count under callgrind.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub cost: Option<String>,
 }
 
 impl BenchArgs {
@@ -1318,6 +1322,7 @@ impl BenchArgs {
             pg_url: self.pg_url,
             durable_broker: self.durable_broker,
             latency: self.latency,
+            cost: self.cost,
         }
     }
 }

@@ -47,7 +47,7 @@ pub use deadline::Deadline;
 pub(crate) use error::is_transient;
 pub use error::{classify, postgres_verdict, sqlite_verdict, SinkError, Verdict};
 pub use pg::{bulk_upsert_sales, UpsertWay};
-pub use pg_copy::{bulk_load_sales, create_upsert_stage, Upserted};
+pub use pg_copy::{bulk_load_sales, copy_streams, create_upsert_stage, Upserted};
 pub use read::{Offending, Reader, Rows, Share, Throughput};
 pub use target::{redact, Kind, Target, TargetError};
 pub use upsert::{latest_per_key, table_key, Change, Folded, Mode, Tombstone, MAX_KEY_BYTES};
@@ -325,8 +325,12 @@ pub struct Row<'a, E> {
 
 /// Split a batch's events into the two kinds (a consumer reads one kind, but the type allows both).
 pub(crate) fn split_kinds(events: &[Landed]) -> (Vec<Row<'_, Sale>>, Vec<Row<'_, SensorReading>>) {
-    let mut sales = Vec::new();
-    let mut sensors = Vec::new();
+    let sale_count = events
+        .iter()
+        .filter(|l| matches!(l.event, Event::Sale(_)))
+        .count();
+    let mut sales = Vec::with_capacity(sale_count);
+    let mut sensors = Vec::with_capacity(events.len() - sale_count);
     for landed in events {
         let (partition, offset) = (landed.partition, landed.offset);
         match &landed.event {

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::upsert::{on_conflict_newer, STORED_IS_OLDER};
-use super::{columns, Row, Tombstone, SALES_COLUMNS, SENSOR_COLUMNS};
+use super::{columns, split_kinds, Landed, Row, Tombstone, SALES_COLUMNS, SENSOR_COLUMNS};
 use crate::events::{cents, EventKind, Sale, SensorReading};
 
 const SAVEPOINT: &str = "SAVEPOINT streamlab_copy";
@@ -62,23 +62,16 @@ pub(super) trait CopyRow: Sync + Sized {
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The binary COPY stream's trailer: a field count of -1.
 const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+/// Room reserved per row: an encoded event takes 100–130 bytes, so the stream is not copied
+/// to a larger buffer as it grows.
+const ROW_BYTES: usize = 128;
 
 /// COPY `rows` (first occurrence of each id) into their table, under a savepoint.
 pub(super) async fn copy_rows<R: CopyRow>(
     conn: &mut PgConnection,
     rows: &[R],
 ) -> Result<Copied, sqlx::Error> {
-    let mut seen = HashSet::with_capacity(rows.len());
-    let mut data = Vec::with_capacity(HEADER.len() + rows.len() * 96 + TRAILER.len());
-    data.extend_from_slice(HEADER);
-    let mut unique = 0u64;
-    for row in rows {
-        if seen.insert(row.id()) {
-            row.encode(&mut data);
-            unique += 1;
-        }
-    }
-    data.extend_from_slice(&TRAILER);
+    let (data, unique) = copy_data(rows);
     sqlx::query(SAVEPOINT).execute(&mut *conn).await?;
     let copied = async {
         let mut copy = conn.copy_in_raw(&copy_statement::<R>()).await?;
@@ -102,6 +95,33 @@ pub(super) async fn copy_rows<R: CopyRow>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The binary COPY stream of `rows`: the first occurrence of each id (as `ON CONFLICT` keeps
+/// it), and how many rows that is.
+fn copy_data<R: CopyRow>(rows: &[R]) -> (Vec<u8>, u64) {
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut data = Vec::with_capacity(HEADER.len() + rows.len() * ROW_BYTES + TRAILER.len());
+    data.extend_from_slice(HEADER);
+    let mut unique = 0u64;
+    for row in rows {
+        if seen.insert(row.id().as_u128()) {
+            row.encode(&mut data);
+            unique += 1;
+        }
+    }
+    data.extend_from_slice(&TRAILER);
+    (data, unique)
+}
+
+/// The COPY streams consume sends for a batch of `events` (its sales, its sensor readings;
+/// `None` for a kind the batch has none of), without a database: what `bench --cost` counts.
+pub fn copy_streams(events: &[Landed]) -> [Option<Vec<u8>>; 2] {
+    let (sales, sensors) = split_kinds(events);
+    [
+        (!sales.is_empty()).then(|| copy_data(&sales).0),
+        (!sensors.is_empty()).then(|| copy_data(&sensors).0),
+    ]
 }
 
 /// Load `rows` into `sales_events` the fastest way PostgreSQL takes rows: one binary COPY,
@@ -299,10 +319,19 @@ fn uuid(out: &mut Vec<u8>, id: Uuid) {
 
 /// Microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's epoch).
 fn timestamptz(out: &mut Vec<u8>, ts: OffsetDateTime) {
-    const PG_EPOCH_MICROS: i128 = 946_684_800_000_000;
-    let micros = (ts.unix_timestamp_nanos() / 1000 - PG_EPOCH_MICROS) as i64;
+    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let micros = unix_micros(ts) - PG_EPOCH_MICROS;
     out.extend_from_slice(&8i32.to_be_bytes());
     out.extend_from_slice(&micros.to_be_bytes());
+}
+
+/// Microseconds since the Unix epoch, truncated toward zero (as `unix_timestamp_nanos() / 1000`,
+/// without its 128-bit division).
+fn unix_micros(ts: OffsetDateTime) -> i64 {
+    let (seconds, nanos) = (ts.unix_timestamp(), ts.nanosecond());
+    let micros = seconds * 1_000_000 + i64::from(nanos / 1000);
+    // Before 1970 the seconds are floored, so a partial microsecond rounds away from zero.
+    micros + i64::from(seconds < 0 && nanos % 1000 != 0)
 }
 
 /// A NULL field.
@@ -331,21 +360,25 @@ fn numeric_cents(out: &mut Vec<u8>, cents: i64) {
     let negative = cents < 0;
     let abs = cents.unsigned_abs();
     let (mut whole, frac) = (abs / 100, (abs % 100) as i16 * 100);
-    let mut int_digits = Vec::new();
+    // Below 2^63 / 100 the integer part has at most 5 base-10000 digits; then the fraction.
+    let mut digits = [0i16; 6];
+    let mut len = 0;
     while whole > 0 {
-        int_digits.push((whole % 10_000) as i16);
+        digits[len] = (whole % 10_000) as i16;
         whole /= 10_000;
+        len += 1;
     }
-    int_digits.reverse();
-    let mut digits = int_digits.clone();
-    let weight = int_digits.len() as i16 - 1;
+    digits[..len].reverse();
+    let weight = len as i16 - 1;
     if frac != 0 {
-        digits.push(frac);
+        digits[len] = frac;
+        len += 1;
     }
     // Trailing zero digits are implied by the weight.
-    while digits.last() == Some(&0) {
-        digits.pop();
+    while len > 0 && digits[len - 1] == 0 {
+        len -= 1;
     }
+    let digits = &digits[..len];
     let (weight, sign) = match (digits.is_empty(), negative) {
         (true, _) => (0, 0x0000),
         (false, false) => (weight, 0x0000),
@@ -391,5 +424,30 @@ mod tests {
         assert_eq!(encoded(1_000_000), [1, 1, 0, 2, 1]);
         assert_eq!(encoded(123_456_789), [3, 1, 0, 2, 123, 4567, 8900]);
         assert_eq!(encoded(-250), [2, 0, 0x4000, 2, 2, 5000]);
+        assert_eq!(
+            encoded(i64::MIN),
+            [6, 4, 0x4000, 2, 9, 2233, 7203, 6854, 7758, 800]
+        );
+    }
+
+    #[test]
+    fn unix_micros_truncates_toward_zero_as_nanos_divided_by_1000_does() {
+        for nanos in [
+            0i128,
+            999,
+            1_000,
+            1_500,
+            1_790_000_000_123_456_789,
+            -1,
+            -999,
+            -1_000,
+            -1_500,
+            -1_000_000_000,
+            -1_000_000_001,
+            -62_000_000_000_123_456_789,
+        ] {
+            let ts = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            assert_eq!(i128::from(unix_micros(ts)), nanos / 1000, "{nanos} ns");
+        }
     }
 }

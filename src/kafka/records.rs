@@ -179,6 +179,8 @@ pub fn read_partition(data: PartitionData, from: i64) -> Fetch {
         };
         if keep {
             match decode_batch(&header, raw.clone(), from) {
+                // The first batch's records are moved, not copied.
+                Ok(records) if out.records.is_empty() => out.records = records,
                 Ok(records) => out.records.extend(records),
                 Err(reason) => {
                     out.corrupt = Some(CorruptBatch {

@@ -15,6 +15,7 @@
 
 mod broker;
 mod children;
+mod cost;
 mod cpu;
 mod limits;
 mod report;
@@ -76,9 +77,15 @@ pub struct Config {
     pub durable_broker: Option<String>,
     /// How long to measure end-to-end latency (zero: not at all).
     pub latency: Duration,
+    /// Instead of the rounds: count one hot path's instructions (`scripts/cost` runs it under
+    /// callgrind).
+    pub cost: Option<String>,
 }
 
 pub async fn run(args: Config) -> Result<()> {
+    if let Some(path) = &args.cost {
+        return cost::run(path, args.events);
+    }
     let _ = CHILD_PROPERTIES.set(args.kafka.security.source.to_text());
     let ctx = Ctx {
         exe: std::env::current_exe()?,

@@ -319,7 +319,7 @@ async fn write_lane<S: Sink>(
 
 /// What `build_batch` needs of the command line, and the id of the topic the offsets belong
 /// to (None: the broker reports no ids). Made once per run.
-pub(super) struct BatchRules {
+pub(crate) struct BatchRules {
     group: String,
     topic: String,
     pub(super) topic_id: Option<String>,
@@ -341,6 +341,18 @@ impl BatchRules {
                 Mode::Append
             },
             max_event_bytes: args.max_event_bytes,
+        }
+    }
+
+    /// Appending `kind` events of at most `max_event_bytes` (`bench --cost`'s consume path).
+    pub(crate) fn append(kind: EventKind, max_event_bytes: usize) -> Self {
+        Self {
+            group: String::new(),
+            topic: String::new(),
+            topic_id: None,
+            kind,
+            mode: Mode::Append,
+            max_event_bytes,
         }
     }
 
@@ -394,7 +406,7 @@ impl BatchRules {
 /// Decode every record; what cannot be stored becomes a dead letter. Upserting, only the last
 /// change of each key is kept. Offsets advance past all of them, and past whatever else each
 /// chunk stepped over.
-pub(super) fn build_batch(
+pub(crate) fn build_batch(
     rules: &BatchRules,
     chunks: &[Fetched],
     committed: &BTreeMap<i32, Option<i64>>,

@@ -16,6 +16,7 @@
 //! past the log end stop the run unless `--reset-offsets-ahead` says where to go.
 
 mod batches;
+pub(crate) use batches::{build_batch, BatchRules};
 mod fetcher;
 mod lanes;
 mod member;
@@ -38,7 +39,6 @@ use crate::kafka::records::{CorruptBatch, FetchedRecord};
 use crate::kafka::{self, Position, StartFrom};
 use crate::progress::Progress;
 use crate::shutdown;
-use batches::BatchRules;
 use mirror::GroupMirror;
 
 /// `consume --batch-size` unless given (also the batch `bench` loads its PostgreSQL limit in).
@@ -119,7 +119,7 @@ async fn compacted(args: &Config) -> Result<bool> {
 }
 
 /// What one fetch of one partition moves forward.
-struct Fetched {
+pub(crate) struct Fetched {
     partition: i32,
     records: Vec<FetchedRecord>,
     /// Where the partition's position moves once this is written: past control batches,
@@ -129,6 +129,20 @@ struct Fetched {
     stable_end: i64,
     /// A corrupt batch skipped with `--skip-corrupt-batches`: stored as a dead letter.
     skipped: Option<CorruptBatch>,
+}
+
+impl Fetched {
+    /// `records` of `partition` read up to `next_offset`, nothing stepped over
+    /// (`bench --cost`'s consume path).
+    pub(crate) fn records(partition: i32, records: Vec<FetchedRecord>, next_offset: i64) -> Self {
+        Self {
+            partition,
+            records,
+            next_offset,
+            stable_end: next_offset,
+            skipped: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
