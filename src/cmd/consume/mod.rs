@@ -49,6 +49,9 @@ pub async fn run(args: ConsumeArgs) -> Result<()> {
     args.compacted = compacted(&args).await?;
     let timeout = args.kafka.timeout;
     let database = Database::connect(&target, timeout).await?;
+    args.writer_cap = database
+        .writer_cap(args.writers, &target.describe())
+        .await?;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
     let limit = db::connect_timeout(timeout);
     consume(&args, Deadline::new(database, limit, target.describe())).await
@@ -77,8 +80,12 @@ pub struct Config {
     pub stop_at_end: bool,
     /// Most events in one transaction.
     pub batch_size: usize,
-    /// Writers side by side, each over its own partitions (1 with --throttle).
-    pub writers: usize,
+    /// Writers side by side, each over its own partitions (1 with --throttle); None: chosen
+    /// from the partitions held and the cores ([`lanes::writer_count`]).
+    pub writers: Option<usize>,
+    /// Most writers the database takes side by side: 1 on SQLite, the connections to spare
+    /// on PostgreSQL (settled once connected).
+    pub writer_cap: usize,
     pub print_each: bool,
     pub json: bool,
     pub max_event_bytes: usize,
@@ -118,10 +125,11 @@ impl From<ConsumeArgs> for Config {
             stop_at_end: args.stop_at_end,
             batch_size: args.batch_size as usize,
             writers: if args.throttle.is_some() {
-                1
+                Some(1)
             } else {
-                args.writers as usize
+                args.writers.map(|w| w as usize)
             },
+            writer_cap: 8,
             print_each: args.print_each,
             json: args.format == Format::Json,
             max_event_bytes: args.max_event_bytes,
