@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use bytes::{Buf, Bytes};
 use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, TimestampType};
 
 use super::bounds::Malformed;
 
@@ -381,6 +381,31 @@ fn varint(buf: &mut &[u8]) -> Result<i64, Malformed> {
         }
     }
     Err(Malformed("a varint longer than 10 bytes".into()))
+}
+
+/// A plain record — no transaction, no headers, stamped at creation — as a producer without
+/// idempotence writes it: what `bench --cost` and the tests encode into record batches.
+pub fn plain_record(
+    offset: i64,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp,
+        key,
+        value,
+        headers: Default::default(),
+    }
 }
 
 #[cfg(test)]

@@ -21,13 +21,10 @@ use std::hint::black_box;
 
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchResponse, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 use time::{Duration, OffsetDateTime};
 
 use crate::cmd::consume::{build_batch, BatchRules, Fetched, DEFAULT_BATCH_SIZE};
@@ -74,21 +71,12 @@ fn event_at(generator: &mut Generator, i: usize) -> Event {
 
 /// A record as produce sends it: keyed by the event's store or sensor, stamped with its `ts`.
 fn record(event: &Event, offset: i64) -> Record {
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
+    kafka::records::plain_record(
         offset,
-        sequence: -1,
-        timestamp: (event.ts().unix_timestamp_nanos() / 1_000_000) as i64,
-        key: Some(Bytes::from(event.key().to_string())),
-        value: Some(Bytes::from(event.to_json())),
-        headers: IndexMap::new(),
-    }
+        (event.ts().unix_timestamp_nanos() / 1_000_000) as i64,
+        Some(Bytes::from(event.key().to_string())),
+        Some(Bytes::from(event.to_json())),
+    )
 }
 
 fn encode_batch(records: &[Record], out: &mut BytesMut) -> Result<()> {

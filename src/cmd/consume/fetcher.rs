@@ -346,23 +346,12 @@ mod tests {
     fn answer(log_start: i64, first: i64, end: i64, requested: i64) -> kafka::records::Fetch {
         use kafka_protocol::messages::fetch_response::PartitionData;
         use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions,
         };
         let records: Vec<Record> = (first..end)
-            .map(|offset| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset,
-                sequence: -1,
-                timestamp: 0,
-                key: None,
-                value: Some(bytes::Bytes::from_static(b"{}")),
-                headers: Default::default(),
+            .map(|offset| {
+                let value = bytes::Bytes::from_static(b"{}");
+                kafka::records::plain_record(offset, 0, None, Some(value))
             })
             .collect();
         let mut buf = bytes::BytesMut::new();
