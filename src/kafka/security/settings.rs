@@ -37,14 +37,16 @@ impl Protocol {
         }
     }
 
+    /// The protocol `value` names (any case): the names are [`Protocol::name`]'s, written once.
     fn parse(value: &str) -> Option<Self> {
-        Some(match value.to_ascii_uppercase().as_str() {
-            "PLAINTEXT" => Protocol::Plaintext,
-            "SSL" => Protocol::Ssl,
-            "SASL_PLAINTEXT" => Protocol::SaslPlaintext,
-            "SASL_SSL" => Protocol::SaslSsl,
-            _ => return None,
-        })
+        [
+            Protocol::Plaintext,
+            Protocol::Ssl,
+            Protocol::SaslPlaintext,
+            Protocol::SaslSsl,
+        ]
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(value))
     }
 
     pub fn uses_tls(self) -> bool {
@@ -73,13 +75,15 @@ impl Mechanism {
         }
     }
 
+    /// The mechanism `value` names (any case): the names are [`Mechanism::name`]'s, written once.
     fn parse(value: &str) -> Option<Self> {
-        Some(match value.to_ascii_uppercase().as_str() {
-            "PLAIN" => Mechanism::Plain,
-            "SCRAM-SHA-256" => Mechanism::ScramSha256,
-            "SCRAM-SHA-512" => Mechanism::ScramSha512,
-            _ => return None,
-        })
+        [
+            Mechanism::Plain,
+            Mechanism::ScramSha256,
+            Mechanism::ScramSha512,
+        ]
+        .into_iter()
+        .find(|m| m.name().eq_ignore_ascii_case(value))
     }
 }
 
