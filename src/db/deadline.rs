@@ -125,8 +125,11 @@ impl<T: SinkTx> SinkTx for Deadline<T> {
         within(self.limit, &self.database, operation).await
     }
 
-    async fn advance(&mut self, batch: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
-        let operation = self.inner.advance(batch, advance);
+    async fn advance<'b>(
+        &mut self,
+        batch: &'b Batch,
+    ) -> Result<Option<&'b OffsetAdvance>, SinkError> {
+        let operation = self.inner.advance(batch);
         within(self.limit, &self.database, operation).await
     }
 

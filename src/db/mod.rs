@@ -17,6 +17,8 @@
 //!   members as the coordinator describes them, completed by what the database recorded.
 //! - [`Deadline`] (`deadline.rs`) gives every statement of a sink a deadline; `error.rs` says
 //!   what a database error means: retry, set the rows aside, or stop.
+//! - `room.rs`: the connection budget — how many writers a PostgreSQL server has connections
+//!   to spare for.
 //! - [`measure`]: what `bench` asks of a database besides writing to it.
 
 mod database;
@@ -31,6 +33,7 @@ mod offsets;
 pub mod pg;
 mod pg_copy;
 mod read;
+mod room;
 pub mod sqlite;
 mod target;
 mod upsert;
@@ -230,13 +233,13 @@ pub trait SinkTx: Send {
         letters: &[DeadLetter],
     ) -> impl Future<Output = Result<u64, SinkError>> + Send;
 
-    /// Move a partition's stored offset if it still is `advance.from`, recording the topic id
-    /// it belongs to (when known); whether it moved.
-    fn advance(
+    /// Move each partition's stored offset of the batch if it still is the advance's `from`,
+    /// recording the topic id it belongs to (when known); the first advance that did not move
+    /// (the fence refused it), or None.
+    fn advance<'b>(
         &mut self,
-        batch: &Batch,
-        advance: &OffsetAdvance,
-    ) -> impl Future<Output = Result<bool, SinkError>> + Send;
+        batch: &'b Batch,
+    ) -> impl Future<Output = Result<Option<&'b OffsetAdvance>, SinkError>> + Send;
 
     /// Set, release or roll back to the savepoint (the same SQL in both dialects).
     fn savepoint(&mut self, step: Savepoint) -> impl Future<Output = Result<(), SinkError>> + Send;

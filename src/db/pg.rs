@@ -61,8 +61,8 @@ pub(crate) fn warn_unrecognized_parameters(url: &str) {
 /// Connections a consumer may open: one per `--writers` (at most 8), and one for the rest.
 const MAX_CONNECTIONS: u32 = 9;
 
-/// Fewer rows than this go straight in with ON CONFLICT: one round trip, where COPY takes three
-/// (savepoint, copy, release) — a caught-up consumer writes small batches, and waits on them.
+/// Fewer rows than this go straight in with ON CONFLICT: one round trip, where COPY may take two
+/// (savepoint, copy) — a caught-up consumer writes small batches, and waits on them.
 const COPY_MIN_ROWS: usize = 64;
 
 /// Create the database of `url`, within `limit`. Another consumer started at the same moment
@@ -163,22 +163,24 @@ impl Dialect for Postgres {
         conn: &mut PgConnection,
         sales: &[Row<'_, Sale>],
         upsert: bool,
+        first: bool,
     ) -> Result<u64, sqlx::Error> {
         if upsert {
             return insert_sales_on_conflict(conn, sales, true).await;
         }
-        insert_events(conn, sales).await
+        insert_events(conn, sales, first).await
     }
 
     async fn insert_sensors(
         conn: &mut PgConnection,
         readings: &[Row<'_, SensorReading>],
         upsert: bool,
+        first: bool,
     ) -> Result<u64, sqlx::Error> {
         if upsert {
             return insert_sensors_on_conflict(conn, readings, true).await;
         }
-        insert_events(conn, readings).await
+        insert_events(conn, readings, first).await
     }
 
     async fn delete_keys(
@@ -263,13 +265,14 @@ pub async fn bulk_upsert_sales(
 }
 
 /// Events of one table: COPY first (batches of [`COPY_MIN_ROWS`] or more), the careful way
-/// when the batch is small or COPY is refused.
+/// when the batch is small or COPY is refused (`first`: by then in a new transaction).
 async fn insert_events<R: EventRows>(
     conn: &mut PgConnection,
     rows: &[R],
+    first: bool,
 ) -> Result<u64, sqlx::Error> {
     if rows.len() >= COPY_MIN_ROWS {
-        if let Copied::Inserted(n) = copy_rows(conn, rows).await? {
+        if let Copied::Inserted(n) = copy_rows(conn, rows, first).await? {
             return Ok(n);
         }
     }

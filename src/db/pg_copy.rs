@@ -1,4 +1,5 @@
-//! PostgreSQL's fast path for events: binary `COPY` straight into the table, under a savepoint.
+//! PostgreSQL's fast path for events: binary `COPY` straight into the table, under a savepoint
+//! unless it is the first statement of its transaction.
 //!
 //! `INSERT … ON CONFLICT (id) DO NOTHING` costs the server about half again what a plain insert
 //! does (a speculative insertion per row), and the server is what limits a consumer. Ids are
@@ -24,15 +25,17 @@ use super::{columns, split_kinds, Landed, Row, Tombstone, SALES_COLUMNS, SENSOR_
 use crate::events::{cents, EventKind, Sale, SensorReading};
 
 const SAVEPOINT: &str = "SAVEPOINT streamlab_copy";
-const RELEASE: &str = "RELEASE SAVEPOINT streamlab_copy";
 const ROLL_BACK: &str = "ROLLBACK TO SAVEPOINT streamlab_copy";
+/// A refused COPY that was the transaction's first statement: all of it goes, in one round trip.
+const BEGIN_AGAIN: &str = "ROLLBACK; BEGIN";
 
 /// How one batch of rows of a table went in.
 pub(super) enum Copied {
     /// By COPY: this many rows were new; the rest of the batch repeated an id of the batch.
     Inserted(u64),
     /// COPY was refused (an id already stored, or anything else): the savepoint is rolled back
-    /// and nothing of it remains; the rows must go in the careful way.
+    /// (or, COPY first in its transaction, the transaction begun again) and nothing of it
+    /// remains; the rows must go in the careful way.
     Refused,
 }
 
@@ -66,13 +69,21 @@ const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
 /// to a larger buffer as it grows.
 const ROW_BYTES: usize = 128;
 
-/// COPY `rows` (first occurrence of each id) into their table, under a savepoint.
+/// COPY `rows` (first occurrence of each id) into their table, under a savepoint — or, `first`
+/// in its transaction, without one: then a refusal rolls back the transaction, which held
+/// nothing else, and begins it again.
+///
+/// The savepoint is never released: COMMIT keeps what it holds, and a release would cost a
+/// round trip per batch for nothing.
 pub(super) async fn copy_rows<R: CopyRow>(
     conn: &mut PgConnection,
     rows: &[R],
+    first: bool,
 ) -> Result<Copied, sqlx::Error> {
     let (data, unique) = copy_data(rows);
-    sqlx::query(SAVEPOINT).execute(&mut *conn).await?;
+    if !first {
+        sqlx::query(SAVEPOINT).execute(&mut *conn).await?;
+    }
     let copied = async {
         let mut copy = conn.copy_in_raw(&copy_statement::<R>()).await?;
         copy.send(data).await?;
@@ -82,7 +93,6 @@ pub(super) async fn copy_rows<R: CopyRow>(
     match copied {
         Ok(n) => {
             debug_assert_eq!(n, unique);
-            sqlx::query(RELEASE).execute(&mut *conn).await?;
             Ok(Copied::Inserted(n))
         }
         Err(sqlx::Error::Database(e)) => {
@@ -90,7 +100,9 @@ pub(super) async fn copy_rows<R: CopyRow>(
                 "COPY into {} refused ({e}); inserting with ON CONFLICT",
                 R::TABLE
             );
-            sqlx::query(ROLL_BACK).execute(&mut *conn).await?;
+            let undo = if first { BEGIN_AGAIN } else { ROLL_BACK };
+            // A plain string: the simple protocol, which takes two statements in one message.
+            sqlx::Executor::execute(&mut *conn, undo).await?;
             Ok(Copied::Refused)
         }
         Err(e) => Err(e),

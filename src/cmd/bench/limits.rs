@@ -210,7 +210,7 @@ pub(super) async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f
     let rows = as_rows(rows);
     let started = Instant::now();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    Sqlite::insert_sales(&mut tx, &rows, false).await?;
+    Sqlite::insert_sales(&mut tx, &rows, false, true).await?;
     tx.commit().await?;
     let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
     drop(conn);

@@ -200,30 +200,33 @@ async fn consume_both_ways(
     samples: &mut Samples,
 ) -> Result<()> {
     let (stamp, n) = (ctx.stamp, ctx.n as f64);
-    // One writer both ways, then a group member with two and with four writers.
+    // The default writers (none asked for) both ways, then a group member with one and with
+    // four writers.
     let runs = [
-        (modes[0], 1),
-        (modes[1], 1),
-        (Reading::Member, 2),
-        (Reading::Member, 4),
+        (modes[0], None),
+        (modes[1], None),
+        (Reading::Member, Some(1)),
+        (Reading::Member, Some(4)),
     ];
     for (mode, writers) in runs {
-        let label = format!("{}_w{writers}", mode.label());
+        let label = format!("{}_w{}", mode.label(), writers.unwrap_or(0));
         let name = format!("streamlab_bench_{stamp}_{round}_{label}");
         let pg_db = pg_database_url(&ctx.pg_admin, &name)?;
         let group = format!("bench-{stamp}-{round}-pg-{label}");
-        let writers_flag = writers.to_string();
+        let writers_flag = writers.map(|w: u32| w.to_string());
         let mut consume = mode.consume(topic, "pg", &pg_db, &group);
-        consume.extend(["--writers", &writers_flag]);
+        if let Some(flag) = &writers_flag {
+            consume.extend(["--writers", flag]);
+        }
         let (run, db_cpu) = consume_into_pg(ctx, &name, &pg_db, &consume).await?;
         let rate = n / run.secs;
         match (mode, writers) {
-            (Reading::Member, 1) => {
+            (Reading::Member, None) => {
                 samples.consume_pg.push(rate);
                 samples.cpu.consumed(&run, db_cpu, n);
             }
             (Reading::Alone, _) => samples.consume_pg_alone.push(rate),
-            (Reading::Member, 2) => samples.consume_pg_writers2.push(rate),
+            (Reading::Member, Some(1)) => samples.consume_pg_writers1.push(rate),
             (Reading::Member, _) => samples.consume_pg_writers4.push(rate),
         }
         samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
