@@ -103,6 +103,25 @@ async fn migrate(pool: &PgPool, shown: &str, limit: Duration) -> anyhow::Result<
         .context(doing)
 }
 
+/// Whether a connection handed back to the pool still reads the answers to its own requests.
+///
+/// A statement's future dropped mid-way — a write lane given up at its deadline, a COPY whose
+/// server was frozen — leaves sqlx's count of pending answers behind the server's: the rest of
+/// the COPY's answer is still on the wire, and the next request on the connection would read it
+/// as its own (a BEGIN that finds the connection idle: "unexpected connection status after
+/// attempting to begin transaction"). sqlx's own check on release (an empty Sync) cannot tell,
+/// so the pool asks a question with a known answer and closes a connection that gets another.
+async fn in_step(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let answer: Option<i32> = sqlx::query_scalar("SELECT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let in_step = answer == Some(1);
+    if !in_step {
+        tracing::debug!("closing a PostgreSQL connection out of step with its answers");
+    }
+    Ok(in_step)
+}
+
 /// "cannot connect to PostgreSQL at URL: why", a refused certificate said in words.
 fn connect_failed(shown: &str, e: sqlx::Error) -> anyhow::Error {
     let doing = format!("cannot connect to PostgreSQL at {shown}");
@@ -148,6 +167,7 @@ impl Dialect for Postgres {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(limit)
+            .after_release(|conn, _| Box::pin(in_step(conn)))
             .connect_with(options)
             .await
             .map_err(|e| connect_failed(&shown, e))?;

@@ -130,10 +130,39 @@ impl<S: Sink> Consumer<'_, S> {
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
                 Some((due, started, written)) = writing.next(), if !writing.is_empty() => {
                     lanes.written(due.lane);
-                    self.written(&due.chunks, &due.batch, &written?, started, plan, stop)
-                        .await?;
+                    let counted = match written {
+                        Ok(w) => self.written(&due.chunks, &due.batch, &w, started, plan, stop).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = counted {
+                        self.settle(&mut writing, &mut lanes, plan, stop).await;
+                        return Err(e);
+                    }
                 }
                 item = fetchers.rx.recv(), if intake => fetchers.deliver(item, &mut lanes),
+            }
+        }
+    }
+
+    /// After a failure, let the other lanes' writes run to their end, and count what they
+    /// committed: a write dropped mid-statement would leave its connection out of step, and a
+    /// batch committed but not counted would be read again.
+    async fn settle<W>(
+        &mut self,
+        writing: &mut FuturesUnordered<W>,
+        lanes: &mut Lanes,
+        plan: &mut Plan,
+        stop: &CancellationToken,
+    ) where
+        W: std::future::Future<Output = (Write, Instant, Result<Written>)>,
+    {
+        while let Some((due, started, written)) = writing.next().await {
+            lanes.written(due.lane);
+            if let Ok(w) = written {
+                let counted = self.written(&due.chunks, &due.batch, &w, started, plan, stop);
+                if let Err(e) = counted.await {
+                    tracing::debug!("after a failed write, counting another lane's: {e:#}");
+                }
             }
         }
     }
