@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::fetcher::Fetcher;
-use super::lanes::{batch_limit, writer_count, Lanes, Write};
+use super::lanes::{batch_limit, cores, writer_count, Lanes, Write};
 use super::plan::Plan;
 use super::show;
 use super::write::write_with_retry;
@@ -95,9 +95,8 @@ impl<S: Sink> Consumer<'_, S> {
         let args = self.args;
         let partitions: Vec<i32> = plan.positions.keys().copied().collect();
         let limit = batch_limit(args.batch_size, args.throttle);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let (writers, chosen) =
-            writer_count(args.writers, partitions.len(), cores, args.writer_cap);
+            writer_count(args.writers, partitions.len(), cores(), args.writer_cap);
         if let Some(chosen) = chosen {
             tracing::info!("{chosen}");
         }

@@ -69,7 +69,7 @@ pub(super) fn batch_limit(batch_size: usize, throttle: Option<u32>) -> usize {
 /// one's round trips and commit even on one core), never more than the partitions nor `cap`
 /// (1 where writers cannot write side by side, as on SQLite; fewer where the database has no
 /// connections to spare), nor 8. The count, and the INFO line that says how it was chosen.
-pub(super) fn writer_count(
+pub(crate) fn writer_count(
     chosen: Option<usize>,
     partitions: usize,
     cores: usize,
@@ -92,6 +92,16 @@ pub(super) fn writer_count(
         }
     );
     (writers, Some(why))
+}
+
+/// The cores this process may run on, as [`writer_count`] counts them.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The lane of the `index`-th partition a run holds (in order), of `writers`: in turn.
+pub(crate) fn lane_for(index: usize, writers: usize) -> usize {
+    index % writers.max(1)
 }
 
 fn plural(n: usize) -> &'static str {
@@ -117,7 +127,7 @@ impl Lanes {
             lane_of: partitions
                 .iter()
                 .enumerate()
-                .map(|(i, &partition)| (partition, i % writers))
+                .map(|(i, &partition)| (partition, lane_for(i, writers)))
                 .collect(),
             batch_limit,
             prebuild: writers == 1,

@@ -19,6 +19,7 @@ mod batches;
 pub(crate) use batches::{build_batch, BatchRules};
 mod fetcher;
 mod lanes;
+pub(crate) use lanes::{cores, lane_for, writer_count};
 mod member;
 mod mirror;
 mod plan;
