@@ -320,10 +320,18 @@ pub(crate) fn clean_text(s: &str) -> String {
 #[derive(Debug)]
 pub struct Row<'a, E> {
     pub event: &'a E,
-    /// The record key as text, for an upsert (None: appended, or a key that is no text).
-    pub key: Option<&'a str>,
+    /// The record key as fetched.
+    pub record_key: Option<&'a [u8]>,
     pub partition: i32,
     pub offset: i64,
+}
+
+impl<'a, E> Row<'a, E> {
+    /// The record key as text, for an upsert (None: no key, or one that is no table key).
+    /// Checked only when asked: appending rows never needs it.
+    pub fn key(&self) -> Option<&'a str> {
+        table_key(self.record_key).ok()
+    }
 }
 
 /// Split a batch's events into the two kinds (a consumer reads one kind, but the type allows both).
@@ -339,13 +347,13 @@ pub(crate) fn split_kinds(events: &[Landed]) -> (Vec<Row<'_, Sale>>, Vec<Row<'_,
         match &landed.event {
             Event::Sale(event) => sales.push(Row {
                 event,
-                key: landed.key_text(),
+                record_key: landed.key.as_deref(),
                 partition,
                 offset,
             }),
             Event::Sensor(event) => sensors.push(Row {
                 event,
-                key: landed.key_text(),
+                record_key: landed.key.as_deref(),
                 partition,
                 offset,
             }),

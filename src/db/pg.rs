@@ -357,7 +357,7 @@ async fn insert_sales_on_conflict(
     sales: &[Row<'_, Sale>],
     upsert: bool,
 ) -> Result<u64, sqlx::Error> {
-    let keys: Vec<Option<&str>> = sales.iter().map(|r| r.key).collect();
+    let keys: Vec<Option<&str>> = sales.iter().map(Row::key).collect();
     let ids: Vec<Uuid> = sales.iter().map(|r| r.event.id).collect();
     let ts: Vec<OffsetDateTime> = sales.iter().map(|r| r.event.ts).collect();
     let stores: Vec<&str> = sales.iter().map(|r| r.event.store_id.as_str()).collect();
@@ -391,7 +391,7 @@ async fn insert_sensors_on_conflict(
     readings: &[Row<'_, SensorReading>],
     upsert: bool,
 ) -> Result<u64, sqlx::Error> {
-    let keys: Vec<Option<&str>> = readings.iter().map(|r| r.key).collect();
+    let keys: Vec<Option<&str>> = readings.iter().map(Row::key).collect();
     let ids: Vec<Uuid> = readings.iter().map(|r| r.event.id).collect();
     let sensors: Vec<&str> = readings
         .iter()

@@ -281,7 +281,7 @@ impl CopyRow for Row<'_, Sale> {
     }
 
     fn key(&self) -> Option<&str> {
-        self.key
+        Row::key(self)
     }
 
     fn encode_fields(&self, out: &mut Vec<u8>) {
@@ -307,7 +307,7 @@ impl CopyRow for Row<'_, SensorReading> {
     }
 
     fn key(&self) -> Option<&str> {
-        self.key
+        Row::key(self)
     }
 
     fn encode_fields(&self, out: &mut Vec<u8>) {

@@ -109,9 +109,9 @@ impl Dialect for Sqlite {
             let s = r.event;
             row.push_bind(s.id.to_string())
                 .push_bind(ts_millis::format(s.ts))
-                .push_bind(&s.store_id)
+                .push_bind(s.store_id.as_str())
                 .push_bind(cents(s.amount_usd) as f64 / 100.0)
-                .push_bind(&s.channel);
+                .push_bind(s.channel.as_str());
         })
         .await
     }
@@ -126,10 +126,10 @@ impl Dialect for Sqlite {
         insert_rows(conn, into, readings, |row, r| {
             let s = r.event;
             row.push_bind(s.id.to_string())
-                .push_bind(&s.sensor_id)
+                .push_bind(s.sensor_id.as_str())
                 .push_bind(s.val)
-                .push_bind(&s.unit)
-                .push_bind(&s.status)
+                .push_bind(s.unit.as_str())
+                .push_bind(s.status.as_str())
                 .push_bind(ts_millis::format(s.ts));
         })
         .await
@@ -232,7 +232,7 @@ async fn insert_rows<'r, E>(
             QueryBuilder::<'r, Sqlite>::new(format!("INSERT INTO {table} AS t ({columns}) "));
         q.push_values(chunk, |mut row, r| {
             if into.upsert {
-                row.push_bind(r.key);
+                row.push_bind(r.key());
             }
             fill(&mut row, r);
             row.push_bind(r.partition).push_bind(r.offset);

@@ -237,7 +237,7 @@ fn as_rows(rows: &[Sale]) -> Vec<Row<'_, Sale>> {
         .enumerate()
         .map(|(i, event)| Row {
             event,
-            key: None,
+            record_key: None,
             partition: 0,
             offset: i as i64,
         })
