@@ -452,7 +452,14 @@ pub(crate) fn build_batch(
         mode: rules.mode,
         ..Batch::default()
     };
+    // Sized once: a batch's events are a megabyte or more, and growing by doubling would copy
+    // them several times over.
+    let records = chunks.iter().map(|c| c.records.len()).sum();
     let mut changes = Vec::new();
+    match rules.mode {
+        Mode::Append => batch.events.reserve_exact(records),
+        Mode::Upsert(_) => changes.reserve_exact(records),
+    }
     let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
     for chunk in chunks {
         for r in &chunk.records {
