@@ -6,13 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use streamlab::cli::Cli;
 
-/// mimalloc instead of the platform's allocator: consume allocates a few small blocks per event
-/// (its text fields, its batch's vectors) and glibc's malloc and free were a fifth of the
-/// instructions per event `scripts/cost` counts (issue #30). Portable: it builds with the
-/// platform's C compiler, mingw's for the Windows build included.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     streamlab::logging::init(cli.verbose, cli.quiet);
