@@ -173,7 +173,7 @@ pub struct Written {
 
 /// A database a consumer writes to: PostgreSQL or SQLite. A clone writes over the same
 /// connections (a pool): each transaction takes one of its own, so clones write side by side.
-pub trait Sink: Send + Clone {
+pub trait Sink: Send + Clone + 'static {
     /// A transaction in progress; dropped without [`SinkTx::commit`], it is rolled back.
     type Tx: SinkTx;
 

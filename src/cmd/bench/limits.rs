@@ -105,11 +105,16 @@ pub(super) async fn pg_copy_limit(
     let per_batch = DEFAULT_BATCH_SIZE as usize;
     let one = [Load::Copy(&rows)];
     let mut best = pg_limit(ctx, &format!("{round}_copy"), &one, per_batch).await?;
+    tracing::info!("bench: COPY limit on one connection {:.0} rows/s", best.0);
     if writers > 1 {
         let share = rows.len().div_ceil(writers).max(1);
         let side_by_side: Vec<Load<'_>> = rows.chunks(share).map(Load::Copy).collect();
         let what = format!("{round}_copy_{writers}");
         let many = pg_limit(ctx, &what, &side_by_side, per_batch).await?;
+        tracing::info!(
+            "bench: COPY limit on {writers} connections {:.0} rows/s",
+            many.0
+        );
         if many.0 > best.0 {
             best = many;
         }

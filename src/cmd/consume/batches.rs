@@ -107,7 +107,11 @@ impl<S: Sink> Consumer<'_, S> {
                 let rules = &self.rules;
                 for due in lanes.due(|chunks, handed| build_batch(rules, chunks, handed)) {
                     let sink = self.sink.clone();
-                    writing.push(write_lane(due, sink, args.kafka.timeout));
+                    writing.push(Lane(tokio::spawn(write_lane(
+                        due,
+                        sink,
+                        args.kafka.timeout,
+                    ))));
                 }
             }
             if writing.is_empty() {
@@ -337,6 +341,32 @@ fn record_metrics(
             ("partition", partition.to_string()),
         ];
         metrics::gauge!(m::LAG, &labels).set(position.lag as f64);
+    }
+}
+
+/// A lane's write, running as a task of its own: its statements go out while the batch loop
+/// decodes the next batch (polled only by the loop, a write would wait for each decoding to end
+/// before sending its next statement). Dropped, the task still runs to its end.
+struct Lane(JoinHandle<(Write, Instant, Result<Written>)>);
+
+impl std::future::Future for Lane {
+    type Output = (Write, Instant, Result<Written>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|done| match done {
+                Ok(done) => done,
+                // A write that panicked: the panic goes on here, as if the write were not a task.
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Only a runtime shutting down cancels it, and then nothing polls this.
+                    Err(e) => panic!("a write task was cancelled: {e}"),
+                },
+            })
     }
 }
 
