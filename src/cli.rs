@@ -1106,9 +1106,11 @@ pub struct ConsumeArgs {
     pub batch_size: u32,
     /// Independent writers, each over its own share of the partitions (the i-th partition read
     /// goes to writer i mod N) with its own database connection, transactions and offset fence.
-    /// More than one helps when the database has cores to spare. With --throttle, one.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
-    pub writers: u32,
+    /// More than one helps when the database has cores to spare. 1–8, or auto (the default): one
+    /// per core, at least two, at most one per partition held; into SQLite, one (it writes one
+    /// transaction at a time). With --throttle, one.
+    #[arg(long, default_value = "auto", value_parser = parse_writers)]
+    pub writers: ::std::option::Option<u32>,
     /// Print `Stored: <key> at <ts>` for every stored event.
     #[arg(long)]
     pub print_each: bool,
@@ -1166,10 +1168,11 @@ impl ConsumeArgs {
             stop_at_end: self.stop_at_end,
             batch_size: self.batch_size as usize,
             writers: if self.throttle.is_some() {
-                1
+                Some(1)
             } else {
-                self.writers as usize
+                self.writers.map(|w| w as usize)
             },
+            writer_cap: 8,
             print_each: self.print_each,
             json: self.format == Format::Json,
             max_event_bytes: self.max_event_bytes,
@@ -1409,6 +1412,19 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
         _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}
+
+/// `--writers`: `auto` (None) or 1–8.
+fn parse_writers(s: &str) -> Result<Option<u32>, String> {
+    match s {
+        "auto" => Ok(None),
+        _ => match s.parse::<u32>() {
+            Ok(n @ 1..=8) => Ok(Some(n)),
+            _ => Err(format!(
+                "'{s}' is not auto nor a number of writers from 1 to 8"
+            )),
+        },
     }
 }
 

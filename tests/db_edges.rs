@@ -1,5 +1,5 @@
 //! The edges of exactly-once: a database that stops answering (the connection stays open, no
-//! byte comes back), and rows the database refuses. Each scenario knows the id set it produced
+//! byte comes back), rows the database refuses, and a server without connections to spare. Each scenario knows the id set it produced
 //! and requires exactly that in the sink — no loss, no duplicate — with the stored offsets equal
 //! to the end offsets.
 
@@ -379,4 +379,63 @@ fn migrations_held_up_by_another_session_end_within_the_timeout_in_one_line() {
     );
     let migrate = streamlab("migrate").sink("pg").url(&db.url);
     ends_behind_a_lock(&db, "_sqlx_migrations", migrate, &error);
+}
+
+/// The connection budget is checked once connected: a role allowed two connections runs the
+/// default writer count cut down to one (and says so), and refuses `--writers 4` in one line
+/// naming the numbers, before writing anything.
+#[test]
+fn writers_beyond_the_connection_budget_are_refused_at_start_and_the_default_fits_it() {
+    let db = TestDb::pg();
+    let topic = topic(4);
+    produce_and_wait(&brokers(), &topic, 200, 61);
+    streamlab("migrate").db(&db).ok();
+    let role = unique("streamlab_budget").replace('-', "_");
+    let admin = pg_admin_url();
+    psql(
+        &admin,
+        &format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 2"),
+    );
+    psql(
+        &admin,
+        &format!("GRANT pg_read_all_data, pg_write_all_data TO {role}"),
+    );
+    // The migrator creates its table if missing, which asks for CREATE even when it exists.
+    psql(&db.url, &format!("GRANT CREATE ON SCHEMA public TO {role}"));
+    let (before, after) = db.url.split_once("postgres@").expect("a postgres@ URL");
+    let limited = format!("{before}{role}@{after}");
+    let drain_as_role = || {
+        streamlab("consume")
+            .assign_all()
+            .topic(&topic)
+            .sink("pg")
+            .url(&limited)
+            .stop_at_end()
+    };
+
+    let refused = drain_as_role().args(["--writers", "4"]).run().fails(
+        1,
+        &[&format!(
+            "error: PostgreSQL at {limited} leaves this consumer 2 connections (role {role} has \
+             CONNECTION LIMIT 2, 0 in use by others); --writers 4 needs 5 (a connection per \
+             writer and one more): lower --writers, or stop other clients, or raise the limit\n"
+        )],
+        &[],
+    );
+    assert_eq!(error_lines(&refused).len(), 1, "{refused}");
+    assert_eq!(db.count("sales_events"), 0);
+
+    let run = drain_as_role().json().run().success();
+    assert!(
+        run.stderr.contains("1 writer for 4 partitions ("),
+        "{}",
+        run.stderr
+    );
+    assert!(run
+        .stderr
+        .contains(", at most 1 here; --writers to choose)"));
+    assert_eq!(counted(&run.json(), "inserted"), 200);
+    assert_eq!(db.count("sales_events"), 200);
+    drop(db);
+    psql(&admin, &format!("DROP ROLE {role}"));
 }

@@ -3,7 +3,9 @@
 use crate::support::TestDb;
 use streamlab::db::pg::PgSink;
 use streamlab::db::sqlite::SqliteSink;
-use streamlab::db::{self, Batch, DeadLetter, Deadline, Landed, OffsetAdvance, Sink, SinkError};
+use streamlab::db::{
+    self, Batch, DeadLetter, Deadline, Landed, OffsetAdvance, Sink, SinkError, SinkTx,
+};
 use streamlab::events::Event;
 use streamlab::events::{EventKind, Generator};
 use time::OffsetDateTime;
@@ -207,4 +209,48 @@ async fn both_sinks_set_refused_events_aside_and_commit_the_rest() {
     isolate(SqliteSink::connect(&db.url, timeout).await.unwrap(), &db).await;
     let db = TestDb::pg();
     isolate(PgSink::connect(&db.url, timeout).await.unwrap(), &db).await;
+}
+
+/// A write whose future is dropped while its COPY waits on the server — a lane given up at its
+/// deadline, the other lanes' writes when one fails — must not leave a connection out of step
+/// with its answers in the pool: the COPY's late answer would be read by the next BEGIN on that
+/// connection ("unexpected connection status after attempting to begin transaction"). Every
+/// later write on the pool goes in, exactly.
+#[tokio::test]
+async fn a_write_dropped_while_its_copy_waits_leaves_the_pool_in_step() {
+    let timeout = std::time::Duration::from_secs(10);
+    let db = TestDb::pg();
+    let mut sink = PgSink::connect(&db.url, timeout).await.unwrap();
+    let victim = batch(200, None, 201, 7);
+    // Another transaction holds the batch's first id, uncommitted: the COPY waits for it.
+    let mut holder = sink.clone();
+    let mut held = holder.begin().await.unwrap();
+    held.insert_events(&victim.events[..1]).await.unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE 'COPY%'";
+    {
+        let writing = db::write(&mut sink, &victim);
+        tokio::pin!(writing);
+        while db.scalar(waiting) == 0 {
+            tokio::select! {
+                done = &mut writing => panic!("the COPY did not wait: {done:?}"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+        }
+    }
+    // The write is dropped mid-COPY; the holder rolls back, so the COPY completes on the server
+    // and its answer arrives on a connection whose reader is gone.
+    drop(held);
+    let mut from = None;
+    for round in 0..12u64 {
+        let to = 10 * (round as i64 + 1) + 1;
+        let written = db::write(&mut sink, &batch(10, from, to, 100 + round))
+            .await
+            .unwrap_or_else(|e| panic!("write {round} after the dropped one: {e}"));
+        assert_eq!(written.inserted, 10);
+        from = Some(to);
+    }
+    assert_eq!(db.count("sales_events"), 120);
+    assert_eq!(db.stored_offsets("t").get(&0), Some(&121));
 }

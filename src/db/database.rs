@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sqlx::{Postgres, Sqlite};
 
+use super::room;
 use super::{
     Batch, DeadLetter, Kind, Landed, MemberRecord, OffsetAdvance, Savepoint, Sink, SinkError,
     SinkTx, Target, Tombstone, Writer, WriterTx,
@@ -47,6 +48,22 @@ impl Database {
             Kind::Postgres => Database::Postgres(Writer::connect(url, timeout).await?),
             Kind::Sqlite => Database::Sqlite(Writer::connect(url, timeout).await?),
         })
+    }
+}
+
+impl Database {
+    /// The most writers side by side this database takes from this consumer: SQLite writes one
+    /// transaction at a time (1); PostgreSQL as many as it has connections to spare — or, when
+    /// `chosen` writers do not fit, the one-line error naming the numbers (`database`: how
+    /// to name it).
+    pub async fn writer_cap(&self, chosen: Option<usize>, database: &str) -> anyhow::Result<usize> {
+        let Database::Postgres(writer) = self else {
+            return Ok(1);
+        };
+        let mut conn = writer.pool.acquire().await?;
+        let ours = i64::from(writer.pool.size());
+        let room = room::room(&mut conn, ours).await?;
+        room.writers(chosen, database).map_err(anyhow::Error::msg)
     }
 }
 
@@ -106,8 +123,11 @@ impl SinkTx for DatabaseTx {
         on_either!(DatabaseTx, self, tx => tx.insert_dead_letters(topic, letters).await)
     }
 
-    async fn advance(&mut self, batch: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
-        on_either!(DatabaseTx, self, tx => tx.advance(batch, advance).await)
+    async fn advance<'b>(
+        &mut self,
+        batch: &'b Batch,
+    ) -> Result<Option<&'b OffsetAdvance>, SinkError> {
+        on_either!(DatabaseTx, self, tx => tx.advance(batch).await)
     }
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), SinkError> {

@@ -16,8 +16,9 @@ use crate::events::EventKind;
 /// gets [`SinkError::TimedOut`] instead of a consumer hung for good.
 ///
 /// The statement's future is dropped on timeout. sqlx then rolls back a transaction left open
-/// and pings the connection before the pool hands it out again; a frozen connection never
-/// answers that ping, so it is never reused (it keeps its pool slot until the process ends).
+/// and checks the connection before the pool hands it out again (PostgreSQL's, whether it is
+/// still in step with its answers: `pg::in_step`); a frozen connection never answers that check,
+/// so it is never reused (it keeps its pool slot until the process ends).
 #[derive(Clone)]
 pub struct Deadline<S> {
     inner: S,
@@ -125,8 +126,11 @@ impl<T: SinkTx> SinkTx for Deadline<T> {
         within(self.limit, &self.database, operation).await
     }
 
-    async fn advance(&mut self, batch: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
-        let operation = self.inner.advance(batch, advance);
+    async fn advance<'b>(
+        &mut self,
+        batch: &'b Batch,
+    ) -> Result<Option<&'b OffsetAdvance>, SinkError> {
+        let operation = self.inner.advance(batch);
         within(self.limit, &self.database, operation).await
     }
 

@@ -119,11 +119,19 @@ impl SinkTx for MemoryTx {
     }
 
     /// The fence: the stored offset must be where the batch says it starts.
-    async fn advance(&mut self, _: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
+    async fn advance<'b>(
+        &mut self,
+        batch: &'b Batch,
+    ) -> Result<Option<&'b OffsetAdvance>, SinkError> {
         let stored = self.stored.lock().unwrap();
-        let at = stored.offsets.get(&advance.partition).copied();
-        self.staged.push((advance.partition, advance.to));
-        Ok(at == advance.from)
+        for advance in &batch.offsets {
+            let at = stored.offsets.get(&advance.partition).copied();
+            self.staged.push((advance.partition, advance.to));
+            if at != advance.from {
+                return Ok(Some(advance));
+            }
+        }
+        Ok(None)
     }
 
     async fn savepoint(&mut self, _: Savepoint) -> Result<(), SinkError> {

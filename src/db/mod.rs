@@ -17,6 +17,8 @@
 //!   members as the coordinator describes them, completed by what the database recorded.
 //! - [`Deadline`] (`deadline.rs`) gives every statement of a sink a deadline; `error.rs` says
 //!   what a database error means: retry, set the rows aside, or stop.
+//! - `room.rs`: the connection budget — how many writers a PostgreSQL server has connections
+//!   to spare for.
 //! - [`measure`]: what `bench` asks of a database besides writing to it.
 
 mod database;
@@ -31,6 +33,7 @@ mod offsets;
 pub mod pg;
 mod pg_copy;
 mod read;
+mod room;
 pub mod sqlite;
 mod target;
 mod upsert;
@@ -170,7 +173,7 @@ pub struct Written {
 
 /// A database a consumer writes to: PostgreSQL or SQLite. A clone writes over the same
 /// connections (a pool): each transaction takes one of its own, so clones write side by side.
-pub trait Sink: Send + Clone {
+pub trait Sink: Send + Clone + 'static {
     /// A transaction in progress; dropped without [`SinkTx::commit`], it is rolled back.
     type Tx: SinkTx;
 
@@ -230,13 +233,13 @@ pub trait SinkTx: Send {
         letters: &[DeadLetter],
     ) -> impl Future<Output = Result<u64, SinkError>> + Send;
 
-    /// Move a partition's stored offset if it still is `advance.from`, recording the topic id
-    /// it belongs to (when known); whether it moved.
-    fn advance(
+    /// Move each partition's stored offset of the batch if it still is the advance's `from`,
+    /// recording the topic id it belongs to (when known); the first advance that did not move
+    /// (the fence refused it), or None.
+    fn advance<'b>(
         &mut self,
-        batch: &Batch,
-        advance: &OffsetAdvance,
-    ) -> impl Future<Output = Result<bool, SinkError>> + Send;
+        batch: &'b Batch,
+    ) -> impl Future<Output = Result<Option<&'b OffsetAdvance>, SinkError>> + Send;
 
     /// Set, release or roll back to the savepoint (the same SQL in both dialects).
     fn savepoint(&mut self, step: Savepoint) -> impl Future<Output = Result<(), SinkError>> + Send;
@@ -317,10 +320,18 @@ pub(crate) fn clean_text(s: &str) -> String {
 #[derive(Debug)]
 pub struct Row<'a, E> {
     pub event: &'a E,
-    /// The record key as text, for an upsert (None: appended, or a key that is no text).
-    pub key: Option<&'a str>,
+    /// The record key as fetched.
+    pub record_key: Option<&'a [u8]>,
     pub partition: i32,
     pub offset: i64,
+}
+
+impl<'a, E> Row<'a, E> {
+    /// The record key as text, for an upsert (None: no key, or one that is no table key).
+    /// Checked only when asked: appending rows never needs it.
+    pub fn key(&self) -> Option<&'a str> {
+        table_key(self.record_key).ok()
+    }
 }
 
 /// Split a batch's events into the two kinds (a consumer reads one kind, but the type allows both).
@@ -336,13 +347,13 @@ pub(crate) fn split_kinds(events: &[Landed]) -> (Vec<Row<'_, Sale>>, Vec<Row<'_,
         match &landed.event {
             Event::Sale(event) => sales.push(Row {
                 event,
-                key: landed.key_text(),
+                record_key: landed.key.as_deref(),
                 partition,
                 offset,
             }),
             Event::Sensor(event) => sensors.push(Row {
                 event,
-                key: landed.key_text(),
+                record_key: landed.key.as_deref(),
                 partition,
                 offset,
             }),

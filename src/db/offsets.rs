@@ -199,6 +199,51 @@ pub(crate) fn advance<'a>(kind: Kind, batch: &'a Batch, advance: &OffsetAdvance)
     }
 }
 
+/// Move several partitions' stored offsets, each fenced as [`advance`] moves an existing row
+/// (`moves` all have a `from`), in one statement: one round trip per batch, however many
+/// partitions it holds. Returns the rows moved, as [`stored`] does (the statement's RETURNING).
+pub(crate) fn advance_existing<'a>(
+    kind: Kind,
+    batch: &'a Batch,
+    moves: &[&OffsetAdvance],
+) -> Statement<'a> {
+    let values: Vec<String> = (0..moves.len())
+        .map(|i| {
+            let n = 4 + 3 * i;
+            format!(
+                "(CAST(${n} AS INTEGER), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                n + 1,
+                n + 2
+            )
+        })
+        .collect();
+    // VALUES names its columns column1… in both dialects (SQLite takes no alias list).
+    let sql = format!(
+        "UPDATE {} AS o
+         SET next_offset = a.column3, updated_at = {}, topic_id = COALESCE($3, o.topic_id)
+         FROM (VALUES {}) AS a
+         WHERE o.consumer_group = $1 AND o.topic = $2 AND o.kafka_partition = a.column1
+           AND o.next_offset = a.column2
+         RETURNING kafka_partition, next_offset, topic_id",
+        table(kind, OFFSETS),
+        now(kind),
+        values.join(", ")
+    );
+    let mut params = vec![
+        Param::Text(batch.group.as_str().into()),
+        Param::Text(batch.topic.as_str().into()),
+        Param::MaybeText(batch.topic_id.as_deref()),
+    ];
+    for m in moves {
+        params.extend([
+            Param::Int(m.partition),
+            Param::BigInt(m.from.unwrap_or(-1)),
+            Param::BigInt(m.to),
+        ]);
+    }
+    Statement { sql, params }
+}
+
 /// Record what a member holds (replacing its row), or delete its row when it left.
 pub(crate) fn record_member(kind: Kind, member: &MemberRecord) -> Statement<'_> {
     let members = table(kind, MEMBERS);

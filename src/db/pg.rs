@@ -61,8 +61,8 @@ pub(crate) fn warn_unrecognized_parameters(url: &str) {
 /// Connections a consumer may open: one per `--writers` (at most 8), and one for the rest.
 const MAX_CONNECTIONS: u32 = 9;
 
-/// Fewer rows than this go straight in with ON CONFLICT: one round trip, where COPY takes three
-/// (savepoint, copy, release) — a caught-up consumer writes small batches, and waits on them.
+/// Fewer rows than this go straight in with ON CONFLICT: one round trip, where COPY may take two
+/// (savepoint, copy) — a caught-up consumer writes small batches, and waits on them.
 const COPY_MIN_ROWS: usize = 64;
 
 /// Create the database of `url`, within `limit`. Another consumer started at the same moment
@@ -101,6 +101,25 @@ async fn migrate(pool: &PgPool, shown: &str, limit: Duration) -> anyhow::Result<
             )
         })?
         .context(doing)
+}
+
+/// Whether a connection handed back to the pool still reads the answers to its own requests.
+///
+/// A statement's future dropped mid-way — a write lane given up at its deadline, a COPY whose
+/// server was frozen — leaves sqlx's count of pending answers behind the server's: the rest of
+/// the COPY's answer is still on the wire, and the next request on the connection would read it
+/// as its own (a BEGIN that finds the connection idle: "unexpected connection status after
+/// attempting to begin transaction"). sqlx's own check on release (an empty Sync) cannot tell,
+/// so the pool asks a question with a known answer and closes a connection that gets another.
+async fn in_step(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let answer: Option<i32> = sqlx::query_scalar("SELECT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let in_step = answer == Some(1);
+    if !in_step {
+        tracing::debug!("closing a PostgreSQL connection out of step with its answers");
+    }
+    Ok(in_step)
 }
 
 /// "cannot connect to PostgreSQL at URL: why", a refused certificate said in words.
@@ -148,6 +167,7 @@ impl Dialect for Postgres {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(limit)
+            .after_release(|conn, _| Box::pin(in_step(conn)))
             .connect_with(options)
             .await
             .map_err(|e| connect_failed(&shown, e))?;
@@ -163,22 +183,24 @@ impl Dialect for Postgres {
         conn: &mut PgConnection,
         sales: &[Row<'_, Sale>],
         upsert: bool,
+        first: bool,
     ) -> Result<u64, sqlx::Error> {
         if upsert {
             return insert_sales_on_conflict(conn, sales, true).await;
         }
-        insert_events(conn, sales).await
+        insert_events(conn, sales, first).await
     }
 
     async fn insert_sensors(
         conn: &mut PgConnection,
         readings: &[Row<'_, SensorReading>],
         upsert: bool,
+        first: bool,
     ) -> Result<u64, sqlx::Error> {
         if upsert {
             return insert_sensors_on_conflict(conn, readings, true).await;
         }
-        insert_events(conn, readings).await
+        insert_events(conn, readings, first).await
     }
 
     async fn delete_keys(
@@ -263,13 +285,14 @@ pub async fn bulk_upsert_sales(
 }
 
 /// Events of one table: COPY first (batches of [`COPY_MIN_ROWS`] or more), the careful way
-/// when the batch is small or COPY is refused.
+/// when the batch is small or COPY is refused (`first`: by then in a new transaction).
 async fn insert_events<R: EventRows>(
     conn: &mut PgConnection,
     rows: &[R],
+    first: bool,
 ) -> Result<u64, sqlx::Error> {
     if rows.len() >= COPY_MIN_ROWS {
-        if let Copied::Inserted(n) = copy_rows(conn, rows).await? {
+        if let Copied::Inserted(n) = copy_rows(conn, rows, first).await? {
             return Ok(n);
         }
     }
@@ -334,7 +357,7 @@ async fn insert_sales_on_conflict(
     sales: &[Row<'_, Sale>],
     upsert: bool,
 ) -> Result<u64, sqlx::Error> {
-    let keys: Vec<Option<&str>> = sales.iter().map(|r| r.key).collect();
+    let keys: Vec<Option<&str>> = sales.iter().map(Row::key).collect();
     let ids: Vec<Uuid> = sales.iter().map(|r| r.event.id).collect();
     let ts: Vec<OffsetDateTime> = sales.iter().map(|r| r.event.ts).collect();
     let stores: Vec<&str> = sales.iter().map(|r| r.event.store_id.as_str()).collect();
@@ -368,7 +391,7 @@ async fn insert_sensors_on_conflict(
     readings: &[Row<'_, SensorReading>],
     upsert: bool,
 ) -> Result<u64, sqlx::Error> {
-    let keys: Vec<Option<&str>> = readings.iter().map(|r| r.key).collect();
+    let keys: Vec<Option<&str>> = readings.iter().map(Row::key).collect();
     let ids: Vec<Uuid> = readings.iter().map(|r| r.event.id).collect();
     let sensors: Vec<&str> = readings
         .iter()

@@ -138,11 +138,9 @@ async fn finish<T: SinkTx>(
         .insert_dead_letters(&batch.topic, &batch.dead_letters)
         .await?
         + tx.insert_dead_letters(&batch.topic, &refused).await?;
-    for advance in &batch.offsets {
-        if !tx.advance(batch, advance).await? {
-            // Dropping the transaction rolls it back: nothing of this batch is kept.
-            return Err(SinkError::fenced(batch, advance));
-        }
+    if let Some(refused) = tx.advance(batch).await? {
+        // Dropping the transaction rolls it back: nothing of this batch is kept.
+        return Err(SinkError::fenced(batch, refused));
     }
     tx.commit().await?;
     Ok(Written {
@@ -175,11 +173,14 @@ pub trait Dialect: Driver {
 
     /// Insert sales (at least one), skipping ids already stored; how many rows are new.
     /// `upsert`: into `sales_latest` by record key (one row per key), each only over
-    /// an older row; how many rows were inserted or updated.
+    /// an older row; how many rows were inserted or updated. `first`: nothing else has been
+    /// sent in the transaction, so a way that may fail can roll all of it back and begin
+    /// again instead of setting a savepoint first.
     fn insert_sales(
         conn: &mut Self::Connection,
         rows: &[Row<'_, Sale>],
         upsert: bool,
+        first: bool,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Insert sensor readings (at least one) as [`Dialect::insert_sales`] does sales.
@@ -187,6 +188,7 @@ pub trait Dialect: Driver {
         conn: &mut Self::Connection,
         rows: &[Row<'_, SensorReading>],
         upsert: bool,
+        first: bool,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Delete the tombstones' keys (at least one) from `table`, each only where the stored row
@@ -208,7 +210,7 @@ pub trait Dialect: Driver {
 
 /// The sink of a database of dialect `D` ([`super::pg::PgSink`], [`super::sqlite::SqliteSink`]).
 pub struct Writer<D: Dialect> {
-    pool: Pool<D>,
+    pub(super) pool: Pool<D>,
 }
 
 impl<D: Dialect> Clone for Writer<D> {
@@ -239,7 +241,7 @@ impl<D: Dialect> Sink for Writer<D> {
     type Tx = WriterTx<D>;
 
     async fn begin(&mut self) -> Result<WriterTx<D>, SinkError> {
-        Ok(WriterTx(D::begin(&self.pool).await?))
+        Ok(WriterTx(D::begin(&self.pool).await?, true))
     }
 
     async fn load_offsets(
@@ -273,8 +275,8 @@ impl<D: Dialect> Sink for Writer<D> {
     }
 }
 
-/// A batch's transaction.
-pub struct WriterTx<D: Dialect>(pub(super) Transaction<'static, D>);
+/// A batch's transaction, and whether nothing has been sent in it yet.
+pub struct WriterTx<D: Dialect>(pub(super) Transaction<'static, D>, bool);
 
 impl<D: Dialect> WriterTx<D> {
     /// Each kind's events into its table, or (`upsert`) its `_latest` table.
@@ -282,10 +284,12 @@ impl<D: Dialect> WriterTx<D> {
         let (sales, sensors) = split_kinds(events);
         let mut stored = 0;
         if !sales.is_empty() {
-            stored += D::insert_sales(&mut self.0, &sales, upsert).await?;
+            let first = std::mem::replace(&mut self.1, false);
+            stored += D::insert_sales(&mut self.0, &sales, upsert, first).await?;
         }
         if !sensors.is_empty() {
-            stored += D::insert_sensors(&mut self.0, &sensors, upsert).await?;
+            let first = std::mem::replace(&mut self.1, false);
+            stored += D::insert_sensors(&mut self.0, &sensors, upsert, first).await?;
         }
         Ok(stored)
     }
@@ -322,12 +326,33 @@ impl<D: Dialect> SinkTx for WriterTx<D> {
         Ok(D::insert_dead_letters(&mut self.0, topic, letters).await?)
     }
 
-    async fn advance(&mut self, batch: &Batch, advance: &OffsetAdvance) -> Result<bool, SinkError> {
-        let statement = offsets::advance(D::KIND, batch, advance);
-        Ok(D::execute(&mut self.0, &statement).await? == 1)
+    /// A new row per partition without one; the rows that exist moved in one statement.
+    async fn advance<'b>(
+        &mut self,
+        batch: &'b Batch,
+    ) -> Result<Option<&'b OffsetAdvance>, SinkError> {
+        let (existing, new): (Vec<&OffsetAdvance>, Vec<&OffsetAdvance>) =
+            batch.offsets.iter().partition(|a| a.from.is_some());
+        for advance in new {
+            let statement = offsets::advance(D::KIND, batch, advance);
+            if D::execute(&mut self.0, &statement).await? != 1 {
+                return Ok(Some(advance));
+            }
+        }
+        if existing.is_empty() {
+            return Ok(None);
+        }
+        let statement = offsets::advance_existing(D::KIND, batch, &existing);
+        let moved: Vec<i32> = D::fetch_stored(&mut self.0, &statement)
+            .await?
+            .into_iter()
+            .map(|(partition, _, _)| partition)
+            .collect();
+        Ok(existing.into_iter().find(|a| !moved.contains(&a.partition)))
     }
 
     async fn savepoint(&mut self, step: Savepoint) -> Result<(), SinkError> {
+        self.1 = false;
         D::execute(&mut self.0, &Statement::from(step.sql())).await?;
         Ok(())
     }

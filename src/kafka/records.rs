@@ -369,6 +369,11 @@ fn skip_bytes(buf: &mut &[u8], what: &str) -> Result<(), Malformed> {
 
 /// A zig-zag varint (Kafka's varint and varlong).
 fn varint(buf: &mut &[u8]) -> Result<i64, Malformed> {
+    // One byte: most of a record's varints (deltas, key length, header count).
+    if let Some((&byte, rest)) = buf.split_first().filter(|(b, _)| **b & 0x80 == 0) {
+        *buf = rest;
+        return Ok(i64::from(byte >> 1) ^ -i64::from(byte & 1));
+    }
     let mut value: u64 = 0;
     for shift in (0..70).step_by(7) {
         let (&byte, rest) = buf

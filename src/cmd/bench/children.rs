@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::cpu::{children_cpu_secs, peak_rss_kib};
+use super::cpu::{children_cpu_secs, machine_busy_secs, peak_rss_kib};
 use crate::db::redact;
 use crate::kafka;
 
@@ -17,6 +17,8 @@ pub(super) struct ChildRun {
     pub(super) peak_rss_kib: u64,
     /// User + system CPU-seconds of the child (None off Unix).
     pub(super) cpu_secs: Option<f64>,
+    /// Cores the whole machine kept busy on average meanwhile (None off Linux).
+    pub(super) machine_busy_cores: Option<f64>,
 }
 
 /// The Kafka settings of bench's own command line, handed to every streamlab it starts.
@@ -62,7 +64,7 @@ fn shown(args: &[&str]) -> String {
 
 pub(super) async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Result<ChildRun> {
     let started = Instant::now();
-    let cpu_before = children_cpu_secs();
+    let (cpu_before, busy_before) = (children_cpu_secs(), machine_busy_secs());
     let mut child = streamlab_child(exe, args)
         .env("STREAMLAB_BROKERS", brokers)
         .env("RUST_LOG", "error")
@@ -92,10 +94,15 @@ pub(super) async fn run_child(exe: &Path, brokers: &str, args: &[&str]) -> Resul
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
+    let secs = started.elapsed().as_secs_f64();
+    let machine_busy_cores = busy_before
+        .zip(machine_busy_secs())
+        .map(|(before, after)| (after - before) / secs);
     Ok(ChildRun {
-        secs: started.elapsed().as_secs_f64(),
+        secs,
         peak_rss_kib: peak,
         cpu_secs,
+        machine_busy_cores,
     })
 }
 

@@ -44,6 +44,39 @@ pub(super) fn process_cpu_secs(_pid: u32) -> Option<f64> {
     None
 }
 
+/// CPU-seconds the whole machine has been busy so far, all cores together (Linux: /proc/stat,
+/// every state but idle and iowait): whatever ran — streamlab, the broker, the database.
+#[cfg(target_os = "linux")]
+pub(super) fn machine_busy_secs() -> Option<f64> {
+    let busy = busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_sec > 0).then(|| busy as f64 / per_sec as f64)
+}
+
+/// The busy ticks of /proc/stat's first line (all cores): user, nice, system, irq, softirq and
+/// steal — not idle, not iowait (guest time is already counted in user).
+#[cfg(any(target_os = "linux", test))]
+fn busy_ticks(stat: &str) -> Option<u64> {
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = ticks[..] else {
+        return None;
+    };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn machine_busy_secs() -> Option<f64> {
+    None
+}
+
 /// The CPU time of the PostgreSQL backends serving database `name` while it is watched: their
 /// pids from pg_stat_activity, their CPU from /proc, sampled every 25 ms until [`DbCpu::stop`].
 pub(super) struct DbCpu {
@@ -124,4 +157,21 @@ pub(super) fn machine() -> String {
         })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     format!("{cpu}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_ticks;
+
+    #[test]
+    fn busy_ticks_leave_out_idle_and_iowait() {
+        let stat = "cpu  100 2 30 5000 40 5 6 7 0 0\ncpu0 50 1 15 2500 20 2 3 3 0 0\n";
+        assert_eq!(busy_ticks(stat), Some(100 + 2 + 30 + 5 + 6 + 7));
+        assert_eq!(busy_ticks("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(
+            busy_ticks("intr 1 2 3 4 5 6 7 8\n"),
+            None,
+            "not the cpu line"
+        );
+    }
 }

@@ -28,6 +28,7 @@ use anyhow::{Context, Result};
 use sqlx::{Connection, Postgres};
 use time::OffsetDateTime;
 
+use crate::cmd::consume;
 use crate::db::{self, redact, Dialect, UpsertWay};
 use crate::kafka::{self, admin::Admin};
 
@@ -37,7 +38,7 @@ use children::{
 };
 use cpu::DbCpu;
 use limits::{
-    generate, pg_copy_limit, pg_limit, sqlite_bulk_limit, upsert_batches, Load, UPSERT_KEYS,
+    generate, pg_copy_limit, pg_limit, sqlite_bulk_limit, upsert_lanes, Load, UPSERT_KEYS,
     UPSERT_SEED, UPSERT_TOMBSTONE_PERCENT,
 };
 use report::{print_report, Samples};
@@ -60,6 +61,9 @@ struct Ctx {
     workdir: PathBuf,
     /// Events per measurement.
     n: u64,
+    /// The writers `consume` picks by default for the bench topics here: the limits load on as
+    /// many connections side by side as it writes on.
+    writers: usize,
 }
 
 /// `bench`, settled: how much to measure, how often, and where.
@@ -94,6 +98,8 @@ pub async fn run(args: Config) -> Result<()> {
         pg_admin: args.pg_url.clone(),
         workdir: PathBuf::from("target/bench"),
         n: args.events,
+        writers: consume::writer_count(None, args.partitions.max(1) as usize, consume::cores(), 8)
+            .0,
     };
     std::fs::create_dir_all(&ctx.workdir)?;
     let mut admin = Admin::connect(&args.kafka).await?;
@@ -108,7 +114,7 @@ pub async fn run(args: Config) -> Result<()> {
         let topic = produce_and_fetch(&ctx, &args, &mut admin, round, &mut samples).await?;
         // The database limits, on the same kind of rows.
         let rows = generate(ctx.n);
-        let (copy, copy_cpu) = pg_copy_limit(&ctx, round, &rows).await?;
+        let (copy, copy_cpu) = pg_copy_limit(&ctx, round, &rows, ctx.writers).await?;
         samples.copy.push(copy);
         samples.cpu.limit.extend(copy_cpu);
         samples
@@ -200,30 +206,33 @@ async fn consume_both_ways(
     samples: &mut Samples,
 ) -> Result<()> {
     let (stamp, n) = (ctx.stamp, ctx.n as f64);
-    // One writer both ways, then a group member with two and with four writers.
+    // The default writers (none asked for) both ways, then a group member with one and with
+    // four writers.
     let runs = [
-        (modes[0], 1),
-        (modes[1], 1),
-        (Reading::Member, 2),
-        (Reading::Member, 4),
+        (modes[0], None),
+        (modes[1], None),
+        (Reading::Member, Some(1)),
+        (Reading::Member, Some(4)),
     ];
     for (mode, writers) in runs {
-        let label = format!("{}_w{writers}", mode.label());
+        let label = format!("{}_w{}", mode.label(), writers.unwrap_or(0));
         let name = format!("streamlab_bench_{stamp}_{round}_{label}");
         let pg_db = pg_database_url(&ctx.pg_admin, &name)?;
         let group = format!("bench-{stamp}-{round}-pg-{label}");
-        let writers_flag = writers.to_string();
+        let writers_flag = writers.map(|w: u32| w.to_string());
         let mut consume = mode.consume(topic, "pg", &pg_db, &group);
-        consume.extend(["--writers", &writers_flag]);
+        if let Some(flag) = &writers_flag {
+            consume.extend(["--writers", flag]);
+        }
         let (run, db_cpu) = consume_into_pg(ctx, &name, &pg_db, &consume).await?;
         let rate = n / run.secs;
         match (mode, writers) {
-            (Reading::Member, 1) => {
+            (Reading::Member, None) => {
                 samples.consume_pg.push(rate);
                 samples.cpu.consumed(&run, db_cpu, n);
             }
             (Reading::Alone, _) => samples.consume_pg_alone.push(rate),
-            (Reading::Member, 2) => samples.consume_pg_writers2.push(rate),
+            (Reading::Member, Some(1)) => samples.consume_pg_writers1.push(rate),
             (Reading::Member, _) => samples.consume_pg_writers4.push(rate),
         }
         samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
@@ -269,7 +278,7 @@ async fn consume_into_pg(
 }
 
 /// `consume --upsert` into PostgreSQL against its limit: the limit on the updates
-/// [`upsert_batches`] makes; then `produce --keys … --tombstones … --seed …` of the same updates
+/// [`upsert_lanes`] makes, on as many connections as consume writes on; then `produce --keys … --tombstones … --seed …` of the same updates
 /// onto a topic of its own, consumed to its end as a lone group member into a fresh database.
 async fn upsert_round(
     ctx: &Ctx,
@@ -278,21 +287,22 @@ async fn upsert_round(
     round: u32,
     samples: &mut Samples,
 ) -> Result<()> {
-    let batches = upsert_batches(ctx.n, args.partitions);
+    let lanes = upsert_lanes(ctx.n, args.partitions, ctx.writers);
     let mut fastest = (0.0, None);
     for (way, label, rates) in [
         (UpsertWay::Staged, "staged", &mut samples.upsert_staged),
         (UpsertWay::Unnest, "unnest", &mut samples.upsert_unnest),
     ] {
         let what = format!("{round}_upsert_{label}");
-        let (rate, cpu) = pg_limit(ctx, &what, &Load::Upsert(&batches, way), 1).await?;
+        let loads: Vec<Load<'_>> = lanes.iter().map(|l| Load::Upsert(l, way)).collect();
+        let (rate, cpu) = pg_limit(ctx, &what, &loads, 1).await?;
         rates.push(rate);
         if rate > fastest.0 {
             fastest = (rate, cpu);
         }
     }
     samples.cpu_upsert.limit.extend(fastest.1);
-    drop(batches);
+    drop(lanes);
     let topic = format!("bench-{}-{round}-upsert", ctx.stamp);
     admin.create_topic(&topic, args.partitions, 1, &[]).await?;
     let (count, keys, seed) = (

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::fetcher::Fetcher;
-use super::lanes::{batch_limit, Lanes, Write};
+use super::lanes::{batch_limit, cores, writer_count, Lanes, Write};
 use super::plan::Plan;
 use super::show;
 use super::write::write_with_retry;
@@ -95,14 +95,23 @@ impl<S: Sink> Consumer<'_, S> {
         let args = self.args;
         let partitions: Vec<i32> = plan.positions.keys().copied().collect();
         let limit = batch_limit(args.batch_size, args.throttle);
-        let mut lanes = Lanes::new(&partitions, plan.committed.clone(), args.writers, limit);
+        let (writers, chosen) =
+            writer_count(args.writers, partitions.len(), cores(), args.writer_cap);
+        if let Some(chosen) = chosen {
+            tracing::info!("{chosen}");
+        }
+        let mut lanes = Lanes::new(&partitions, plan.committed.clone(), writers, limit);
         let mut writing = FuturesUnordered::new();
         loop {
             if !stop.is_cancelled() {
                 let rules = &self.rules;
                 for due in lanes.due(|chunks, handed| build_batch(rules, chunks, handed)) {
                     let sink = self.sink.clone();
-                    writing.push(write_lane(due, sink, args.kafka.timeout));
+                    writing.push(Lane(tokio::spawn(write_lane(
+                        due,
+                        sink,
+                        args.kafka.timeout,
+                    ))));
                 }
             }
             if writing.is_empty() {
@@ -124,10 +133,39 @@ impl<S: Sink> Consumer<'_, S> {
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
                 Some((due, started, written)) = writing.next(), if !writing.is_empty() => {
                     lanes.written(due.lane);
-                    self.written(&due.chunks, &due.batch, &written?, started, plan, stop)
-                        .await?;
+                    let counted = match written {
+                        Ok(w) => self.written(&due.chunks, &due.batch, &w, started, plan, stop).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = counted {
+                        self.settle(&mut writing, &mut lanes, plan, stop).await;
+                        return Err(e);
+                    }
                 }
                 item = fetchers.rx.recv(), if intake => fetchers.deliver(item, &mut lanes),
+            }
+        }
+    }
+
+    /// After a failure, let the other lanes' writes run to their end, and count what they
+    /// committed: a write dropped mid-statement would leave its connection out of step, and a
+    /// batch committed but not counted would be read again.
+    async fn settle<W>(
+        &mut self,
+        writing: &mut FuturesUnordered<W>,
+        lanes: &mut Lanes,
+        plan: &mut Plan,
+        stop: &CancellationToken,
+    ) where
+        W: std::future::Future<Output = (Write, Instant, Result<Written>)>,
+    {
+        while let Some((due, started, written)) = writing.next().await {
+            lanes.written(due.lane);
+            if let Ok(w) = written {
+                let counted = self.written(&due.chunks, &due.batch, &w, started, plan, stop);
+                if let Err(e) = counted.await {
+                    tracing::debug!("after a failed write, counting another lane's: {e:#}");
+                }
             }
         }
     }
@@ -306,6 +344,32 @@ fn record_metrics(
     }
 }
 
+/// A lane's write, running as a task of its own: its statements go out while the batch loop
+/// decodes the next batch (polled only by the loop, a write would wait for each decoding to end
+/// before sending its next statement). Dropped, the task still runs to its end.
+struct Lane(JoinHandle<(Write, Instant, Result<Written>)>);
+
+impl std::future::Future for Lane {
+    type Output = (Write, Instant, Result<Written>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|done| match done {
+                Ok(done) => done,
+                // A write that panicked: the panic goes on here, as if the write were not a task.
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Only a runtime shutting down cancels it, and then nothing polls this.
+                    Err(e) => panic!("a write task was cancelled: {e}"),
+                },
+            })
+    }
+}
+
 /// Write `due`'s batch on a clone of the sink (a connection of its own).
 async fn write_lane<S: Sink>(
     due: Write,
@@ -418,7 +482,14 @@ pub(crate) fn build_batch(
         mode: rules.mode,
         ..Batch::default()
     };
+    // Sized once: a batch's events are a megabyte or more, and growing by doubling would copy
+    // them several times over.
+    let records = chunks.iter().map(|c| c.records.len()).sum();
     let mut changes = Vec::new();
+    match rules.mode {
+        Mode::Append => batch.events.reserve_exact(records),
+        Mode::Upsert(_) => changes.reserve_exact(records),
+    }
     let mut advances: BTreeMap<i32, OffsetAdvance> = BTreeMap::new();
     for chunk in chunks {
         for r in &chunk.records {

@@ -64,6 +64,54 @@ pub(super) fn batch_limit(batch_size: usize, throttle: Option<u32>) -> usize {
     }
 }
 
+/// How many writers (lanes) to write `partitions` partitions with: `chosen` (`--writers N`), or
+/// — `None`, the default — one per core (at least two: a second writer's COPY overlaps the first
+/// one's round trips and commit even on one core), never more than the partitions nor `cap`
+/// (1 where writers cannot write side by side, as on SQLite; fewer where the database has no
+/// connections to spare), nor 8. The count, and the INFO line that says how it was chosen.
+pub(crate) fn writer_count(
+    chosen: Option<usize>,
+    partitions: usize,
+    cores: usize,
+    cap: usize,
+) -> (usize, Option<String>) {
+    if let Some(chosen) = chosen {
+        return (chosen, None);
+    }
+    let per_cores = cores.clamp(2, 8);
+    let writers = per_cores.min(cap).min(partitions).max(1);
+    let why = format!(
+        "{writers} writer{} for {partitions} partition{} ({cores} core{}{}; --writers to choose)",
+        plural(writers),
+        plural(partitions),
+        plural(cores),
+        if cap < per_cores {
+            format!(", at most {cap} here")
+        } else {
+            String::new()
+        }
+    );
+    (writers, Some(why))
+}
+
+/// The cores this process may run on, as [`writer_count`] counts them.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The lane of the `index`-th partition a run holds (in order), of `writers`: in turn.
+pub(crate) fn lane_for(index: usize, writers: usize) -> usize {
+    index % writers.max(1)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 impl Lanes {
     /// `writers` lanes (at least one, at most one per partition) sharing `partitions` in turn,
     /// their first batches fenced from `committed`.
@@ -79,7 +127,7 @@ impl Lanes {
             lane_of: partitions
                 .iter()
                 .enumerate()
-                .map(|(i, &partition)| (partition, i % writers))
+                .map(|(i, &partition)| (partition, lane_for(i, writers)))
                 .collect(),
             batch_limit,
             prebuild: writers == 1,
@@ -229,6 +277,45 @@ mod tests {
         assert_eq!(batch_limit(500, Some(100)), 25);
         assert_eq!(batch_limit(10, Some(100)), 10);
         assert_eq!(batch_limit(500, Some(2)), 1);
+    }
+
+    #[test]
+    fn the_default_writer_count_follows_the_cores_partitions_and_cap() {
+        // Chosen: as given, nothing said.
+        assert_eq!(writer_count(Some(3), 4, 2, 8), (3, None));
+        let auto = |partitions, cores, cap| writer_count(None, partitions, cores, cap);
+        assert_eq!(
+            auto(4, 2, 8),
+            (
+                2,
+                Some("2 writers for 4 partitions (2 cores; --writers to choose)".into())
+            )
+        );
+        // One core still gets two; eight cores, eight; never more than the partitions.
+        assert_eq!(auto(4, 1, 8).0, 2);
+        assert_eq!(auto(12, 8, 8).0, 8);
+        assert_eq!(auto(12, 32, 8).0, 8);
+        assert_eq!(auto(3, 8, 8).0, 3);
+        assert_eq!(
+            auto(1, 8, 8),
+            (
+                1,
+                Some("1 writer for 1 partition (8 cores; --writers to choose)".into())
+            )
+        );
+        // No partitions yet: one.
+        assert_eq!(auto(0, 2, 8).0, 1);
+        // SQLite (one writer at a time), or few spare connections.
+        assert_eq!(
+            auto(4, 2, 1),
+            (
+                1,
+                Some(
+                    "1 writer for 4 partitions (2 cores, at most 1 here; --writers to choose)"
+                        .into()
+                )
+            )
+        );
     }
 
     #[test]

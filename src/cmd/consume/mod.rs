@@ -19,6 +19,7 @@ mod batches;
 pub(crate) use batches::{build_batch, BatchRules};
 mod fetcher;
 mod lanes;
+pub(crate) use lanes::{cores, lane_for, writer_count};
 mod member;
 mod mirror;
 mod plan;
@@ -49,6 +50,9 @@ pub async fn run(mut args: Config) -> Result<()> {
     args.compacted = compacted(&args).await?;
     let timeout = args.kafka.timeout;
     let database = Database::connect(&args.target, timeout).await?;
+    args.writer_cap = database
+        .writer_cap(args.writers, &args.target.describe())
+        .await?;
     // Every statement gets --timeout: a database that stops answering must not hang the run.
     let limit = db::connect_timeout(timeout);
     let described = args.target.describe();
@@ -82,8 +86,12 @@ pub struct Config {
     pub stop_at_end: bool,
     /// Most events in one transaction.
     pub batch_size: usize,
-    /// Writers side by side, each over its own partitions (1 with --throttle).
-    pub writers: usize,
+    /// Writers side by side, each over its own partitions (1 with --throttle); None: chosen
+    /// from the partitions held and the cores ([`lanes::writer_count`]).
+    pub writers: Option<usize>,
+    /// Most writers the database takes side by side: 1 on SQLite, the connections to spare
+    /// on PostgreSQL (settled once connected).
+    pub writer_cap: usize,
     pub print_each: bool,
     /// `--format json`: the summary as one JSON document.
     pub json: bool,
