@@ -41,6 +41,10 @@ pub struct BenchReport {
     /// average (Linux: /proc/stat); and the cores there are.
     pub consume_pg_machine_busy_cores: Option<f64>,
     pub cores: usize,
+    /// The rate that consume's cost per event allows with every core busy (its rate × cores /
+    /// busy cores), and that ceiling against the limit: how far more overlap alone could go.
+    pub consume_pg_ceiling_per_sec: Option<f64>,
+    pub consume_pg_ceiling_ratio: Option<f64>,
     /// With `--assign all`, on the same backlog.
     pub consume_pg_assign_all_per_sec: f64,
     pub consume_pg_assign_all_ratio: f64,
@@ -186,6 +190,10 @@ impl Samples {
         let pg_limit = r.fetch_limit_per_sec.min(r.pg_copy_limit_per_sec);
         let sqlite_limit = r.fetch_limit_per_sec.min(r.sqlite_bulk_limit_per_sec);
         r.consume_pg_ratio = r.consume_pg_per_sec / pg_limit;
+        r.consume_pg_ceiling_per_sec = busy
+            .filter(|&b| b > 0.0)
+            .map(|b| r.consume_pg_per_sec * r.cores as f64 / b);
+        r.consume_pg_ceiling_ratio = r.consume_pg_ceiling_per_sec.map(|c| c / pg_limit);
         r.consume_pg_assign_all_ratio = r.consume_pg_assign_all_per_sec / pg_limit;
         r.consume_pg_writers1_ratio = r.consume_pg_writers1_per_sec / pg_limit;
         r.consume_pg_writers4_ratio = r.consume_pg_writers4_per_sec / pg_limit;
@@ -307,6 +315,14 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             );
             if let Some(busy) = r.consume_pg_machine_busy_cores {
                 result.push_str(&format!(" · machine busy {busy:.2} of {} cores", r.cores));
+            }
+            if let (Some(c), Some(ratio)) =
+                (r.consume_pg_ceiling_per_sec, r.consume_pg_ceiling_ratio)
+            {
+                result.push_str(&format!(
+                    " · all busy: {} = {ratio:.2} × limit",
+                    events_per_sec(c)
+                ));
             }
             let met = r.consume_pg_cpu_secs_per_million.map(|s| s <= 0.8);
             (
