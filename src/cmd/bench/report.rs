@@ -72,6 +72,7 @@ pub struct BenchReport {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub produce_peak_rss_mib: f64,
+    /// The most any consume run with the default writers took (`--writers 1 / 4` aside).
     pub consume_peak_rss_mib: f64,
     /// `produce --compression`: speed and stored size per codec.
     pub codecs: Vec<CodecCost>,
@@ -399,7 +400,10 @@ fn other_rows(r: &BenchReport) -> Vec<ReportRow> {
         ));
     }
     rows.push((
-        format!("peak RSS produce / consume (backlog of {})", r.events),
+        format!(
+            "peak RSS produce / consume, default writers (backlog of {})",
+            r.events
+        ),
         format!(
             "{:.1} MiB / {:.1} MiB",
             r.produce_peak_rss_mib, r.consume_peak_rss_mib
