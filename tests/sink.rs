@@ -254,3 +254,43 @@ async fn a_write_dropped_while_its_copy_waits_leaves_the_pool_in_step() {
     assert_eq!(db.count("sales_events"), 120);
     assert_eq!(db.stored_offsets("t").get(&0), Some(&121));
 }
+
+/// SQLite: a committed batch reaches the database file itself while the WAL is far below the
+/// writer's own checkpoint threshold (10,000 pages) — the background checkpointer copied it,
+/// so the writer never waits on a checkpoint. Read with `immutable=1`, SQLite ignores the WAL
+/// and sees only the file.
+#[tokio::test]
+async fn sqlite_batches_are_checkpointed_in_the_background() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+    let timeout = std::time::Duration::from_secs(10);
+    let db = TestDb::sqlite();
+    let mut sink = SqliteSink::connect(&db.url, timeout).await.unwrap();
+    db::write(&mut sink, &batch(10, None, 11, 1)).await.unwrap();
+    let file_only = SqliteConnectOptions::new()
+        .filename(db.path())
+        .read_only(true)
+        .immutable(true);
+    let in_file = || async {
+        // Read while pages are being copied, the file may not parse yet: not there yet.
+        let mut conn = file_only.connect().await.ok()?;
+        let rows = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sales_events")
+            .fetch_one(&mut conn)
+            .await
+            .ok();
+        let _ = conn.close().await;
+        rows
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut seen = None;
+    while seen != Some(10) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        seen = in_file().await;
+    }
+    assert_eq!(seen, Some(10), "the rows in the database file, WAL aside");
+    // The writer still writes (the checkpointer never holds it up).
+    db::write(&mut sink, &batch(10, Some(11), 21, 3))
+        .await
+        .unwrap();
+    assert_eq!(db.count("sales_events"), 20);
+}

@@ -54,6 +54,51 @@ async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
+/// WAL pages (4 KiB each) past which the writer checkpoints itself, in its own commit: only when
+/// [`checkpointer`] fell behind.
+const WRITER_CHECKPOINT_PAGES: &str = "10000";
+
+/// How long [`checkpointer`] waits between checkpoints while the WAL grows, and at most when it
+/// does not (the wait doubles while nothing is written).
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(10);
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
+
+/// Copy the WAL's committed pages into the database file on a connection of its own, until the
+/// pool closes.
+///
+/// A checkpoint copies pages and syncs the file: done by the writer in its commit (SQLite's
+/// automatic checkpoint), the batch waits for it — about a sixth of a SQLite consumer's time.
+/// A PASSIVE checkpoint here never blocks the writer, and once it has copied everything the
+/// writer's next transaction starts the WAL again from its beginning, so the WAL stays small.
+async fn checkpointer(options: SqliteConnectOptions, pool: SqlitePool) {
+    let Ok(mut conn) = SqliteConnection::connect_with(&options).await else {
+        return;
+    };
+    let closed = pool.close_event();
+    tokio::pin!(closed);
+    let (mut wait, mut before) = (CHECKPOINT_BUSY, None);
+    loop {
+        let checkpoint: Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&mut conn)
+                .await;
+        // (busy, pages in the WAL, pages copied): the WAL changed since the last look while
+        // the database is being written.
+        let log = checkpoint.ok().map(|(_, log, _)| log);
+        wait = if log.is_some() && log != before {
+            CHECKPOINT_BUSY
+        } else {
+            (wait * 2).min(CHECKPOINT_IDLE)
+        };
+        before = log;
+        tokio::select! {
+            _ = &mut closed => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let _ = conn.close().await;
+}
+
 /// The sink of a SQLite database.
 pub type SqliteSink = Writer<Sqlite>;
 
@@ -67,11 +112,9 @@ impl Dialect for Sqlite {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            // A checkpoint copies the WAL's pages into the database and syncs both; at SQLite's
-            // default (every 1,000 pages) a consumer checkpoints every few batches and writes
-            // the same tail pages of the table and its indexes again and again. Every 10,000
-            // pages (≈ 40 MB of WAL) costs a tenth of that.
-            .pragma("wal_autocheckpoint", "10000")
+            // Checkpoints are the background checkpointer's ([`checkpointer`]); the writer
+            // checkpoints itself only if that one falls this far behind.
+            .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
             // 16 MiB of page cache (default 2 MB): the B-tree pages a batch touches stay in it.
             .pragma("cache_size", "-16384")
             .busy_timeout(super::connect_timeout(timeout));
@@ -81,7 +124,10 @@ impl Dialect for Sqlite {
         let started = std::time::Instant::now();
         loop {
             match open(options.clone(), timeout).await {
-                Ok(pool) => return Ok(pool),
+                Ok(pool) => {
+                    tokio::spawn(checkpointer(options, pool.clone()));
+                    return Ok(pool);
+                }
                 Err((e, _)) if super::is_transient(&e) && started.elapsed() < timeout => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -218,18 +264,21 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 /// Insert events [`ROWS_PER_STATEMENT`] to a statement as `into` says: the record key first
 /// when upserting, then the event's columns (`fill` binds them), then its partition and offset.
-async fn insert_rows<'r, E>(
+///
+/// SQLite runs on sqlx's worker thread: while it executes one statement, this task binds the
+/// next one's values, so neither waits for the other.
+async fn insert_rows<'r, E: Sync>(
     conn: &mut SqliteConnection,
     into: Into,
     rows: &'r [Row<'r, E>],
     fill: impl Fn(&mut Separated<'_, 'r, Sqlite, &'static str>, &'r Row<'r, E>),
 ) -> Result<u64, sqlx::Error> {
-    let (table, columns) = (into.table, into.columns);
     let on_conflict = into.on_conflict();
-    let mut inserted = 0;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<'r, Sqlite>::new(format!("INSERT INTO {table} AS t ({columns}) "));
+    let statement = |chunk: &'r [Row<'r, E>]| {
+        let mut q = QueryBuilder::<'r, Sqlite>::new(format!(
+            "INSERT INTO {} AS t ({}) ",
+            into.table, into.columns
+        ));
         q.push_values(chunk, |mut row, r| {
             if into.upsert {
                 row.push_bind(r.key());
@@ -239,12 +288,20 @@ async fn insert_rows<'r, E>(
         });
         q.push(" ");
         q.push(&on_conflict);
-        inserted += q
+        q
+    };
+    let mut chunks = rows.chunks(ROWS_PER_STATEMENT);
+    let mut next = chunks.next().map(|c| (c.len(), statement(c)));
+    let mut inserted = 0;
+    while let Some((len, mut q)) = next.take() {
+        let executing = q
             .build()
-            .persistent(chunk.len() == ROWS_PER_STATEMENT)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            .persistent(len == ROWS_PER_STATEMENT)
+            .execute(&mut *conn);
+        let binding = async { chunks.next().map(|c| (c.len(), statement(c))) };
+        let (done, built) = futures::future::join(executing, binding).await;
+        inserted += done?.rows_affected();
+        next = built;
     }
     Ok(inserted)
 }

@@ -288,6 +288,8 @@ fn decode_batch(
     if !header.compressed {
         check_records(&raw[BATCH_HEADER..], count)?;
     }
+    // kafka-protocol calls this for every batch, compressed or not: only a decompressed body
+    // is checked here (a plain one was, above).
     let decompress = |body: &mut Bytes, compression: Compression| -> anyhow::Result<Bytes> {
         let plain = match compression {
             Compression::None => body.clone(),
@@ -296,7 +298,9 @@ fn decode_batch(
             Compression::Lz4 => Lz4::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
             Compression::Zstd => Zstd::decompress(body, |b: &mut Bytes| Ok(b.clone()))?,
         };
-        check_records(&plain, count)?;
+        if compression != Compression::None {
+            check_records(&plain, count)?;
+        }
         Ok(plain)
     };
     let set = RecordBatchDecoder::decode_with_custom_compression(&mut raw, Some(decompress))
@@ -389,8 +393,15 @@ fn varint(buf: &mut &[u8]) -> Result<i64, Malformed> {
 }
 
 /// A plain record — no transaction, no headers, stamped at creation — as a producer without
-/// idempotence writes it: what `bench --cost` and the tests encode into record batches.
+/// idempotence writes it, in a batch whose first record is at `batch_start`: what `bench --cost`
+/// and the tests encode into record batches.
+///
+/// kafka-protocol's encoder puts consecutive records in one batch only while offset − sequence
+/// stays the same; a producer without idempotence has no sequence (the batch says -1), so the
+/// sequence counts from -1 at the batch's first record. A constant -1 would encode one batch
+/// per record.
 pub fn plain_record(
+    batch_start: i64,
     offset: i64,
     timestamp: i64,
     key: Option<Bytes>,
@@ -405,7 +416,7 @@ pub fn plain_record(
         producer_epoch: -1,
         timestamp_type: TimestampType::Creation,
         offset,
-        sequence: -1,
+        sequence: (offset - batch_start - 1) as i32,
         timestamp,
         key,
         value,

@@ -70,8 +70,9 @@ fn event_at(generator: &mut Generator, i: usize) -> Event {
 }
 
 /// A record as produce sends it: keyed by the event's store or sensor, stamped with its `ts`.
-fn record(event: &Event, offset: i64) -> Record {
+fn record(event: &Event, batch_start: i64, offset: i64) -> Record {
     kafka::records::plain_record(
+        batch_start,
         offset,
         (event.ts().unix_timestamp_nanos() / 1_000_000) as i64,
         Some(Bytes::from(event.key().to_string())),
@@ -95,7 +96,7 @@ fn fetch_answers(kind: EventKind, n: usize) -> Result<Vec<Bytes>> {
     while first < n {
         let last = (first + RECORDS_PER_BATCH).min(n);
         let records: Vec<Record> = (first..last)
-            .map(|i| record(&event_at(&mut generator, i), i as i64))
+            .map(|i| record(&event_at(&mut generator, i), first as i64, i as i64))
             .collect();
         let mut batch = BytesMut::new();
         encode_batch(&records, &mut batch)?;
@@ -176,7 +177,11 @@ fn produce_pass(kind: EventKind, n: usize) -> Result<u64> {
     let mut out = BytesMut::new();
     let mut encoded = 0;
     for i in 0..n {
-        records.push(record(&event_at(&mut generator, i), records.len() as i64));
+        records.push(record(
+            &event_at(&mut generator, i),
+            0,
+            records.len() as i64,
+        ));
         if records.len() == RECORDS_PER_BATCH || i + 1 == n {
             encode_batch(&records, &mut out)?;
             encoded += black_box(&out).len() as u64;
@@ -209,6 +214,25 @@ mod tests {
                 .collect();
             assert_eq!(in_batches, copy_bytes(&all) + 21, "{kind:?}");
         }
+    }
+
+    /// The passes count what a real fetch carries: batches of many records (a batch per
+    /// record would count per-batch work — checksum, header, allocation — a thousand times).
+    #[test]
+    fn each_fetch_answer_holds_one_batch_of_its_records() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        let n = RECORDS_PER_BATCH * 2 + 7;
+        let answers = fetch_answers(EventKind::Sales, n).unwrap();
+        let mut counts = Vec::new();
+        for mut answer in answers {
+            let response = FetchResponse::decode(&mut answer, FETCH_VERSION).unwrap();
+            let partition = &response.responses[0].partitions[0];
+            let mut records = partition.records.clone().unwrap();
+            let batches = RecordBatchDecoder::decode_batch_info(&mut records).unwrap();
+            counts.push(batches.iter().map(|b| b.record_count).collect::<Vec<_>>());
+        }
+        let full = RECORDS_PER_BATCH as i32;
+        assert_eq!(counts, vec![vec![full], vec![full], vec![7]]);
     }
 
     #[test]

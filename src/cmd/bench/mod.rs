@@ -235,7 +235,10 @@ async fn consume_both_ways(
             (Reading::Member, Some(1)) => samples.consume_pg_writers1.push(rate),
             (Reading::Member, _) => samples.consume_pg_writers4.push(rate),
         }
-        samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+        // The memory target is the default configuration's: chosen writer counts aside.
+        if writers.is_none() {
+            samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+        }
     }
     for mode in modes {
         let sqlite_path = ctx

@@ -41,6 +41,10 @@ pub struct BenchReport {
     /// average (Linux: /proc/stat); and the cores there are.
     pub consume_pg_machine_busy_cores: Option<f64>,
     pub cores: usize,
+    /// The rate that consume's cost per event allows with every core busy (its rate × cores /
+    /// busy cores), and that ceiling against the limit: how far more overlap alone could go.
+    pub consume_pg_ceiling_per_sec: Option<f64>,
+    pub consume_pg_ceiling_ratio: Option<f64>,
     /// With `--assign all`, on the same backlog.
     pub consume_pg_assign_all_per_sec: f64,
     pub consume_pg_assign_all_ratio: f64,
@@ -68,6 +72,7 @@ pub struct BenchReport {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub produce_peak_rss_mib: f64,
+    /// The most any consume run with the default writers took (`--writers 1 / 4` aside).
     pub consume_peak_rss_mib: f64,
     /// `produce --compression`: speed and stored size per codec.
     pub codecs: Vec<CodecCost>,
@@ -186,6 +191,10 @@ impl Samples {
         let pg_limit = r.fetch_limit_per_sec.min(r.pg_copy_limit_per_sec);
         let sqlite_limit = r.fetch_limit_per_sec.min(r.sqlite_bulk_limit_per_sec);
         r.consume_pg_ratio = r.consume_pg_per_sec / pg_limit;
+        r.consume_pg_ceiling_per_sec = busy
+            .filter(|&b| b > 0.0)
+            .map(|b| r.consume_pg_per_sec * r.cores as f64 / b);
+        r.consume_pg_ceiling_ratio = r.consume_pg_ceiling_per_sec.map(|c| c / pg_limit);
         r.consume_pg_assign_all_ratio = r.consume_pg_assign_all_per_sec / pg_limit;
         r.consume_pg_writers1_ratio = r.consume_pg_writers1_per_sec / pg_limit;
         r.consume_pg_writers4_ratio = r.consume_pg_writers4_per_sec / pg_limit;
@@ -308,6 +317,14 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             if let Some(busy) = r.consume_pg_machine_busy_cores {
                 result.push_str(&format!(" · machine busy {busy:.2} of {} cores", r.cores));
             }
+            if let (Some(c), Some(ratio)) =
+                (r.consume_pg_ceiling_per_sec, r.consume_pg_ceiling_ratio)
+            {
+                result.push_str(&format!(
+                    " · all busy: {} = {ratio:.2} × limit",
+                    events_per_sec(c)
+                ));
+            }
             let met = r.consume_pg_cpu_secs_per_million.map(|s| s <= 0.8);
             (
                 what,
@@ -383,7 +400,10 @@ fn other_rows(r: &BenchReport) -> Vec<ReportRow> {
         ));
     }
     rows.push((
-        format!("peak RSS produce / consume (backlog of {})", r.events),
+        format!(
+            "peak RSS produce / consume, default writers (backlog of {})",
+            r.events
+        ),
         format!(
             "{:.1} MiB / {:.1} MiB",
             r.produce_peak_rss_mib, r.consume_peak_rss_mib

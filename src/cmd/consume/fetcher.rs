@@ -351,7 +351,7 @@ mod tests {
         let records: Vec<Record> = (first..end)
             .map(|offset| {
                 let value = bytes::Bytes::from_static(b"{}");
-                kafka::records::plain_record(offset, 0, None, Some(value))
+                kafka::records::plain_record(first, offset, 0, None, Some(value))
             })
             .collect();
         let mut buf = bytes::BytesMut::new();
