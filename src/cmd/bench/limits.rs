@@ -124,7 +124,6 @@ pub(super) async fn pg_copy_limit(
 
 /// What a PostgreSQL limit loads, in units a transaction takes one or more of: rows, by one
 /// binary COPY into `sales_events`; or upsert batches, each by [`db::bulk_upsert_sales`].
-#[derive(Clone, Copy)]
 pub(super) enum Load<'a> {
     Copy(&'a [Row<'a, Sale>]),
     Upsert(&'a [Folded], UpsertWay),
