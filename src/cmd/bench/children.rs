@@ -159,6 +159,14 @@ impl Reading {
         }
     }
 
+    /// As the report's rows say it.
+    pub(super) fn described(self) -> &'static str {
+        match self {
+            Self::Member => "group member",
+            Self::Alone => "--assign all",
+        }
+    }
+
     /// `consume --stop-at-end` of `topic` into `url` as `group`, reading this way.
     pub(super) fn consume<'a>(
         self,

@@ -237,7 +237,8 @@ async fn consume_both_ways(
         }
         // The memory target is the default configuration's: chosen writer counts aside.
         if writers.is_none() {
-            samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+            let into = format!("into PostgreSQL, {}", mode.described());
+            samples.rss_consume.saw(run.peak_rss_kib, into);
         }
     }
     for mode in modes {
@@ -254,7 +255,8 @@ async fn consume_both_ways(
             &mut samples.consume_sqlite_alone,
         );
         rates.push(n / run.secs);
-        samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+        let into = format!("into SQLite, {}", mode.described());
+        samples.rss_consume.saw(run.peak_rss_kib, into);
         remove_sqlite(&sqlite_path);
     }
     Ok(())
@@ -334,7 +336,9 @@ async fn upsert_round(
     let (run, db_cpu) = consume_into_pg(ctx, &name, &url, &consume).await?;
     samples.consume_pg_upsert.push(ctx.n as f64 / run.secs);
     samples.cpu_upsert.consumed(&run, db_cpu, ctx.n as f64);
-    samples.rss_consume = samples.rss_consume.max(run.peak_rss_kib);
+    samples
+        .rss_consume
+        .saw(run.peak_rss_kib, "--upsert into PostgreSQL");
     delete_topic(admin, &topic).await;
     Ok(())
 }

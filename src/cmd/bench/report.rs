@@ -74,6 +74,8 @@ pub struct BenchReport {
     pub produce_peak_rss_mib: f64,
     /// The most any consume run with the default writers took (`--writers 1 / 4` aside).
     pub consume_peak_rss_mib: f64,
+    /// Which run that was, e.g. "into SQLite, member".
+    pub consume_peak_rss_run: String,
     /// `produce --compression`: speed and stored size per codec.
     pub codecs: Vec<CodecCost>,
     /// The same produce and fetch on the durable broker (`--durable-broker`).
@@ -119,7 +121,24 @@ pub(super) struct Samples {
     pub(super) startup_member: Vec<f64>,
     pub(super) startup_alone: Vec<f64>,
     pub(super) rss_produce: u64,
-    pub(super) rss_consume: u64,
+    pub(super) rss_consume: PeakRss,
+}
+
+/// The highest peak RSS of several runs, and which run it was.
+#[derive(Default)]
+pub(super) struct PeakRss {
+    kib: u64,
+    run: String,
+}
+
+impl PeakRss {
+    /// Run `run` peaked at `kib`.
+    pub(super) fn saw(&mut self, kib: u64, run: impl Into<String>) {
+        if kib > self.kib {
+            self.kib = kib;
+            self.run = run.into();
+        }
+    }
 }
 
 /// CPU-seconds per million events of a consume → PostgreSQL run and of its limit, every round's.
@@ -185,7 +204,8 @@ impl Samples {
             startup_member_ms: median(self.startup_member),
             startup_assign_all_ms: median(self.startup_alone),
             produce_peak_rss_mib: self.rss_produce as f64 / 1024.0,
-            consume_peak_rss_mib: self.rss_consume as f64 / 1024.0,
+            consume_peak_rss_mib: self.rss_consume.kib as f64 / 1024.0,
+            consume_peak_rss_run: self.rss_consume.run,
             ..BenchReport::default()
         };
         let pg_limit = r.fetch_limit_per_sec.min(r.pg_copy_limit_per_sec);
@@ -405,8 +425,8 @@ fn other_rows(r: &BenchReport) -> Vec<ReportRow> {
             r.events
         ),
         format!(
-            "{:.1} MiB / {:.1} MiB",
-            r.produce_peak_rss_mib, r.consume_peak_rss_mib
+            "{:.1} MiB / {:.1} MiB ({})",
+            r.produce_peak_rss_mib, r.consume_peak_rss_mib, r.consume_peak_rss_run
         ),
         target(r.consume_peak_rss_mib <= 64.0, "consume ≤ 64 MiB"),
     ));
@@ -438,4 +458,22 @@ pub(super) fn print_report(r: &BenchReport) -> Result<()> {
     render::line(codec_table(&r.codecs))?;
     render::line("written to target/bench/latest.json")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_rss_names_the_run_that_took_the_most() {
+        let mut peak = PeakRss::default();
+        peak.saw(50_000, "into PostgreSQL, group member");
+        peak.saw(70_000, "into SQLite, group member");
+        peak.saw(70_000, "into SQLite, --assign all");
+        peak.saw(60_000, "--upsert into PostgreSQL");
+        assert_eq!(
+            (peak.kib, peak.run.as_str()),
+            (70_000, "into SQLite, group member")
+        );
+    }
 }
