@@ -343,7 +343,8 @@ pub fn decode_record(
 }
 
 fn text_field(name: &str, value: &str) -> Result<(), Invalid> {
-    if value.trim().is_empty() {
+    // `trim().is_empty()`, without trimming both ends first: stops at the first visible character.
+    if value.chars().all(char::is_whitespace) {
         return Err(Invalid(format!("{name} is empty")));
     }
     // No more characters than bytes: only a long text needs counting.
@@ -705,6 +706,27 @@ mod tests {
             .unwrap_err()
             .0
             .contains("not a sales event"));
+    }
+
+    #[test]
+    fn a_blank_text_is_empty_and_one_with_anything_visible_is_not() {
+        let sale = |store: &str| {
+            let value = serde_json::json!({
+                "id": "0190d7a4-8a8e-7cc0-8d1c-2b7d8f3a9e10",
+                "ts": "2026-01-01T00:00:00.000Z",
+                "store_id": store,
+                "amount_usd": 1.5,
+                "channel": "online",
+            });
+            decode(EventKind::Sales, Some(value.to_string().as_bytes()))
+        };
+        for blank in ["", " ", "\t\n ", "\u{a0}\u{3000}"] {
+            let reason = sale(blank).unwrap_err().0;
+            assert_eq!(reason, "store_id is empty", "{blank:?}");
+        }
+        for visible in ["s", " s ", "\u{a0}x", "a b"] {
+            assert!(sale(visible).is_ok(), "{visible:?}");
+        }
     }
 }
 
