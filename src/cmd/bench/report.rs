@@ -74,7 +74,7 @@ pub struct BenchReport {
     pub produce_peak_rss_mib: f64,
     /// The most any consume run with the default writers took (`--writers 1 / 4` aside).
     pub consume_peak_rss_mib: f64,
-    /// Which run that was, e.g. "into SQLite, member".
+    /// Which run that was, e.g. "into SQLite, group member".
     pub consume_peak_rss_run: String,
     /// `produce --compression`: speed and stored size per codec.
     pub codecs: Vec<CodecCost>,
