@@ -35,6 +35,7 @@ fn a_killed_durable_broker_comes_back_with_records_and_group_offsets() {
     let committed: BTreeMap<i64, Option<i64>> =
         ends.iter().map(|(&p, &end)| (p, Some(end))).collect();
     assert_eq!(kafka_committed(&b, &topic, "streamlab"), committed);
+    the_check_says_the_group_could_not_be_described(&b, &topic, &db.url);
 
     broker.restart();
     assert_eq!(
@@ -123,6 +124,28 @@ fn retention_removes_records_and_every_command_says_so() {
         ends,
         "it starts at the log end: nothing is left before it"
     );
+}
+
+/// This engine cannot describe a group it stored: `check` says so in its report — the group's
+/// state unknown, no member recorded as live (the consumer left) — and warns of nothing.
+fn the_check_says_the_group_could_not_be_described(brokers: &str, topic: &str, url: &str) {
+    let check = || streamlab("check").brokers(brokers).url(url).topic(topic);
+    let out = check().json().run().success();
+    let group = &out.json()["group"];
+    assert_eq!(group["state"], "unknown", "{group}");
+    assert_eq!(group["members"], serde_json::json!([]), "{group}");
+    let note = group["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("the broker could not describe the group ("),
+        "{group}"
+    );
+    assert!(
+        note.ends_with("; the database records no member as live"),
+        "{group}"
+    );
+    assert!(!out.stderr.contains("WARN"), "{}", out.stderr);
+    let text = check().run().success().stdout;
+    assert!(text.contains("group 'streamlab' · unknown · 0 member(s)\nnote: the broker could not describe the group ("), "{text}");
 }
 
 /// Poll `topic describe` until the log start is the end (`ends`) on every partition: retention

@@ -567,13 +567,7 @@ fn print_table(r: &Report) -> Result<()> {
     }
 
     if let Some(g) = &r.group {
-        render::line(format!(
-            "\ngroup '{}' · {} · {} member(s)\n{}",
-            g.group,
-            g.state,
-            g.members.len(),
-            super::members_table(&g.members)
-        ))?;
+        render::line(super::group_lines(g))?;
     }
 
     render::line(format!(

@@ -114,6 +114,9 @@ pub struct GroupView {
     pub group: String,
     pub state: String,
     pub members: Vec<MemberView>,
+    /// Why these members are not the coordinator's word: it could not describe the group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,25 +144,32 @@ impl MemberView {
 }
 
 /// [`described_or_recorded`] for a report: a group the broker cannot describe is shown as the
-/// database last recorded it, or without members, with a warning.
+/// database last recorded it, or without members, and the view's note says why (a report line,
+/// not a warning: tansu's SQLite engine fails every stored group, and the report is still whole).
 pub async fn group_view_or_none(
     coordinator: &mut GroupCoordinator,
     recorded_in: Option<&Reader>,
     topic: &str,
 ) -> Option<GroupView> {
+    let group = coordinator.group().to_string();
     let (view, failed) = described_or_recorded(coordinator, recorded_in, topic).await;
-    if let Some(e) = failed {
-        match &view {
-            Some(v) => tracing::warn!(
-                "the broker could not describe the group ({e:#}): members as {}",
-                v.state
-            ),
-            None => {
-                tracing::warn!("the broker could not describe the group ({e:#}): members not shown")
-            }
-        }
-    }
-    view
+    let Some(e) = failed else { return view };
+    let why = format!("the broker could not describe the group ({e:#})");
+    Some(match view {
+        Some(view) => GroupView {
+            note: Some(format!("{why}: members as the database last recorded them")),
+            ..view
+        },
+        None => GroupView {
+            group,
+            state: "unknown".to_string(),
+            members: Vec::new(),
+            note: Some(match recorded_in {
+                Some(_) => format!("{why}; the database records no member as live"),
+                None => format!("{why}: members unknown"),
+            }),
+        },
+    })
 }
 
 /// The group's members for `topic`, merged ([`merge`]); `None` when it has none. The
@@ -196,6 +206,7 @@ pub async fn described_or_recorded(
             .into_iter()
             .map(|m| MemberView::of(m, topic))
             .collect(),
+        note: None,
     });
     (view, failed)
 }

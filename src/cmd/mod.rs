@@ -57,6 +57,24 @@ pub async fn run(job: Job) -> Result<(), exit::Error> {
 }
 
 /// A group's members and what each holds, as `check` and `topic describe` print them.
+/// A group's heading, its note, and its members' table (when it has members), as `check` and
+/// `topic describe` print them.
+fn group_lines(g: &members::GroupView) -> String {
+    let mut lines = format!(
+        "\ngroup '{}' · {} · {} member(s)",
+        g.group,
+        g.state,
+        g.members.len()
+    );
+    if let Some(note) = &g.note {
+        lines.push_str(&format!("\nnote: {note}"));
+    }
+    if !g.members.is_empty() {
+        lines.push_str(&format!("\n{}", members_table(&g.members)));
+    }
+    lines
+}
+
 fn members_table(members: &[MemberView]) -> comfy_table::Table {
     let mut t = render::table(["MEMBER", "CLIENT", "GENERATION", "PARTITIONS"]);
     for m in members {

@@ -441,6 +441,7 @@ async fn describe(args: Describe) -> Result<()> {
                 group: group.clone(),
                 state: "Empty".to_string(),
                 members: Vec::new(),
+                note: None,
             }))
         }
         None => None,
@@ -482,15 +483,7 @@ async fn describe(args: Describe) -> Result<()> {
             ))?;
             render::line(partitions_table(&description.partitions, compacted))?;
             if let Some(g) = &description.group {
-                render::line(format!(
-                    "\ngroup '{}' · {} · {} member(s)",
-                    g.group,
-                    g.state,
-                    g.members.len()
-                ))?;
-                if !g.members.is_empty() {
-                    render::line(super::members_table(&g.members))?;
-                }
+                render::line(super::group_lines(g))?;
             }
             Ok(())
         }
