@@ -343,12 +343,7 @@ async fn topic_report(
 
 fn print_report(r: &GroupReport) -> Result<()> {
     let show = super::offset_text;
-    let mut title = format!(
-        "group '{}' · {} · {} member(s)",
-        r.group,
-        r.state,
-        r.members.len()
-    );
+    let mut title = super::group_heading(&r.group, &r.state, r.members.len());
     if let Some(db) = &r.database {
         title.push_str(&format!(" · offsets beside those of {db}"));
     }

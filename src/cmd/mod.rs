@@ -56,16 +56,15 @@ pub async fn run(job: Job) -> Result<(), exit::Error> {
     Ok(())
 }
 
-/// A group's members and what each holds, as `check` and `topic describe` print them.
+/// A group's heading, as `check`, `topic describe` and `group describe` print it.
+fn group_heading(group: &str, state: &str, members: usize) -> String {
+    format!("group '{group}' · {state} · {members} member(s)")
+}
+
 /// A group's heading, its note, and its members' table (when it has members), as `check` and
 /// `topic describe` print them.
 fn group_lines(g: &members::GroupView) -> String {
-    let mut lines = format!(
-        "\ngroup '{}' · {} · {} member(s)",
-        g.group,
-        g.state,
-        g.members.len()
-    );
+    let mut lines = format!("\n{}", group_heading(&g.group, &g.state, g.members.len()));
     if let Some(note) = &g.note {
         lines.push_str(&format!("\nnote: {note}"));
     }
@@ -75,6 +74,7 @@ fn group_lines(g: &members::GroupView) -> String {
     lines
 }
 
+/// A group's members and what each holds, as `check` and `topic describe` print them.
 fn members_table(members: &[MemberView]) -> comfy_table::Table {
     let mut t = render::table(["MEMBER", "CLIENT", "GENERATION", "PARTITIONS"]);
     for m in members {
