@@ -437,7 +437,11 @@ fn three_consumers_of_one_group_started_together_share_the_partitions() {
     assert_eq!(
         inserted_by.iter().sum::<u64>(),
         n as u64,
-        "each event inserted by exactly one member"
+        "each event inserted by exactly one member: {inserted_by:?}, {} rows stored, offsets {:?} \
+         of {:?}; {assignments:?}\n{outputs:#?}",
+        db.sales_ids().len(),
+        db.stored_offsets(&topic),
+        written_partitions(&topic),
     );
     assert_eq!(db.sales_ids(), seeded_ids(27, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
