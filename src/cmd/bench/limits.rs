@@ -250,8 +250,9 @@ fn as_rows(rows: &[Sale]) -> Vec<Row<'_, Sale>> {
 
 /// The rows inserted into a fresh SQLite file (migrated as `consume`'s are) in one
 /// transaction, with the statement `consume` uses (one prepared multi-row INSERT, a thousand
-/// rows at a time): the SQLite limit.
-pub(super) async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f64> {
+/// rows at a time): the SQLite limit. Also the CPU-seconds per million rows it took (Linux:
+/// this process, where SQLite runs on sqlx's worker thread and the statements are bound).
+pub(super) async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<(f64, Option<f64>)> {
     let path = workdir.join("limit.db");
     remove_sqlite(&path);
     let pool = <Sqlite as Dialect>::connect(&format!("sqlite://{}", path.display()), LIMIT_TIMEOUT)
@@ -259,15 +260,19 @@ pub(super) async fn sqlite_bulk_limit(workdir: &Path, rows: &[Sale]) -> Result<f
     let mut conn = pool.acquire().await?;
     db::measure::sqlite_large_cache(&mut conn).await?;
     let rows = as_rows(rows);
-    let started = Instant::now();
+    let cpu = || process_cpu_secs(std::process::id());
+    let (started, cpu_before) = (Instant::now(), cpu());
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     Sqlite::insert_sales(&mut tx, &rows, false, true).await?;
     tx.commit().await?;
     let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    let per_million = cpu_before
+        .zip(cpu())
+        .map(|(before, after)| (after - before) * 1e6 / rows.len().max(1) as f64);
     drop(conn);
     pool.close().await;
     remove_sqlite(&path);
-    Ok(rate)
+    Ok((rate, per_million))
 }
 
 #[cfg(test)]

@@ -117,9 +117,9 @@ pub async fn run(args: Config) -> Result<()> {
         let (copy, copy_cpu) = pg_copy_limit(&ctx, round, &rows, ctx.writers).await?;
         samples.copy.push(copy);
         samples.cpu.limit.extend(copy_cpu);
-        samples
-            .bulk
-            .push(sqlite_bulk_limit(&ctx.workdir, &rows).await?);
+        let (bulk, bulk_cpu) = sqlite_bulk_limit(&ctx.workdir, &rows).await?;
+        samples.bulk.push(bulk);
+        samples.cpu_sqlite.limit.extend(bulk_cpu);
         drop(rows);
         // Which way of reading goes first alternates.
         let modes = if round % 2 == 0 {
@@ -255,6 +255,10 @@ async fn consume_both_ways(
             &mut samples.consume_sqlite_alone,
         );
         rates.push(n / run.secs);
+        if matches!(mode, Reading::Member) {
+            // SQLite runs inside the child: its CPU is the database's too.
+            samples.cpu_sqlite.consumed(&run, None, n);
+        }
         let into = format!("into SQLite, {}", mode.described());
         samples.rss_consume.saw(run.peak_rss_kib, into);
         remove_sqlite(&sqlite_path);

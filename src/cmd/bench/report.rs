@@ -63,6 +63,15 @@ pub struct BenchReport {
     pub pg_upsert_limit_db_cpu_secs_per_million: Option<f64>,
     pub consume_sqlite_per_sec: f64,
     pub consume_sqlite_ratio: f64,
+    /// CPU-seconds per million events of `consume` into SQLite (default, group member): the
+    /// streamlab process, SQLite's work included (it runs inside); the SQLite limit's (this
+    /// process while it loads); the cores the machine kept busy, and the ceiling they allow,
+    /// as for PostgreSQL.
+    pub consume_sqlite_cpu_secs_per_million: Option<f64>,
+    pub sqlite_limit_cpu_secs_per_million: Option<f64>,
+    pub consume_sqlite_machine_busy_cores: Option<f64>,
+    pub consume_sqlite_ceiling_per_sec: Option<f64>,
+    pub consume_sqlite_ceiling_ratio: Option<f64>,
     pub consume_sqlite_assign_all_per_sec: f64,
     pub consume_sqlite_assign_all_ratio: f64,
     /// `consume --stop-at-end` of an empty topic, start to exit: as a lone group member (join,
@@ -116,6 +125,8 @@ pub(super) struct Samples {
     pub(super) upsert_unnest: Vec<f64>,
     pub(super) consume_pg_upsert: Vec<f64>,
     pub(super) cpu_upsert: CpuSamples,
+    /// consume → SQLite (default, member): streamlab with SQLite in it; the limit's process.
+    pub(super) cpu_sqlite: CpuSamples,
     pub(super) consume_sqlite: Vec<f64>,
     pub(super) consume_sqlite_alone: Vec<f64>,
     pub(super) startup_member: Vec<f64>,
@@ -174,6 +185,7 @@ impl Samples {
     pub(super) fn report(self, ctx: &Ctx, args: &super::Config) -> BenchReport {
         let [cpu_streamlab, cpu_db, cpu_copy, busy] = self.cpu.medians();
         let [cpu_upsert, cpu_upsert_db, cpu_upsert_limit, _] = self.cpu_upsert.medians();
+        let [cpu_sqlite, _, cpu_sqlite_limit, busy_sqlite] = self.cpu_sqlite.medians();
         let mut r = BenchReport {
             machine: machine(),
             events: ctx.n,
@@ -201,6 +213,9 @@ impl Samples {
             pg_upsert_limit_db_cpu_secs_per_million: cpu_upsert_limit,
             consume_sqlite_per_sec: median(self.consume_sqlite),
             consume_sqlite_assign_all_per_sec: median(self.consume_sqlite_alone),
+            consume_sqlite_cpu_secs_per_million: cpu_sqlite,
+            sqlite_limit_cpu_secs_per_million: cpu_sqlite_limit,
+            consume_sqlite_machine_busy_cores: busy_sqlite,
             startup_member_ms: median(self.startup_member),
             startup_assign_all_ms: median(self.startup_alone),
             produce_peak_rss_mib: self.rss_produce as f64 / 1024.0,
@@ -211,9 +226,7 @@ impl Samples {
         let pg_limit = r.fetch_limit_per_sec.min(r.pg_copy_limit_per_sec);
         let sqlite_limit = r.fetch_limit_per_sec.min(r.sqlite_bulk_limit_per_sec);
         r.consume_pg_ratio = r.consume_pg_per_sec / pg_limit;
-        r.consume_pg_ceiling_per_sec = busy
-            .filter(|&b| b > 0.0)
-            .map(|b| r.consume_pg_per_sec * r.cores as f64 / b);
+        r.consume_pg_ceiling_per_sec = ceiling(r.consume_pg_per_sec, r.cores, busy);
         r.consume_pg_ceiling_ratio = r.consume_pg_ceiling_per_sec.map(|c| c / pg_limit);
         r.consume_pg_assign_all_ratio = r.consume_pg_assign_all_per_sec / pg_limit;
         r.consume_pg_writers1_ratio = r.consume_pg_writers1_per_sec / pg_limit;
@@ -222,9 +235,18 @@ impl Samples {
         r.consume_pg_upsert_ratio =
             r.consume_pg_upsert_per_sec / r.fetch_limit_per_sec.min(r.pg_upsert_limit_per_sec);
         r.consume_sqlite_ratio = r.consume_sqlite_per_sec / sqlite_limit;
+        r.consume_sqlite_ceiling_per_sec = ceiling(r.consume_sqlite_per_sec, r.cores, busy_sqlite);
+        r.consume_sqlite_ceiling_ratio = r.consume_sqlite_ceiling_per_sec.map(|c| c / sqlite_limit);
         r.consume_sqlite_assign_all_ratio = r.consume_sqlite_assign_all_per_sec / sqlite_limit;
         r
     }
+}
+
+/// The rate a run's cost per event allows with every core busy: its rate × cores ÷ the cores
+/// the machine kept busy meanwhile. An upper bound on what more overlap alone could reach.
+fn ceiling(per_sec: f64, cores: usize, busy: Option<f64>) -> Option<f64> {
+    busy.filter(|&b| b > 0.0)
+        .map(|b| per_sec * cores as f64 / b)
 }
 
 fn codec_table(costs: &[CodecCost]) -> comfy_table::Table {
@@ -334,17 +356,11 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
                     r.pg_copy_db_cpu_secs_per_million,
                 ],
             );
-            if let Some(busy) = r.consume_pg_machine_busy_cores {
-                result.push_str(&format!(" · machine busy {busy:.2} of {} cores", r.cores));
-            }
-            if let (Some(c), Some(ratio)) =
-                (r.consume_pg_ceiling_per_sec, r.consume_pg_ceiling_ratio)
-            {
-                result.push_str(&format!(
-                    " · all busy: {} = {ratio:.2} × limit",
-                    events_per_sec(c)
-                ));
-            }
+            result.push_str(&machine_busy(
+                r.consume_pg_machine_busy_cores,
+                r.cores,
+                r.consume_pg_ceiling_per_sec.zip(r.consume_pg_ceiling_ratio),
+            ));
             let met = r.consume_pg_cpu_secs_per_million.map(|s| s <= 0.8);
             (
                 what,
@@ -381,6 +397,25 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
             consume(r.consume_sqlite_per_sec, r.consume_sqlite_ratio),
             target(r.consume_sqlite_ratio >= 0.9, "≥ 0.9 × limit"),
         ),
+        {
+            let result = format!(
+                "{} ({}){}",
+                cpu_secs(r.consume_sqlite_cpu_secs_per_million),
+                cpu_secs(r.sqlite_limit_cpu_secs_per_million),
+                machine_busy(
+                    r.consume_sqlite_machine_busy_cores,
+                    r.cores,
+                    r.consume_sqlite_ceiling_per_sec
+                        .zip(r.consume_sqlite_ceiling_ratio),
+                )
+            );
+            (
+                "CPU per million events, consume → SQLite: streamlab, SQLite in it (the limit's)"
+                    .into(),
+                result,
+                String::new(),
+            )
+        },
         (
             "consume → SQLite (--assign all)".into(),
             consume(
@@ -392,14 +427,39 @@ fn consume_rows(r: &BenchReport) -> Vec<ReportRow> {
     ]
 }
 
+/// " · machine busy 1.49 of 2 cores · all busy: 511509 events/s = 0.92 × limit", as far as
+/// measured.
+fn machine_busy(busy: Option<f64>, cores: usize, ceiling: Option<(f64, f64)>) -> String {
+    let mut text = String::new();
+    if let Some(busy) = busy {
+        text.push_str(&format!(" · machine busy {busy:.2} of {cores} cores"));
+    }
+    if let Some((per_sec, ratio)) = ceiling {
+        text.push_str(&format!(
+            " · all busy: {} = {ratio:.2} × limit",
+            events_per_sec(per_sec)
+        ));
+    }
+    text
+}
+
 /// "CPU per million events, `what`": streamlab / database (the limit's backend).
 fn cpu_row(what: &str, [streamlab, database, limit]: [Option<f64>; 3]) -> ReportRow {
-    let cpu = |secs: Option<f64>| secs.map_or("not measured".into(), |s| format!("{s:.2} s"));
     (
         format!("CPU per million events, {what}"),
-        format!("{} / {} ({})", cpu(streamlab), cpu(database), cpu(limit)),
+        format!(
+            "{} / {} ({})",
+            cpu_secs(streamlab),
+            cpu_secs(database),
+            cpu_secs(limit)
+        ),
         String::new(),
     )
+}
+
+/// "0.73 s", or "not measured".
+fn cpu_secs(secs: Option<f64>) -> String {
+    secs.map_or("not measured".into(), |s| format!("{s:.2} s"))
 }
 
 /// Start-up, latency and memory.
@@ -463,6 +523,38 @@ pub(super) fn print_report(r: &BenchReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sqlite_cpu_row_gives_the_ceiling_every_core_busy_would_allow() {
+        let sqlite_cpu_row = |r: &BenchReport| {
+            consume_rows(r)
+                .into_iter()
+                .find(|(what, _, _)| what.contains("consume → SQLite: streamlab"))
+                .expect("a SQLite CPU row")
+                .1
+        };
+        let r = BenchReport {
+            cores: 2,
+            consume_sqlite_cpu_secs_per_million: Some(3.8),
+            sqlite_limit_cpu_secs_per_million: Some(2.45),
+            consume_sqlite_machine_busy_cores: Some(1.6),
+            consume_sqlite_ceiling_per_sec: ceiling(300_000.0, 2, Some(1.6)),
+            consume_sqlite_ceiling_ratio: Some(375_000.0 / 400_000.0),
+            ..BenchReport::default()
+        };
+        assert_eq!(r.consume_sqlite_ceiling_per_sec, Some(375_000.0));
+        assert_eq!(
+            sqlite_cpu_row(&r),
+            "3.80 s (2.45 s) · machine busy 1.60 of 2 cores · all busy: 375000 events/s = 0.94 × \
+             limit"
+        );
+        // Off Linux nothing is measured: the row says so rather than inventing a ceiling.
+        assert_eq!(ceiling(300_000.0, 2, None), None);
+        assert_eq!(
+            sqlite_cpu_row(&BenchReport::default()),
+            "not measured (not measured)"
+        );
+    }
 
     #[test]
     fn the_peak_rss_names_the_run_that_took_the_most() {
