@@ -196,24 +196,12 @@ impl<S: Sink> Consumer<'_, S> {
         result
     }
 
-    /// Every partition's offset range (earliest, end), within the deadline a plan has.
+    /// Every partition's offset range (earliest, end), as a plan reads them.
     async fn every_range(&self, shutdown: &CancellationToken) -> Result<BTreeMap<i32, (i64, i64)>> {
-        let args = self.args;
-        let mut readers =
-            kafka::fetch::readers(&args.kafka, &self.topic, &self.topic.partition_ids());
-        let deadline = args.kafka.timeout * 2;
-        tokio::select! {
-            _ = shutdown.cancelled() => Ok(BTreeMap::new()),
-            found = tokio::time::timeout(deadline, kafka::fetch::offset_ranges(&mut readers)) => {
-                found.map_err(|_| {
-                    anyhow::anyhow!(
-                        "the leaders of '{}' did not answer within {}",
-                        args.topic,
-                        humantime::format_duration(deadline)
-                    )
-                })?
-            }
-        }
+        let partitions = self.topic.partition_ids();
+        let mut readers = kafka::fetch::readers(&self.args.kafka, &self.topic, &partitions);
+        let ranges = super::plan::ranges_within(self.args, &mut readers, &partitions, shutdown);
+        Ok(ranges.await?.unwrap_or_default())
     }
 
     /// This member's partitions reached their end (`--stop-at-end`). It stays in the group —
@@ -247,7 +235,8 @@ impl<S: Sink> Consumer<'_, S> {
                 (seen, since) = (now, Instant::now());
             } else if since.elapsed() >= args.kafka.timeout {
                 tracing::warn!(
-                    "partitions {left:?} of '{}' have not reached their end and no member has                      moved them for {}; leaving them (consume again to finish them)",
+                    "partitions {left:?} of '{}' have not reached their end and no member has \
+                     moved them for {}; leaving them (consume again to finish them)",
                     args.topic,
                     humantime::format_duration(args.kafka.timeout)
                 );
