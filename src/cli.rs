@@ -1097,8 +1097,10 @@ pub struct ConsumeArgs {
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub metadata_refresh: Duration,
     /// Exit once the partitions read reach the end they had when they were given to this
-    /// consumer: as a group member, the partitions the group assigned it (a member given none
-    /// exits at once); with --assign all / --partition, those.
+    /// consumer: with --assign all / --partition, those. A group member reads what the group
+    /// assigns it to that end, then stays in the group until the stored offsets show every
+    /// partition at the end it had when the member started (so a partition whose member left
+    /// is taken over, not orphaned), or until none of them moves for --timeout.
     #[arg(long)]
     pub stop_at_end: bool,
     /// Most events written in one database transaction.

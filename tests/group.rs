@@ -365,14 +365,20 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
         .stop_at_end()
         .json();
     let members: Vec<Running> = (0..4).map(|_| member.spawn()).collect();
-    let mut inserted = 0;
+    let (mut inserted_by, mut outputs) = (Vec::new(), Vec::new());
     for member in members {
         let out = member.wait().success();
-        inserted += counted(&out.json(), "inserted");
+        inserted_by.push(counted(&out.json(), "inserted"));
+        outputs.push((out.stdout, out.stderr));
     }
     assert_eq!(
-        inserted, n as u64,
-        "each event inserted by exactly one member"
+        inserted_by.iter().sum::<u64>(),
+        n as u64,
+        "each event inserted by exactly one member: {inserted_by:?}, {} rows stored, offsets {:?} \
+         of {:?}\n{outputs:#?}",
+        db.sales_ids().len(),
+        db.stored_offsets(&topic),
+        written_partitions(&topic),
     );
     assert_eq!(db.sales_ids(), seeded_ids(24, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
@@ -387,6 +393,73 @@ fn generations(summary: &serde_json::Value) -> BTreeMap<i64, Vec<i64>> {
         (a["generation"].as_i64().unwrap(), partitions.collect())
     });
     each.collect()
+}
+
+#[test]
+fn a_stop_at_end_member_waits_for_a_share_still_unread_and_takes_it_when_its_member_leaves() {
+    // Members started together leave one by one with `--stop-at-end`; one that finished its own
+    // share must not leave while another share is unread, or a partition whose member already
+    // left would be read by nobody. librdkafka stands for such a member: it holds a share and
+    // stores nothing, and it leaves when told.
+    let db = TestDb::sqlite();
+    let topic = topic(2);
+    let group = unique("g");
+    let n = 2_000;
+    streamlab("migrate").db(&db).ok();
+    produce(&topic, n).seed(31).ok();
+    let ends = written_partitions(&topic);
+    assert_eq!(ends.len(), 2, "both partitions hold records: {ends:?}");
+    let rd = Member::librdkafka("librdkafka", &topic, &group, "range");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rd.current().is_none_or(|(_, ps)| ps.len() != 2) {
+        assert!(
+            Instant::now() < deadline,
+            "librdkafka never held the topic:\n{}",
+            rd.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut a = streamlab("consume")
+        .topic(&topic)
+        .db(&db)
+        .group(&group)
+        .stop_at_end()
+        .timeout("60s")
+        .json()
+        .spawn();
+    // The fault: a's share is stored to its end while librdkafka's is unread — and a stays.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mine = loop {
+        let stored = db.stored_offsets(&topic);
+        if let Some((&p, &at)) = stored.iter().next() {
+            if stored.len() == 1 && ends.get(&p) == Some(&at) {
+                break p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a never finished a share: {stored:?}\n{}",
+            rd.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.is_running(), "a left with partition {} unread", 1 - mine);
+    assert_eq!(
+        db.stored_offsets(&topic).len(),
+        1,
+        "nobody read librdkafka's share"
+    );
+    // librdkafka leaves: a is given its share, reads it, and only then exits.
+    rd.stop();
+    let out = a.wait().success();
+    assert_eq!(db.sales_ids(), seeded_ids(31, n));
+    assert_eq!(db.stored_offsets(&topic), ends);
+    let last = generations(&out.json())
+        .into_values()
+        .last()
+        .unwrap_or_default();
+    assert_eq!(last, vec![0, 1], "{}", out.stderr);
 }
 
 #[test]

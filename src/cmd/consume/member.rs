@@ -1,6 +1,7 @@
 //! A consumer's ways of holding partitions: as a group member, alone, or named ones.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::task::JoinHandle;
@@ -12,6 +13,7 @@ use crate::db::{Holding, MemberRecord, Sink};
 use crate::kafka;
 use crate::kafka::admin::TopicMetadata;
 use crate::kafka::group::{Assignment, GroupMember};
+use crate::kafka::StartFrom;
 
 impl<S: Sink> Consumer<'_, S> {
     /// `--partition N…`: those partitions alone, for as long as the run lasts.
@@ -100,6 +102,12 @@ impl<S: Sink> Consumer<'_, S> {
     pub(super) async fn as_group_member(&mut self, shutdown: &CancellationToken) -> Result<()> {
         let args = self.args;
         let mut member = GroupMember::new(&args.kafka, &args.group, &args.topic, args.membership);
+        // `--stop-at-end`: every partition's range now, the group's backlog to finish together.
+        let backlog = if args.stop_at_end {
+            Some(self.every_range(shutdown).await?)
+        } else {
+            None
+        };
         // The member id last written to `streamlab_members` (it changes when we rejoin afresh).
         let mut recorded: Option<String> = None;
         let result = loop {
@@ -151,6 +159,13 @@ impl<S: Sink> Consumer<'_, S> {
                     other => break other,
                 }
             };
+            let ended = match (ended, &backlog) {
+                (Ok(Ended::ReachedEnd), Some(backlog)) => {
+                    self.until_the_group_is_done(backlog, &generation, shutdown)
+                        .await
+                }
+                (ended, _) => ended,
+            };
             generation.cancel();
             released.cancel();
             member = heartbeats.await.context("heartbeat task")?;
@@ -179,6 +194,60 @@ impl<S: Sink> Consumer<'_, S> {
             None => {}
         }
         result
+    }
+
+    /// Every partition's offset range (earliest, end), as a plan reads them.
+    async fn every_range(&self, shutdown: &CancellationToken) -> Result<BTreeMap<i32, (i64, i64)>> {
+        let partitions = self.topic.partition_ids();
+        let mut readers = kafka::fetch::readers(&self.args.kafka, &self.topic, &partitions);
+        let ranges = super::plan::ranges_within(self.args, &mut readers, &partitions, shutdown);
+        Ok(ranges.await?.unwrap_or_default())
+    }
+
+    /// This member's partitions reached their end (`--stop-at-end`). It stays in the group —
+    /// heartbeating, ready for a rebalance — until the stored offsets show every partition of
+    /// `backlog` finished: members started together may otherwise all leave while a partition
+    /// is assigned to one that already left, and nobody would read it. A rebalance ends the
+    /// wait (the member rejoins and may be given that partition); so does `--timeout` without
+    /// progress, with a warning naming what is left.
+    async fn until_the_group_is_done(
+        &mut self,
+        backlog: &BTreeMap<i32, (i64, i64)>,
+        generation: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<Ended> {
+        let args = self.args;
+        let (mut seen, mut since) = (BTreeMap::new(), Instant::now());
+        loop {
+            let stored = self
+                .sink
+                .load_offsets(&args.group, &args.topic)
+                .await
+                .context("reading stored offsets")?;
+            let left = unfinished(backlog, &stored, args.from);
+            if left.is_empty() {
+                return Ok(Ended::ReachedEnd);
+            }
+            // Where the unfinished partitions stand: the wait gives up only if none moves.
+            let now: BTreeMap<i32, Option<i64>> =
+                left.iter().map(|p| (*p, stored.get(p).copied())).collect();
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            } else if since.elapsed() >= args.kafka.timeout {
+                tracing::warn!(
+                    "partitions {left:?} of '{}' have not reached their end and no member has \
+                     moved them for {}; leaving them (consume again to finish them)",
+                    args.topic,
+                    humantime::format_duration(args.kafka.timeout)
+                );
+                return Ok(Ended::ReachedEnd);
+            }
+            tokio::select! {
+                _ = generation.cancelled() => return Ok(Ended::Revoked),
+                _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
     }
 
     /// Note in the database what this member now holds, replacing its row under an older id.
@@ -214,5 +283,42 @@ async fn finish_watch(watch: Option<JoinHandle<Option<TopicMetadata>>>) -> Optio
     match watch {
         Some(w) => w.await.ok().flatten(),
         None => None,
+    }
+}
+
+/// The partitions of `backlog` (each one's earliest offset and the end it had) whose stored
+/// offset has not reached that end. A partition with no stored offset is finished only if a
+/// consumer starting `from` would start at its end (nothing to read).
+fn unfinished(
+    backlog: &BTreeMap<i32, (i64, i64)>,
+    stored: &BTreeMap<i32, i64>,
+    from: StartFrom,
+) -> Vec<i32> {
+    backlog
+        .iter()
+        .filter(|&(p, &(earliest, end))| {
+            stored
+                .get(p)
+                .map_or(from.offset(earliest, end) < end, |&next| next < end)
+        })
+        .map(|(&p, _)| p)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_unfinished_until_its_stored_offset_reaches_the_end_it_had() {
+        let backlog = BTreeMap::from([(0, (0, 100)), (1, (0, 50)), (2, (20, 20)), (3, (0, 7))]);
+        let stored = BTreeMap::from([(0, 100), (1, 49)]);
+        // 1 is one short; 2 is empty (nothing to read); 3 was never written.
+        assert_eq!(unfinished(&backlog, &stored, StartFrom::Earliest), [1, 3]);
+        // Read from the latest offset, a partition nobody wrote has nothing to read.
+        assert_eq!(unfinished(&backlog, &stored, StartFrom::Latest), [1]);
+        // Records produced after the ends were taken are not waited for.
+        let past = BTreeMap::from([(0, 130), (1, 50), (3, 7)]);
+        assert!(unfinished(&backlog, &past, StartFrom::Earliest).is_empty());
     }
 }

@@ -45,6 +45,30 @@ impl Plan {
     }
 }
 
+/// The offset range (earliest, end) of each of `readers`' partitions. The whole lookup has a
+/// deadline (twice `--timeout`), and gives way at once to a rebalance or Ctrl-C (`stop`: None).
+pub(super) async fn ranges_within(
+    args: &Config,
+    readers: &mut [PartitionReader],
+    partitions: &[i32],
+    stop: &CancellationToken,
+) -> Result<Option<BTreeMap<i32, (i64, i64)>>> {
+    let deadline = args.kafka.timeout * 2;
+    tokio::select! {
+        _ = stop.cancelled() => Ok(None),
+        found = tokio::time::timeout(deadline, kafka::fetch::offset_ranges(readers)) => {
+            let ranges = found.map_err(|_| {
+                anyhow!(
+                    "the leaders of '{}' partitions {partitions:?} did not answer within {}",
+                    args.topic,
+                    humantime::format_duration(deadline)
+                )
+            })??;
+            Ok(Some(ranges))
+        }
+    }
+}
+
 impl<S: Sink> Consumer<'_, S> {
     /// Readers, start offsets and ends for `partitions`, after checking the stored offsets
     /// against the log. `None`: `stop` fired first.
@@ -61,19 +85,8 @@ impl<S: Sink> Consumer<'_, S> {
             .await
             .context("reading stored offsets")?;
         let mut readers = kafka::fetch::readers(&args.kafka, &self.topic, partitions);
-        // The whole lookup has a deadline, and gives way at once to a rebalance or Ctrl-C.
-        let deadline = args.kafka.timeout * 2;
-        let ranges = tokio::select! {
-            _ = stop.cancelled() => return Ok(None),
-            found = tokio::time::timeout(deadline, kafka::fetch::offset_ranges(&mut readers)) => {
-                found.map_err(|_| {
-                    anyhow!(
-                        "the leaders of '{}' partitions {partitions:?} did not answer within {}",
-                        args.topic,
-                        humantime::format_duration(deadline)
-                    )
-                })??
-            }
+        let Some(ranges) = ranges_within(args, &mut readers, partitions, stop).await? else {
+            return Ok(None);
         };
         let stored = self.reconcile(stored, &ranges).await?;
 
