@@ -200,7 +200,7 @@ impl<S: Sink> Consumer<'_, S> {
     async fn every_range(&self, shutdown: &CancellationToken) -> Result<BTreeMap<i32, (i64, i64)>> {
         let partitions = self.topic.partition_ids();
         let mut readers = kafka::fetch::readers(&self.args.kafka, &self.topic, &partitions);
-        let ranges = super::plan::ranges_within(self.args, &mut readers, &partitions, shutdown);
+        let ranges = super::plan::ranges_within(self.args, &mut readers, shutdown);
         Ok(ranges.await?.unwrap_or_default())
     }
 

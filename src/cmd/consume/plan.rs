@@ -50,9 +50,9 @@ impl Plan {
 pub(super) async fn ranges_within(
     args: &Config,
     readers: &mut [PartitionReader],
-    partitions: &[i32],
     stop: &CancellationToken,
 ) -> Result<Option<BTreeMap<i32, (i64, i64)>>> {
+    let partitions: Vec<i32> = readers.iter().map(PartitionReader::partition).collect();
     let deadline = args.kafka.timeout * 2;
     tokio::select! {
         _ = stop.cancelled() => Ok(None),
@@ -85,7 +85,7 @@ impl<S: Sink> Consumer<'_, S> {
             .await
             .context("reading stored offsets")?;
         let mut readers = kafka::fetch::readers(&args.kafka, &self.topic, partitions);
-        let Some(ranges) = ranges_within(args, &mut readers, partitions, stop).await? else {
+        let Some(ranges) = ranges_within(args, &mut readers, stop).await? else {
             return Ok(None);
         };
         let stored = self.reconcile(stored, &ranges).await?;
