@@ -152,6 +152,18 @@ fn wait_for_settled(
     }
 }
 
+/// Members' inserted counts that do not add up, told apart: what each counted, the rows the
+/// database holds, and its stored offsets against the log ends (a partition nobody read shows).
+fn counted_apart(inserted_by: &[u64], db: &TestDb, topic: &str) -> String {
+    format!(
+        "each event inserted by exactly one member: {inserted_by:?}, {} rows stored, offsets {:?} \
+         of {:?}",
+        db.sales_ids().len(),
+        db.stored_offsets(topic),
+        written_partitions(topic),
+    )
+}
+
 /// End offsets of the partitions that received records (keys may leave some empty).
 fn written_partitions(topic: &str) -> BTreeMap<i64, i64> {
     end_offsets(topic)
@@ -374,11 +386,8 @@ fn members_started_together_on_a_new_sqlite_file_share_a_backlog_and_stop_at_its
     assert_eq!(
         inserted_by.iter().sum::<u64>(),
         n as u64,
-        "each event inserted by exactly one member: {inserted_by:?}, {} rows stored, offsets {:?} \
-         of {:?}\n{outputs:#?}",
-        db.sales_ids().len(),
-        db.stored_offsets(&topic),
-        written_partitions(&topic),
+        "{}\n{outputs:#?}",
+        counted_apart(&inserted_by, &db, &topic)
     );
     assert_eq!(db.sales_ids(), seeded_ids(24, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
@@ -410,15 +419,11 @@ fn a_stop_at_end_member_waits_for_a_share_still_unread_and_takes_it_when_its_mem
     let ends = written_partitions(&topic);
     assert_eq!(ends.len(), 2, "both partitions hold records: {ends:?}");
     let rd = Member::librdkafka("librdkafka", &topic, &group, "range");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rd.current().is_none_or(|(_, ps)| ps.len() != 2) {
-        assert!(
-            Instant::now() < deadline,
-            "librdkafka never held the topic:\n{}",
-            rd.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(30, || rd.current().is_some_and(|(_, ps)| ps.len() == 2)),
+        "librdkafka never held the topic:\n{}",
+        rd.output()
+    );
     let mut a = streamlab("consume")
         .topic(&topic)
         .db(&db)
@@ -428,21 +433,18 @@ fn a_stop_at_end_member_waits_for_a_share_still_unread_and_takes_it_when_its_mem
         .json()
         .spawn();
     // The fault: a's share is stored to its end while librdkafka's is unread — and a stays.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let mine = loop {
-        let stored = db.stored_offsets(&topic);
-        if let Some((&p, &at)) = stored.iter().next() {
-            if stored.len() == 1 && ends.get(&p) == Some(&at) {
-                break p;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a never finished a share: {stored:?}\n{}",
-            rd.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    // The one partition stored, when it is stored to its end.
+    let one_share_done = || match db.stored_offsets(&topic).into_iter().collect::<Vec<_>>()[..] {
+        [(p, at)] if ends.get(&p) == Some(&at) => Some(p),
+        _ => None,
     };
+    assert!(
+        wait_until(45, || one_share_done().is_some()),
+        "a never finished a share: {:?}\n{}",
+        db.stored_offsets(&topic),
+        rd.output()
+    );
+    let mine = one_share_done().expect("a share done");
     std::thread::sleep(Duration::from_secs(1));
     assert!(a.is_running(), "a left with partition {} unread", 1 - mine);
     assert_eq!(
@@ -510,11 +512,8 @@ fn three_consumers_of_one_group_started_together_share_the_partitions() {
     assert_eq!(
         inserted_by.iter().sum::<u64>(),
         n as u64,
-        "each event inserted by exactly one member: {inserted_by:?}, {} rows stored, offsets {:?} \
-         of {:?}; {assignments:?}\n{outputs:#?}",
-        db.sales_ids().len(),
-        db.stored_offsets(&topic),
-        written_partitions(&topic),
+        "{}; {assignments:?}\n{outputs:#?}",
+        counted_apart(&inserted_by, &db, &topic)
     );
     assert_eq!(db.sales_ids(), seeded_ids(27, n));
     assert_eq!(db.stored_offsets(&topic), written_partitions(&topic));
